@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; each script prints ratios measured in one run."""

@@ -1,0 +1,1 @@
+"""Data: embedded generators, real-data loaders and LightningDataModules."""

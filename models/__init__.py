@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` models. Nothing here imports Lightning, Hydra or a balancer."""

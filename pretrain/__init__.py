@@ -1,0 +1,1 @@
+"""Pre-training: balancers, the shared loss-aggregation callback and the LightningModules."""

@@ -1,0 +1,253 @@
+"""The one loss-aggregation callback every pre-training LightningModule uses.
+
+A Lightning ``Callback`` cannot replace the loss ``training_step`` returns, so the module calls it::
+
+    class MyPretraining(LightningModule):
+        def __init__(self, model, balancer, aggregation):
+            self.aggregator = LossAggregation.build(balancer, task_names=["rgb", "depth"], **aggregation)
+
+        def configure_callbacks(self):
+            return [self.aggregator]
+
+        def training_step(self, batch, i):
+            losses = {"rgb": (sum_rgb, n_rgb), "depth": (sum_depth, n_depth)}   # one forward pass
+            return self.aggregator(self, losses, shared_params=[...], features=h)
+
+The callback
+
+* reduces the per-task losses across data-parallel ranks as sums and counts, so a task's loss is its
+  global mean and every rank computes identical weights;
+* hands them to the balancer (``pretrain.balancers``) and returns the scalar to back-propagate;
+* logs every task's loss and weight, the worst task's loss and the weights' entropy each step;
+* keeps the balancer's state (and the per-step history used for figures) in every checkpoint;
+* handles tasks absent from a batch (count 0: no gradient, weight from the last known loss);
+* stops with an error naming the task and step when a loss is NaN/inf (or skips the step, by config).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from pretrain.balancers import Balancer
+from pretrain.errors import ConfigError, NonFiniteLossError
+
+LossValue = Tensor | tuple[Tensor, Tensor | int | float]
+
+
+class LossAggregation(Callback):
+    """Bridge between a pre-training LightningModule and a :class:`~pretrain.balancers.Balancer`.
+
+    Args:
+        balancer: the balancer over ``task_names`` (in that order).
+        task_names: the tasks the balancer weighs.
+        extra_tasks: further losses added to the scalar with weight 1 and logged, but not balanced
+            (e.g. PoS-BERT's ``other`` group or NSP when so configured).
+        on_nonfinite: ``raise`` (default) stops with the task and step named; ``skip`` skips the
+            optimizer step with a warning.
+        history_every: keep the reduced losses and weights of every n-th step for figures/reports.
+    """
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        task_names: Sequence[str],
+        extra_tasks: Sequence[str] = (),
+        on_nonfinite: str = "raise",
+        history_every: int = 1,
+    ) -> None:
+        super().__init__()
+        self.task_names = list(task_names)
+        self.extra_tasks = [t for t in extra_tasks if t not in self.task_names]
+        if len(set(self.task_names)) != len(self.task_names):
+            raise ConfigError(f"aggregation: task names must be unique, got {self.task_names}.")
+        if balancer.num_tasks != len(self.task_names):
+            raise ConfigError(
+                f"aggregation: the balancer weighs {balancer.num_tasks} tasks but the experiment has "
+                f"{len(self.task_names)} ({', '.join(self.task_names)})."
+            )
+        if on_nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"aggregation.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
+        if int(history_every) < 1:
+            raise ConfigError(f"aggregation.history_every must be >= 1, got {history_every}.")
+        self.balancer = balancer
+        self.on_nonfinite = on_nonfinite
+        self.history_every = int(history_every)
+        self.history: list[dict[str, Any]] = []
+        self.last: dict[str, float] = {}
+        self._calls = 0
+
+    @classmethod
+    def build(cls, balancer: Any, task_names: Sequence[str], **options: Any) -> LossAggregation:
+        """``balancer`` is a Balancer or a callable ``num_tasks -> Balancer`` (Hydra ``_partial_``)."""
+        if not isinstance(balancer, Balancer):
+            balancer = balancer(num_tasks=len(task_names))
+        return cls(balancer, task_names, **options)
+
+    @property
+    def state_key(self) -> str:
+        return "LossAggregation"
+
+    # -- optimizer ---------------------------------------------------------------------------------
+    def balancer_param_groups(self) -> list[dict[str, Any]]:
+        """The balancer's learnable parameters as optimizer param groups (no weight decay)."""
+        params = [p for p in self.balancer.parameters() if p.requires_grad]
+        if not params:
+            return []
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0}
+        if self.balancer.param_lr is not None:
+            group["lr"] = self.balancer.param_lr
+        return [group]
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.balancer.to(pl_module.device)
+        strategy = trainer.strategy
+        kind = type(strategy).__name__
+        if self.balancer.requires and ("FSDP" in kind or "DeepSpeed" in kind):
+            raise ConfigError(
+                f"balancer {type(self.balancer).__name__} needs per-task gradients of unsharded shared "
+                f"parameters and cannot run under {kind}; use trainer=ddp."
+            )
+        if trainer.world_size > 1:
+            self.balancer.reduce = lambda t: strategy.reduce(t, reduce_op="mean")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.balancer.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "balancer": self.balancer.state_dict(),
+            "history": list(self.history),
+            "task_names": list(self.task_names),
+            "calls": self._calls,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("task_names")
+        if saved is not None and list(saved) != self.task_names:
+            raise ConfigError(
+                f"checkpoint: its tasks {list(saved)} differ from this experiment's {self.task_names}; "
+                "it belongs to another experiment."
+            )
+        self.balancer.load_state_dict(state_dict["balancer"])
+        self.history = list(state_dict.get("history", []))
+        self._calls = int(state_dict.get("calls", 0))
+
+    # -- the call a training_step makes ------------------------------------------------------------
+    def __call__(
+        self,
+        module,
+        losses: Mapping[str, LossValue],
+        shared_params: Sequence[Tensor] | None = None,
+        features: Tensor | None = None,
+    ) -> Tensor | None:
+        names = self.task_names + [t for t in self.extra_tasks if t in losses]
+        missing = [t for t in self.task_names if t not in losses]
+        unknown = [t for t in losses if t not in self.task_names and t not in self.extra_tasks]
+        if missing or unknown:
+            raise KeyError(f"loss dict: missing tasks {missing}, unknown tasks {unknown}")
+        sums, counts = [], []
+        for name in names:
+            value = losses[name]
+            if isinstance(value, tuple):
+                s, c = value
+            else:
+                s, c = value, 1.0
+            sums.append(s.reshape(()))
+            counts.append(torch.as_tensor(c, dtype=torch.float32, device=s.device).reshape(()))
+        local_sum = torch.stack(sums)
+        local_count = torch.stack(counts)
+        device = local_sum.device
+
+        trainer = getattr(module, "_trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        stats = torch.stack([local_sum.detach().float(), local_count.float()])
+        if world > 1:
+            stats = trainer.strategy.reduce(stats, reduce_op="sum")
+        global_sum, global_count = stats[0], stats[1]
+        present = global_count > 0
+        global_mean = torch.where(
+            present, global_sum / global_count.clamp(min=1), torch.zeros_like(global_sum)
+        )
+
+        step = int(trainer.global_step) if trainer is not None else self._calls
+        bad = [
+            n
+            for n, ok, p in zip(names, torch.isfinite(global_mean).tolist(), present.tolist())
+            if p and not ok
+        ]
+        if bad:
+            values = {n: float(global_mean[names.index(n)]) for n in bad}
+            msg = ", ".join(f"task '{n}' loss is {v}" for n, v in values.items()) + f" at step {step}"
+            if self.on_nonfinite == "raise":
+                raise NonFiniteLossError(
+                    f"{msg} (set aggregation.on_nonfinite=skip to skip such steps instead)."
+                )
+            rank_zero_warn(f"{msg}; skipping this step (aggregation.on_nonfinite=skip).")
+            self._calls += 1
+            return None
+
+        # Differentiable local loss whose *value* is the global mean and whose gradient, averaged by
+        # DDP over ranks, is the gradient of the global mean: world * local_sum / global_count.
+        scale = torch.where(present, world / global_count.clamp(min=1), torch.zeros_like(global_count))
+        local = local_sum * scale.to(local_sum.dtype)
+        local = local + (global_mean.to(local.dtype) - local).detach()
+        local = torch.where(present, local, torch.zeros_like(local))
+
+        k = len(self.task_names)
+        out = self.balancer(
+            local[:k],
+            present[:k],
+            shared_params=shared_params if "shared_params" in self.balancer.requires else None,
+            features=features if "features" in self.balancer.requires else None,
+        )
+        loss = out.loss + local[k:].sum()
+
+        weights = out.weights.float().cpu()
+        mean_cpu = global_mean.cpu()
+        pres = present.cpu()
+        logged: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if pres[i]:
+                logged[f"train/loss/{name}"] = float(mean_cpu[i])
+        for i, name in enumerate(self.task_names):
+            logged[f"train/weight/{name}"] = float(weights[i])
+        balanced_present = pres[:k]
+        if bool(balanced_present.any()):
+            worst = mean_cpu[:k].masked_fill(~balanced_present, -math.inf)
+            logged["train/loss_worst"] = float(worst.max())
+            logged["train/loss_mean"] = float(mean_cpu[:k][balanced_present].mean())
+        positive = weights[weights > 0]
+        logged["train/weight_entropy"] = float(-(positive * positive.log()).sum())
+        logged["train/loss_total"] = float(loss.detach())
+        if trainer is not None:
+            module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
+        self.last = {name: float(mean_cpu[i]) for i, name in enumerate(names) if pres[i]}
+        if self._calls % self.history_every == 0:
+            self.history.append(
+                {
+                    "step": step,
+                    "loss": {n: (float(mean_cpu[i]) if pres[i] else None) for i, n in enumerate(names)},
+                    "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
+                }
+            )
+        self._calls += 1
+        return loss.to(device)
+
+    def final_losses(self, window: int = 20) -> dict[str, float]:
+        """Each task's mean reduced loss over the last ``window`` recorded steps (its final loss)."""
+        result: dict[str, float] = {}
+        names = self.task_names + self.extra_tasks
+        for name in names:
+            values = [h["loss"].get(name) for h in self.history[-window:]]
+            values = [v for v in values if v is not None]
+            if values:
+                result[name] = sum(values) / len(values)
+        return result

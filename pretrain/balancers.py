@@ -1,0 +1,517 @@
+"""Task balancers: the T per-task losses of a step in, task weights and one scalar to back-propagate out.
+
+Pure PyTorch: no Lightning, no model code. Every balancer is a small ``nn.Module`` so that its state
+(learnable parameters *and* running statistics, kept as buffers) rides in ``state_dict()`` and a resumed
+run continues exactly.
+
+Conventions shared by every method (see ``BALANCERS.md``):
+
+* The weights ``w`` sum to 1, so ``none`` is the mean of the T losses (eq. 4) and a sweep compares
+  balancers, not effective learning rates. (Uncertainty's effective weights ``exp(-s_t)/T`` sum to 1 only
+  at initialisation; that is the method.)
+* The scalar to back-propagate is ``sum_t w_t L_t`` (plus the balancer's own term: Uncertainty's
+  regulariser, GradNorm's weight-update loss, both of which only reach the balancer's own parameters).
+* Weights are computed from **detached, fp32** losses: a grad-scaler's factor never reaches a softmax.
+* A task can be absent from a step (``present[t]`` false: no target of that task in the batch). It adds
+  no gradient; its weight is computed from its last known loss; a task never seen yet is left out of
+  the softmax. Nothing becomes NaN.
+
+Usage::
+
+    balancer = Minimax(num_tasks=3, alpha=1.0)
+    out = balancer(torch.stack([l_rgb, l_depth, l_sem]))
+    out.loss.backward()           # sum_t w_t L_t
+    out.weights                   # tensor of T weights (detached)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.errors import ConfigError
+
+__all__ = [
+    "Balancer",
+    "BalanceOutput",
+    "NoBalancing",
+    "Minimax",
+    "Uncertainty",
+    "GradNorm",
+    "DWA",
+    "GroupDRO",
+    "STCH",
+    "GradientAggregator",
+]
+
+
+class BalanceOutput(NamedTuple):
+    loss: Tensor
+    """The scalar to back-propagate."""
+    weights: Tensor
+    """The T task weights applied this step (detached)."""
+
+
+def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the entries where ``mask`` is true; exactly 0 elsewhere (uniform if none is)."""
+    if not bool(mask.any()):
+        return torch.full_like(logits, 1.0 / logits.numel())
+    return torch.softmax(logits.masked_fill(~mask, -math.inf), dim=0)
+
+
+class Balancer(nn.Module):
+    """Base class. Subclasses implement :meth:`compute_weights` (and, rarely, :meth:`objective`).
+
+    ``requires`` names what a subclass needs beyond the losses: ``"shared_params"`` (the parameters
+    of the last shared layer) or ``"features"`` (the shared representation the task heads read).
+    ``reduce`` averages a tensor over data-parallel ranks; the loss-aggregation callback sets it, and
+    gradient-based methods apply it to the rank-local gradients they compute.
+    """
+
+    requires: frozenset[str] = frozenset()
+    #: Learning rate for this balancer's own parameters (None: the optimizer's).
+    param_lr: float | None = None
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        if int(num_tasks) < 1:
+            raise ConfigError(
+                f"balancer: the experiment defines {num_tasks} tasks to balance; at least one is needed "
+                "(check the experiment's task list)."
+            )
+        self.num_tasks = int(num_tasks)
+        self.reduce: Callable[[Tensor], Tensor] = lambda t: t
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_loss", torch.zeros(self.num_tasks))
+        self.register_buffer("seen", torch.zeros(self.num_tasks, dtype=torch.bool))
+
+    # -- the interface -------------------------------------------------------------------------
+    def forward(
+        self,
+        losses: Tensor,
+        present: Tensor | None = None,
+        *,
+        shared_params: Sequence[Tensor] | None = None,
+        features: Tensor | None = None,
+    ) -> BalanceOutput:
+        """Weigh the T losses of one step.
+
+        Args:
+            losses: shape ``(T,)``, differentiable. Entries of absent tasks are ignored (pass 0).
+            present: shape ``(T,)`` bool; default all true.
+            shared_params: parameters of the last shared layer (GradNorm; aggregators in
+                ``shared_params`` mode).
+            features: the shared representation (aggregators in ``features`` mode).
+        """
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}")
+        if present is None:
+            present = torch.ones(self.num_tasks, dtype=torch.bool, device=losses.device)
+        present = present.to(device=losses.device, dtype=torch.bool)
+        with torch.no_grad():
+            value = losses.detach().float()
+            if self.training:
+                self.last_loss.copy_(torch.where(present, value, self.last_loss))
+                self.seen |= present
+            imputed = torch.where(present, value, self.last_loss)
+            known = present | self.seen
+        losses = torch.where(present, losses, torch.zeros_like(losses))
+        ctx = {"losses": losses, "present": present, "shared_params": shared_params, "features": features}
+        weights = self.compute_weights(imputed, known, ctx).detach()
+        loss = self.objective(losses, weights, present, ctx)
+        if self.training:
+            self.step += 1
+        return BalanceOutput(loss=loss, weights=weights)
+
+    def compute_weights(self, values: Tensor, known: Tensor, ctx: dict) -> Tensor:
+        """Weights from the detached fp32 losses ``values`` (absent tasks imputed); ``known`` marks
+        tasks with a loss seen at least once."""
+        raise NotImplementedError
+
+    def objective(self, losses: Tensor, weights: Tensor, present: Tensor, ctx: dict) -> Tensor:
+        """The scalar to back-propagate; ``sum_t w_t L_t`` unless the method adds its own term."""
+        return (weights.to(losses.dtype) * losses).sum()
+
+    def end_epoch(self) -> None:
+        """Called by the loss-aggregation callback at the end of every training epoch."""
+
+    @property
+    def k(self) -> int:
+        """Index of the current step (0 at the first call)."""
+        return int(self.step)
+
+
+class NoBalancing(Balancer):
+    """``none``: the average of the T losses, eq. (4): ``w_t = 1/T``."""
+
+    def compute_weights(self, values, known, ctx):
+        return torch.full_like(values, 1.0 / self.num_tasks)
+
+
+class Minimax(Balancer):
+    """``minimax``: softmax-weighted gradient descent, eq. (7) and Algorithm 1 of the paper.
+
+    ``w_k = softmax(alpha_k * L)`` on the detached losses (or on their exponential moving average
+    ``m <- ema * m + (1 - ema) * L`` against minibatch noise), then back-propagate ``sum_t w_t L_t``.
+    The gradient equals that of ``(1/alpha) * logsumexp(alpha * L)``: smooth Tchebycheff with
+    ``mu = 1/alpha``.
+
+    Args:
+        alpha: the softmax hyper-parameter; 1.0 is the paper's practical default (Remark 3.3);
+            ``inf`` gives the hard max (subgradient method; ties share the weight); 0 gives ``none``.
+        schedule: ``constant`` (``alpha_k = alpha``) or ``sqrt`` (Theorem 3.1:
+            ``alpha_k = alpha * sqrt(k + 1)``).
+        ema: smoothing of the losses used for the weights, in [0, 1); 0 uses the current losses.
+        floor: weight floor ``c``: ``w <- (1 - c) w + c / T`` (DoReMi's smoothing), in [0, 1].
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        alpha: float | str = 1.0,
+        schedule: str = "constant",
+        ema: float = 0.0,
+        floor: float = 0.0,
+    ) -> None:
+        super().__init__(num_tasks)
+        try:
+            alpha = float(alpha)
+        except (TypeError, ValueError):
+            raise ConfigError(f"balancer.alpha must be a number >= 0 or inf, got {alpha!r}.") from None
+        if not alpha >= 0:
+            raise ConfigError(f"balancer.alpha must be >= 0 (or inf), got {alpha}.")
+        if schedule not in ("constant", "sqrt"):
+            raise ConfigError(f"balancer.schedule must be 'constant' or 'sqrt', got {schedule!r}.")
+        if not 0.0 <= float(ema) < 1.0:
+            raise ConfigError(f"balancer.ema must be in [0, 1), got {ema}.")
+        if not 0.0 <= float(floor) <= 1.0:
+            raise ConfigError(f"balancer.floor must be in [0, 1], got {floor}.")
+        self.alpha, self.schedule, self.ema, self.floor = alpha, schedule, float(ema), float(floor)
+        self.register_buffer("ema_loss", torch.zeros(self.num_tasks))
+        self.register_buffer("ema_seen", torch.zeros(self.num_tasks, dtype=torch.bool))
+
+    def alpha_at(self, k: int) -> float:
+        return self.alpha * math.sqrt(k + 1) if self.schedule == "sqrt" else self.alpha
+
+    def compute_weights(self, values, known, ctx):
+        if self.ema > 0:
+            with torch.no_grad():
+                smoothed = torch.where(
+                    self.ema_seen, self.ema * self.ema_loss + (1 - self.ema) * values, values
+                )
+                smoothed = torch.where(known, smoothed, self.ema_loss)
+                if self.training:
+                    self.ema_loss.copy_(smoothed)
+                    self.ema_seen |= known
+            values = smoothed
+        alpha = self.alpha_at(self.k)
+        if math.isinf(alpha):
+            top = values.masked_fill(~known, -math.inf)
+            hit = (top == top.max()) & known
+            weights = hit.float() / hit.sum().clamp(min=1)
+        else:
+            weights = _masked_softmax(alpha * values, known)
+        if self.floor > 0:
+            weights = (1 - self.floor) * weights + self.floor / self.num_tasks
+        return weights
+
+
+class Uncertainty(Balancer):
+    """``uncertainty``: homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    Learnable ``s_t = log sigma_t^2`` (initially ``init_log_var``); objective, in the regression form
+    that LibMTL, torchjd and Nash-MTL use for every task, scaled by ``1/T`` to keep our convention:
+    ``(1/T) * sum_t (exp(-s_t) L_t + s_t)``. Effective weights ``exp(-s_t)/T`` (reported). At the optimum
+    ``exp(s_t) = L_t``, so the objective behaves like ``(1/T) sum_t log L_t`` and may go negative.
+    The ``s_t`` go to the optimizer with the model, without weight decay.
+    """
+
+    def __init__(self, num_tasks: int, init_log_var: float = 0.0, lr: float | None = None) -> None:
+        super().__init__(num_tasks)
+        self.log_var = nn.Parameter(torch.full((self.num_tasks,), float(init_log_var)))
+        self.param_lr = lr
+
+    def compute_weights(self, values, known, ctx):
+        return torch.exp(-self.log_var.detach()) / self.num_tasks
+
+    def objective(self, losses, weights, present, ctx):
+        s = self.log_var.to(losses.dtype)
+        terms = torch.exp(-s) * losses + s
+        return torch.where(present, terms, torch.zeros_like(terms)).sum() / self.num_tasks
+
+
+def _per_task_grads(losses: Tensor, present: Tensor, inputs: Sequence[Tensor]) -> Tensor:
+    """Rows ``grad_inputs L_t`` (flattened, concatenated) for the present tasks; zeros for the others.
+
+    One batched backward (``is_grads_batched``) through the part of the graph between the losses and
+    ``inputs``; falls back to a loop of T backward passes where an op has no batching rule.
+    """
+    idx = present.nonzero().flatten()
+    total = sum(p.numel() for p in inputs)
+    out = losses.new_zeros((losses.numel(), total), dtype=torch.float32)
+    if idx.numel() == 0:
+        return out
+    picked = losses[idx]
+    eye = torch.eye(idx.numel(), dtype=picked.dtype, device=picked.device)
+    try:
+        grads = torch.autograd.grad(
+            picked,
+            list(inputs),
+            grad_outputs=eye,
+            is_grads_batched=True,
+            retain_graph=True,
+            allow_unused=True,
+        )
+        rows = torch.cat(
+            [
+                (g if g is not None else torch.zeros(idx.numel(), *p.shape, device=p.device)).reshape(
+                    idx.numel(), -1
+                )
+                for g, p in zip(grads, inputs)
+            ],
+            dim=1,
+        )
+    except RuntimeError:
+        rows = []
+        for i in range(idx.numel()):
+            gs = torch.autograd.grad(picked[i], list(inputs), retain_graph=True, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, inputs)]
+                )
+            )
+        rows = torch.stack(rows)
+    out[idx] = rows.float()
+    return out
+
+
+class GradNorm(Balancer):
+    """``gradnorm``: gradient normalisation (Chen et al., ICML 2018), asymmetry ``alpha = 1.5``.
+
+    Learnable logits ``p`` with ``w = softmax(p)`` (so the weights are renormalised to sum to 1, our
+    convention; the paper's sum-to-T is the same up to the factor T). With ``W`` the parameters of the
+    **last shared layer** (the paper's choice), ``G_t = w_t ||grad_W L_t||``, ``Gbar = mean_t G_t``,
+    ``r_t = (L_t / L_t(0)) / mean_s (L_s / L_s(0))`` with ``L_t(0)`` the task's first seen loss; ``p``
+    follows the gradient of ``sum_t |G_t - stopgrad(Gbar * r_t^alpha)|`` (added to the scalar; it
+    reaches only ``p``). The model gets ``sum_t stopgrad(w_t) L_t``.
+
+    Cost: one batched backward of the T losses to ``W`` (not T full backward passes). Rank-local
+    gradients are averaged over data-parallel ranks before the norms.
+    """
+
+    requires = frozenset({"shared_params"})
+
+    def __init__(self, num_tasks: int, asymmetry: float = 1.5, lr: float | None = 0.025) -> None:
+        super().__init__(num_tasks)
+        if not float(asymmetry) >= 0:
+            raise ConfigError(f"balancer.asymmetry must be >= 0, got {asymmetry}.")
+        if lr is not None and not float(lr) > 0:
+            raise ConfigError(f"balancer.lr must be > 0 (or null for the optimizer's), got {lr}.")
+        self.asymmetry = float(asymmetry)
+        self.param_lr = None if lr is None else float(lr)
+        self.logits = nn.Parameter(torch.zeros(self.num_tasks))
+        self.register_buffer("initial_loss", torch.ones(self.num_tasks))
+        self.register_buffer("initial_seen", torch.zeros(self.num_tasks, dtype=torch.bool))
+
+    def compute_weights(self, values, known, ctx):
+        if self.training:
+            with torch.no_grad():
+                first = ctx["present"] & ~self.initial_seen
+                self.initial_loss.copy_(torch.where(first, values.clamp(min=1e-12), self.initial_loss))
+                self.initial_seen |= ctx["present"]
+        return torch.softmax(self.logits.detach(), dim=0)
+
+    def objective(self, losses, weights, present, ctx):
+        loss = (weights.to(losses.dtype) * losses).sum()
+        params = ctx["shared_params"]
+        if not self.training or not params or not losses.requires_grad or not bool(present.any()):
+            return loss
+        params = [p for p in params if p.requires_grad]
+        with torch.no_grad():
+            grads = self.reduce(_per_task_grads(losses, present, params))
+            norms = grads.norm(dim=1)
+        w = torch.softmax(self.logits, dim=0)
+        g = w * norms
+        with torch.no_grad():
+            ratio = losses.detach().float() / self.initial_loss
+            ratio = ratio / ratio[present].mean()
+            target = g[present].mean() * ratio.pow(self.asymmetry)
+        update = torch.where(present, (g - target).abs(), torch.zeros_like(g)).sum()
+        return loss + update.to(loss.dtype)
+
+
+class DWA(Balancer):
+    """``dwa``: dynamic weight average (Liu, Johns & Davison, CVPR 2019), temperature 2.
+
+    From the epoch-mean **unweighted** losses ``Lbar_t(e)``: ``r_t = Lbar_t(e-1) / Lbar_t(e-2)``,
+    ``w = softmax(r / temperature)`` (sums to 1; the paper's sum-to-T up to the factor T); uniform for
+    the first two epochs. An "epoch" is a training epoch (the callback calls :meth:`end_epoch`) or, if
+    ``window`` is set, every ``window`` steps, for runs of few long epochs.
+    """
+
+    def __init__(self, num_tasks: int, temperature: float = 2.0, window: int | None = None) -> None:
+        super().__init__(num_tasks)
+        if not float(temperature) > 0:
+            raise ConfigError(f"balancer.temperature must be > 0, got {temperature}.")
+        if window is not None and int(window) < 1:
+            raise ConfigError(f"balancer.window must be a positive number of steps or null, got {window}.")
+        self.temperature = float(temperature)
+        self.window = None if window is None else int(window)
+        self.register_buffer("epoch_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
+        self.register_buffer("epoch_count", torch.zeros(self.num_tasks, dtype=torch.float64))
+        self.register_buffer("history", torch.ones(2, self.num_tasks, dtype=torch.float64))
+        self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+
+    def compute_weights(self, values, known, ctx):
+        if int(self.epochs_done) < 2:
+            weights = torch.full_like(values, 1.0 / self.num_tasks)
+        else:
+            ratio = (self.history[1] / self.history[0].clamp(min=1e-12)).float()
+            weights = torch.softmax(ratio / self.temperature, dim=0)
+        if self.training:
+            present = ctx["present"]
+            self.epoch_sum += torch.where(present, values.double(), torch.zeros_like(self.epoch_sum))
+            self.epoch_count += present.double()
+            if self.window is not None and (self.k + 1) % self.window == 0:
+                self.end_epoch()
+        return weights
+
+    def end_epoch(self) -> None:
+        if not bool((self.epoch_count > 0).any()):
+            return
+        mean = torch.where(
+            self.epoch_count > 0, self.epoch_sum / self.epoch_count.clamp(min=1), self.history[1]
+        )
+        if int(self.epochs_done) == 0:  # no earlier epoch: a task absent all epoch has ratio 1
+            mean = torch.where(self.epoch_count > 0, mean, mean[self.epoch_count > 0].mean())
+        self.history.copy_(torch.stack([self.history[1], mean]))
+        self.epochs_done += 1
+        self.epoch_sum.zero_()
+        self.epoch_count.zero_()
+
+
+class GroupDRO(Balancer):
+    """``groupdro``: online group DRO (Sagawa et al., ICLR 2020), the update DoReMi uses for mixtures.
+
+    ``q <- q * exp(eta * L)``, ``q <- q / sum(q)``, updated before use, ``q`` initially uniform:
+    a softmax of the *cumulative* losses (minimax uses the current ones). Absent tasks use their last
+    loss (DoReMi's choice), so their weight does not decay for lack of data.
+    """
+
+    def __init__(self, num_tasks: int, eta: float = 0.01) -> None:
+        super().__init__(num_tasks)
+        if not float(eta) > 0:
+            raise ConfigError(f"balancer.eta must be > 0, got {eta}.")
+        self.eta = float(eta)
+        self.register_buffer("log_q", torch.full((self.num_tasks,), -math.log(self.num_tasks)))
+
+    def compute_weights(self, values, known, ctx):
+        log_q = self.log_q + self.eta * torch.where(known, values, torch.zeros_like(values))
+        log_q = log_q - torch.logsumexp(log_q, dim=0)
+        if self.training:
+            self.log_q.copy_(log_q)
+        return log_q.exp()
+
+
+class STCH(Balancer):
+    """``stch``: smooth Tchebycheff scalarisation (Lin et al., ICML 2024), via ``torchjd.scalarization.STCH``.
+
+    After ``warmup`` steps of equal weights, the nadir ``z_t`` is the task's mean loss over the warm-up;
+    then the objective is ``mu * log sum_t exp(log(L_t / z_t) / mu)`` (unit preferences, reference 0).
+    We apply its gradient as weights ``w_t proportional to d STCH / d L_t``, renormalised to sum to 1:
+    the direction of the method with our convention's scale. ``mu -> 0`` approaches the max of the
+    normalised log-losses; ``mu = 1`` is a normalised linear scalarisation.
+    """
+
+    def __init__(self, num_tasks: int, mu: float = 0.1, warmup: int = 50) -> None:
+        super().__init__(num_tasks)
+        if not float(mu) > 0:
+            raise ConfigError(f"balancer.mu must be > 0, got {mu}.")
+        if int(warmup) < 1:
+            raise ConfigError(f"balancer.warmup must be >= 1 step, got {warmup}.")
+        from torchjd.scalarization import STCH as _TorchJDSTCH
+
+        self.mu, self.warmup = float(mu), int(warmup)
+        self.scalarizer = _TorchJDSTCH(mu=self.mu, weights=torch.ones(self.num_tasks))
+        self.register_buffer("nadir_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
+        self.register_buffer("nadir_count", torch.zeros(self.num_tasks, dtype=torch.float64))
+
+    def compute_weights(self, values, known, ctx):
+        if self.k < self.warmup:
+            if self.training:
+                present = ctx["present"]
+                self.nadir_sum += torch.where(present, values.double(), torch.zeros_like(self.nadir_sum))
+                self.nadir_count += present.double()
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        nadir = (self.nadir_sum / self.nadir_count.clamp(min=1)).float().clamp(min=1e-8)
+        nadir = torch.where(self.nadir_count > 0, nadir, values.clamp(min=1e-8))
+        self.scalarizer.weights = torch.ones_like(values)
+        with torch.enable_grad():
+            x = values.clamp(min=1e-8).detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.scalarizer(torch.log(x / nadir)), x)
+        grad = torch.where(known, grad, torch.zeros_like(grad))
+        return grad / grad.sum().clamp(min=1e-12)
+
+
+class GradientAggregator(Balancer):
+    """Gradient aggregators from ``torchjd``: ``mgda``, ``pcgrad``, ``upgrad`` (or any ``*Weighting``).
+
+    The T x T Gramian ``G = J J^T`` of the per-task gradients is taken with respect to
+
+    * ``features`` mode (default, MGDA-UB style): the shared representation the task heads read; one
+      batched backward from the T losses to it, costing about one extra backward of the heads;
+    * ``shared_params`` mode: the parameters of the last shared layer.
+
+    The weights come from torchjd's ``UPGradWeighting`` / ``MGDAWeighting`` / ``PCGradWeighting`` on that
+    Gramian, renormalised to sum to 1 (our convention; the direction is torchjd's). The model then gets
+    one backward of ``sum_t w_t L_t``, whose shared-parameter gradient is ``J^T w``. Gramians of
+    data-parallel ranks are averaged before the weighting, so every rank applies identical weights.
+    """
+
+    def __init__(self, num_tasks: int, method: str = "upgrad", mode: str = "features") -> None:
+        super().__init__(num_tasks)
+        from torchjd import aggregation
+
+        weightings = {
+            "upgrad": aggregation.UPGradWeighting,
+            "mgda": aggregation.MGDAWeighting,
+            "pcgrad": aggregation.PCGradWeighting,
+            "dualproj": aggregation.DualProjWeighting,
+            "imtlg": aggregation.IMTLGWeighting,
+            "cagrad": lambda: aggregation.CAGradWeighting(c=0.5),
+        }
+        if method not in weightings:
+            raise ConfigError(f"balancer.method must be one of {sorted(weightings)}, got {method!r}.")
+        if mode not in ("features", "shared_params"):
+            raise ConfigError(f"balancer.mode must be 'features' or 'shared_params', got {mode!r}.")
+        self.method, self.mode = method, mode
+        self.requires = frozenset({mode})
+        self.weighting = weightings[method]()
+
+    def compute_weights(self, values, known, ctx):
+        losses, present = ctx["losses"], ctx["present"]
+        inputs = ctx[self.mode]
+        if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
+            raise ConfigError(
+                f"balancer.mode={self.mode!r} needs the training module to pass `{self.mode}` to the "
+                "loss aggregation; this experiment does not."
+            )
+        if isinstance(inputs, Tensor):
+            inputs = [inputs]
+        if not self.training or not losses.requires_grad:
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        with torch.no_grad():
+            jac = _per_task_grads(losses, present, inputs)
+            gramian = self.reduce(jac @ jac.T)
+        idx = present.nonzero().flatten()
+        weights = torch.zeros_like(values)
+        if idx.numel() == 0:
+            return weights
+        sub = gramian[idx][:, idx].double()
+        w = self.weighting(sub).float()
+        weights[idx] = w / w.sum().clamp(min=1e-12) if float(w.sum()) > 0 else 1.0 / idx.numel()
+        return weights

@@ -1,0 +1,302 @@
+"""The run behind ``python run.py``: pre-train -> export -> fine-tune every downstream task -> results.json.
+
+Everything is built from the composed Hydra config with ``hydra.utils.instantiate``; see ``conf/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    from hydra.utils import instantiate
+
+    if node is None:
+        raise ConfigError(f"config key '{key}' is not set: choose an experiment (e.g. experiment=convex).")
+    return instantiate(node, **kwargs)
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and "_target_" in node:
+            try:
+                loggers.append(instantiate(node))
+            except Exception as exc:  # a logger must never kill a run
+                log.warning("logger %s could not start (%s); continuing without it", name, exc)
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, **overrides: Any):
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    node.update({k: v for k, v in overrides.items() if v is not None or k in ("max_steps",)})
+    if node.get("max_steps") is None:
+        node["max_steps"] = -1
+    return instantiate(node, logger=loggers or False, callbacks=callbacks or [])
+
+
+def balancer_factory(cfg: DictConfig) -> Callable:
+    return _instantiate(cfg.balancer, "balancer")
+
+
+def build_pretraining(cfg: DictConfig):
+    """(datamodule, LightningModule) for the configured experiment."""
+    datamodule = _instantiate(cfg.data, "data")
+    model = _instantiate(cfg.model, "model")
+    factory = _instantiate(cfg.module, "module")
+    aggregation = OmegaConf.to_container(cfg.get("aggregation") or {}, resolve=True)
+    module = factory(model=model, balancer=balancer_factory(cfg), aggregation=aggregation)
+    return datamodule, module
+
+
+def _resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    path = cfg.get("ckpt_path")
+    if path is None:
+        return None
+    if path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.exists():
+            raise DataError(f"ckpt_path=last: no checkpoint at {last}; run without ckpt_path first.")
+        return str(last)
+    if not Path(path).is_file():
+        raise DataError(f"ckpt_path: no checkpoint file at {path}.")
+    return str(path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a Lightning checkpoint, failing with one sentence if the file is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DataError(
+            f"checkpoint {path} is not a PyTorch/Lightning checkpoint ({type(exc).__name__})."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(f"checkpoint {path} has no 'state_dict': it is not a Lightning checkpoint.")
+    return ckpt
+
+
+def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    datamodule, module = build_pretraining(cfg)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=out_dir / "checkpoints",
+            filename="step{step}",
+            save_last=cfg.checkpoint.save_last,
+            every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+            save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,
+            auto_insert_metric_name=False,
+        )
+    ]
+    trainer = build_trainer(cfg, loggers, callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg, out_dir))
+    if trainer.global_rank == 0 and hasattr(module, "export_pretrained"):
+        module.export_pretrained(out_dir / "pretrained")
+    return module, trainer
+
+
+def restore_pretrained(cfg: DictConfig, path: str):
+    """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune)."""
+    datamodule, module = build_pretraining(cfg)
+    ckpt = load_checkpoint(path)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or len(missing) == len(module.state_dict()):
+        raise DataError(
+            f"checkpoint {path} does not match experiment '{cfg.experiment}' "
+            f"({len(unexpected)} unexpected and {len(missing)} missing keys): it belongs to another experiment."
+        )
+    agg = getattr(module, "aggregator", None)
+    if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
+        agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])
+    if hasattr(module, "prepare_for_finetune"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module.prepare_for_finetune(datamodule)
+    return module
+
+
+def summarise(downstream: dict[str, dict]) -> dict[str, Any]:
+    """Worst and average over the downstream tasks' primary metrics (and over every shared metric)."""
+    if not downstream:
+        return {}
+    directions = {bool(r["higher_is_better"]) for r in downstream.values()}
+    if len(directions) != 1:
+        raise ConfigError("downstream: tasks disagree on higher_is_better; the summary needs one direction.")
+    higher = directions.pop()
+    primary = [float(r["metrics"][r["primary"]]) for r in downstream.values()]
+    worst = min(primary) if higher else max(primary)
+    worst_task = list(downstream)[primary.index(worst)]
+    by_metric = {}
+    shared = set.intersection(*(set(r["metrics"]) for r in downstream.values()))
+    for metric in sorted(shared):
+        values = [float(r["metrics"][metric]) for r in downstream.values()]
+        by_metric[metric] = {
+            "worst": min(values) if higher else max(values),
+            "average": statistics.fmean(values),
+        }
+    return {
+        "worst": worst,
+        "worst_task": worst_task,
+        "average": statistics.fmean(primary),
+        "higher_is_better": higher,
+        "by_metric": by_metric,
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{results['experiment']} / {results['balancer']} / seed {results['seed']}")
+    table.add_column("downstream task")
+    table.add_column("primary metric")
+    table.add_column("value", justify="right")
+    for name, r in results["downstream"].items():
+        table.add_row(name, r["primary"], f"{r['metrics'][r['primary']]:.4g}")
+    s = results.get("summary", {})
+    if s:
+        table.add_row("[bold]worst[/bold]", s["worst_task"], f"{s['worst']:.4g}")
+        table.add_row("[bold]average[/bold]", "", f"{s['average']:.4g}")
+    Console().print(table)
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Run the configured stage; returns the results dict (stage all/finetune) or None."""
+    import lightning as L
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    if results_path.exists():
+        results_path.unlink()  # never leave an earlier run's results beside a new run's failure
+    if cfg.stage not in ("pretrain", "finetune", "all"):
+        raise ConfigError(f"stage must be pretrain, finetune or all, got {cfg.stage!r}.")
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    loggers = build_loggers(cfg)
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        except Exception:  # noqa: BLE001 - hyper-parameter logging is best effort
+            pass
+    try:
+        if cfg.stage == "finetune":
+            if not cfg.get("pretrained_ckpt"):
+                raise ConfigError("stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint>.")
+            module = restore_pretrained(cfg, cfg.pretrained_ckpt)
+            rank = 0
+        else:
+            module, trainer = pretrain(cfg, out_dir, loggers)
+            rank = trainer.global_rank
+            if cfg.stage == "pretrain" or rank != 0:
+                return None
+
+        def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
+            return build_trainer(
+                cfg,
+                loggers,
+                None,
+                max_epochs=max_epochs if max_epochs is not None else -1,
+                max_steps=max_steps if max_steps is not None else -1,
+                enable_checkpointing=False,
+                strategy="auto",
+                devices=1,
+                num_nodes=1,
+                val_check_interval=None,
+                check_val_every_n_epoch=1,
+            )
+
+        suite = _instantiate(cfg.downstream, "downstream")
+        downstream = suite.run(module, make_trainer, out_dir)
+        for name, r in downstream.items():
+            bad = {k: v for k, v in r["metrics"].items() if not math.isfinite(float(v))}
+            if bad:
+                raise DataError(
+                    f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
+                )
+        agg = getattr(module, "aggregator", None)
+        results = {
+            "experiment": cfg.experiment,
+            "balancer": _balancer_name(cfg),
+            "seed": int(cfg.seed),
+            "upstream": agg.final_losses() if agg is not None else {},
+            "downstream": downstream,
+            "summary": summarise(downstream),
+        }
+        extra = getattr(suite, "extra_results", None)
+        if extra:
+            results.update(extra)
+        if agg is not None and agg.history:
+            _write_history(out_dir / "pretrain_history.csv", agg)
+        write_json_atomic(results_path, results)
+        if cfg.get("print_table", True):
+            print_table(results)
+        return results
+    finally:
+        _finish_loggers(loggers)
+
+
+def _balancer_name(cfg: DictConfig) -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.choices["balancer"]
+    except Exception:  # noqa: BLE001 - outside a Hydra app
+        return str(cfg.balancer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
+
+
+def _write_history(path: Path, agg) -> None:
+    names = agg.task_names + agg.extra_tasks
+    lines = [
+        "step," + ",".join(f"loss/{n}" for n in names) + "," + ",".join(f"weight/{n}" for n in agg.task_names)
+    ]
+    for h in agg.history:
+        row = [str(h["step"])]
+        row += ["" if h["loss"].get(n) is None else f"{h['loss'][n]:.6g}" for n in names]
+        row += [f"{h['weight'][n]:.6g}" for n in agg.task_names]
+        lines.append(",".join(row))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _finish_loggers(loggers: list) -> None:
+    for lg in loggers:
+        try:
+            lg.finalize("success")
+        except Exception:  # noqa: BLE001
+            pass
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        try:
+            import wandb
+
+            wandb.finish()
+        except Exception:  # noqa: BLE001
+            pass

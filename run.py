@@ -1,0 +1,42 @@
+"""The one entry point: ``python run.py [group=choice ...] [key=value ...]`` (``-m`` for a sweep).
+
+Examples::
+
+    python run.py                                   # the default experiment, pre-train + fine-tune
+    python run.py experiment=convex balancer=none   # section 5 of the paper with average pre-training
+    python run.py -m experiment=convex balancer=none,minimax seed=0,1,2   # a sweep + summary.md
+    python run.py experiment=convex debug=smoke     # every stage on a few batches, in seconds
+
+See README.md for each config group.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("run")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from pretrain.errors import UserError
+    from pretrain.pipeline import run
+
+    try:
+        results = run(cfg)
+    except UserError as exc:
+        # One sentence naming the key, file or step; no traceback, and no results.json was written.
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if results and results.get("summary"):
+        return float(results["summary"]["worst"])  # the objective a Hydra sweeper (Optuna) optimises
+    return None
+
+
+if __name__ == "__main__":
+    main()
