@@ -1,0 +1,161 @@
+"""The convex setting of section 5: T strongly convex quadratic upstream tasks with noisy samples.
+
+Task t has loss ``l_t(theta, z) = 0.5 ||B_t (theta - c_t)||^2 + z_t^T B_t (theta - c_t)`` with
+``z ~ N(0, sigma^2 I)``, so its expected risk ``E l_t = 0.5 ||B_t (theta - c_t)||^2`` is
+``mu``-strongly convex, ``L``-smooth (``mu``, ``L`` the extreme eigenvalues of ``B_t^T B_t``) and
+minimised at ``c_t`` with value 0, as section 5 assumes. Downstream task ``lambda`` in the simplex has
+loss ``sum_t lambda_t l_t`` (eq. 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pretrain.errors import ConfigError
+
+
+@dataclass
+class QuadraticTasks:
+    """``B``: (T, d, d) task matrices, ``c``: (T, d) task optima, ``sigma``: sample noise."""
+
+    B: torch.Tensor
+    c: torch.Tensor
+    sigma: float
+
+    @property
+    def num_tasks(self) -> int:
+        return self.B.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.B.shape[-1]
+
+    @property
+    def A(self) -> torch.Tensor:
+        """Hessians ``B_t^T B_t``, (T, d, d)."""
+        return self.B.transpose(1, 2) @ self.B
+
+    def residual(self, theta: torch.Tensor) -> torch.Tensor:
+        """``B_t (theta - c_t)`` for every task, (T, d)."""
+        return torch.einsum("tij,tj->ti", self.B, theta.unsqueeze(0) - self.c)
+
+    def risks(self, theta: torch.Tensor) -> torch.Tensor:
+        """Expected risks ``E l_t(theta)``, (T,)."""
+        return 0.5 * self.residual(theta).pow(2).sum(-1)
+
+    def sample_losses(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses for noise ``z`` of shape (n, T, d): (n, T)."""
+        r = self.residual(theta)
+        return 0.5 * r.pow(2).sum(-1) + torch.einsum("ntd,td->nt", z, r)
+
+    def mixture_optimum(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``argmin`` and ``min`` of the downstream risk ``sum_t lam_t E l_t``, in closed form."""
+        A = torch.einsum("t,tij->ij", lam, self.A)
+        b = torch.einsum("t,tij,tj->i", lam, self.A, self.c)
+        theta = torch.linalg.solve(A, b)
+        return theta, (lam * self.risks(theta)).sum()
+
+
+def make_tasks(
+    kind: str = "random",
+    num_tasks: int = 4,
+    dim: int = 8,
+    sigma: float = 1.0,
+    curvature: tuple[float, float] = (0.2, 2.0),
+    spread: float = 2.0,
+    seed: int = 0,
+) -> QuadraticTasks:
+    """Build an instance.
+
+    ``random``: diagonal curvatures log-uniform in ``curvature`` under a random rotation per task,
+    optima ``c_t ~ N(0, spread^2 I)``.
+    ``remark52``: the family behind Remark 5.2: task 0 has curvature 1 and optimum ``e_1``; the other
+    T-1 tasks have curvature ``1/(T-1)`` and optimum 0. Average pre-training lands at ``e_1/2`` (worst
+    risk 1/8), minimax at ``e_1/(1+1/sqrt(T-1))`` (worst risk ``1/(2 (sqrt(T-1)+1)^2)``): the ratio of
+    the worst-case downstream initial risks is ``(sqrt(T-1)+1)^2 / 4``, linear in T.
+    """
+    if num_tasks < 1:
+        raise ConfigError(f"data.num_tasks must be >= 1, got {num_tasks}.")
+    if dim < 1:
+        raise ConfigError(f"data.dim must be >= 1, got {dim}.")
+    if sigma < 0:
+        raise ConfigError(f"data.sigma must be >= 0, got {sigma}.")
+    g = torch.Generator().manual_seed(int(seed))
+    if kind == "random":
+        lo, hi = (float(x) for x in curvature)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.curvature must be 0 < low <= high, got {list(curvature)}.")
+        eig = torch.exp(
+            torch.empty(num_tasks, dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g)
+        )
+        q, _ = torch.linalg.qr(torch.randn(num_tasks, dim, dim, generator=g))
+        B = q @ torch.diag_embed(eig.sqrt()) @ q.transpose(1, 2)
+        c = spread * torch.randn(num_tasks, dim, generator=g)
+    elif kind == "remark52":
+        if num_tasks < 2:
+            raise ConfigError("data.num_tasks must be >= 2 for kind=remark52.")
+        scale = torch.full((num_tasks,), 1.0 / (num_tasks - 1))
+        scale[0] = 1.0
+        B = torch.diag_embed(scale.sqrt().unsqueeze(1).expand(num_tasks, dim).contiguous())
+        c = torch.zeros(num_tasks, dim)
+        c[0, 0] = 1.0
+    else:
+        raise ConfigError(f"data.kind must be 'random' or 'remark52', got {kind!r}.")
+    return QuadraticTasks(B=B.float(), c=c.float(), sigma=float(sigma))
+
+
+class _NoiseSamples(Dataset):
+    """Sample i is ``z_i`` of shape (T, d), a deterministic function of (seed, i)."""
+
+    def __init__(self, tasks: QuadraticTasks, size: int, seed: int) -> None:
+        self.tasks, self.size, self.seed = tasks, size, seed
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return self.tasks.sigma * torch.randn(self.tasks.num_tasks, self.tasks.dim, generator=g)
+
+
+class ConvexDataModule(L.LightningDataModule):
+    """Noise samples of the quadratic tasks; ``tasks`` is the problem instance shared with the module."""
+
+    def __init__(
+        self,
+        kind: str = "random",
+        num_tasks: int = 4,
+        dim: int = 8,
+        sigma: float = 1.0,
+        curvature: tuple[float, float] = (0.2, 2.0),
+        spread: float = 2.0,
+        batch_size: int = 16,
+        train_size: int = 4096,
+        val_size: int = 512,
+        seed: int = 0,
+        smoke: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+        self.tasks = make_tasks(kind, num_tasks, dim, sigma, tuple(curvature), spread, seed)
+        self.batch_size = batch_size
+        self.train_size = 4 * batch_size if smoke else train_size
+        self.val_size = 2 * batch_size if smoke else val_size
+        self.seed = seed
+
+    @property
+    def task_names(self) -> list[str]:
+        return [f"task{t}" for t in range(self.tasks.num_tasks)]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            _NoiseSamples(self.tasks, self.train_size, self.seed), batch_size=self.batch_size, shuffle=True
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_NoiseSamples(self.tasks, self.val_size, self.seed + 7919), batch_size=256)

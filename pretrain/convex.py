@@ -1,0 +1,96 @@
+"""Pre-training in the convex setting of section 5, through the same Lightning/callback path as the
+deep experiments: per-task minibatch risks from one evaluation, the balancer's weights, one SGD step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pretrain.aggregation import LossAggregation
+
+
+class ConvexPretraining(L.LightningModule):
+    """SGD on ``theta`` with the T quadratic task losses combined by the configured balancer.
+
+    Args:
+        model: a :class:`models.convex.ParameterVector`.
+        balancer: a Balancer or a ``num_tasks -> Balancer`` factory.
+        aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
+        num_tasks: T (must match the data).
+        lr: constant SGD step size eta.
+        momentum: SGD momentum (0 is Algorithm 1 exactly).
+        average_iterates: keep the running average of the iterates (Theorem 3.1's theta-bar) and
+            hand it to the downstream stage instead of the last iterate.
+    """
+
+    def __init__(
+        self,
+        model,
+        balancer,
+        aggregation: dict | None = None,
+        num_tasks: int = 4,
+        lr: float = 0.05,
+        momentum: float = 0.0,
+        average_iterates: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.momentum, self.average_iterates = float(lr), float(momentum), bool(average_iterates)
+        self.task_names = [f"task{t}" for t in range(int(num_tasks))]
+        self.aggregator = LossAggregation.build(balancer, self.task_names, **(aggregation or {}))
+        self.register_buffer("theta_avg", model.theta.detach().clone())
+        self.register_buffer("n_avg", torch.zeros((), dtype=torch.long))
+        self.tasks = None
+
+    def configure_callbacks(self):
+        return [self.aggregator]
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        self.prepare_for_finetune(dm)
+
+    def prepare_for_finetune(self, datamodule) -> None:
+        self.tasks = datamodule.tasks
+        if self.tasks.num_tasks != len(self.task_names):
+            from pretrain.errors import ConfigError
+
+            raise ConfigError(
+                f"module.num_tasks={len(self.task_names)} but data.num_tasks={self.tasks.num_tasks}."
+            )
+
+    def training_step(self, z: torch.Tensor, batch_idx: int):
+        per_sample = self.tasks.sample_losses(self.model(), z)  # (n, T)
+        n = per_sample.shape[0]
+        losses = {name: (per_sample[:, t].sum(), n) for t, name in enumerate(self.task_names)}
+        return self.aggregator(self, losses, shared_params=[self.model.theta], features=self.model.theta)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.n_avg += 1
+            self.theta_avg += (self.model.theta.detach() - self.theta_avg) / self.n_avg.float()
+
+    def validation_step(self, z: torch.Tensor, batch_idx: int) -> None:
+        risks = self.tasks.risks(self.pretrained_theta())
+        self.log_dict(
+            {f"val/risk/{n}": risks[t] for t, n in enumerate(self.task_names)}, batch_size=z.shape[0]
+        )
+        self.log("val/risk_worst", risks.max(), batch_size=z.shape[0])
+
+    def configure_optimizers(self):
+        groups = [{"params": list(self.model.parameters())}] + self.aggregator.balancer_param_groups()
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
+
+    def pretrained_theta(self) -> torch.Tensor:
+        """The pre-trained parameter: the averaged iterate if ``average_iterates`` else the last one."""
+        if self.average_iterates and int(self.n_avg) > 0:
+            return self.theta_avg.detach().clone()
+        return self.model.theta.detach().clone()
+
+    def export_pretrained(self, out_dir: Path) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"theta": self.pretrained_theta(), "B": self.tasks.B, "c": self.tasks.c}, out_dir / "theta.pt"
+        )
