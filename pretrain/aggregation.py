@@ -117,9 +117,11 @@ class LossAggregation(Callback):
             )
         if trainer.world_size > 1:
             self.balancer.reduce = lambda t: strategy.reduce(t, reduce_op="mean")
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.balancer.end_epoch()
+            # ddp_spawn hands every process tensors in shared memory: make the balancer's state
+            # process-local, or each rank would apply its (identical) update to the same storage.
+            with torch.no_grad():
+                for t in [*self.balancer.parameters(), *self.balancer.buffers()]:
+                    t.data = t.data.clone()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +204,8 @@ class LossAggregation(Callback):
         local = torch.where(present, local, torch.zeros_like(local))
 
         k = len(self.task_names)
+        if trainer is not None:
+            self.balancer.set_epoch(trainer.current_epoch)
         out = self.balancer(
             local[:k],
             present[:k],

@@ -56,6 +56,10 @@ class BalanceOutput(NamedTuple):
     """The T task weights applied this step (detached)."""
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the entries where ``mask`` is true; exactly 0 elsewhere (uniform if none is)."""
     if not bool(mask.any()):
@@ -84,7 +88,7 @@ class Balancer(nn.Module):
                 "(check the experiment's task list)."
             )
         self.num_tasks = int(num_tasks)
-        self.reduce: Callable[[Tensor], Tensor] = lambda t: t
+        self.reduce: Callable[[Tensor], Tensor] = _identity
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_loss", torch.zeros(self.num_tasks))
         self.register_buffer("seen", torch.zeros(self.num_tasks, dtype=torch.bool))
@@ -136,8 +140,9 @@ class Balancer(nn.Module):
         """The scalar to back-propagate; ``sum_t w_t L_t`` unless the method adds its own term."""
         return (weights.to(losses.dtype) * losses).sum()
 
-    def end_epoch(self) -> None:
-        """Called by the loss-aggregation callback at the end of every training epoch."""
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loss-aggregation callback before every step with the training epoch, so
+        epoch-based methods notice a new epoch even when a run resumed from a checkpoint."""
 
     @property
     def k(self) -> int:
@@ -331,9 +336,8 @@ class GradNorm(Balancer):
         if not self.training or not params or not losses.requires_grad or not bool(present.any()):
             return loss
         params = [p for p in params if p.requires_grad]
-        with torch.no_grad():
-            grads = self.reduce(_per_task_grads(losses, present, params))
-            norms = grads.norm(dim=1)
+        grads = self.reduce(_per_task_grads(losses, present, params).detach())
+        norms = grads.norm(dim=1)
         w = torch.softmax(self.logits, dim=0)
         g = w * norms
         with torch.no_grad():
@@ -349,8 +353,9 @@ class DWA(Balancer):
 
     From the epoch-mean **unweighted** losses ``Lbar_t(e)``: ``r_t = Lbar_t(e-1) / Lbar_t(e-2)``,
     ``w = softmax(r / temperature)`` (sums to 1; the paper's sum-to-T up to the factor T); uniform for
-    the first two epochs. An "epoch" is a training epoch (the callback calls :meth:`end_epoch`) or, if
-    ``window`` is set, every ``window`` steps, for runs of few long epochs.
+    the first two epochs. An "epoch" is a training epoch (the callback reports it through
+    :meth:`set_epoch`; call :meth:`end_epoch` yourself outside Lightning) or, if ``window`` is set,
+    every ``window`` steps, for runs of few long epochs.
     """
 
     def __init__(self, num_tasks: int, temperature: float = 2.0, window: int | None = None) -> None:
@@ -365,6 +370,12 @@ class DWA(Balancer):
         self.register_buffer("epoch_count", torch.zeros(self.num_tasks, dtype=torch.float64))
         self.register_buffer("history", torch.ones(2, self.num_tasks, dtype=torch.float64))
         self.register_buffer("epochs_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.window is None and self.training and int(epoch) > int(self.epoch):
+            self.end_epoch()
+            self.epoch.fill_(int(epoch))
 
     def compute_weights(self, values, known, ctx):
         if int(self.epochs_done) < 2:
@@ -504,9 +515,8 @@ class GradientAggregator(Balancer):
             inputs = [inputs]
         if not self.training or not losses.requires_grad:
             return torch.full_like(values, 1.0 / self.num_tasks)
-        with torch.no_grad():
-            jac = _per_task_grads(losses, present, inputs)
-            gramian = self.reduce(jac @ jac.T)
+        jac = _per_task_grads(losses, present, inputs).detach()
+        gramian = self.reduce(jac @ jac.T)
         idx = present.nonzero().flatten()
         weights = torch.zeros_like(values)
         if idx.numel() == 0:

@@ -23,11 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+
+    from pretrain.errors import UserError
 
     if node is None:
         raise ConfigError(f"config key '{key}' is not set: choose an experiment (e.g. experiment=convex).")
-    return instantiate(node, **kwargs)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def build_loggers(cfg: DictConfig) -> list:

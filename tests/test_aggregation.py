@@ -1,0 +1,211 @@
+"""The shared loss-aggregation callback inside real Lightning training loops."""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from pretrain.aggregation import LossAggregation
+from pretrain.balancers import DWA, GradNorm, Minimax, NoBalancing, Uncertainty
+from pretrain.errors import ConfigError, NonFiniteLossError
+
+TASKS = ["a", "b", "rare"]
+
+
+class Samples(Dataset):
+    """x in R^4; targets per task; the 'rare' task has a target only in samples with index % 4 == 3."""
+
+    def __init__(self, n: int = 32) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = torch.randn(n, 3, generator=g)
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], torch.tensor(i % 4 == 3)
+
+
+class TinyModule(L.LightningModule):
+    def __init__(self, balancer, aggregation=None, nan_at: int | None = None, dump: str | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared = torch.nn.Linear(4, 8)
+        self.heads = torch.nn.Linear(8, 3)
+        self.aggregator = LossAggregation.build(balancer, TASKS, **(aggregation or {}))
+        self.nan_at, self.dump = nan_at, dump
+
+    def configure_callbacks(self):
+        return [self.aggregator]
+
+    def training_step(self, batch, i):
+        x, y, has_rare = batch
+        h = torch.tanh(self.shared(x))
+        err = (self.heads(h) - y) ** 2  # (n, 3)
+        mask = torch.stack([torch.ones_like(has_rare), torch.ones_like(has_rare), has_rare], 1).float()
+        sums = (err * mask).sum(0)
+        counts = mask.sum(0)
+        if self.nan_at is not None and self.global_step == self.nan_at:
+            sums = sums * torch.tensor([1.0, float("nan"), 1.0])
+        losses = {t: (sums[k], counts[k]) for k, t in enumerate(TASKS)}
+        return self.aggregator(self, losses, shared_params=list(self.shared.parameters()), features=h)
+
+    def train_dataloader(self):
+        data = Samples()
+        if self.trainer.world_size > 1:  # interleaved shards: rank r gets samples r, r + 2, ...
+            sampler = DistributedSampler(data, self.trainer.world_size, self.global_rank, shuffle=False)
+            return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False)
+
+    def configure_optimizers(self):
+        groups = [{"params": list(self.shared.parameters()) + list(self.heads.parameters())}]
+        return torch.optim.SGD(groups + self.aggregator.balancer_param_groups(), lr=0.1)
+
+    def on_train_end(self):
+        if self.dump:
+            path = Path(self.dump) / f"rank{self.global_rank}.json"
+            params = torch.cat([p.detach().flatten() for p in self.parameters()]).tolist()
+            path.write_text(json.dumps({"history": self.aggregator.history, "params": params}))
+
+
+def fit(module, tmp_path, batch_size=4, max_steps=6, ckpt_path=None, **trainer_kw):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=trainer_kw.pop("devices", 1),
+        max_steps=max_steps,
+        logger=trainer_kw.pop("logger", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=trainer_kw.pop("enable_checkpointing", False),
+        default_root_dir=tmp_path,
+        deterministic=True,
+        **trainer_kw,
+    )
+    module.batch_size = batch_size
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_logs_every_task_loss_weight_and_the_worst_each_step(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = TinyModule(lambda num_tasks: Minimax(num_tasks, alpha=1.0))
+    fit(
+        module, tmp_path, max_steps=4, logger=CSVLogger(tmp_path, name="csv", version=""), log_every_n_steps=1
+    )
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    assert len(rows) == 4
+    for row in rows:
+        losses = [float(row[f"train/loss/{t}"]) for t in TASKS]
+        weights = [float(row[f"train/weight/{t}"]) for t in TASKS]
+        assert float(row["train/loss_worst"]) == pytest.approx(max(losses), rel=1e-5)
+        assert sum(weights) == pytest.approx(1.0, rel=1e-5)
+        assert weights == pytest.approx(
+            [math.exp(v) / sum(math.exp(u) for u in losses) for v in losses], rel=1e-4
+        )
+
+
+def test_task_loss_is_the_mean_over_its_targets_and_absent_tasks_are_handled(tmp_path):
+    module = TinyModule(lambda num_tasks: Minimax(num_tasks, alpha=1.0))
+    fit(module, tmp_path, batch_size=2, max_steps=4)  # 'rare' is present only in every second batch
+    hist = module.aggregator.history
+    assert [h["loss"]["rare"] is None for h in hist] == [True, False, True, False]
+    assert hist[0]["weight"]["rare"] == 0.0  # never seen yet
+    assert hist[2]["weight"]["rare"] > 0.0  # from its last known loss
+    assert all(math.isfinite(w) for h in hist for w in h["weight"].values())
+
+
+def test_nonfinite_loss_stops_naming_task_and_step(tmp_path):
+    module = TinyModule(NoBalancing, nan_at=2)
+    with pytest.raises(NonFiniteLossError, match=r"task 'b' loss is nan at step 2"):
+        fit(module, tmp_path)
+
+
+def test_nonfinite_loss_can_skip_the_step(tmp_path):
+    module = TinyModule(NoBalancing, aggregation={"on_nonfinite": "skip"}, nan_at=2)
+    with pytest.warns(UserWarning, match="task 'b'"):
+        fit(module, tmp_path, max_steps=4)
+    assert all(math.isfinite(p.detach().sum()) for p in module.parameters())
+
+
+def test_balancer_size_must_match_tasks():
+    with pytest.raises(ConfigError, match="weighs 2 tasks but the experiment has 3"):
+        LossAggregation(NoBalancing(2), TASKS)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda num_tasks: Minimax(num_tasks, alpha=2.0, ema=0.8),
+        lambda num_tasks: DWA(num_tasks, window=3),
+        lambda num_tasks: Uncertainty(num_tasks),
+        lambda num_tasks: GradNorm(num_tasks),
+    ],
+    ids=["minimax", "dwa", "uncertainty", "gradnorm"],
+)
+def test_resume_continues_exactly(tmp_path, factory):
+    """Killed after step 8 (one epoch of 8 batches), resumed from the checkpoint: same parameters,
+    balancer state and logged history as the run left alone."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    straight = TinyModule(factory)
+    fit(straight, tmp_path / "a", max_steps=13)
+
+    first = TinyModule(factory)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=8, save_top_k=-1, filename="s{step}")
+    fit(first, tmp_path / "b", max_steps=8, callbacks=[ckpt], enable_checkpointing=True)
+    (path,) = list((tmp_path / "ck").glob("*.ckpt"))
+    resumed = TinyModule(factory)
+    fit(resumed, tmp_path / "c", max_steps=13, ckpt_path=str(path))
+
+    torch.testing.assert_close(straight.state_dict(), resumed.state_dict())
+    torch.testing.assert_close(
+        straight.aggregator.balancer.state_dict(), resumed.aggregator.balancer.state_dict()
+    )
+    assert straight.aggregator.history == resumed.aggregator.history
+    if list(straight.aggregator.balancer.parameters()):
+        assert not torch.allclose(
+            next(straight.aggregator.balancer.parameters()),
+            next(TinyModule(factory).aggregator.balancer.parameters()),
+        )
+
+
+def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path):
+    """2 gloo processes with 2 samples each == 1 process with the same 4 samples per step."""
+    factory = GradNormFactory()
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "one").mkdir()
+    fit(
+        TinyModule(factory, dump=str(tmp_path / "ddp")),
+        tmp_path,
+        batch_size=2,
+        max_steps=3,
+        devices=2,
+        strategy="ddp_spawn",
+        use_distributed_sampler=False,
+    )
+    fit(TinyModule(factory, dump=str(tmp_path / "one")), tmp_path, batch_size=4, max_steps=3)
+    r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    for h0, h1, h in zip(r0["history"], r1["history"], one["history"]):
+        assert h0["weight"] == h1["weight"]  # identical on every rank
+        for t in TASKS:  # the global mean of each task's loss, not a mean of rank means
+            assert h0["loss"][t] == pytest.approx(h["loss"][t], rel=1e-5)
+        assert list(h0["weight"].values()) == pytest.approx(list(h["weight"].values()), rel=1e-4)
+    assert r0["params"] == pytest.approx(one["params"], rel=1e-4, abs=1e-6)
+
+
+class GradNormFactory:
+    """Picklable balancer factory for spawned DDP processes (GradNorm: uses gradients + all-reduce)."""
+
+    def __call__(self, num_tasks):
+        return GradNorm(num_tasks)

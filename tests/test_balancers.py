@@ -1,0 +1,259 @@
+"""Each balancer's weights on given losses against values computed by hand from its formula."""
+
+import math
+
+import pytest
+import torch
+
+from pretrain.balancers import (
+    DWA,
+    STCH,
+    GradientAggregator,
+    GradNorm,
+    GroupDRO,
+    Minimax,
+    NoBalancing,
+    Uncertainty,
+)
+from pretrain.errors import ConfigError
+
+
+def softmax(xs):
+    e = [math.exp(x) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def t(*xs):
+    return torch.tensor(xs, dtype=torch.float32)
+
+
+def test_none_is_the_average():
+    out = NoBalancing(3)(t(1.0, 2.0, 6.0))
+    assert out.weights.tolist() == pytest.approx([1 / 3] * 3)
+    assert float(out.loss) == pytest.approx(3.0)
+
+
+def test_minimax_weights_are_softmax_of_alpha_times_losses():
+    out = Minimax(3, alpha=1.0)(t(1.0, 2.0, 3.0))
+    expected = softmax([1.0, 2.0, 3.0])
+    assert out.weights.tolist() == pytest.approx(expected, rel=1e-5)
+    assert float(out.loss) == pytest.approx(sum(w * v for w, v in zip(expected, [1, 2, 3])), rel=1e-5)
+    out = Minimax(3, alpha=2.5)(t(1.0, 2.0, 3.0))
+    assert out.weights.tolist() == pytest.approx(softmax([2.5, 5.0, 7.5]), rel=1e-5)
+
+
+def test_minimax_limits_uniform_and_argmax():
+    losses = t(0.3, 1.7, 0.9)
+    assert Minimax(3, alpha=1e-6)(losses).weights.tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
+    assert Minimax(3, alpha=0)(losses).weights.tolist() == pytest.approx([1 / 3] * 3)
+    assert Minimax(3, alpha=200.0)(losses).weights.tolist() == pytest.approx([0, 1, 0], abs=1e-6)
+    assert Minimax(3, alpha="inf")(losses).weights.tolist() == [0, 1, 0]
+    assert Minimax(3, alpha=float("inf"))(t(2.0, 2.0, 1.0)).weights.tolist() == [0.5, 0.5, 0]
+
+
+def test_minimax_sqrt_schedule_of_theorem_3_1():
+    b = Minimax(2, alpha=0.5, schedule="sqrt")
+    losses = t(1.0, 2.0)
+    for k in range(4):
+        w = b(losses).weights
+        a = 0.5 * math.sqrt(k + 1)
+        assert w.tolist() == pytest.approx(softmax([a * 1.0, a * 2.0]), rel=1e-5)
+
+
+def test_minimax_ema_and_floor():
+    b = Minimax(2, alpha=1.0, ema=0.5)
+    assert b(t(1.0, 2.0)).weights.tolist() == pytest.approx(softmax([1.0, 2.0]), rel=1e-5)
+    # m = 0.5 * [1, 2] + 0.5 * [3, 0] = [2, 1]
+    assert b(t(3.0, 0.0)).weights.tolist() == pytest.approx(softmax([2.0, 1.0]), rel=1e-5)
+    w = Minimax(2, alpha=1.0, floor=0.3)(t(1.0, 2.0)).weights
+    assert w.tolist() == pytest.approx([0.7 * p + 0.15 for p in softmax([1.0, 2.0])], rel=1e-5)
+
+
+def test_minimax_gradient_equals_torchjd_smooth_tchebycheff():
+    """sum_t softmax(alpha L)_t grad L_t == grad of STCH(mu=1/alpha, unit preferences) (BALANCERS.md)."""
+    from torchjd.scalarization import STCH as TorchJDSTCH
+
+    torch.manual_seed(0)
+    theta = torch.randn(5, requires_grad=True)
+    targets = torch.randn(3, 5)
+    for alpha in (0.5, 1.0, 4.0):
+        losses = ((theta - targets) ** 2).sum(1)
+        (g_ours,) = torch.autograd.grad(Minimax(3, alpha=alpha)(losses).loss, theta)
+        losses = ((theta - targets) ** 2).sum(1)
+        (g_ref,) = torch.autograd.grad(TorchJDSTCH(mu=1 / alpha, weights=torch.ones(3))(losses), theta)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_use_detached_losses_so_gradient_is_weighted_sum():
+    theta = torch.tensor([1.0, 2.0], requires_grad=True)
+    losses = torch.stack([theta[0] ** 2, theta[1] ** 2])  # [1, 4]
+    out = Minimax(2, alpha=1.0)(losses)
+    out.loss.backward()
+    w = softmax([1.0, 4.0])
+    assert theta.grad.tolist() == pytest.approx([w[0] * 2.0, w[1] * 4.0], rel=1e-5)
+
+
+def test_uncertainty_objective_and_gradient():
+    b = Uncertainty(2)
+    with torch.no_grad():
+        b.log_var.copy_(t(0.0, math.log(2.0)))
+    losses = t(1.0, 3.0)
+    out = b(losses)
+    assert out.weights.tolist() == pytest.approx([0.5, 0.25])
+    assert float(out.loss) == pytest.approx(0.5 * (1.0 + 1.5 + math.log(2.0)), rel=1e-6)
+    out.loss.backward()
+    # d/ds_t (1/T)(exp(-s_t) L_t + s_t) = (1 - exp(-s_t) L_t) / T
+    assert b.log_var.grad.tolist() == pytest.approx([0.0, 0.5 * (1 - 1.5)], abs=1e-6)
+
+
+def test_groupdro_exponentiated_gradient_on_cumulative_losses():
+    b = GroupDRO(2, eta=0.5)
+    assert b(t(1.0, 3.0)).weights.tolist() == pytest.approx(softmax([0.5, 1.5]), rel=1e-5)
+    assert b(t(1.0, 3.0)).weights.tolist() == pytest.approx(softmax([1.0, 3.0]), rel=1e-5)
+
+
+def test_dwa_uniform_for_two_epochs_then_softmax_of_loss_ratios():
+    b = DWA(2, temperature=2.0)
+    assert b(t(4.0, 4.0)).weights.tolist() == pytest.approx([0.5, 0.5])
+    b.end_epoch()
+    assert b(t(2.0, 3.0)).weights.tolist() == pytest.approx([0.5, 0.5])
+    b(t(2.0, 3.0))  # epoch mean stays [2, 3]
+    b.end_epoch()
+    w = b(t(9.0, 9.0)).weights  # current losses do not matter within the epoch
+    assert w.tolist() == pytest.approx(softmax([0.5 / 2.0, 0.75 / 2.0]), rel=1e-5)
+
+
+def test_dwa_window_counts_steps_as_epochs():
+    b = DWA(2, temperature=1.0, window=2)
+    for losses in ([4.0, 2.0], [4.0, 2.0], [2.0, 2.0], [2.0, 2.0]):
+        assert b(t(*losses)).weights.tolist() == pytest.approx([0.5, 0.5])
+    assert b(t(1.0, 1.0)).weights.tolist() == pytest.approx(softmax([0.5, 1.0]), rel=1e-5)
+
+
+def test_stch_nadir_from_warmup_then_normalised_log_weights():
+    b = STCH(2, mu=1.0, warmup=2)
+    assert b(t(1.0, 2.0)).weights.tolist() == pytest.approx([0.5, 0.5])
+    assert b(t(3.0, 2.0)).weights.tolist() == pytest.approx([0.5, 0.5])
+    # nadir z = [2, 2]; mu = 1: d/dL_t log sum L_s/z_s = (1/z_t) / sum(L/z): equal weights
+    assert b(t(2.0, 4.0)).weights.tolist() == pytest.approx([0.5, 0.5], rel=1e-5)
+    b = STCH(2, mu=0.5, warmup=2)
+    b(t(1.0, 2.0))
+    b(t(3.0, 2.0))
+    # softmax(2 * [0, log 2]) = [1/5, 4/5]; divided by L = [2, 4] -> [0.1, 0.2] -> [1/3, 2/3]
+    assert b(t(2.0, 4.0)).weights.tolist() == pytest.approx([1 / 3, 2 / 3], rel=1e-5)
+
+
+def test_gradnorm_balances_gradient_norms_on_the_shared_layer():
+    W = torch.ones(2, requires_grad=True)
+    g = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # grad_W L_t = g_t, norms [3, 1]
+    b = GradNorm(2, asymmetry=1.5, lr=None)
+    losses = g @ W
+    out = b(losses, shared_params=[W])
+    assert out.weights.tolist() == pytest.approx([0.5, 0.5])
+    out.loss.backward()
+    # model gets sum_t stopgrad(w_t) L_t
+    assert W.grad.tolist() == pytest.approx([1.5, 0.5])
+    # G = [1.5, 0.5], Gbar = 1, r = [1, 1] (first step): d/dp sum |w_t n_t - 1| = [1, -1]
+    assert b.logits.grad.tolist() == pytest.approx([1.0, -1.0], rel=1e-5)
+    with torch.no_grad():
+        b.logits -= 0.1 * b.logits.grad
+    assert b(g @ W).weights[1] > 0.5  # the task with the smaller gradient gains weight
+
+
+def test_gradient_aggregators_use_torchjd_weightings():
+    f = torch.ones(2, requires_grad=True)
+    J = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # MGDA: min-norm point of the hull of g1=[1,0], g2=[0,2] is a=4/5
+    out = GradientAggregator(2, method="mgda")(J @ f, features=f)
+    assert out.weights.tolist() == pytest.approx([0.8, 0.2], abs=1e-4)
+    # no conflict: UPGrad and PCGrad reduce to the mean
+    assert GradientAggregator(2, method="upgrad")(J @ f, features=f).weights.tolist() == pytest.approx(
+        [0.5, 0.5], abs=1e-4
+    )
+    assert GradientAggregator(2, method="pcgrad")(J @ f, features=f).weights.tolist() == pytest.approx(
+        [0.5, 0.5], abs=1e-4
+    )
+
+
+def test_upgrad_direction_matches_torchjd_aggregator_on_conflicting_gradients():
+    from torchjd.aggregation import UPGrad
+
+    f = torch.zeros(3, requires_grad=True)
+    J = torch.tensor([[1.0, 0.0, 1.0], [-1.0, 1.0, 0.5], [0.2, -1.0, 0.0]])
+    out = GradientAggregator(3, method="upgrad")(J @ f, features=f)
+    out.loss.backward()
+    ref = UPGrad()(J)
+    cos = torch.nn.functional.cosine_similarity(f.grad, ref, dim=0)
+    assert float(cos) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Minimax(3, alpha=2.0, ema=0.9, schedule="sqrt"),
+        lambda: Uncertainty(3),
+        lambda: GradNorm(3),
+        lambda: DWA(3, window=2),
+        lambda: GroupDRO(3, eta=0.1),
+        lambda: STCH(3, warmup=2),
+    ],
+)
+def test_state_survives_a_state_dict_round_trip(make):
+    torch.manual_seed(0)
+    W = torch.randn(3, 4, requires_grad=True)
+    x = torch.randn(4)
+
+    def step(b, scale):
+        losses = (W @ x).pow(2) * torch.tensor([scale, 1.0, scale**2])
+        out = b(losses, shared_params=[W])
+        if any(p.requires_grad for p in b.parameters()):
+            grads = torch.autograd.grad(out.loss, list(b.parameters()))
+            with torch.no_grad():
+                for p, gr in zip(b.parameters(), grads):
+                    p -= 0.1 * gr
+        return out.weights
+
+    a = make()
+    for s in (1.0, 0.5, 2.0, 0.3, 1.5):
+        step(a, s)
+    b = make()
+    b.load_state_dict(a.state_dict())
+    for s in (0.7, 1.1, 0.2):
+        torch.testing.assert_close(step(a, s), step(b, s))
+    fresh = make()
+    assert not torch.allclose(step(fresh, 0.9), step(a, 0.9))  # the state matters
+
+
+def test_absent_task_gets_no_gradient_and_nothing_becomes_nan():
+    theta = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    b = Minimax(3, alpha=1.0)
+    first = b(theta**2, present=torch.tensor([True, False, True]))
+    assert first.weights[1] == 0  # never seen: left out of the softmax
+    assert first.weights.sum() == pytest.approx(1.0)
+    first.loss.backward()
+    assert theta.grad[1] == 0
+    theta.grad = None
+    b(theta**2)  # now every task is seen: last losses [1, 4, 9]
+    losses = torch.stack([theta[0] ** 2, torch.tensor(float("nan")), theta[2] ** 2])
+    out = b(losses, present=torch.tensor([True, False, True]))
+    assert out.weights.tolist() == pytest.approx(softmax([1.0, 4.0, 9.0]), rel=1e-5)  # last known loss
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(theta.grad).all()
+    assert theta.grad[1] == 0
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (lambda: Minimax(3, alpha=-1.0), "balancer.alpha"),
+        (lambda: Minimax(3, schedule="cosine"), "balancer.schedule"),
+        (lambda: DWA(3, temperature=0.0), "balancer.temperature"),
+        (lambda: GroupDRO(3, eta=-0.1), "balancer.eta"),
+        (lambda: STCH(3, mu=0.0), "balancer.mu"),
+        (lambda: GradientAggregator(3, method="nash"), "balancer.method"),
+        (lambda: NoBalancing(0), "at least one"),
+    ],
+)
+def test_impossible_values_fail_naming_the_key(make, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make()

@@ -1,0 +1,122 @@
+"""`python run.py` as a user runs it: the smoke run, a sweep with its summary, and bad input."""
+
+import csv
+import json
+
+import pytest
+from conftest import compose_config, run_cli
+
+from pretrain.errors import ConfigError
+
+
+def test_smoke_run_writes_results_json_and_logs(tmp_path):
+    proc = run_cli(["experiment=convex", "debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["experiment"] == "convex" and res["balancer"] == "minimax" and res["seed"] == 0
+    assert set(res["upstream"]) == {"task0", "task1", "task2", "task3"}
+    task = res["downstream"]["vertex0"]
+    assert task["primary"] == "excess_risk" and task["higher_is_better"] is False
+    s = res["summary"]
+    primaries = [d["metrics"]["excess_risk"] for d in res["downstream"].values()]
+    assert s["worst"] == pytest.approx(max(primaries)) and s["average"] == pytest.approx(
+        sum(primaries) / len(primaries)
+    )
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"train/loss/task0", "train/weight/task3", "train/loss_worst", "train/weight_entropy"} <= logged
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "pretrain_history.csv").read_text().startswith("step,loss/task0")
+
+
+def test_multirun_writes_summary_table(tmp_path):
+    proc = run_cli(
+        [
+            "-m",
+            "experiment=convex",
+            "debug=smoke",
+            "logger=none",
+            "balancer=none,minimax",
+            "seed=0,1",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list(tmp_path.rglob("results.json"))) == 4
+    md = (tmp_path / "summary.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in md.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    assert set(rows) == {"balancer", "minimax", "none"}
+    assert "| 2 |" in rows["minimax"] and "| 2 |" in rows["none"]  # seeds per balancer
+    assert "mean +- std" in md or "+-" in rows["none"]
+    table = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert {r["balancer"] for r in table} == {"none", "minimax"}
+    runs = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
+    worst_none = [r["summary"]["worst"] for r in runs if r["balancer"] == "none"]
+    assert float(next(r for r in table if r["balancer"] == "none")["worst_mean"]) == pytest.approx(
+        sum(worst_none) / 2, rel=1e-6
+    )
+
+
+def test_report_command_rebuilds_the_summary(tmp_path):
+    from pretrain.report import main
+
+    for i, (b, seed, worst) in enumerate([("none", 0, 1.0), ("none", 1, 3.0), ("minimax", 0, 0.5)]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        res = {
+            "experiment": "x",
+            "balancer": b,
+            "seed": seed,
+            "downstream": {"t": {"metrics": {"m": worst}, "primary": "m", "higher_is_better": False}},
+            "summary": {"worst": worst, "average": worst, "higher_is_better": False},
+        }
+        (d / "results.json").write_text(json.dumps(res))
+    (tmp_path / "3").mkdir()  # an interrupted run: no results.json
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| none | 2 | 2 +- 1.4" in md
+    assert "**0.5 +- 0** (-1.5)" in md  # best (lowest) marked, difference against none
+
+
+def test_negative_alpha_fails_with_one_sentence_and_no_results(tmp_path):
+    proc = run_cli(
+        ["experiment=convex", "debug=smoke", "logger=none", "balancer.alpha=-1", f"hydra.run.dir={tmp_path}"]
+    )
+    assert proc.returncode == 1
+    assert "error: balancer.alpha must be >= 0 (or inf), got -1.0." in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_unknown_balancer_lists_the_valid_choices(tmp_path):
+    proc = run_cli(["experiment=convex", "balancer=adamw", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0
+    assert "Could not find 'balancer/adamw'" in proc.stderr
+    for choice in ("minimax", "none", "gradnorm", "uncertainty", "dwa", "upgrad"):
+        assert choice in proc.stderr
+
+
+def test_zero_tasks_and_bad_temperature_name_their_keys(tmp_path):
+    from pretrain.pipeline import build_pretraining
+
+    with pytest.raises(ConfigError, match="data.num_tasks"):
+        build_pretraining(compose_config(["experiment=convex", "data.num_tasks=0"], tmp_path))
+    with pytest.raises(ConfigError, match="balancer.temperature"):
+        build_pretraining(
+            compose_config(["experiment=convex", "balancer=dwa", "balancer.temperature=0"], tmp_path)
+        )
+
+
+@pytest.mark.parametrize(
+    "balancer", ["none", "uncertainty", "gradnorm", "dwa", "groupdro", "stch", "mgda", "pcgrad", "upgrad"]
+)
+def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
+    from conftest import run_pipeline
+
+    res = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", f"balancer={balancer}"], tmp_path)
+    assert res["balancer"] == balancer
+    assert len(res["downstream"]) == 8
