@@ -120,3 +120,10 @@ def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
     res = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", f"balancer={balancer}"], tmp_path)
     assert res["balancer"] == balancer
     assert len(res["downstream"]) == 8
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    from conftest import run_pipeline
+
+    run_pipeline(["experiment=convex", "debug=smoke", "logger=tensorboard"], tmp_path)
+    assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))

@@ -1,0 +1,128 @@
+"""Per-step cost of every balancer against `none`, and of the loss-aggregation callback against a plain
+training step, measured in one run (interleaved rounds, medians).
+
+    python -m benchmarks.bench_balancers [--tasks 9] [--width 256] [--rounds 5] [--steps 10]
+
+The model is a generic multi-task network (a shared MLP trunk whose output feeds T classification heads
+of 1,000 classes), so the numbers isolate the balancers' own cost; the experiment benchmarks
+(`bench_pos_bert`, `bench_mm_mae`) measure the same ratios on the real models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from pretrain.aggregation import LossAggregation
+from pretrain.balancers import (
+    DWA,
+    STCH,
+    GradientAggregator,
+    GradNorm,
+    GroupDRO,
+    Minimax,
+    NoBalancing,
+    Uncertainty,
+)
+
+BALANCERS = {
+    "none": NoBalancing,
+    "minimax": lambda T: Minimax(T, alpha=1.0),
+    "minimax (sqrt, ema)": lambda T: Minimax(T, alpha=1.0, schedule="sqrt", ema=0.9),
+    "uncertainty": Uncertainty,
+    "dwa": lambda T: DWA(T, window=10),
+    "groupdro": GroupDRO,
+    "stch": lambda T: STCH(T, warmup=5),
+    "gradnorm": GradNorm,
+    "upgrad (features)": lambda T: GradientAggregator(T, "upgrad", "features"),
+    "mgda (features)": lambda T: GradientAggregator(T, "mgda", "features"),
+    "pcgrad (features)": lambda T: GradientAggregator(T, "pcgrad", "features"),
+    "upgrad (shared_params)": lambda T: GradientAggregator(T, "upgrad", "shared_params"),
+}
+
+
+class MultiTaskNet(nn.Module):
+    def __init__(self, tasks: int, width: int, classes: int = 1000) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
+        self.heads = nn.ModuleList(nn.Linear(width, classes) for _ in range(tasks))
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return h, [head(h) for head in self.heads]
+
+
+def make_step(name: str, tasks: int, width: int, batch: int):
+    torch.manual_seed(0)
+    net = MultiTaskNet(tasks, width)
+    x = torch.randn(batch, width)
+    y = torch.randint(0, 1000, (tasks, batch))
+    if name == "plain mean (no callback)":
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+
+        def step():
+            _, logits = net(x)
+            loss = torch.stack([nn.functional.cross_entropy(lg, y[t]) for t, lg in enumerate(logits)]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+    agg = LossAggregation(BALANCERS[name](tasks), [f"t{t}" for t in range(tasks)])
+    opt = torch.optim.SGD([{"params": list(net.parameters())}, *agg.balancer_param_groups()], lr=1e-3)
+    shared = list(net.trunk[2].parameters())
+
+    def step():
+        h, logits = net(x)
+        losses = {
+            f"t{t}": (nn.functional.cross_entropy(lg, y[t], reduction="sum"), batch)
+            for t, lg in enumerate(logits)
+        }
+        loss = agg(None, losses, shared_params=shared, features=h)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=9)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    names = ["plain mean (no callback)", *BALANCERS]
+    steps = {n: make_step(n, args.tasks, args.width, args.batch) for n in names}
+    for fn in steps.values():  # warm-up
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):  # interleaved rounds: drift of the machine hits every method alike
+        for n in names:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[n]()
+            times[n].append((time.perf_counter() - t0) / args.steps)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(
+        f"T={args.tasks} tasks, trunk width {args.width}, heads of 1000 classes, batch {args.batch}; "
+        f"median of {args.rounds} interleaved rounds x {args.steps} steps, torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'method':<28}{'ms/step':>10}{'x none':>10}")
+    for n in names:
+        print(f"{n:<28}{1000 * med[n]:>10.2f}{med[n] / med['none']:>10.2f}")
+    print(
+        f"callback overhead: `none` through LossAggregation / plain mean loop = {med['none'] / med[names[0]]:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
