@@ -26,7 +26,9 @@ def collect(sweep_dir: Path) -> list[dict]:
     runs = []
     for path in sorted(Path(sweep_dir).rglob("results.json")):
         try:
-            runs.append(json.loads(path.read_text()))
+            run = json.loads(path.read_text())
+            run["_dir"] = str(path.parent)
+            runs.append(run)
         except (OSError, json.JSONDecodeError) as exc:
             log.warning("skipping unreadable %s (%s)", path, exc)
     return runs
@@ -120,11 +122,119 @@ def render_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(sweep_dir: Path) -> Path:
+def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
+    """A run's ``pretrain_history.csv`` as columns (``step``, ``loss/<task>``, ``weight/<task>``)."""
+    path = Path(run_dir) / "pretrain_history.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
+
+
+def _mean_curves(
+    histories: list[dict[str, list[float]]], prefix: str
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Average over seeds of the ``prefix/<task>`` columns, on the shortest common step axis."""
+    import numpy as np
+
+    n = min(len(h["step"]) for h in histories)
+    steps = histories[0]["step"][:n]
+    keys = [k for k in histories[0] if k.startswith(prefix + "/")]
+    window = max(1, n // 50)  # moving average against minibatch noise
+
+    def smooth(ys):
+        ys = np.asarray(ys, dtype=float)
+        ok = np.isfinite(ys)
+        num = np.convolve(np.where(ok, ys, 0.0), np.ones(window), mode="same")
+        den = np.convolve(ok.astype(float), np.ones(window), mode="same")
+        return list(np.where(den > 0, num / np.maximum(den, 1), np.nan))
+
+    with np.errstate(all="ignore"):
+        return steps, {
+            k.split("/", 1)[1]: smooth(np.nanmean([h[k][:n] for h in histories if k in h], axis=0))
+            for k in keys
+        }
+
+
+def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
+    """weights.png, upstream_losses.png (per balancer, over pre-training steps, mean over seeds) and
+    downstream.png (each downstream task's primary metric per balancer, mean +- std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: list[Path] = []
+    by_balancer: dict[str, list[dict]] = defaultdict(list)
+    for r in runs:
+        h = read_history(r.get("_dir", ""))
+        if h is not None:
+            by_balancer[r.get("balancer", "?")].append(h)
+    for prefix, fname, ylabel in (
+        ("weight", "weights.png", "task weight"),
+        ("loss", "upstream_losses.png", "task loss"),
+    ):
+        if not by_balancer:
+            break
+        names = sorted(by_balancer)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
+        for ax, b in zip(axes[0], names):
+            steps, curves = _mean_curves(by_balancer[b], prefix)
+            for task, ys in curves.items():
+                ax.plot(steps, ys, label=task, lw=1.2)
+            ax.set_title(b)
+            ax.set_xlabel(f"pre-training step (moving average of {max(1, len(steps) // 50)})")
+            if prefix == "loss":
+                ax.set_yscale("log")
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
+        fig.tight_layout()
+        path = Path(sweep_dir) / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    tasks = [c for c in table["columns"] if c not in ("average", "worst")]
+    balancers = list(table["rows"])
+    if tasks and balancers:
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tasks) * max(1, len(balancers)) / 2), 3.6))
+        width = 0.8 / len(balancers)
+        x = np.arange(len(tasks))
+        for i, b in enumerate(balancers):
+            row = table["rows"][b]
+            means = [row[t][0] if t in row else np.nan for t in tasks]
+            stds = [row[t][1] if t in row else 0 for t in tasks]
+            ax.bar(x + (i - (len(balancers) - 1) / 2) * width, means, width, yerr=stds, label=b, capsize=2)
+        ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+        ax.set_ylabel(f"primary metric ({arrow})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(sweep_dir) / "downstream.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
     sweep_dir = Path(sweep_dir)
-    table = build_table(collect(sweep_dir))
+    runs = collect(sweep_dir)
+    table = build_table(runs)
+    if figures and runs:
+        try:
+            write_figures(sweep_dir, runs, table)
+        except Exception as exc:  # noqa: BLE001 - a figure must never cost the table
+            log.warning("sweep figures failed: %s", exc)
     md = sweep_dir / "summary.md"
-    md.write_text(render_markdown(table))
+    text = render_markdown(table)
+    figs = [f for f in ("weights.png", "upstream_losses.png", "downstream.png") if (sweep_dir / f).exists()]
+    if figs:
+        text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
+    md.write_text(text)
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["balancer", "seeds"] + [f"{c}_{s}" for c in table["columns"] for s in ("mean", "std")])

@@ -52,6 +52,8 @@ def test_multirun_writes_summary_table(tmp_path):
     assert set(rows) == {"balancer", "minimax", "none"}
     assert "| 2 |" in rows["minimax"] and "| 2 |" in rows["none"]  # seeds per balancer
     assert "mean +- std" in md or "+-" in rows["none"]
+    for fig in ("weights.png", "upstream_losses.png", "downstream.png"):
+        assert (tmp_path / fig).stat().st_size > 5000 and f"]({fig})" in md
     table = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert {r["balancer"] for r in table} == {"none", "minimax"}
     runs = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
