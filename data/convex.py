@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.loading import resumable_loader
 from pretrain.errors import ConfigError
 
 
@@ -152,10 +153,9 @@ class ConvexDataModule(L.LightningDataModule):
     def task_names(self) -> list[str]:
         return [f"task{t}" for t in range(self.tasks.num_tasks)]
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _NoiseSamples(self.tasks, self.train_size, self.seed), batch_size=self.batch_size, shuffle=True
-        )
+    def train_dataloader(self):
+        data = _NoiseSamples(self.tasks, self.train_size, self.seed)
+        return resumable_loader(data, batch_size=self.batch_size, shuffle=True, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_NoiseSamples(self.tasks, self.val_size, self.seed + 7919), batch_size=256)

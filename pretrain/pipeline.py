@@ -108,6 +108,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def check_matches(ckpt: dict, module, path, experiment: str) -> None:
+    """Fail with one sentence if a checkpoint's weights do not fit this experiment's module."""
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape")}
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    wrong = sorted(k for k in set(own) & set(theirs) if own[k] != theirs[k])
+    if missing or unexpected or wrong:
+        detail = (missing or unexpected or wrong)[0]
+        raise DataError(
+            f"checkpoint {path} does not fit experiment '{experiment}' with this model config "
+            f"({len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mis-shaped keys, e.g. '{detail}'): "
+            "it belongs to another experiment or model size."
+        )
+
+
 def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -123,7 +139,10 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
         )
     ]
     trainer = build_trainer(cfg, loggers, callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg, out_dir))
+    ckpt_path = _resolve_ckpt(cfg, out_dir)
+    if ckpt_path is not None:
+        check_matches(load_checkpoint(ckpt_path), module, ckpt_path, cfg.experiment)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.global_rank == 0 and hasattr(module, "export_pretrained"):
         module.export_pretrained(out_dir / "pretrained")
     return module, trainer
@@ -133,12 +152,8 @@ def restore_pretrained(cfg: DictConfig, path: str):
     """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune)."""
     datamodule, module = build_pretraining(cfg)
     ckpt = load_checkpoint(path)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
-    if unexpected or len(missing) == len(module.state_dict()):
-        raise DataError(
-            f"checkpoint {path} does not match experiment '{cfg.experiment}' "
-            f"({len(unexpected)} unexpected and {len(missing)} missing keys): it belongs to another experiment."
-        )
+    check_matches(ckpt, module, path, cfg.experiment)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
     agg = getattr(module, "aggregator", None)
     if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
         agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from data.loading import resumable_loader
 from pretrain.aggregation import LossAggregation
 from pretrain.balancers import DWA, GradNorm, Minimax, NoBalancing, Uncertainty
 from pretrain.errors import ConfigError, NonFiniteLossError
@@ -40,6 +41,7 @@ class TinyModule(L.LightningModule):
         self.heads = torch.nn.Linear(8, 3)
         self.aggregator = LossAggregation.build(balancer, TASKS, **(aggregation or {}))
         self.nan_at, self.dump = nan_at, dump
+        self.shuffle = False
 
     def configure_callbacks(self):
         return [self.aggregator]
@@ -61,6 +63,8 @@ class TinyModule(L.LightningModule):
         if self.trainer.world_size > 1:  # interleaved shards: rank r gets samples r, r + 2, ...
             sampler = DistributedSampler(data, self.trainer.world_size, self.global_rank, shuffle=False)
             return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
+        if self.shuffle:  # a resumable loader: its position rides in the checkpoint
+            return resumable_loader(data, batch_size=self.batch_size, shuffle=True, seed=1)
         return DataLoader(data, batch_size=self.batch_size, shuffle=False)
 
     def configure_optimizers(self):
@@ -74,7 +78,7 @@ class TinyModule(L.LightningModule):
             path.write_text(json.dumps({"history": self.aggregator.history, "params": params}))
 
 
-def fit(module, tmp_path, batch_size=4, max_steps=6, ckpt_path=None, **trainer_kw):
+def fit(module, tmp_path, batch_size=4, max_steps=6, ckpt_path=None, shuffle=False, **trainer_kw):
     trainer = L.Trainer(
         accelerator="cpu",
         devices=trainer_kw.pop("devices", 1),
@@ -87,7 +91,7 @@ def fit(module, tmp_path, batch_size=4, max_steps=6, ckpt_path=None, **trainer_k
         deterministic=True,
         **trainer_kw,
     )
-    module.batch_size = batch_size
+    module.batch_size, module.shuffle = batch_size, shuffle
     trainer.fit(module, ckpt_path=ckpt_path)
     return trainer
 
@@ -151,20 +155,20 @@ def test_balancer_size_must_match_tasks():
     ],
     ids=["minimax", "dwa", "uncertainty", "gradnorm"],
 )
-def test_resume_continues_exactly(tmp_path, factory):
-    """Killed after step 8 (one epoch of 8 batches), resumed from the checkpoint: same parameters,
-    balancer state and logged history as the run left alone."""
+def test_resume_mid_epoch_continues_exactly(tmp_path, factory):
+    """Killed after step 5 of an 8-batch shuffled epoch, resumed from its checkpoint: same parameters,
+    balancer state and logged history as the run left alone (the loader's position is checkpointed)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     straight = TinyModule(factory)
-    fit(straight, tmp_path / "a", max_steps=13)
+    fit(straight, tmp_path / "a", max_steps=13, shuffle=True)
 
     first = TinyModule(factory)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=8, save_top_k=-1, filename="s{step}")
-    fit(first, tmp_path / "b", max_steps=8, callbacks=[ckpt], enable_checkpointing=True)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=5, save_top_k=-1, filename="s{step}")
+    fit(first, tmp_path / "b", max_steps=5, callbacks=[ckpt], enable_checkpointing=True, shuffle=True)
     (path,) = list((tmp_path / "ck").glob("*.ckpt"))
     resumed = TinyModule(factory)
-    fit(resumed, tmp_path / "c", max_steps=13, ckpt_path=str(path))
+    fit(resumed, tmp_path / "c", max_steps=13, ckpt_path=str(path), shuffle=True)
 
     torch.testing.assert_close(straight.state_dict(), resumed.state_dict())
     torch.testing.assert_close(

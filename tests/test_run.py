@@ -129,3 +129,41 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
 
     run_pipeline(["experiment=convex", "debug=smoke", "logger=tensorboard"], tmp_path)
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    proc = run_cli(
+        ["experiment=convex", "logger=none", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'a'}"]
+    )
+    assert (
+        proc.returncode == 1
+        and f"error: checkpoint {bad} is not a PyTorch/Lightning checkpoint" in proc.stderr
+    )
+    assert not (tmp_path / "a" / "results.json").exists()
+    from conftest import run_pipeline
+
+    from pretrain.errors import DataError
+
+    run_pipeline(["experiment=convex", "debug=smoke", "logger=none"], tmp_path / "b")
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    with pytest.raises(DataError, match="does not fit experiment 'convex'.*'model.theta'"):
+        run_pipeline(
+            ["experiment=convex", "debug=smoke", "logger=none", "data.dim=3", f"ckpt_path={last}"],
+            tmp_path / "c",
+        )
+    assert not (tmp_path / "c" / "results.json").exists()
+
+
+def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
+    from conftest import run_pipeline
+
+    full = run_pipeline(["experiment=convex", "debug=smoke", "logger=none"], tmp_path / "full")
+    ckpt = tmp_path / "full" / "checkpoints" / "last.ckpt"
+    again = run_pipeline(
+        ["experiment=convex", "debug=smoke", "logger=none", "stage=finetune", f"pretrained_ckpt={ckpt}"],
+        tmp_path / "ft",
+    )
+    assert again["downstream"] == full["downstream"]
+    assert again["upstream"] == full["upstream"]  # balancer history restored from the checkpoint
