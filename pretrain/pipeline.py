@@ -10,11 +10,13 @@ import logging
 import math
 import os
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.errors import ConfigError, DataError
@@ -124,11 +126,36 @@ def check_matches(ckpt: dict, module, path, experiment: str) -> None:
         )
 
 
+class StepTimer(Callback):
+    """Wall time of every pre-training step (forward, balancer, backward, optimizer): the cost table."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+
+    def summary(self) -> dict:
+        steady = self.times[min(5, len(self.times) // 2) :] or self.times
+        return {
+            "steps": len(self.times),
+            "median_step_ms": 1000 * statistics.median(steady) if steady else None,
+            "pretrain_seconds": sum(self.times),
+        }
+
+
 def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     datamodule, module = build_pretraining(cfg)
+    timer = StepTimer()
+    module.step_timer = timer
     callbacks = [
+        timer,
         ModelCheckpoint(
             dirpath=out_dir / "checkpoints",
             filename="step{step}",
@@ -136,7 +163,7 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
             every_n_train_steps=cfg.checkpoint.every_n_train_steps,
             save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,
             auto_insert_metric_name=False,
-        )
+        ),
     ]
     trainer = build_trainer(cfg, loggers, callbacks)
     ckpt_path = _resolve_ckpt(cfg, out_dir)
@@ -278,6 +305,9 @@ def run(cfg: DictConfig) -> dict | None:
             "downstream": downstream,
             "summary": summarise(downstream),
         }
+        timer = getattr(module, "step_timer", None)
+        if timer is not None and timer.times:
+            results["cost"] = timer.summary()
         extra = getattr(suite, "extra_results", None)
         if extra:
             results.update(extra)

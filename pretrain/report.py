@@ -69,7 +69,13 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
     for r in runs:
         for t, d in r.get("downstream", {}).items():
             primary.setdefault(t, d["primary"])
+    cost: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        ms = (r.get("cost") or {}).get("median_step_ms")
+        if ms is not None:
+            cost[r.get("balancer", "?")].append(float(ms))
     return {
+        "cost": {b: statistics.median(v) for b, v in sorted(cost.items())},
         "columns": columns,
         "rows": rows,
         "higher_is_better": higher,
@@ -117,6 +123,13 @@ def render_markdown(table: dict) -> str:
             cells.append(text)
         n_seeds = len(table["seeds"].get(b, []))
         lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
+    if table.get("cost"):
+        base_ms = table["cost"].get("none")
+        lines += ["", "Cost of a pre-training step (median over the run's steps, median over runs):", ""]
+        lines += ["| balancer | ms/step | x none |", "|---|---|---|"]
+        for b, ms in table["cost"].items():
+            ratio = f"{ms / base_ms:.2f}" if base_ms else ""
+            lines.append(f"| {b} | {ms:.3g} | {ratio} |")
     if table.get("primary"):
         lines += ["", "Primary metrics: " + ", ".join(f"{t}: {m}" for t, m in table["primary"].items())]
     return "\n".join(lines) + "\n"

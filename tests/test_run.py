@@ -44,9 +44,11 @@ def test_multirun_writes_summary_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list(tmp_path.rglob("results.json"))) == 4
     md = (tmp_path / "summary.md").read_text()
+    main_table, cost_table = md.split("Cost of a pre-training step")
+    assert "| none |" in cost_table and "| 1.00 |" in cost_table
     rows = {
         line.split("|")[1].strip(): line
-        for line in md.splitlines()
+        for line in main_table.splitlines()
         if line.startswith("| ") and "---" not in line
     }
     assert set(rows) == {"balancer", "minimax", "none"}
@@ -167,3 +169,24 @@ def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
     )
     assert again["downstream"] == full["downstream"]
     assert again["upstream"] == full["upstream"]  # balancer history restored from the checkpoint
+
+
+def test_same_seed_gives_the_same_results_twice(tmp_path):
+    from conftest import run_pipeline
+
+    a = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", "seed=3"], tmp_path / "a")
+    b = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", "seed=3"], tmp_path / "b")
+    c = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", "seed=4"], tmp_path / "c")
+    for r in (a, b, c):
+        r.pop("cost")
+    assert a == b
+    assert a["downstream"] != c["downstream"]
+
+
+def test_nan_loss_stops_naming_task_and_step_without_results(tmp_path):
+    proc = run_cli(
+        ["experiment=convex", "debug=smoke", "logger=none", "data.sigma=nan", f"hydra.run.dir={tmp_path}"]
+    )
+    assert proc.returncode == 1
+    assert "error: task 'task0' loss is nan" in proc.stderr and "at step 0" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
