@@ -190,3 +190,14 @@ def test_nan_loss_stops_naming_task_and_step_without_results(tmp_path):
     assert proc.returncode == 1
     assert "error: task 'task0' loss is nan" in proc.stderr and "at step 0" in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_ddp_on_cpu_two_processes_single_results(tmp_path):
+    proc = run_cli(
+        ["experiment=convex", "debug=smoke", "logger=csv", "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}"]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["downstream"]) == 8 and res["cost"]["steps"] == 4
+    assert (tmp_path / "train_ddp_process_1.log").exists()  # rank 1 ran in the same run directory
+    assert list(tmp_path.rglob("results.json*")) == [tmp_path / "results.json"]
