@@ -270,8 +270,12 @@ def run(cfg: DictConfig) -> dict | None:
         else:
             module, trainer = pretrain(cfg, out_dir, loggers)
             rank = trainer.global_rank
-            if cfg.stage == "pretrain" or rank != 0:
+            if rank != 0:
                 return None
+            if cfg.stage == "pretrain":
+                results = _results(cfg, module, {}, None)
+                write_json_atomic(results_path, results)
+                return results
 
         def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
             return build_trainer(
@@ -296,29 +300,46 @@ def run(cfg: DictConfig) -> dict | None:
                 raise DataError(
                     f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
                 )
-        agg = getattr(module, "aggregator", None)
-        results = {
-            "experiment": cfg.experiment,
-            "balancer": _balancer_name(cfg),
-            "seed": int(cfg.seed),
-            "upstream": agg.final_losses() if agg is not None else {},
-            "downstream": downstream,
-            "summary": summarise(downstream),
-        }
-        timer = getattr(module, "step_timer", None)
-        if timer is not None and timer.times:
-            results["cost"] = timer.summary()
-        extra = getattr(suite, "extra_results", None)
-        if extra:
-            results.update(extra)
-        if agg is not None and agg.history:
-            _write_history(out_dir / "pretrain_history.csv", agg)
+        results = _results(cfg, module, downstream, suite)
         write_json_atomic(results_path, results)
         if cfg.get("print_table", True):
             print_table(results)
         return results
     finally:
         _finish_loggers(loggers)
+
+
+def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
+    """The results.json payload; also writes pretrain_history.csv beside it."""
+    agg = getattr(module, "aggregator", None)
+    results = {
+        "experiment": cfg.experiment,
+        "balancer": _balancer_name(cfg),
+        "seed": int(cfg.seed),
+        "stage": str(cfg.stage),
+        "overrides": _task_overrides(),
+        "upstream": agg.final_losses() if agg is not None else {},
+        "downstream": downstream,
+        "summary": summarise(downstream),
+    }
+    timer = getattr(module, "step_timer", None)
+    if timer is not None and timer.times:
+        results["cost"] = timer.summary()
+    extra = getattr(suite, "extra_results", None)
+    if extra:
+        results.update(extra)
+    if agg is not None and agg.history:
+        _write_history(Path(cfg.paths.output_dir) / "pretrain_history.csv", agg)
+    return results
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - outside a Hydra app
+        return []
 
 
 def _balancer_name(cfg: DictConfig) -> str:

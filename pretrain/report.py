@@ -40,6 +40,40 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+_NOT_GROUPING = (
+    "seed",
+    "balancer",
+    "hydra.",
+    "logger",
+    "paths.",
+    "print_table",
+    "trainer.enable_progress_bar",
+)
+
+
+def row_labels(runs: list[dict]) -> list[str]:
+    """The row of each run: its balancer, plus every override that varies across the sweep (other than
+    the seed), e.g. ``minimax (trainer.max_steps=800)`` when a sweep also varies the pre-training length."""
+
+    def extra(r):
+        return {
+            o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1]
+            for o in r.get("overrides", [])
+            if "=" in o and not o.lstrip("+~").startswith(_NOT_GROUPING)
+        }
+
+    extras = [extra(r) for r in runs]
+    keys = sorted({k for e in extras for k in e})
+    varying = [k for k in keys if len({e.get(k) for e in extras}) > 1]
+    labels = []
+    for r, e in zip(runs, extras):
+        label = str(r.get("balancer", "?"))
+        if varying:
+            label += " (" + ", ".join(f"{k}={e.get(k, '-')}" for k in varying) + ")"
+        labels.append(label)
+    return labels
+
+
 def build_table(runs: list[dict]) -> dict[str, Any]:
     """Aggregate runs by balancer: {columns, rows: {balancer: {column: (mean, std, n)}}, higher_is_better}."""
     if not runs:
@@ -52,8 +86,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
     higher = bool(runs[0].get("summary", {}).get("higher_is_better", True))
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set] = defaultdict(set)
-    for r in runs:
-        b = r.get("balancer", "?")
+    for r, b in zip(runs, row_labels(runs)):
         seeds[b].add(r.get("seed"))
         for t, d in r.get("downstream", {}).items():
             values[b][t].append(float(d["metrics"][d["primary"]]))
@@ -61,7 +94,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         if "average" in s:
             values[b]["average"].append(float(s["average"]))
             values[b]["worst"].append(float(s["worst"]))
-    columns = tasks + ["average", "worst"]
+    columns = tasks + ["average", "worst"] if tasks else []
     rows = {
         b: {c: (*_stats(v[c]), len(v[c])) for c in columns if v.get(c)} for b, v in sorted(values.items())
     }
@@ -70,10 +103,10 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         for t, d in r.get("downstream", {}).items():
             primary.setdefault(t, d["primary"])
     cost: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
+    for r, b in zip(runs, row_labels(runs)):
         ms = (r.get("cost") or {}).get("median_step_ms")
         if ms is not None:
-            cost[r.get("balancer", "?")].append(float(ms))
+            cost[b].append(float(ms))
     return {
         "cost": {b: statistics.median(v) for b, v in sorted(cost.items())},
         "columns": columns,
@@ -95,20 +128,20 @@ def _best(table: dict, column: str) -> str | None:
 
 def render_markdown(table: dict) -> str:
     cols = table["columns"]
-    if not cols:
+    if not table["rows"] and not table.get("cost"):
         return "No complete runs (no results.json) were found.\n"
     arrow = "higher is better" if table["higher_is_better"] else "lower is better"
-    lines = [
-        f"# Summary: {', '.join(table['experiments'])}",
-        "",
-        f"Primary metric per task ({arrow}); mean +- std over seeds; **bold** = best per column; "
-        "(diff vs none) in brackets.",
-        "",
-        "| balancer | seeds | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
-    ]
-    base = table["rows"].get("none")
-    for b, row in table["rows"].items():
+    lines = [f"# Summary: {', '.join(table['experiments'])}", ""]
+    if cols:
+        lines += [
+            f"Primary metric per task ({arrow}); mean +- std over seeds; **bold** = best per column; "
+            "(diff vs none) in brackets.",
+            "",
+            "| balancer | seeds | " + " | ".join(cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+        ]
+    for b, row in table["rows"].items() if cols else ():
+        base = table["rows"].get(_none_of(b))
         cells = []
         for c in cols:
             if c not in row:
@@ -118,21 +151,27 @@ def render_markdown(table: dict) -> str:
             text = f"{mean:.4g} +- {std:.2g}"
             if _best(table, c) == b and len(table["rows"]) > 1:
                 text = f"**{text}**"
-            if base is not None and b != "none" and c in base:
+            if base is not None and base is not row and c in base:
                 text += f" ({mean - base[c][0]:+.3g})"
             cells.append(text)
         n_seeds = len(table["seeds"].get(b, []))
         lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
     if table.get("cost"):
-        base_ms = table["cost"].get("none")
         lines += ["", "Cost of a pre-training step (median over the run's steps, median over runs):", ""]
         lines += ["| balancer | ms/step | x none |", "|---|---|---|"]
         for b, ms in table["cost"].items():
+            base_ms = table["cost"].get(_none_of(b))
             ratio = f"{ms / base_ms:.2f}" if base_ms else ""
             lines.append(f"| {b} | {ms:.3g} | {ratio} |")
     if table.get("primary"):
         lines += ["", "Primary metrics: " + ", ".join(f"{t}: {m}" for t, m in table["primary"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _none_of(label: str) -> str:
+    """The `none` row of the same group: ``minimax (k=v)`` -> ``none (k=v)``."""
+    head, sep, rest = label.partition(" (")
+    return "none" + sep + rest
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
@@ -183,10 +222,10 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
 
     written: list[Path] = []
     by_balancer: dict[str, list[dict]] = defaultdict(list)
-    for r in runs:
+    for r, label in zip(runs, row_labels(runs)):
         h = read_history(r.get("_dir", ""))
         if h is not None:
-            by_balancer[r.get("balancer", "?")].append(h)
+            by_balancer[label].append(h)
     for prefix, fname, ylabel in (
         ("weight", "weights.png", "task weight"),
         ("loss", "upstream_losses.png", "task loss"),

@@ -201,3 +201,28 @@ def test_ddp_on_cpu_two_processes_single_results(tmp_path):
     assert len(res["downstream"]) == 8 and res["cost"]["steps"] == 4
     assert (tmp_path / "train_ddp_process_1.log").exists()  # rank 1 ran in the same run directory
     assert list(tmp_path.rglob("results.json*")) == [tmp_path / "results.json"]
+
+
+def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp_path):
+    from pretrain.report import build_table, collect
+
+    proc = run_cli(
+        ["-m", "experiment=convex", "debug=smoke", "logger=none", "balancer=none,minimax", "trainer.max_steps=3,5",
+         f"hydra.sweep.dir={tmp_path / 'a'}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = build_table(collect(tmp_path / "a"))["rows"]
+    assert set(rows) == {f"{b} (trainer.max_steps={n})" for b in ("none", "minimax") for n in (3, 5)}
+    md = (tmp_path / "a" / "summary.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| minimax (trainer.max_steps=5)"))
+    none5 = rows["none (trainer.max_steps=5)"]["worst"][0]
+    mmx5 = rows["minimax (trainer.max_steps=5)"]["worst"][0]
+    assert f"({mmx5 - none5:+.3g})" in line  # compared with `none` of the same length
+    proc = run_cli(
+        ["-m", "experiment=convex", "debug=smoke", "logger=none", "stage=pretrain", "balancer=none,minimax",
+         f"hydra.sweep.dir={tmp_path / 'b'}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(next((tmp_path / "b").rglob("results.json")).read_text())
+    assert res["stage"] == "pretrain" and res["downstream"] == {} and res["cost"]["steps"] == 4
+    assert "| minimax |" in (tmp_path / "b" / "summary.md").read_text().split("Cost of")[1]
