@@ -251,8 +251,11 @@ def run(cfg: DictConfig) -> dict | None:
     results_path = out_dir / "results.json"
     if results_path.exists():
         results_path.unlink()  # never leave an earlier run's results beside a new run's failure
-    if cfg.stage not in ("pretrain", "finetune", "all"):
-        raise ConfigError(f"stage must be pretrain, finetune or all, got {cfg.stage!r}.")
+    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label"):
+        raise ConfigError(f"stage must be pretrain, finetune, all or pseudo_label, got {cfg.stage!r}.")
+    if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
+        _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
+        return None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     loggers = build_loggers(cfg)
