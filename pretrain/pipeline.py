@@ -31,7 +31,10 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
     from pretrain.errors import UserError
 
     if node is None:
-        raise ConfigError(f"config key '{key}' is not set: choose an experiment (e.g. experiment=convex).")
+        raise ConfigError(
+            f"config key '{key}' is not set: choose one with {key}=<choice> (see `python run.py --help`) "
+            "or an experiment that sets it."
+        )
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
