@@ -97,7 +97,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 5 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 2, 5
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names = ["plain mean (no callback)", *BALANCERS]
     steps = {n: make_step(n, args.tasks, args.width, args.batch) for n in names}

@@ -1,0 +1,33 @@
+"""Every benchmark, one after another: ``python -m benchmarks [--quick]``.
+
+Each script measures its ratios within one run (interleaved rounds, medians), so the numbers compare
+methods under the same machine load. ``--quick`` passes fewer rounds to the scripts that take it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+SCRIPTS = ["benchmarks.bench_balancers", "benchmarks.bench_pos_bert", "benchmarks.bench_mm_mae"]
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    failed = []
+    for name in SCRIPTS:
+        print(f"\n=== python -m {name}{' --quick' if quick else ''}", flush=True)
+        t0 = time.perf_counter()
+        args = [sys.executable, "-m", name] + (["--quick"] if quick else [])
+        code = subprocess.call(args)
+        print(f"=== {name}: exit {code}, {time.perf_counter() - t0:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
