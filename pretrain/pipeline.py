@@ -268,6 +268,8 @@ def run(cfg: DictConfig) -> dict | None:
         except Exception:  # noqa: BLE001 - hyper-parameter logging is best effort
             pass
     try:
+        # build the downstream suite first, so missing downstream data fails before pre-training
+        suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
         if cfg.stage == "finetune":
             if not cfg.get("pretrained_ckpt"):
                 raise ConfigError("stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint>.")
@@ -298,7 +300,6 @@ def run(cfg: DictConfig) -> dict | None:
                 check_val_every_n_epoch=1,
             )
 
-        suite = _instantiate(cfg.downstream, "downstream")
         downstream = suite.run(module, make_trainer, out_dir)
         for name, r in downstream.items():
             bad = {k: v for k, v in r["metrics"].items() if not math.isfinite(float(v))}
