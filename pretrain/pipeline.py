@@ -63,7 +63,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None,
     from hydra.utils import instantiate
 
     node = OmegaConf.to_container(cfg.trainer, resolve=True)
-    node.update({k: v for k, v in overrides.items() if v is not None or k in ("max_steps",)})
+    node.update({k: v for k, v in overrides.items() if v is not None or k in ("max_steps", "val_check_interval")})
     if node.get("max_steps") is None:
         node["max_steps"] = -1
     return instantiate(node, logger=loggers or False, callbacks=callbacks or [])
@@ -260,6 +260,8 @@ def run(cfg: DictConfig) -> dict | None:
         _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
         return None
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     torch.set_float32_matmul_precision("high")
     loggers = build_loggers(cfg)
     for lg in loggers:
