@@ -1,0 +1,216 @@
+"""PoS-BERT benchmark, printed in one run (interleaved rounds, medians).
+
+1. Training step with ``minimax`` over the 9 POS tasks / with ``none``            (goal <= 1.05)
+2. Training step of our model (MLM head on gathered masked positions) /
+   ``transformers.BertForPreTraining(..., labels=...)`` (logits at every position)  (goal <= 0.5)
+   Same BERT size, same batch (default BERT-tiny, vocab 8000, batch 32 x 128, 15% masked), AdamW step
+   included.
+3. POS tagging (NLTK ``pos_tag_sents`` + tokenization + alignment, ``datasets.map``) in sentences/s with
+   ``num_proc`` 1 and 2, and the time of a second, cached run.
+
+    python benchmarks/bench_pos_bert.py [--rounds 5] [--steps 4] [--sentences 4000] [--threads 1]
+
+On a CPU shared with other jobs, ``--threads 1`` avoids the oversubscription that makes torch's default
+(one thread per core) several times slower and noisier.
+
+NLTK's tagger data is looked up through NLTK_DATA (or ../shared/data/nltk_data beside the repo); without
+it part 3 times the gold-tagged generated corpus instead and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from data.pos_bert import IGNORE, PosMaskingCollator  # noqa: E402
+from models.bert import PosBert  # noqa: E402
+from pretrain.balancers import Minimax, NoBalancing  # noqa: E402
+from pretrain.pos_bert import PosBertPretraining  # noqa: E402
+
+# token share of each group in the generated corpus (verb .. interjection, other)
+GROUP_FREQ = [0.164, 0.211, 0.093, 0.161, 0.051, 0.077, 0.076, 0.012, 0.008, 0.149]
+
+
+def make_batches(n: int, bsz: int, length: int, vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    coll = PosMaskingCollator(pad_id=0, mask_id=4, vocab_size=vocab)
+    freq = torch.tensor(GROUP_FREQ)
+    out = []
+    for _ in range(n):
+        ex = []
+        for i in range(bsz):
+            ids = [2, *torch.randint(5, vocab, (length - 2,), generator=g).tolist(), 3]
+            pos = [IGNORE, *torch.multinomial(freq, length - 2, True, generator=g).tolist(), IGNORE]
+            ex.append({"input_ids": ids, "token_type_ids": [0] * length, "pos": pos, "nsp_label": i % 2})
+        out.append(coll(ex))
+    return out
+
+
+def size_kwargs(args) -> dict:
+    return dict(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=512,
+    )
+
+
+def ours_step_fn(balancer, args):
+    torch.manual_seed(0)
+    module = PosBertPretraining(PosBert(**size_kwargs(args)), balancer)
+    module.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+    def step(batch):
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def hf_step_fn(args):
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    kw = size_kwargs(args)
+    model = BertForPreTraining(BertConfig(**kw, attn_implementation="sdpa")).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        labels = torch.full_like(batch["input_ids"], -100).reshape(-1)
+        labels[batch["masked_positions"]] = batch["mlm_labels"]
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
+            labels=labels.view_as(batch["input_ids"]),
+            next_sentence_label=batch["nsp_labels"],
+        )
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_steps(args) -> None:
+    batches = make_batches(args.steps, args.batch, args.length, args.vocab)
+    variants = {
+        "none": ours_step_fn(functools.partial(NoBalancing), args),
+        "minimax": ours_step_fn(functools.partial(Minimax, alpha=1.0), args),
+        "hf_BertForPreTraining": hf_step_fn(args),
+    }
+    for fn in variants.values():  # warm-up
+        fn(batches[0])
+    times = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            for b in batches:
+                fn(b)
+            times[name].append((time.perf_counter() - t0) / len(batches))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n_masked = statistics.fmean(len(b["masked_positions"]) for b in batches)
+    print(
+        f"model: L={args.layers} H={args.hidden} A={args.heads} vocab={args.vocab}; batch {args.batch} x "
+        f"{args.length}, {n_masked:.0f} masked positions; torch threads {torch.get_num_threads()}; "
+        f"{args.rounds} interleaved rounds x {args.steps} steps, medians"
+    )
+    for k, v in med.items():
+        print(f"  step time {k:<24s} {1000 * v:8.1f} ms")
+    print(f"minimax / none step time:                {med['minimax'] / med['none']:.3f}   (goal <= 1.05)")
+    print(
+        f"ours (none) / BertForPreTraining step:   {med['none'] / med['hf_BertForPreTraining']:.3f}   (goal <= 0.5)"
+    )
+
+
+def bench_tagging(args) -> None:
+    import logging
+
+    import datasets
+
+    from data.pos_bert import PosBertDataModule
+    from data.pos_grammar import generate_corpus
+
+    datasets.disable_progress_bars()
+    logging.getLogger("data.pos_bert").setLevel(logging.WARNING)
+    nltk_dir = os.environ.get("NLTK_DATA") or str(REPO.parent / "shared" / "data" / "nltk_data")
+    have_nltk = (Path(nltk_dir) / "taggers" / "averaged_perceptron_tagger_eng").is_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if have_nltk:
+            import nltk
+
+            os.environ["NLTK_DATA"] = nltk_dir
+            nltk.data.path.insert(0, nltk_dir)
+            docs, lines = generate_corpus(max(2, args.sentences // 7), seed=123), []
+            for _, sents in docs:
+                lines += [s.text for s in sents] + [""]
+            text = tmp / "corpus.txt"
+            text.write_text("\n".join(lines) + "\n")
+            n = sum(1 for x in lines if x)
+            make = functools.partial(PosBertDataModule, text_file=str(text), vocab_size=4096)
+            what = f"NLTK pos_tag_sents + tokenize + align, {n} sentences of generated text"
+        else:
+            n = 0
+            make = functools.partial(PosBertDataModule, n_docs=max(2, args.sentences // 7), seed=123)
+            what = "gold-tagged generated corpus (NLTK data not found: tokenize + align only)"
+        print(f"POS tagging: {what}")
+        for num_proc in (1, 2):
+            dm = make(cache_dir=str(tmp / f"cache{num_proc}"), num_proc=num_proc)
+            dm.tokenizer = dm.build_tokenizer()
+            n = n or len(dm._raw()["doc"])
+            t0 = time.perf_counter()
+            dm.build_tagged(dm.tokenizer)
+            dt = time.perf_counter() - t0
+            print(f"  num_proc={num_proc}: {dt:6.2f} s  {n / dt:8.0f} sentences/s")
+        dm = make(cache_dir=str(tmp / "cache2"), num_proc=2)
+        t0 = time.perf_counter()
+        dm.setup()
+        dt = time.perf_counter() - t0
+        assert dm.cache_hits == {"tokenizer": True, "tagged": True}
+        print(f"  second (cached) run, tokenizer + tagged dataset + NSP pairs: {dt:.2f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--sentences", type=int, default=4000)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--skip-tagging", action="store_true")
+    p.add_argument("--skip-steps", action="store_true")
+    args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if not args.skip_steps:
+        bench_steps(args)
+    if not args.skip_tagging:
+        bench_tagging(args)
+
+
+if __name__ == "__main__":
+    main()

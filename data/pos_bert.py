@@ -1,0 +1,710 @@
+"""PoS-BERT data: tokenizer, POS tags aligned to word-pieces, NSP pairs, the masking collator, the datamodule.
+
+Pipeline (run once, cached under ``cache_dir``; never in the training loop):
+
+1. Sentences with word-level POS groups: the embedded grammar (``data.pos_grammar``, gold groups) or real
+   text (a local file or a hub dataset; documents end at blank lines or ``= Title =`` headings) tagged by NLTK
+   ``pos_tag_sents`` on the words of the tokenizer's pre-tokenizer, Penn tags mapped by
+   :func:`penn_to_group`.
+2. A tokenizer: the one the user names (hub name or local path), or a WordPiece tokenizer trained on the
+   corpus with ``tokenizers`` and cached.
+3. ``datasets.Dataset.map(num_proc=...)`` tags (text files) and tokenizes with ``is_split_into_words``;
+   each word-piece gets its word's group through the fast tokenizer's ``word_ids``. The result is saved as
+   Arrow under a fingerprint of (source, seed, size, tokenizer), written to a temporary name and renamed.
+4. NSP pairs (sentence A, next sentence or a sentence of another document) and
+   :class:`PosMaskingCollator`, which masks word-pieces (BERT 15%, 80/10/10, optionally stratified over the
+   groups) and carries the group of exactly the masked positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, OTHER, generate_corpus
+from pretrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # group id of special / padding tokens
+NLTK_TAGGER = "averaged_perceptron_tagger_eng"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CACHE_FORMAT = 1  # bump when the cached layout changes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# POS tags
+# ---------------------------------------------------------------------------------------------------------
+def penn_to_group(tags: list[str]) -> list[int]:
+    """Penn Treebank tags of one sentence -> group ids (``data.pos_grammar.ALL_GROUPS``).
+
+    verb VB*/MD, noun NN*, adjective JJ*, determiner DT/PDT/WDT/EX, adverb RB*/WRB, pronoun PRP/PRP$/WP/WP$,
+    preposition IN and TO when not followed by a base verb, conjunction CC, interjection UH; the rest
+    (numbers, particles, infinitival to, punctuation, symbols) is ``other``.
+    """
+    out = []
+    for i, t in enumerate(tags):
+        if t.startswith("VB") or t == "MD":
+            g = "verb"
+        elif t.startswith("NN"):
+            g = "noun"
+        elif t.startswith("JJ"):
+            g = "adjective"
+        elif t in ("DT", "PDT", "WDT", "EX"):
+            g = "determiner"
+        elif t.startswith("RB") or t == "WRB":
+            g = "adverb"
+        elif t in ("PRP", "PRP$", "WP", "WP$"):
+            g = "pronoun"
+        elif t == "IN":
+            g = "preposition"
+        elif t == "TO":
+            g = OTHER if i + 1 < len(tags) and tags[i + 1] == "VB" else "preposition"
+        elif t == "CC":
+            g = "conjunction"
+        elif t == "UH":
+            g = "interjection"
+        else:
+            g = OTHER
+        out.append(GROUP_ID[g])
+    return out
+
+
+def require_nltk_tagger() -> None:
+    """Fail with one sentence when NLTK's English tagger data is not installed."""
+    try:
+        import nltk
+    except ImportError as e:  # pragma: no cover - nltk is a dependency
+        raise DataError("data.text_file needs the nltk package: pip install nltk.") from e
+    try:
+        nltk.data.find(f"taggers/{NLTK_TAGGER}/")
+    except LookupError as e:
+        raise DataError(
+            f"NLTK resource 'taggers/{NLTK_TAGGER}' is missing: install it with "
+            f"`python -m nltk.downloader {NLTK_TAGGER}` or set NLTK_DATA to a folder that contains it."
+        ) from e
+
+
+def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:
+    """Tag sentences (lists of words) with NLTK ``pos_tag_sents`` and map the Penn tags to group ids."""
+    import nltk
+
+    tagged = nltk.pos_tag_sents(word_lists, lang="eng")
+    return [penn_to_group([t for _, t in sent]) for sent in tagged]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------
+def _atomic_dir(final: Path, write) -> Path:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (an interrupted write leaves no cache)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process won the race: keep theirs
+            if not final.exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True):
+    """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on an iterable of strings."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(sentences, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+
+
+def load_tokenizer(name_or_path: str, key: str = "data.tokenizer"):
+    """A fast tokenizer from a local folder or the hub; one sentence naming ``key`` when it fails."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as e:  # OSError, ValueError, HF hub errors
+        raise ConfigError(
+            f"{key}={name_or_path!r} is neither a local tokenizer folder nor a reachable hub tokenizer "
+            f"(offline runs need a local path)."
+        ) from e
+    if not tok.is_fast:
+        raise ConfigError(
+            f"{key}={name_or_path!r} has no fast tokenizer (word ids are needed to align POS tags)."
+        )
+    if tok.mask_token_id is None or tok.cls_token_id is None or tok.sep_token_id is None:
+        raise ConfigError(
+            f"{key}={name_or_path!r} has no [MASK]/[CLS]/[SEP] tokens, so it cannot train BERT."
+        )
+    return tok
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tagging + tokenization (datasets.map workers)
+# ---------------------------------------------------------------------------------------------------------
+def _pretokenize(tokenizer, text: str) -> list[str]:
+    return [w for w, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+
+
+def tag_and_tokenize(batch: dict[str, list], tokenizer) -> dict[str, list]:
+    """``datasets.map`` function: words (+ gold groups, or NLTK tags of ``text``) -> word-pieces + groups."""
+    if "groups" in batch:
+        words, groups = batch["words"], batch["groups"]
+    else:
+        words = [_pretokenize(tokenizer, t) for t in batch["text"]]
+        groups = nltk_groups(words)
+    enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    pos = []
+    for i, ids in enumerate(enc["input_ids"]):
+        wid = enc.word_ids(i)
+        pos.append([groups[i][w] if w is not None else IGNORE for w in wid[: len(ids)]])
+    return {"input_ids": enc["input_ids"], "pos": pos}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NSP pairs
+# ---------------------------------------------------------------------------------------------------------
+def build_nsp_pairs(
+    docs: np.ndarray, seed: int, random_prob: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sentence pairs for next-sentence prediction.
+
+    ``docs``: document index of each sentence (sentences of a document are consecutive). For each sentence
+    with a successor in its document, B is that successor (label 0, "is next") or, with ``random_prob``, a
+    sentence of another document (label 1). Returns arrays ``(a_index, b_index, label)``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(docs)
+    a = np.nonzero(docs[:-1] == docs[1:])[0]
+    b = a + 1
+    label = (rng.random(len(a)) < random_prob).astype(np.int64)
+    if len(np.unique(docs)) < 2:
+        label[:] = 0
+        return a, b, label
+    rnd = np.nonzero(label)[0]
+    cand = rng.integers(0, n, size=len(rnd))
+    same = docs[cand] == docs[a[rnd]]
+    while same.any():  # resample the few that hit the same document
+        cand[same] = rng.integers(0, n, size=int(same.sum()))
+        same = docs[cand] == docs[a[rnd]]
+    b[rnd] = cand
+    return a, b, label
+
+
+class NSPPairs(torch.utils.data.Dataset):
+    """``[CLS] A [SEP] B [SEP]`` examples with per-token groups (``IGNORE`` on specials); longest-first
+    truncation to ``max_length``."""
+
+    def __init__(self, input_ids, pos, a, b, label, cls_id: int, sep_id: int, max_length: int):
+        self.input_ids, self.pos = input_ids, pos
+        self.a, self.b, self.label = a, b, label
+        self.cls_id, self.sep_id, self.max_length = cls_id, sep_id, max_length
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ia, ib = int(self.a[i]), int(self.b[i])
+        ta, tb = list(self.input_ids[ia]), list(self.input_ids[ib])
+        pa, pb = list(self.pos[ia]), list(self.pos[ib])
+        budget = self.max_length - 3
+        while len(ta) + len(tb) > budget:
+            if len(ta) >= len(tb):
+                ta.pop(), pa.pop()
+            else:
+                tb.pop(), pb.pop()
+        ids = [self.cls_id, *ta, self.sep_id, *tb, self.sep_id]
+        pos = [IGNORE, *pa, IGNORE, *pb, IGNORE]
+        types = [0] * (len(ta) + 2) + [1] * (len(tb) + 1)
+        return {
+            "input_ids": ids,
+            "token_type_ids": types,
+            "pos": pos,
+            "nsp_label": int(self.label[i]),
+            "index": i,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masking collator
+# ---------------------------------------------------------------------------------------------------------
+class PosMaskingCollator:
+    """Pad, mask word-pieces and carry the POS group of exactly the masked positions.
+
+    Output batch: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``pos`` (B, L); ``masked_positions``
+    (M,) flat indices into B*L; ``mlm_labels`` (M,) the original ids; ``mlm_task`` (M,) their group ids;
+    ``nsp_labels`` (B,).
+
+    Args:
+        mlm_probability: fraction of maskable tokens (not special, not padding) selected (BERT: 0.15).
+        mask_replace_prob / random_replace_prob: of the selected, fraction replaced by [MASK] / a random
+            word-piece; the rest stays unchanged (BERT: 0.8 / 0.1).
+        stratify: pick the selected positions so that every group present in the batch gets an equal share
+            of the budget (water-filling: a group with fewer tokens gives its unused share to the others).
+        seed: when set, masking is a deterministic function of the examples' ``index`` (validation).
+    """
+
+    def __init__(
+        self,
+        pad_id: int,
+        mask_id: int,
+        vocab_size: int,
+        num_special: int = len(SPECIAL_TOKENS),
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        stratify: bool = False,
+        seed: int | None = None,
+    ):
+        if not 0.0 < mlm_probability <= 1.0:
+            raise ConfigError(f"data.mlm_probability={mlm_probability} must be in (0, 1].")
+        if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
+            raise ConfigError(
+                "data.mask_replace_prob + data.random_replace_prob must be non-negative and sum to at most 1."
+            )
+        self.pad_id, self.mask_id, self.vocab_size, self.num_special = (
+            pad_id,
+            mask_id,
+            vocab_size,
+            num_special,
+        )
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
+        self.stratify, self.seed = stratify, seed
+
+    def _generator(self, examples) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + int(examples[0].get("index", 0)))
+        return g
+
+    def _select(self, pos: torch.Tensor, maskable: torch.Tensor, gen) -> torch.Tensor:
+        u = torch.rand(pos.shape, generator=gen)
+        if not self.stratify:
+            return maskable & (u < self.mlm_probability)
+        flat_pos, flat_ok, flat_u = pos.reshape(-1), maskable.reshape(-1), u.reshape(-1)
+        idx = torch.nonzero(flat_ok).squeeze(1)
+        groups = flat_pos[idx]
+        counts = torch.bincount(groups, minlength=len(ALL_GROUPS))
+        budget = int(round(self.mlm_probability * len(idx)))
+        quota = torch.zeros_like(counts)
+        present = sorted((int(c), g) for g, c in enumerate(counts.tolist()) if c > 0)
+        left = budget
+        for k, (c, g) in enumerate(present):  # water-filling, smallest groups first
+            share = left // (len(present) - k)
+            quota[g] = min(c, share)
+            left -= int(quota[g])
+        # rank of each candidate within its group by random key
+        order = torch.argsort(groups.double() * 2 + flat_u[idx].double())
+        sorted_groups = groups[order]
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order)) - starts[sorted_groups]
+        chosen = idx[order[rank < quota[sorted_groups]]]
+        sel = torch.zeros_like(flat_ok)
+        sel[chosen] = True
+        return sel.view_as(maskable)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        gen = self._generator(examples)
+        bsz, length = len(examples), max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((bsz, length), self.pad_id, dtype=torch.long)
+        types = torch.zeros((bsz, length), dtype=torch.long)
+        pos = torch.full((bsz, length), IGNORE, dtype=torch.long)
+        attn = torch.zeros((bsz, length), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(e["input_ids"])
+            types[i, :n] = torch.as_tensor(e["token_type_ids"])
+            pos[i, :n] = torch.as_tensor(e["pos"])
+            attn[i, :n] = 1
+        maskable = pos != IGNORE
+        selected = self._select(pos, maskable, gen)
+        flat = torch.nonzero(selected.reshape(-1)).squeeze(1)
+        labels = input_ids.reshape(-1)[flat].clone()
+        task = pos.reshape(-1)[flat].clone()
+        r = torch.rand(len(flat), generator=gen)
+        to_mask = r < self.mask_replace_prob
+        to_random = (r >= self.mask_replace_prob) & (r < self.mask_replace_prob + self.random_replace_prob)
+        corrupted = input_ids.reshape(-1).clone()
+        corrupted[flat[to_mask]] = self.mask_id
+        rand_ids = torch.randint(self.num_special, self.vocab_size, (int(to_random.sum()),), generator=gen)
+        corrupted[flat[to_random]] = rand_ids
+        return {
+            "input_ids": corrupted.view(bsz, length),
+            "attention_mask": attn,
+            "token_type_ids": types,
+            "pos": pos,
+            "masked_positions": flat,
+            "mlm_labels": labels,
+            "mlm_task": task,
+            "nsp_labels": torch.as_tensor([int(e["nsp_label"]) for e in examples], dtype=torch.long),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corpus sources
+# ---------------------------------------------------------------------------------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def split_documents(lines, where: str) -> tuple[list[str], list[int]]:
+    """Sentences and their document index from lines of text: a blank line or a WikiText heading
+    (``= Title =``) ends a document; a line holding several sentences is split after ``.``/``!``/``?``.
+    Raises ``DataError`` naming ``where`` when there is no sentence."""
+    texts, docs, doc = [], [], 0
+    for line in lines:
+        line = line.strip()
+        if not line or (line.startswith("=") and line.endswith("=")):
+            if texts and docs[-1] == doc:
+                doc += 1
+            continue
+        for sent in _SENTENCE_END.split(line):
+            texts.append(sent)
+            docs.append(doc)
+    if not texts:
+        raise DataError(f"{where} contains no sentence (empty corpus).")
+    return texts, docs
+
+
+def read_text_file(path: Path) -> tuple[list[str], list[int]]:
+    """Sentences and their document index from a text file (see :func:`split_documents`). Raises
+    ``DataError`` naming the file when it is missing or has no sentence."""
+    if not path.is_file():
+        raise DataError(f"data.text_file: {path} does not exist.")
+    with path.open(encoding="utf-8") as f:
+        return split_documents(f, f"data.text_file: {path}")
+
+
+def read_hub_dataset(name: str, config: str | None, split: str, column: str) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a ``datasets`` hub dataset's text column (e.g. WikiText)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, missing, renamed: one sentence for all
+        raise DataError(
+            f"data.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
+            f"its cache ({type(e).__name__}); offline, use data.text_file=<local text file>."
+        ) from None
+    if column not in ds.column_names:
+        raise ConfigError(
+            f"data.text_column={column!r} is not a column of {name} ({', '.join(ds.column_names)})."
+        )
+    return split_documents(ds[column], f"data.hf_dataset={name!r}")
+
+
+class PosBertDataModule(LightningDataModule):
+    """NSP pairs with POS-grouped masked word-pieces for PoS-BERT pre-training. See the module docstring.
+
+    The tokenizer, the tagged Arrow dataset and their fingerprints live under ``cache_dir``.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str = ".cache",
+        seed: int = 0,
+        smoke: bool = False,
+        text_file: str | None = None,
+        hf_dataset: str | None = None,
+        hf_config: str | None = None,
+        hf_split: str = "train",
+        text_column: str = "text",
+        n_docs: int = 2000,
+        min_sentences: int = 4,
+        max_sentences: int = 10,
+        topic_bias: float = 0.75,
+        zipf_s: float = 1.0,
+        tokenizer: str | None = None,
+        vocab_size: int = 4096,
+        lowercase: bool = True,
+        max_length: int = 64,
+        batch_size: int = 32,
+        val_fraction: float = 0.05,
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        stratify: bool = False,
+        nsp_random_prob: float = 0.5,
+        num_proc: int = 1,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if smoke:
+            n_docs, batch_size = min(n_docs, 40), min(batch_size, 8)
+        if n_docs <= 0 and text_file is None and hf_dataset is None:
+            raise DataError(f"data.n_docs={n_docs}: the generated corpus is empty; set it to at least 2.")
+        if max_length < 8:
+            raise ConfigError(f"data.max_length={max_length} is too short for a sentence pair (need >= 8).")
+        self.cache_dir = Path(cache_dir)
+        self.seed, self.smoke = seed, smoke
+        self.text_file = Path(text_file) if text_file else None
+        self.hf_dataset, self.hf_config, self.hf_split, self.text_column = (
+            hf_dataset,
+            hf_config,
+            hf_split,
+            text_column,
+        )
+        self.n_docs, self.min_sentences, self.max_sentences = n_docs, min_sentences, max_sentences
+        self.topic_bias, self.zipf_s = topic_bias, zipf_s
+        self.tokenizer_name, self.vocab_size, self.lowercase = tokenizer, vocab_size, lowercase
+        self.max_length, self.batch_size, self.val_fraction = max_length, batch_size, val_fraction
+        self.mlm_probability, self.stratify = mlm_probability, stratify
+        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
+        self.nsp_random_prob = nsp_random_prob
+        self.num_proc, self.num_workers = max(1, num_proc), num_workers
+        self.tokenizer = None
+        self.tagged = None
+        self.group_counts: dict[str, int] = {}
+        self.cache_hits: dict[str, bool] = {}
+
+    # -- sources --------------------------------------------------------------------------------------------
+    @property
+    def real_text(self) -> bool:
+        return self.text_file is not None or self.hf_dataset is not None
+
+    def _source_key(self) -> dict[str, Any]:
+        if self.hf_dataset is not None and self.text_file is None:
+            return {
+                "hf": [self.hf_dataset, self.hf_config, self.hf_split, self.text_column],
+                "smoke": self.smoke,
+                "v": CACHE_FORMAT,
+            }
+        if self.text_file is not None:
+            st = self.text_file.stat() if self.text_file.is_file() else None
+            return {
+                "text_file": str(self.text_file.resolve()),
+                "size": st and st.st_size,
+                "mtime": st and st.st_mtime_ns,
+                "smoke": self.smoke,
+            }
+        return {
+            "generated": CACHE_FORMAT,
+            "seed": self.seed,
+            "n_docs": self.n_docs,
+            "sentences": [self.min_sentences, self.max_sentences],
+            "topic_bias": self.topic_bias,
+            "zipf_s": self.zipf_s,
+        }
+
+    def _raw(self) -> dict[str, list]:
+        if getattr(self, "_raw_cache", None) is None:
+            self._raw_cache = self._read_raw()
+        return self._raw_cache
+
+    def _read_raw(self) -> dict[str, list]:
+        if self.real_text:
+            if self.text_file is not None:
+                texts, docs = read_text_file(self.text_file)
+            else:
+                texts, docs = read_hub_dataset(
+                    self.hf_dataset, self.hf_config, self.hf_split, self.text_column
+                )
+            if self.smoke:  # a few hundred sentences are enough for a smoke run
+                texts, docs = texts[:400], docs[:400]
+            return {"text": texts, "doc": docs}
+        corpus = generate_corpus(
+            self.n_docs,
+            self.seed,
+            self.min_sentences,
+            self.max_sentences,
+            topic_bias=self.topic_bias,
+            zipf_s=self.zipf_s,
+        )
+        words, groups, docs = [], [], []
+        for d, (_topic, sents) in enumerate(corpus):
+            for s in sents:
+                words.append(list(s.words))
+                groups.append([GROUP_ID[g] for g in s.groups])
+                docs.append(d)
+        return {"words": words, "groups": groups, "doc": docs}
+
+    # -- tokenizer --------------------------------------------------------------------------------------------
+    def build_tokenizer(self):
+        """The named tokenizer, or the cached / freshly trained WordPiece tokenizer of this corpus."""
+        if self.tokenizer_name:
+            return load_tokenizer(self.tokenizer_name)
+        from transformers import PreTrainedTokenizerFast
+
+        fp = _fingerprint({"source": self._source_key(), "vocab": self.vocab_size, "lower": self.lowercase})
+        path = self.cache_dir / "pos_bert" / f"tokenizer-{fp}"
+        if (path / "tokenizer.json").is_file():
+            self.cache_hits["tokenizer"] = True
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+        self.cache_hits["tokenizer"] = False
+        raw = self._raw()
+        texts = raw["text"] if "text" in raw else [" ".join(w) for w in raw["words"]]
+        tok = train_wordpiece(texts, self.vocab_size, self.lowercase)
+        _atomic_dir(path, lambda tmp: tok.save_pretrained(str(tmp)))
+        log.info("trained a WordPiece tokenizer (%d pieces) -> %s", len(tok), path)
+        return tok
+
+    # -- tagged dataset ----------------------------------------------------------------------------------------
+    def build_tagged(self, tokenizer):
+        """Word-pieces with group ids per sentence (``input_ids``, ``pos``, ``doc``), cached as Arrow."""
+        import datasets
+
+        fp = _fingerprint(
+            {"source": self._source_key(), "tokenizer": tokenizer_fingerprint(tokenizer), "v": CACHE_FORMAT}
+        )
+        path = self.cache_dir / "pos_bert" / f"tagged-{fp}"
+        if (path / "dataset_info.json").is_file():
+            self.cache_hits["tagged"] = True
+            return datasets.load_from_disk(str(path))
+        self.cache_hits["tagged"] = False
+        raw = self._raw()
+        if self.real_text:
+            require_nltk_tagger()
+        ds = datasets.Dataset.from_dict(raw)
+        remove = [c for c in ("text", "words", "groups") if c in ds.column_names]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = ds.map(
+                tag_and_tokenize,
+                batched=True,
+                batch_size=256,
+                num_proc=self.num_proc if len(ds) >= 2 * self.num_proc else None,
+                remove_columns=remove,
+                fn_kwargs={"tokenizer": tokenizer},
+                desc="POS tagging + tokenizing",
+                new_fingerprint=fp,
+            )
+        ds = ds.filter(lambda n: len(n) > 0, input_columns="input_ids")
+        _atomic_dir(path, lambda tmp: ds.save_to_disk(str(tmp)))
+        return datasets.load_from_disk(str(path))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tagged is not None:
+            return
+        self.tokenizer = self.build_tokenizer()
+        self.tagged = self.build_tagged(self.tokenizer)
+        self._raw_cache = None
+        if len(self.tagged) == 0:
+            where = f"data.text_file={self.text_file}" if self.text_file else f"data.n_docs={self.n_docs}"
+            where = f"data.hf_dataset={self.hf_dataset}" if self.hf_dataset and not self.text_file else where
+            raise DataError(f"{where}: the corpus has no token after tokenization (empty corpus).")
+        table = self.tagged.data
+        docs = np.asarray(table.column("doc").to_pylist(), dtype=np.int64)
+        input_ids = table.column("input_ids").to_pylist()
+        pos = table.column("pos").to_pylist()
+        flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
+        counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
+        self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
+        missing = [g for g in GROUPS if self.group_counts[g] == 0]
+        if missing:
+            where = self.text_file or "the generated corpus"
+            warnings.warn(
+                f"{where} has no token of POS group(s) {', '.join(missing)}: their losses are skipped "
+                f"(count 0) and the other groups still train.",
+                stacklevel=2,
+            )
+        a, b, label = build_nsp_pairs(docs, self.seed, self.nsp_random_prob)
+        if len(a) == 0:
+            raise DataError(
+                f"{self.text_file or 'data.n_docs'}: no document has two sentences, so no NSP pair can be built."
+            )
+        tok = self.tokenizer
+        n_val = max(1, int(round(self.val_fraction * len(a)))) if len(a) > 1 else 0
+        perm = np.random.default_rng(self.seed + 1).permutation(len(a))
+        val_idx, train_idx = perm[:n_val], perm[n_val:] if n_val < len(a) else perm
+
+        def subset(idx):
+            return NSPPairs(
+                input_ids,
+                pos,
+                a[idx],
+                b[idx],
+                label[idx],
+                tok.cls_token_id,
+                tok.sep_token_id,
+                self.max_length,
+            )
+
+        self.train_set, self.val_set = subset(train_idx), subset(val_idx if n_val else train_idx[:1])
+        kw = dict(
+            pad_id=tok.pad_token_id,
+            mask_id=tok.mask_token_id,
+            vocab_size=len(tok),
+            num_special=len(SPECIAL_TOKENS) if not self.tokenizer_name else 0,
+            mlm_probability=self.mlm_probability,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
+            stratify=self.stratify,
+        )
+        self.train_collator = PosMaskingCollator(**kw)
+        self.val_collator = PosMaskingCollator(**kw, seed=self.seed)
+        log.info(
+            "PoS-BERT data: %d sentences, %d train / %d val pairs, vocab %d, group tokens %s",
+            len(self.tagged),
+            len(self.train_set),
+            len(self.val_set),
+            len(tok),
+            self.group_counts,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) > self.batch_size,
+            collate_fn=self.train_collator,
+            num_workers=self.num_workers,
+            generator=g,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=self.val_collator,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,484 @@
+"""An English-like corpus from a probabilistic grammar, with gold part-of-speech groups.
+
+The embedded default of the PoS-BERT experiment (paper section 4.1) cannot download a text corpus, so it
+generates one: documents of sentences drawn from the context-free productions in ``PRODUCTIONS`` over a
+lexicon of real English words (``LEXICON``, > 1,000 words). Every terminal category carries its POS group,
+so the gold tag of every word is known by construction (tests check that NLTK's tagger agrees).
+
+- Word frequencies are Zipfian within each category (weight ``1 / rank ** zipf_s``).
+- Each document has a topic; its nouns and verbs come from that topic's list with probability
+  ``topic_bias``, which makes next-sentence prediction learnable.
+- Groups follow the Penn-tag mapping of ``data.pos_bert.penn_to_group``: subordinators such as
+  ``because`` are prepositions (Penn ``IN``), ``when`` is an adverb (``WRB``), possessives are pronouns
+  (``PRP$``), existential ``there`` and relative ``which`` are determiners (``EX``/``WDT``), infinitival
+  ``to``, numbers and punctuation are ``other``.
+
+Everything is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+GROUPS: tuple[str, ...] = (
+    "verb",
+    "noun",
+    "adjective",
+    "determiner",
+    "adverb",
+    "pronoun",
+    "preposition",
+    "conjunction",
+    "interjection",
+)
+OTHER = "other"
+ALL_GROUPS: tuple[str, ...] = (*GROUPS, OTHER)
+GROUP_ID = {g: i for i, g in enumerate(ALL_GROUPS)}
+
+# ---------------------------------------------------------------------------------------------------------
+# Lexicon. Nouns and verbs per topic; verbs as "base/past" (past is "base+ed" when omitted).
+# ---------------------------------------------------------------------------------------------------------
+TOPICS: dict[str, dict[str, str]] = {
+    "animals": {
+        "nouns": "dog cat horse bird rabbit fox wolf bear mouse duck goat sheep cow pig lion tiger "
+        "monkey snake frog owl eagle turtle deer squirrel donkey camel zebra giraffe elephant "
+        "kitten puppy parrot spider beetle hen goose swan dolphin whale shark",
+        "verbs": "chase/chased feed/fed hunt catch/caught bite/bit follow scare/scared watch carry/carried "
+        "lick/licked",
+    },
+    "food": {
+        "nouns": "apple bread cheese soup cake pie sandwich salad potato tomato onion carrot lemon "
+        "orange banana cookie pizza noodle sauce butter honey rice pepper cucumber pumpkin "
+        "omelette pancake muffin sausage kettle spoon fork plate bowl oven recipe dessert",
+        "verbs": "cook/cooked bake/baked eat/ate taste/tasted slice/sliced boil/boiled fry/fried "
+        "stir/stirred peel/peeled serve/served",
+    },
+    "school": {
+        "nouns": "teacher student lesson book pencil notebook library lecture homework exam "
+        "classroom chalkboard professor essay chapter dictionary textbook semester diploma "
+        "scientist experiment laboratory microscope theory equation formula atlas globe "
+        "calculator principal tutor quiz grade assignment poem novel",
+        "verbs": "study/studied read/read write/wrote teach/taught learn/learned explain/explained "
+        "memorize/memorized grade/graded copy/copied review/reviewed",
+    },
+    "city": {
+        "nouns": "street bridge tower building taxi bus subway station airport hotel museum market "
+        "shop restaurant theater mayor tourist driver passenger ticket map avenue square fountain "
+        "cathedral stadium harbor traffic apartment elevator hospital bakery pharmacy police "
+        "neighbor crowd",
+        "verbs": "visit/visited drive/drove park/parked cross/crossed build/built paint/painted "
+        "clean/cleaned close/closed repair/repaired explore/explored",
+    },
+    "sports": {
+        "nouns": "ball team coach player referee goal match race runner bicycle racket helmet "
+        "trophy medal champion tournament stadium whistle jersey glove bat net court track "
+        "swimmer skier boxer marathon league score season fan umpire",
+        "verbs": "kick/kicked throw/threw win/won lose/lost train/trained pass/passed hit/hit "
+        "defend/defended tackle/tackled score/scored",
+    },
+    "music": {
+        "nouns": "song guitar piano violin drum singer band concert melody orchestra composer "
+        "trumpet flute choir rhythm album record microphone audience stage dancer ballet "
+        "painter sculpture portrait gallery canvas brush poet opera symphony harp cello",
+        "verbs": "sing/sang play/played compose/composed hum/hummed practice/practiced record/recorded "
+        "tune/tuned perform/performed applaud/applauded draw/drew",
+    },
+    "business": {
+        "nouns": "manager company office meeting contract customer client salary budget report "
+        "invoice market product factory worker engineer director partner investor bank loan "
+        "profit employee computer printer document deadline schedule project proposal "
+        "secretary accountant lawyer",
+        "verbs": "sign/signed hire/hired sell/sold buy/bought manage/managed invest/invested "
+        "approve/approved negotiate/negotiated print/printed email/emailed",
+    },
+    "health": {
+        "nouns": "doctor nurse patient medicine fever clinic surgeon pill injury bandage vaccine "
+        "ambulance therapist symptom treatment diet vitamin muscle bone heart lung stomach "
+        "headache cough infection wound dentist tooth pharmacist wheelchair thermometer",
+        "verbs": "heal/healed treat/treated examine/examined cure/cured diagnose/diagnosed "
+        "prescribe/prescribed bandage/bandaged inject/injected measure/measured operate/operated",
+    },
+    "home": {
+        "nouns": "mother father sister brother baby grandmother uncle aunt cousin family house "
+        "garden kitchen bedroom window door roof chair table sofa blanket pillow lamp carpet "
+        "mirror basket candle curtain fireplace staircase closet garage",
+        "verbs": "open/opened wash/washed fold/folded hug/hugged decorate/decorated sweep/swept "
+        "fix/fixed move/moved hang/hung arrange/arranged",
+    },
+    "sea": {
+        "nouns": "boat ship sailor captain island beach wave storm anchor sail fisherman net "
+        "lighthouse coast shell crab octopus seagull tide cliff voyage compass pirate treasure "
+        "cabin deck oar canoe ferry reef",
+        "verbs": "sail/sailed row/rowed steer/steered fish/fished dive/dove swim/swam anchor/anchored "
+        "sink/sank rescue/rescued navigate/navigated",
+    },
+}
+
+GENERAL_NOUNS = (
+    "man woman child boy girl friend stranger king queen prince princess farmer soldier "
+    "artist writer baker pilot hunter shepherd traveler village town city country river "
+    "mountain forest lake hill valley field road path bridge door gate wall tree flower "
+    "stone rock box bag letter story idea plan picture gift key clock coin bottle rope "
+    "candle jacket hat shoe dress shirt umbrella wheel machine engine tool hammer ladder "
+    "basket bucket ring necklace crown sword shield lamp torch garden meadow desert ocean "
+    "cloud rain snow wind sun moon star sky morning evening night winter summer autumn "
+    "spring week year moment secret problem answer question reason promise message "
+    "journey adventure dream memory mistake lesson"
+)
+GENERAL_VERBS = (
+    "see/saw find/found take/took give/gave bring/brought keep/kept leave/left hold/held "
+    "meet/met like/liked love/loved want/wanted need/needed help/helped call/called "
+    "show/showed push/pushed pull/pulled touch/touched notice/noticed remember/remembered "
+    "forget/forgot describe/described discover/discovered admire/admired answer/answered "
+    "carry/carried drop/dropped lift/lifted hide/hid steal/stole borrow/borrowed"
+)
+INTRANSITIVE_VERBS = (
+    "arrive/arrived laugh/laughed smile/smiled cry/cried sleep/slept wait/waited "
+    "disappear/disappeared vanish/vanished shout/shouted whisper/whispered jump/jumped "
+    "rest/rested travel/traveled wander/wandered listen/listened agree/agreed fall/fell "
+    "run/ran walk/walked return/returned"
+)
+POSITIVE_ADJECTIVES = (
+    "good great wonderful excellent beautiful pleasant delightful lovely brilliant superb "
+    "charming gentle friendly cheerful happy marvelous splendid fantastic graceful elegant "
+    "clever generous honest kind perfect terrific fabulous glorious joyful delicious"
+)
+NEGATIVE_ADJECTIVES = (
+    "bad terrible awful horrible ugly unpleasant dreadful nasty boring dull rude cruel "
+    "gloomy miserable sad angry lazy selfish dishonest clumsy poor stupid weak tedious "
+    "disgusting dirty noisy painful bitter rotten"
+)
+NEUTRAL_ADJECTIVES = (
+    "big small large tiny tall short long old young new ancient modern red blue green "
+    "yellow white black brown gray purple pink golden silver wooden heavy light soft hard "
+    "warm cold hot cool quiet loud bright dark deep shallow wide narrow round square empty "
+    "full wet dry strong fast slow early late rich famous strange simple secret hidden "
+    "distant nearby busy calm careful curious eager fresh huge little loyal mysterious "
+    "narrow nervous plain proud rapid rare ripe rough sharp shiny silent smooth steep "
+    "sticky sudden sweet thick thin tough wild wise wooden enormous foreign hungry thirsty "
+    "sleepy tired brave polite serious strict"
+)
+MANNER_ADVERBS = (
+    "quickly slowly carefully quietly loudly happily sadly gently suddenly calmly eagerly "
+    "bravely politely proudly softly patiently nervously silently secretly easily badly "
+    "warmly firmly brightly angrily kindly rapidly boldly cheerfully gracefully honestly "
+    "lazily neatly openly rudely wisely"
+)
+DEGREE_ADVERBS = "very quite rather extremely really so too incredibly remarkably fairly"
+FREQUENCY_ADVERBS = "often always sometimes usually rarely seldom never also still already soon"
+NEGATION_ADVERBS = "not never"
+DETERMINERS_SG = "the a this every each another no"
+DETERMINERS_PL = "the these those some no"
+SUBJECT_PRONOUNS_SG = "I he she it"
+SUBJECT_PRONOUNS_PL = "we they you"
+OBJECT_PRONOUNS = "me him her it us them you"
+POSSESSIVES = "my your his her its our their"
+PREPOSITIONS = (
+    "in on at near under over behind beside with without across through into from "
+    "toward around between above below inside outside along beyond against during"
+)
+SUBORDINATORS = "because although while after before if since though unless until"
+CONJUNCTIONS = "and but or"
+INTERJECTIONS = "oh yes yeah wow hey ah alas hello ouch oops"
+NAMES = (
+    "Anna Peter Maria John Laura David Emma James Sarah Thomas Olivia Daniel Sophie Michael "
+    "Clara Robert Alice George Helen Henry Julia Oliver Lucy Victor Nora Samuel Grace Martin "
+    "Eva Oscar Paul Rose Simon Tina Walter Irene Frank Diana Hugo Ella"
+)
+NUMBERS = "two three four five six seven eight nine ten twelve twenty hundred"
+MODALS = "could would should might will can must"
+COPULA = {"sg": "was", "pl": "were"}
+IRREGULAR_PLURALS = {
+    "man": "men",
+    "woman": "women",
+    "child": "children",
+    "mouse": "mice",
+    "goose": "geese",
+    "sheep": "sheep",
+    "deer": "deer",
+    "tooth": "teeth",
+    "fisherman": "fishermen",
+    "person": "people",
+    "wolf": "wolves",
+    "knife": "knives",
+    "shelf": "shelves",
+}
+
+
+def _verbs(spec: str) -> list[tuple[str, str]]:
+    out = []
+    for item in spec.split():
+        base, _, past = item.partition("/")
+        out.append((base, past or base + "ed"))
+    return out
+
+
+def plural(noun: str) -> str:
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    if noun.endswith(("s", "sh", "ch", "x", "z")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    if noun.endswith("f"):
+        return noun[:-1] + "ves"
+    return noun + "s"
+
+
+def verb_bases() -> set[str]:
+    """Base forms of every verb of the lexicon."""
+    out = {b for b, _ in TRANSITIVE + INTRANSITIVE + CONTROL_VERBS}
+    for verbs in TOPIC_VERBS.values():
+        out.update(b for b, _ in verbs)
+    return out
+
+
+def _dedup(words: list[str]) -> list[str]:
+    return list(dict.fromkeys(words))
+
+
+# Terminal category -> (POS group, word list). Filled below; topic categories are resolved per document.
+LEXICON: dict[str, tuple[str, list[str]]] = {
+    "N_GEN": ("noun", _dedup(GENERAL_NOUNS.split())),
+    "NAME": ("noun", NAMES.split()),
+    "ADJ": (
+        "adjective",
+        _dedup(NEUTRAL_ADJECTIVES.split() + POSITIVE_ADJECTIVES.split() + NEGATIVE_ADJECTIVES.split()),
+    ),
+    "ADJ_POS": ("adjective", POSITIVE_ADJECTIVES.split()),
+    "ADJ_NEG": ("adjective", NEGATIVE_ADJECTIVES.split()),
+    "ADV": ("adverb", MANNER_ADVERBS.split()),
+    "DEG": ("adverb", DEGREE_ADVERBS.split()),
+    "FREQ": ("adverb", FREQUENCY_ADVERBS.split()),
+    "NOT": ("adverb", ["not"]),
+    "NEG": ("adverb", NEGATION_ADVERBS.split()),
+    "WHEN": ("adverb", ["when"]),
+    "DET_SG": ("determiner", DETERMINERS_SG.split()),
+    "DET_PL": ("determiner", DETERMINERS_PL.split()),
+    "EX": ("determiner", ["there"]),
+    "WDT": ("determiner", ["which"]),
+    "PRON_SG": ("pronoun", SUBJECT_PRONOUNS_SG.split()),
+    "PRON_PL": ("pronoun", SUBJECT_PRONOUNS_PL.split()),
+    "PRON_OBJ": ("pronoun", OBJECT_PRONOUNS.split()),
+    "POSS": ("pronoun", POSSESSIVES.split()),
+    "P": ("preposition", PREPOSITIONS.split()),
+    "SUB": ("preposition", SUBORDINATORS.split()),
+    "CC": ("conjunction", CONJUNCTIONS.split()),
+    "INTJ": ("interjection", INTERJECTIONS.split()),
+    "MD": ("verb", MODALS.split()),
+    "DID": ("verb", ["did"]),
+    "COP_SG": ("verb", [COPULA["sg"]]),
+    "COP_PL": ("verb", [COPULA["pl"]]),
+    "NUM": (OTHER, NUMBERS.split()),
+    "TO": (OTHER, ["to"]),
+    ",": (OTHER, [","]),
+    ".": (OTHER, ["."]),
+    "!": (OTHER, ["!"]),
+}
+TRANSITIVE = _verbs(GENERAL_VERBS)
+INTRANSITIVE = _verbs(INTRANSITIVE_VERBS)
+TOPIC_NOUNS = {t: _dedup(v["nouns"].split()) for t, v in TOPICS.items()}
+TOPIC_VERBS = {t: _verbs(v["verbs"]) for t, v in TOPICS.items()}
+# Verbs that take an infinitive complement ("wanted to see the dog").
+CONTROL_VERBS = [
+    ("want", "wanted"),
+    ("try", "tried"),
+    ("hope", "hoped"),
+    ("decide", "decided"),
+    ("plan", "planned"),
+]
+
+# Topic-dependent categories: N (singular noun), N_PL, V_PAST (transitive past), V_BASE (transitive base).
+TOPIC_CATEGORIES = {"N": "noun", "N_PL": "noun", "V_PAST": "verb", "V_BASE": "verb"}
+INTRANSITIVE_CATEGORIES = {"VI_PAST": "verb", "VI_BASE": "verb", "VC_PAST": "verb"}
+
+# ---------------------------------------------------------------------------------------------------------
+# Productions: nonterminal -> [(weight, right-hand side)]. Upper-case names without a LEXICON entry are
+# nonterminals. Number agreement is carried by the _SG / _PL variants.
+# ---------------------------------------------------------------------------------------------------------
+PRODUCTIONS: dict[str, list[tuple[float, list[str]]]] = {
+    "S": [
+        (0.34, ["CLAUSE", "."]),
+        (0.12, ["CLAUSE", ",", "CC", "CLAUSE", "."]),
+        (0.10, ["SUB", "CLAUSE", ",", "CLAUSE", "."]),
+        (0.10, ["CLAUSE", "SUB", "CLAUSE", "."]),
+        (0.05, ["WHEN", "CLAUSE", ",", "CLAUSE", "."]),
+        (0.06, ["INTJ", ",", "CLAUSE", "."]),
+        (0.02, ["INTJ", ",", "CLAUSE", "!"]),
+        (0.06, ["EX", "COP_SG", "NP_SG", "PP", "."]),
+        (0.03, ["EX", "COP_PL", "NP_PL", "PP", "."]),
+        (0.05, ["PP", ",", "CLAUSE", "."]),
+        (0.07, ["CLAUSE_ADV", "."]),
+    ],
+    "CLAUSE": [
+        (0.30, ["SUBJ_SG", "VP"]),
+        (0.15, ["SUBJ_PL", "VP"]),
+        (0.12, ["SUBJ_SG", "COP_SG", "ADJP"]),
+        (0.06, ["SUBJ_PL", "COP_PL", "ADJP"]),
+        (0.06, ["SUBJ_SG", "COP_SG", "PP"]),
+        (0.08, ["SUBJ_SG", "MD", "VP_BASE"]),
+        (0.05, ["SUBJ_PL", "MD", "VP_BASE"]),
+        (0.06, ["SUBJ_SG", "DID", "NOT", "VP_BASE"]),
+        (0.04, ["SUBJ_SG", "COP_SG", "NEG", "ADJP"]),
+        (0.04, ["SUBJ_PL", "COP_PL", "NEG", "ADJP"]),
+        (0.04, ["SUBJ_SG", "FREQ", "VP"]),
+    ],
+    "CLAUSE_ADV": [(1.0, ["SUBJ_SG", "VI_PAST", "ADV"]), (0.5, ["SUBJ_PL", "VI_PAST", "ADV", "PP"])],
+    "SUBJ_SG": [(0.55, ["NP_SG"]), (0.25, ["PRON_SG"]), (0.20, ["NAME"])],
+    "SUBJ_PL": [(0.60, ["NP_PL"]), (0.40, ["PRON_PL"])],
+    "NP_SG": [
+        (0.50, ["DET_SG", "NOM"]),
+        (0.15, ["POSS", "NOM"]),
+        (0.10, ["DET_SG", "NOM", "PP"]),
+        (0.05, ["DET_SG", "NOM", "WDT", "V_PAST", "OBJ"]),
+    ],
+    "NP_PL": [(0.55, ["DET_PL", "NOM_PL"]), (0.20, ["NUM", "NOM_PL"]), (0.15, ["POSS", "NOM_PL"])],
+    "NOM": [(0.55, ["N"]), (0.30, ["ADJ", "N"]), (0.05, ["ADJ", "ADJ", "N"]), (0.10, ["N_GEN"])],
+    "NOM_PL": [(0.65, ["N_PL"]), (0.35, ["ADJ", "N_PL"])],
+    "OBJ": [(0.60, ["NP_SG"]), (0.20, ["NP_PL"]), (0.12, ["PRON_OBJ"]), (0.08, ["NAME"])],
+    "VP": [
+        (0.40, ["V_PAST", "OBJ"]),
+        (0.15, ["V_PAST", "OBJ", "PP"]),
+        (0.10, ["V_PAST", "OBJ", "ADV"]),
+        (0.15, ["VI_PAST"]),
+        (0.10, ["VI_PAST", "PP"]),
+        (0.05, ["VC_PAST", "TO", "VP_BASE"]),
+        (0.05, ["ADV", "V_PAST", "OBJ"]),
+    ],
+    "VP_BASE": [(0.65, ["V_BASE", "OBJ"]), (0.20, ["VI_BASE"]), (0.15, ["V_BASE", "OBJ", "PP"])],
+    "ADJP": [(0.65, ["ADJ"]), (0.35, ["DEG", "ADJ"])],
+    "PP": [(0.75, ["P", "NP_SG"]), (0.25, ["P", "NP_PL"])],
+}
+
+_VOWEL_SOUND = set("aeiou")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One generated sentence: words and the gold POS group of each word."""
+
+    words: tuple[str, ...]
+    groups: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        out = ""
+        for w in self.words:
+            out += w if (not out or w in {",", ".", "!"}) else " " + w
+        return out
+
+
+def _zipf_weights(n: int, s: float) -> list[float]:
+    return [1.0 / (r + 1) ** s for r in range(n)]
+
+
+class Grammar:
+    """Sampler of sentences and documents from ``PRODUCTIONS`` and ``LEXICON``.
+
+    Args:
+        seed: random seed (the whole corpus is a function of it).
+        zipf_s: exponent of the Zipfian word frequencies within each terminal category.
+        topic_bias: probability that a noun or verb comes from the document's topic list.
+        max_depth: recursion limit; deeper expansions take the first production of a nonterminal.
+    """
+
+    def __init__(self, seed: int = 0, zipf_s: float = 1.0, topic_bias: float = 0.75, max_depth: int = 6):
+        self.rng = random.Random(seed)
+        self.zipf_s = zipf_s
+        self.topic_bias = topic_bias
+        self.max_depth = max_depth
+        self.topics = list(TOPICS)
+        self._weights: dict[int, list[float]] = {}
+
+    # -- sampling helpers ---------------------------------------------------------------------------------
+    def _pick(self, items: list):
+        w = self._weights.get(len(items))
+        if w is None:
+            w = self._weights[len(items)] = _zipf_weights(len(items), self.zipf_s)
+        return self.rng.choices(items, weights=w, k=1)[0]
+
+    def word(self, category: str, topic: str | None = None) -> tuple[str, str]:
+        """One ``(word, group)`` of a terminal category."""
+        if category in LEXICON:
+            group, words = LEXICON[category]
+            return self._pick(words), group
+        topic = topic or self.rng.choice(self.topics)
+        on_topic = self.rng.random() < self.topic_bias
+        if category in ("N", "N_PL"):
+            noun = self._pick(TOPIC_NOUNS[topic] if on_topic else LEXICON["N_GEN"][1])
+            return (plural(noun) if category == "N_PL" else noun), "noun"
+        if category in ("V_PAST", "V_BASE"):
+            base, past = self._pick(TOPIC_VERBS[topic] if on_topic else TRANSITIVE)
+            return (past if category == "V_PAST" else base), "verb"
+        if category in ("VI_PAST", "VI_BASE"):
+            base, past = self._pick(INTRANSITIVE)
+            return (past if category == "VI_PAST" else base), "verb"
+        if category == "VC_PAST":
+            return self.rng.choice(CONTROL_VERBS)[1], "verb"
+        raise KeyError(f"unknown grammar symbol {category!r}")
+
+    def expand(self, symbol: str, topic: str, depth: int = 0) -> list[tuple[str, str]]:
+        if symbol not in PRODUCTIONS:
+            return [self.word(symbol, topic)]
+        options = PRODUCTIONS[symbol]
+        if depth >= self.max_depth:
+            rhs = options[0][1]
+        else:
+            rhs = self.rng.choices([o[1] for o in options], weights=[o[0] for o in options], k=1)[0]
+        out: list[tuple[str, str]] = []
+        for s in rhs:
+            out.extend(self.expand(s, topic, depth + 1))
+        return out
+
+    def sentence(self, topic: str | None = None, symbol: str = "S") -> Sentence:
+        """A sentence (or any nonterminal's phrase) with articles fixed and the first word capitalised."""
+        topic = topic or self.rng.choice(self.topics)
+        pairs = self.expand(symbol, topic)
+        return finish(pairs)
+
+    def document(self, n_sentences: int, topic: str | None = None) -> tuple[str, list[Sentence]]:
+        topic = topic or self.rng.choice(self.topics)
+        return topic, [self.sentence(topic) for _ in range(n_sentences)]
+
+    def documents(
+        self, n_docs: int, min_sentences: int = 4, max_sentences: int = 10
+    ) -> Iterator[tuple[str, list[Sentence]]]:
+        for _ in range(n_docs):
+            yield self.document(self.rng.randint(min_sentences, max_sentences))
+
+
+def finish(pairs: list[tuple[str, str]]) -> Sentence:
+    """Fix ``a``/``an`` and capitalise the first word of a list of ``(word, group)`` pairs."""
+    words = [w for w, _ in pairs]
+    groups = [g for _, g in pairs]
+    for i in range(len(words) - 1):
+        if words[i].lower() in ("a", "an"):
+            words[i] = "an" if words[i + 1][0].lower() in _VOWEL_SOUND else "a"
+    if words and words[0] != "I":
+        words[0] = words[0][0].upper() + words[0][1:]
+    return Sentence(tuple(words), tuple(groups))
+
+
+def lexicon_words() -> set[str]:
+    """Every distinct word form the grammar can produce (lower-cased), for coverage checks."""
+    out: set[str] = set()
+    for _group, words in LEXICON.values():
+        out.update(w.lower() for w in words)
+    for nouns in [*TOPIC_NOUNS.values(), LEXICON["N_GEN"][1]]:
+        for n in nouns:
+            out.update((n, plural(n)))
+    for verbs in [*TOPIC_VERBS.values(), TRANSITIVE, INTRANSITIVE, CONTROL_VERBS]:
+        for base, past in verbs:
+            out.update((base, past))
+    out.update({"an"})
+    return {w for w in out if w.isalpha()}
+
+
+def generate_corpus(
+    n_docs: int, seed: int = 0, min_sentences: int = 4, max_sentences: int = 10, **grammar_kwargs
+) -> list[tuple[str, list[Sentence]]]:
+    """``n_docs`` documents ``(topic, sentences)``; deterministic in ``seed``."""
+    g = Grammar(seed=seed, **grammar_kwargs)
+    return list(g.documents(n_docs, min_sentences, max_sentences))

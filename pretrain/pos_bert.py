@@ -1,0 +1,182 @@
+"""PoS-BERT pre-training (paper section 4.1): masked-word recovery grouped by part of speech, plus NSP.
+
+One forward pass per step gives every task's loss: the MLM head runs on the gathered masked positions only,
+and the cross-entropy of each masked word-piece is summed per POS group (``index_add``) with its count, so
+the loss-aggregation callback reduces sums and counts across ranks. Tasks:
+
+- the 9 groups of ``data.pos_grammar.GROUPS`` (always balanced);
+- ``other`` (numbers, particles, punctuation, ...): balanced when ``include_other`` else added with weight 1;
+- ``nsp``: a balanced task (``nsp: task``), added with weight 1 (``nsp: add``) or off (``nsp: off``).
+
+Losses added with weight 1 are the callback's ``extra_tasks``: still logged as ``train/loss/<name>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
+from pretrain.aggregation import LossAggregation
+from pretrain.errors import ConfigError
+
+NSP_MODES = ("task", "add", "off")
+
+
+def grouped_mlm_losses(
+    logits: torch.Tensor, labels: torch.Tensor, task: torch.Tensor, num_groups: int = len(ALL_GROUPS)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group sums of the cross-entropy of masked tokens and their counts: ``(G,)`` and ``(G,)``."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    sums = torch.zeros(num_groups, dtype=ce.dtype, device=ce.device).index_add(0, task, ce)
+    counts = torch.bincount(task, minlength=num_groups)
+    return sums, counts
+
+
+class PosBertPretraining(L.LightningModule):
+    """Pre-train :class:`models.bert.PosBert` with the POS-grouped MLM tasks (and NSP) balanced.
+
+    Args:
+        model: a :class:`models.bert.PosBert`.
+        balancer: a Balancer or a ``num_tasks -> Balancer`` factory (Hydra ``_partial_``).
+        aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
+        include_other: balance the ``other`` group as a tenth task (else add it with weight 1).
+        nsp: ``task`` (one more balanced task), ``add`` (weight 1) or ``off``.
+        lr, weight_decay, betas, eps: AdamW (no decay on biases and LayerNorm weights).
+        warmup_steps: linear warm-up steps; then linear decay to ``min_lr_ratio * lr`` at the last step.
+    """
+
+    def __init__(
+        self,
+        model,
+        balancer,
+        aggregation: dict | None = None,
+        include_other: bool = False,
+        nsp: str = "add",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if nsp not in NSP_MODES:
+            raise ConfigError(f"module.nsp must be one of {', '.join(NSP_MODES)}, got {nsp!r}.")
+        self.model = model
+        self.include_other, self.nsp = bool(include_other), nsp
+        self.lr, self.weight_decay, self.betas, self.eps = (
+            float(lr),
+            float(weight_decay),
+            tuple(betas),
+            float(eps),
+        )
+        self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
+        self.task_names = (
+            list(GROUPS) + ([OTHER] if self.include_other else []) + (["nsp"] if nsp == "task" else [])
+        )
+        extra = ([] if self.include_other else [OTHER]) + (["nsp"] if nsp == "add" else [])
+        options = dict(aggregation or {})
+        options["extra_tasks"] = list(options.get("extra_tasks", [])) + extra
+        self.aggregator = LossAggregation.build(balancer, self.task_names, **options)
+        self.tokenizer = None
+
+    # -- wiring ------------------------------------------------------------------------------------------
+    def configure_callbacks(self):
+        return [self.aggregator]
+
+    def setup(self, stage: str) -> None:
+        self.prepare_for_finetune(self.trainer.datamodule)
+
+    def prepare_for_finetune(self, datamodule) -> None:
+        """Check the data against the model and keep the tokenizer (for export and fine-tuning)."""
+        if datamodule is None:
+            return
+        if getattr(datamodule, "tokenizer", None) is None:
+            datamodule.setup("fit")
+        self.tokenizer = datamodule.tokenizer
+        max_pos = self.model.max_positions
+        if datamodule.max_length > max_pos:
+            raise ConfigError(
+                f"data.max_length={datamodule.max_length} is longer than the model's positions "
+                f"(model.max_position_embeddings={max_pos})."
+            )
+        if len(self.tokenizer) > self.model.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={self.model.vocab_size} is smaller than the tokenizer's {len(self.tokenizer)} "
+                f"pieces; set model.vocab_size={len(self.tokenizer)}."
+            )
+
+    # -- losses ------------------------------------------------------------------------------------------
+    def _forward_losses(self, batch) -> tuple[dict, dict]:
+        out = self.model(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["masked_positions"]
+        )
+        sums, counts = grouped_mlm_losses(out["mlm_logits"], batch["mlm_labels"], batch["mlm_task"])
+        losses = {g: (sums[i], counts[i]) for i, g in enumerate(ALL_GROUPS)}
+        if self.nsp != "off":
+            nsp = F.cross_entropy(out["nsp_logits"].float(), batch["nsp_labels"], reduction="sum")
+            losses["nsp"] = (nsp, batch["nsp_labels"].numel())
+        return losses, out
+
+    def training_step(self, batch, batch_idx: int):
+        losses, out = self._forward_losses(batch)
+        shared = list(self.model.last_shared_layer().parameters())
+        return self.aggregator(self, losses, shared_params=shared, features=out["sequence"])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        losses, out = self._forward_losses(batch)
+        bsz = batch["input_ids"].shape[0]
+        means = {}
+        for name, (s, c) in losses.items():
+            c = int(c)
+            if c > 0:
+                means[name] = float(s) / c
+                self.log(f"val/loss/{name}", float(s) / c, batch_size=c, on_epoch=True, sync_dist=True)
+        balanced = [means[t] for t in self.task_names if t in means]
+        if balanced:
+            self.log("val/loss_worst", max(balanced), batch_size=bsz, on_epoch=True, sync_dist=True)
+            self.log(
+                "val/loss_mean", sum(balanced) / len(balanced), batch_size=bsz, on_epoch=True, sync_dist=True
+            )
+        if "nsp_logits" in out:
+            acc = (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).float().mean()
+            self.log("val/nsp_acc", acc, batch_size=bsz, on_epoch=True, sync_dist=True)
+
+    # -- optimisation ------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ] + self.aggregator.balancer_param_groups()
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
+        total = int(total) if total and total != float("inf") else 0
+        warmup, floor = max(0, self.warmup_steps), self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            if total <= warmup:
+                return 1.0
+            return max(floor, 1.0 - (1.0 - floor) * (step - warmup) / max(1, total - warmup))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- export ------------------------------------------------------------------------------------------
+    def export_pretrained(self, out_dir: Path) -> None:
+        """Save the encoder with ``save_pretrained`` (plus the tokenizer): ``AutoModel.from_pretrained`` loads it."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.bert.save_pretrained(str(out_dir))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,226 @@
+"""PoS-BERT data: masking collator, POS alignment, NSP pairs, caches and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import data.pos_bert as pb
+from data.pos_bert import IGNORE, PosBertDataModule, PosMaskingCollator, build_nsp_pairs
+from pretrain.errors import ConfigError, DataError
+
+PAD, MASK, VOCAB, NSPECIAL = 0, 4, 1000, 5
+
+
+def _examples(n=64, length=100, seed=0, groups=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        L = int(rng.integers(length // 2, length))
+        ids = [2, *rng.integers(NSPECIAL, VOCAB, L - 2).tolist(), 3]
+        pos = [IGNORE, *(groups(L - 2) if groups else rng.integers(0, 10, L - 2).tolist()), IGNORE]
+        out.append({"input_ids": ids, "token_type_ids": [0] * L, "pos": pos, "nsp_label": i % 2, "index": i})
+    return out
+
+
+def _collator(**kw):
+    return PosMaskingCollator(pad_id=PAD, mask_id=MASK, vocab_size=VOCAB, num_special=NSPECIAL, **kw)
+
+
+def test_collator_masks_15_percent_with_80_10_10():
+    torch.manual_seed(0)
+    ex = _examples(n=128)
+    batch = _collator()(ex)
+    orig = torch.full_like(batch["input_ids"], PAD)
+    for i, e in enumerate(ex):
+        orig[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+    maskable = (batch["pos"] != IGNORE).sum().item()
+    m = batch["masked_positions"]
+    assert abs(len(m) / maskable - 0.15) < 0.01
+    flat_in, flat_orig = batch["input_ids"].reshape(-1), orig.reshape(-1)
+    # labels are the original ids; the carried task is the POS id of exactly those positions
+    assert torch.equal(batch["mlm_labels"], flat_orig[m])
+    assert torch.equal(batch["mlm_task"], batch["pos"].reshape(-1)[m])
+    assert (batch["pos"].reshape(-1)[m] != IGNORE).all()  # never a special or padding token
+    is_mask = (flat_in[m] == MASK).float().mean().item()
+    unchanged = (flat_in[m] == flat_orig[m]).float().mean().item()
+    assert abs(is_mask - 0.8) < 0.03 and abs(unchanged - 0.1) < 0.03
+    # outside the masked positions nothing changed
+    keep = torch.ones_like(flat_in, dtype=torch.bool)
+    keep[m] = False
+    assert torch.equal(flat_in[keep], flat_orig[keep])
+    assert batch["attention_mask"].sum().item() == sum(len(e["input_ids"]) for e in ex)
+    assert batch["nsp_labels"].tolist() == [i % 2 for i in range(128)]
+
+
+def test_stratified_masking_spreads_over_groups():
+    # group 8 (interjection) is 1 token per sentence, group 1 (noun) the rest
+    ex = _examples(n=32, length=40, groups=lambda n: [8] + [1] * (n - 1))
+    plain = _collator()(ex)
+    strat = _collator(stratify=True)(ex)
+    maskable = sum(len(e["input_ids"]) - 2 for e in ex)
+    budget = round(0.15 * maskable)
+    counts = torch.bincount(strat["mlm_task"], minlength=10)
+    assert counts.sum().item() == budget
+    assert counts[8].item() == min(32, budget // 2)  # the rare group gets its full half share
+    assert torch.bincount(plain["mlm_task"], minlength=10)[8] < counts[8]
+    assert torch.equal(strat["mlm_task"], strat["pos"].reshape(-1)[strat["masked_positions"]])
+
+
+def test_validation_masking_is_deterministic():
+    ex = _examples(n=8)
+    c = _collator(seed=5)
+    a, b = c(ex), c(ex)
+    assert torch.equal(a["masked_positions"], b["masked_positions"]) and torch.equal(
+        a["input_ids"], b["input_ids"]
+    )
+
+
+def test_bad_masking_probabilities():
+    with pytest.raises(ConfigError, match="data.mlm_probability"):
+        _collator(mlm_probability=0.0)
+    with pytest.raises(ConfigError, match="random_replace_prob"):
+        _collator(mask_replace_prob=0.9, random_replace_prob=0.2)
+
+
+def test_nsp_pairs():
+    docs = np.repeat(np.arange(50), 6)
+    a, b, label = build_nsp_pairs(docs, seed=0)
+    assert len(a) == 50 * 5
+    assert (docs[a] == docs[b])[label == 0].all() and (b == a + 1)[label == 0].all()
+    assert (docs[a] != docs[b])[label == 1].all()
+    assert 0.4 < label.mean() < 0.6
+
+
+@pytest.fixture
+def smoke_dm(tmp_path):
+    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=1, max_length=32)
+    dm.setup()
+    return dm
+
+
+def test_wordpieces_carry_their_words_group(smoke_dm):
+    tok = smoke_dm.tokenizer
+    words = ["The", "bellatroon", "sang", "."]
+    groups = [3, 1, 0, 9]
+    out = pb.tag_and_tokenize({"words": [words], "groups": [groups]}, tok)
+    ids, pos = out["input_ids"][0], out["pos"][0]
+    enc = tok([words], is_split_into_words=True, add_special_tokens=False)
+    wid = enc.word_ids(0)
+    assert len(ids) > 4  # the made-up word is split into several pieces
+    assert pos == [groups[w] for w in wid]
+
+
+def test_datamodule_batch_and_cache_reuse(tmp_path, smoke_dm, monkeypatch):
+    assert smoke_dm.cache_hits == {"tokenizer": False, "tagged": False}
+    batch = next(iter(smoke_dm.train_dataloader()))
+    assert batch["input_ids"].shape[1] <= 32
+    assert (batch["input_ids"][:, 0] == smoke_dm.tokenizer.cls_token_id).all()
+    assert torch.equal(batch["mlm_task"], batch["pos"].reshape(-1)[batch["masked_positions"]])
+
+    def boom(*a, **k):
+        raise AssertionError("re-trained or re-tagged although cached")
+
+    monkeypatch.setattr(pb, "train_wordpiece", boom)
+    monkeypatch.setattr(pb, "generate_corpus", boom)
+    dm2 = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=1, max_length=32)
+    dm2.setup()
+    assert dm2.cache_hits == {"tokenizer": True, "tagged": True}
+    assert len(dm2.tagged) == len(smoke_dm.tagged)
+    # another seed is another corpus: a new cache entry
+    monkeypatch.undo()
+    dm3 = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=2, max_length=32)
+    dm3.setup()
+    assert dm3.cache_hits == {"tokenizer": False, "tagged": False}
+
+
+def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
+    import datasets
+
+    def interrupted(self, path, **kw):
+        (__import__("pathlib").Path(path) / "partial").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", interrupted)
+    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True)
+    with pytest.raises(KeyboardInterrupt):
+        dm.setup()
+    assert not list((tmp_path / "pos_bert").glob("tagged-*"))
+    assert not list((tmp_path / "pos_bert").glob(".tagged-*"))
+    monkeypatch.undo()
+    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True)
+    dm.setup()
+    assert dm.cache_hits["tagged"] is False and len(dm.tagged) > 0
+
+
+def test_unknown_tokenizer_names_the_key(tmp_path):
+    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, tokenizer=str(tmp_path / "no_such_tokenizer"))
+    with pytest.raises(ConfigError) as e:
+        dm.setup()
+    msg = str(e.value)
+    assert msg.startswith("data.tokenizer=") and "no_such_tokenizer" in msg and msg.count(". ") == 0
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"data.text_file: .*empty.txt contains no sentence"):
+        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(empty)).setup()
+    with pytest.raises(DataError, match="does not exist"):
+        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(tmp_path / "missing.txt")).setup()
+    with pytest.raises(DataError, match="data.n_docs=0"):
+        PosBertDataModule(cache_dir=str(tmp_path), n_docs=0)
+
+
+def test_real_text_documents_and_sentences(tmp_path):
+    lines = [
+        " = Valkyria = ",
+        "",
+        "It was released in 2011. It sold well! Critics liked it.",
+        " = = Plot = = ",
+        "A man ran.",
+    ]
+    texts, docs = pb.split_documents(lines, "x")
+    assert texts == ["It was released in 2011.", "It sold well!", "Critics liked it.", "A man ran."]
+    assert docs == [0, 0, 0, 1]
+    with pytest.raises(DataError, match=r"^data.hf_dataset='no-such/dataset-xyz' .* could not be loaded"):
+        PosBertDataModule(cache_dir=str(tmp_path), hf_dataset="no-such/dataset-xyz").setup()
+
+
+TEXT = """The old man walked to the market.
+He bought some fresh bread and a red apple.
+
+She quickly opened the heavy door.
+They were happy because the sun was bright.
+"""
+
+
+def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "c"), text_file=str(path), vocab_size=200, batch_size=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        dm.setup()
+    msgs = [str(x.message) for x in w if "no token of POS group" in str(x.message)]
+    assert len(msgs) == 1 and "interjection" in msgs[0] and "corpus.txt" in msgs[0]
+    first = dm.tagged[0]
+    tok = dm.tokenizer
+    names = [pb.ALL_GROUPS[g] for g in first["pos"]]
+    pieces = tok.convert_ids_to_tokens(first["input_ids"])
+    tagged = dict(zip(pieces, names))
+    assert tagged["the"] == "determiner" and tagged["man"] == "noun" and tagged["walked"] == "verb"
+    assert tagged["to"] == "preposition" and tagged["old"] == "adjective" and tagged["."] == "other"
+    assert dm.group_counts["conjunction"] >= 1 and dm.group_counts["interjection"] == 0
+    batch = next(iter(dm.train_dataloader()))  # still trains the other groups
+    assert batch["input_ids"].shape[0] == len(dm.train_set) >= 1
+
+
+def test_missing_nltk_resource_names_it(tmp_path, monkeypatch):
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty_nltk")])
+    with pytest.raises(DataError) as e:
+        pb.require_nltk_tagger()
+    assert "averaged_perceptron_tagger_eng" in str(e.value) and "python -m nltk.downloader" in str(e.value)

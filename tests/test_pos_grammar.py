@@ -1,0 +1,119 @@
+"""The embedded English-like grammar: coverage, determinism, frequencies, topics, and a real tagger's view."""
+
+from collections import Counter
+
+import pytest
+
+from data.pos_bert import GROUP_ID, penn_to_group
+from data.pos_grammar import (
+    ALL_GROUPS,
+    GROUPS,
+    PRODUCTIONS,
+    TOPIC_NOUNS,
+    generate_corpus,
+    lexicon_words,
+    plural,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_corpus(150, seed=3)
+
+
+def test_lexicon_and_productions_are_large_enough():
+    assert len(lexicon_words()) >= 1000
+    assert sum(len(v) for v in PRODUCTIONS.values()) >= 20
+    assert {"SUB", "CC", "PP", "INTJ"} <= {s for opts in PRODUCTIONS.values() for _, rhs in opts for s in rhs}
+
+
+def test_every_group_occurs_with_gold_tags(corpus):
+    counts = Counter(g for _, doc in corpus for s in doc for g in s.groups)
+    assert set(counts) == set(ALL_GROUPS)
+    for g in GROUPS:
+        assert counts[g] > 20, g
+    # rare groups stay rare, as in real text
+    assert counts["interjection"] < counts["noun"] / 5
+    assert counts["conjunction"] < counts["verb"] / 5
+
+
+def test_words_and_groups_aligned_and_sentences_well_formed(corpus):
+    for _, doc in corpus:
+        for s in doc:
+            assert len(s.words) == len(s.groups)
+            assert s.words[-1] in {".", "!"} and s.groups[-1] == "other"
+            assert s.words[0][0].isupper()
+            for i in range(len(s.words) - 1):  # a/an agreement
+                if s.words[i].lower() == "a":
+                    assert s.words[i + 1][0].lower() not in "aeiou"
+
+
+def test_deterministic_by_seed():
+    a = generate_corpus(5, seed=11)
+    b = generate_corpus(5, seed=11)
+    c = generate_corpus(5, seed=12)
+    assert a == b
+    assert a != c
+
+
+def test_zipfian_frequencies(corpus):
+    dets = Counter(
+        w.lower() for _, doc in corpus for s in doc for w, g in zip(s.words, s.groups) if g == "determiner"
+    )
+    ranked = [c for _, c in dets.most_common()]
+    assert ranked[0] > 3 * ranked[len(ranked) // 2]
+
+
+def test_topic_biases_nouns(corpus):
+    on_topic = total = 0
+    forms = {t: set(ns) | {plural(n) for n in ns} for t, ns in TOPIC_NOUNS.items()}
+    for topic, doc in corpus:
+        for s in doc:
+            for w, g in zip(s.words, s.groups):
+                if g == "noun" and w[0].islower():
+                    total += 1
+                    on_topic += w in forms[topic]
+    assert on_topic / total > 0.5  # topic_bias 0.75 minus general nouns (names excluded)
+
+
+def test_penn_mapping():
+    tags = [
+        "UH",
+        "PRP",
+        "MD",
+        "VB",
+        "TO",
+        "VB",
+        "TO",
+        "DT",
+        "NN",
+        "WDT",
+        "PRP$",
+        "CD",
+        "CC",
+        "RB",
+        "WRB",
+        "EX",
+        "JJ",
+        ".",
+    ]
+    names = [ALL_GROUPS[i] for i in penn_to_group(tags)]
+    assert names == [
+        "interjection", "pronoun", "verb", "verb", "other", "verb", "preposition", "determiner", "noun",
+        "determiner", "pronoun", "other", "conjunction", "adverb", "adverb", "determiner", "adjective", "other",
+    ]  # fmt: skip
+    assert GROUP_ID["other"] == 9
+
+
+def test_nltk_agrees_with_gold_tags(nltk_data, corpus):
+    import nltk
+
+    sents = [s for _, doc in corpus for s in doc][:600]
+    tagged = nltk.pos_tag_sents([list(s.words) for s in sents])
+    agree = total = 0
+    for s, t in zip(sents, tagged):
+        pred = penn_to_group([tag for _, tag in t])
+        gold = [GROUP_ID[g] for g in s.groups]
+        agree += sum(p == g for p, g in zip(pred, gold))
+        total += len(gold)
+    assert agree / total >= 0.90, agree / total
