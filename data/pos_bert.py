@@ -421,22 +421,95 @@ def read_text_file(path: Path) -> tuple[list[str], list[int]]:
         return split_documents(f, f"data.text_file: {path}")
 
 
-def read_hub_dataset(name: str, config: str | None, split: str, column: str) -> tuple[list[str], list[int]]:
-    """Sentences and document index from a ``datasets`` hub dataset's text column (e.g. WikiText)."""
+def read_text_dir(path: Path) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a folder of ``.txt`` files (searched recursively, sorted): each
+    file is one document, or several separated by blank lines. Raises ``DataError`` naming the folder."""
+    if not path.is_dir():
+        raise DataError(f"data.text_dir: {path} is not a folder.")
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"data.text_dir: {path} holds no .txt file.")
+
+    def lines():
+        for f in files:
+            with f.open(encoding="utf-8", errors="replace") as fh:
+                yield from fh
+            yield ""  # a file ends its last document
+
+    return split_documents(lines(), f"data.text_dir: {path}")
+
+
+def _text_column(ds, column: str, where: str) -> None:
+    names = ds.column_names or []
+    if names and column not in names:
+        raise ConfigError(f"data.text_column={column!r} is not a column of {where} ({', '.join(names)}).")
+
+
+def read_hub_dataset(
+    name: str,
+    config: str | None,
+    split: str,
+    column: str,
+    streaming: bool = False,
+    max_rows: int | None = None,
+) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a ``datasets`` hub dataset's text column (e.g. WikiText).
+
+    With ``streaming`` the rows are read lazily (corpora larger than the disk) and only the first
+    ``max_rows`` are kept; each row is a document when the rows are whole documents (Wikipedia,
+    BookCorpus-style), or a line of one (WikiText, whose blank rows and headings separate documents)."""
+    import itertools
+
     import datasets
 
+    where = f"data.hf_dataset={name!r}"
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # offline, missing, renamed: one sentence for all
         raise DataError(
             f"data.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
-            f"its cache ({type(e).__name__}); offline, use data.text_file=<local text file>."
+            f"its cache ({type(e).__name__}); offline, use data.text_file=<local text file> or data.text_dir."
         ) from None
-    if column not in ds.column_names:
-        raise ConfigError(
-            f"data.text_column={column!r} is not a column of {name} ({', '.join(ds.column_names)})."
-        )
-    return split_documents(ds[column], f"data.hf_dataset={name!r}")
+    _text_column(ds, column, name)
+    if streaming:
+        rows = (row[column] for row in itertools.islice(ds, max_rows))
+        return split_documents(_rows_as_lines(rows), where)
+    texts = ds[column] if max_rows is None else ds[column][:max_rows]
+    return split_documents(_rows_as_lines(texts), where)
+
+
+def read_disk_dataset(path: Path, split: str, column: str, max_rows: int | None = None):
+    """Sentences and document index from a dataset saved with ``save_to_disk`` (a Dataset or a
+    DatasetDict, whose ``split`` is used)."""
+    import datasets
+
+    if not path.exists():
+        raise DataError(f"data.disk_dataset: {path} does not exist.")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - not a saved dataset
+        raise DataError(
+            f"data.disk_dataset: {path} is not a dataset saved with save_to_disk ({type(e).__name__})."
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ConfigError(f"data.hf_split={split!r} is not a split of {path} ({', '.join(ds)}).")
+        ds = ds[split]
+    _text_column(ds, column, str(path))
+    texts = ds[column] if max_rows is None else ds[column][:max_rows]
+    return split_documents(_rows_as_lines(texts), f"data.disk_dataset: {path}")
+
+
+def _rows_as_lines(rows):
+    """Rows of text as lines; a row holding several lines (a whole document) is followed by a blank
+    line, so it stays one document."""
+    for row in rows:
+        row = row or ""
+        if "\n" in row.strip():
+            yield from row.splitlines()
+            yield ""
+        else:
+            yield row
 
 
 class PosBertDataModule(LightningDataModule):
@@ -455,6 +528,10 @@ class PosBertDataModule(LightningDataModule):
         hf_config: str | None = None,
         hf_split: str = "train",
         text_column: str = "text",
+        text_dir: str | None = None,
+        disk_dataset: str | None = None,
+        streaming: bool = False,
+        max_rows: int | None = None,
         n_docs: int = 2000,
         min_sentences: int = 4,
         max_sentences: int = 10,
@@ -477,7 +554,30 @@ class PosBertDataModule(LightningDataModule):
         super().__init__()
         if smoke:
             n_docs, batch_size = min(n_docs, 40), min(batch_size, 8)
-        if n_docs <= 0 and text_file is None and hf_dataset is None:
+        sources = [
+            k
+            for k, v in (
+                ("text_file", text_file),
+                ("text_dir", text_dir),
+                ("hf_dataset", hf_dataset),
+                ("disk_dataset", disk_dataset),
+            )
+            if v
+        ]
+        if len(sources) > 1:
+            raise ConfigError(f"data: choose one text source, got {', '.join('data.' + k for k in sources)}.")
+        self.text_dir = Path(text_dir) if text_dir else None
+        self.disk_dataset = Path(disk_dataset) if disk_dataset else None
+        self.streaming, self.max_rows = bool(streaming), (int(max_rows) if max_rows else None)
+        if self.streaming and not hf_dataset:
+            raise ConfigError("data.streaming=true reads a hub dataset: set data.hf_dataset too.")
+        if self.text_dir is not None and not self.text_dir.is_dir():
+            raise DataError(f"data.text_dir: {self.text_dir} is not a folder.")
+        if self.disk_dataset is not None and not self.disk_dataset.exists():
+            raise DataError(f"data.disk_dataset: {self.disk_dataset} does not exist.")
+        if text_file and not Path(text_file).is_file():
+            raise DataError(f"data.text_file: {text_file} does not exist.")
+        if n_docs <= 0 and not sources:
             raise DataError(f"data.n_docs={n_docs}: the generated corpus is empty; set it to at least 2.")
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} is too short for a sentence pair (need >= 8).")
@@ -506,15 +606,29 @@ class PosBertDataModule(LightningDataModule):
     # -- sources --------------------------------------------------------------------------------------------
     @property
     def real_text(self) -> bool:
-        return self.text_file is not None or self.hf_dataset is not None
+        return any(x is not None for x in (self.text_file, self.hf_dataset, self.text_dir, self.disk_dataset))
 
     def _source_key(self) -> dict[str, Any]:
-        if self.hf_dataset is not None and self.text_file is None:
+        if self.hf_dataset is not None:
             return {
                 "hf": [self.hf_dataset, self.hf_config, self.hf_split, self.text_column],
+                "streaming": [self.streaming, self.max_rows],
                 "smoke": self.smoke,
                 "v": CACHE_FORMAT,
             }
+        for key, path in (("text_dir", self.text_dir), ("disk_dataset", self.disk_dataset)):
+            if path is not None:
+                files = sorted(p for p in path.rglob("*") if p.is_file())
+                stamp = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+                return {
+                    key: str(path.resolve()),
+                    "files": stamp,
+                    "rows": self.max_rows,
+                    "smoke": self.smoke,
+                    "column": self.text_column,
+                    "split": self.hf_split,
+                    "v": CACHE_FORMAT,
+                }
         if self.text_file is not None:
             st = self.text_file.stat() if self.text_file.is_file() else None
             return {
@@ -541,9 +655,20 @@ class PosBertDataModule(LightningDataModule):
         if self.real_text:
             if self.text_file is not None:
                 texts, docs = read_text_file(self.text_file)
+            elif self.text_dir is not None:
+                texts, docs = read_text_dir(self.text_dir)
+            elif self.disk_dataset is not None:
+                texts, docs = read_disk_dataset(
+                    self.disk_dataset, self.hf_split, self.text_column, self.max_rows
+                )
             else:
                 texts, docs = read_hub_dataset(
-                    self.hf_dataset, self.hf_config, self.hf_split, self.text_column
+                    self.hf_dataset,
+                    self.hf_config,
+                    self.hf_split,
+                    self.text_column,
+                    self.streaming,
+                    self.max_rows,
                 )
             if self.smoke:  # a few hundred sentences are enough for a smoke run
                 texts, docs = texts[:400], docs[:400]

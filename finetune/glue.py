@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.glue_like import TASKS, Example, TaskSpec, generate_task
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,17 @@ class GlueLikeSuite:
             from data.glue import resolve
 
             for t in tasks:
-                resolve(t)
+                task = resolve(t)
+                if source == "local":  # fail before pre-training, naming what is missing and where
+                    root = Path(data_dir)
+                    if not root.is_dir():
+                        raise DataError(f"downstream.data_dir: no GLUE folder at {root}.")
+                    for split in ("train.tsv", task.dev_file):
+                        if not (root / task.folder / split).is_file():
+                            raise DataError(
+                                f"downstream.data_dir: GLUE task {task.name} needs {root / task.folder / split}, "
+                                "which is missing."
+                            )
         self.source, self.data_dir, self.hub_dataset = source, data_dir, hub_dataset
         if smoke:
             n_train, n_dev, max_steps, batch_size = min(n_train, 48), min(n_dev, 32), 3, min(batch_size, 16)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
 
     from pretrain.errors import UserError
 
@@ -37,10 +38,10 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
         )
     try:
         return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
+    except (InstantiationException, OmegaConfBaseException) as exc:
+        cause = exc
         while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
+            cause = cause.__cause__ or cause.__context__
         if cause is not None:
             raise cause from None
         raise

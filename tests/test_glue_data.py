@@ -112,3 +112,31 @@ def test_hub_unreachable_fails_with_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="could not load nyu-mll/glue/rte .*downstream.source=local"):
         load_hub("rte", cache_dir=str(tmp_path))
+
+
+def test_real_glue_suite_runs_and_names_rows_as_the_leaderboard(shared_data, tmp_path):
+    from conftest import run_pipeline
+
+    glue = shared_data / "glue"
+    res = run_pipeline(
+        ["experiment=pos_bert", "downstream=glue", "downstream.source=local", f"downstream.data_dir={glue}",
+         "downstream.tasks=[RTE,MRPC]", "debug=smoke", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}"],
+        tmp_path / "run",
+    )  # fmt: skip
+    assert list(res["downstream"]) == ["RTE", "MRPC"]
+    assert res["downstream"]["MRPC"]["primary"] == "f1" and res["downstream"]["RTE"]["primary"] == "accuracy"
+    assert {"f1", "accuracy"} <= set(res["downstream"]["MRPC"]["metrics"])
+
+
+def test_real_glue_suite_fails_before_pretraining_when_files_are_missing(tmp_path):
+    from conftest import run_pipeline
+
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(DataError, match=r"GLUE task RTE needs .*RTE/dev.tsv, which is missing"):
+        run_pipeline(
+            ["experiment=pos_bert", "downstream=glue", "downstream.source=local",
+             f"downstream.data_dir={tmp_path / 'glue'}", "downstream.tasks=[RTE]", "logger=none"],
+            tmp_path / "run",
+        )  # fmt: skip
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was pre-trained

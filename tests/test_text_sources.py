@@ -1,0 +1,86 @@
+"""Real-text sources for PoS-BERT: a text file, a folder of .txt files, a save_to_disk dataset, the hub."""
+
+import json
+
+import pytest
+from conftest import compose_config, run_pipeline
+
+from data.pos_bert import PosBertDataModule, read_disk_dataset, read_hub_dataset, read_text_dir
+from pretrain.errors import ConfigError, DataError
+
+DOC_A = "The old man walked to the river.\nHe saw a small boat and a red bird.\n"
+DOC_B = "She quickly opened the heavy door.\nOh, the room was dark but warm.\n"
+
+
+def test_text_folder_each_file_is_a_document(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text(DOC_A)
+    (tmp_path / "sub" / "b.txt").write_text(DOC_B + "\nA third document starts here. It has two sentences.\n")
+    (tmp_path / "notes.md").write_text("ignored")
+    texts, docs = read_text_dir(tmp_path)
+    assert texts[0] == "The old man walked to the river."
+    assert len(texts) == 6 and docs == [0, 0, 1, 1, 2, 2]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"data.text_dir: .*empty holds no .txt file"):
+        read_text_dir(tmp_path / "empty")
+
+
+def test_disk_dataset_rows_are_documents_or_lines(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_dict({"text": [DOC_A, DOC_B]}).save_to_disk(str(tmp_path / "articles"))
+    texts, docs = read_disk_dataset(tmp_path / "articles", "train", "text")
+    assert len(texts) == 4 and docs == [0, 0, 1, 1]  # multi-line rows are whole documents
+    DatasetDict({"train": Dataset.from_dict({"body": ["One line.", "", "Next document."]})}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    texts, docs = read_disk_dataset(tmp_path / "dd", "train", "body")
+    assert texts == ["One line.", "Next document."] and docs == [0, 1]
+    with pytest.raises(ConfigError, match="data.text_column='text' is not a column"):
+        read_disk_dataset(tmp_path / "dd", "train", "text")
+    with pytest.raises(ConfigError, match="data.hf_split='validation' is not a split"):
+        read_disk_dataset(tmp_path / "dd", "validation", "body")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(DataError, match="is not a dataset saved with save_to_disk"):
+        read_disk_dataset(tmp_path / "junk", "train", "text")
+
+
+def test_hub_dataset_offline_fails_with_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"data.hf_dataset='no-such/corpus' .*could not be loaded"):
+        read_hub_dataset("no-such/corpus", None, "train", "text", streaming=True, max_rows=10)
+
+
+def test_sources_are_exclusive_and_required_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="choose one text source"):
+        PosBertDataModule(cache_dir=str(tmp_path), text_file="a.txt", text_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="data.streaming=true reads a hub dataset"):
+        PosBertDataModule(cache_dir=str(tmp_path), streaming=True)
+    from pretrain.pipeline import build_pretraining
+
+    for choice, key in (("text_folder", "data.text_dir"), ("disk_dataset", "data.disk_dataset")):
+        cfg = compose_config(["experiment=pos_bert", f"data={choice}"], tmp_path)
+        with pytest.raises(ConfigError, match=f"{key} is required"):
+            build_pretraining(cfg)
+    cfg = compose_config(["experiment=pos_bert", "data=text_folder", "data.text_dir=/no/such/dir"], tmp_path)
+    with pytest.raises(DataError, match="data.text_dir: /no/such/dir is not a folder"):
+        build_pretraining(cfg)
+
+
+def test_wikitext_sample_runs_through_nltk_and_the_whole_run(shared_data, nltk_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRP_CACHE_DIR", str(tmp_path / "cache"))
+    wiki = shared_data / "text" / "wikitext-2-raw" / "wiki.test.raw"
+    if not wiki.is_file():
+        pytest.skip(f"{wiki} not found")
+    folder = tmp_path / "wiki"
+    folder.mkdir()
+    (folder / "part1.txt").write_text(wiki.read_text()[:60000])
+    res = run_pipeline(
+        ["experiment=pos_bert", "data=text_folder", f"data.text_dir={folder}", "debug=smoke", "logger=none",
+         f"paths.cache_dir={tmp_path / 'cache'}"],
+        tmp_path / "run",
+    )  # fmt: skip
+    assert set(res["downstream"]) == {"cola", "sst2", "mrpc", "rte", "stsb"}
+    assert {"noun", "verb", "determiner", "preposition"} <= set(res["upstream"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["experiment"] == "pos_bert"
