@@ -1,0 +1,321 @@
+"""Procedurally rendered indoor-like scenes: RGB, depth (metres), semantic map and a scene label.
+
+Every sample is a pure function of ``(seed, split, index)``: nothing is downloaded or cached, the
+aligned modalities are exact by construction, and no fixed handful of images is ever repeated.
+
+A pinhole camera at height ``CAMERA_HEIGHT`` looks at a room: a floor plane whose depth grows toward
+the horizon and a back wall at a random distance. Between 3 and 6 objects (8 classes, each with its
+own shape, colour distribution and texture) stand on the floor at random depths; their image size
+and floor-contact row follow from perspective, and a z-buffer makes nearer objects occlude farther
+ones, so the class map is always the class of the nearest surface. RGB is albedo x depth shading plus
+Gaussian noise. The scene label is the object class that covers the most pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from pretrain.errors import ConfigError
+
+#: semantic classes: two background surfaces then eight object classes
+CLASS_NAMES = ("floor", "wall", "ball", "box", "cone", "ring", "cross", "diamond", "table", "bowl")
+NUM_CLASSES = len(CLASS_NAMES)
+NUM_OBJECT_CLASSES = NUM_CLASSES - 2
+#: modalities this generator provides
+MODALITIES = ("rgb", "depth", "semseg")
+#: RGB is returned normalised as (rgb - RGB_MEAN) / RGB_STD; depth in metres
+RGB_MEAN = 0.45
+RGB_STD = 0.25
+CAMERA_HEIGHT = 1.2
+#: split name -> stream id mixed into the seed, so splits never share an image
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+# per object class: mean RGB albedo (0..1), colour std, size range (metres), aspect (height / width)
+_CLASS_STYLE = {
+    2: ((0.85, 0.15, 0.15), 0.08, (0.5, 0.9), 1.0),  # ball: red, radial shading
+    3: ((0.20, 0.35, 0.85), 0.08, (0.6, 1.2), 0.9),  # box: blue, checker
+    4: ((0.95, 0.75, 0.10), 0.07, (0.6, 1.1), 1.3),  # cone: yellow, horizontal stripes
+    5: ((0.15, 0.75, 0.30), 0.08, (0.6, 1.0), 1.0),  # ring: green, plain
+    6: ((0.75, 0.20, 0.80), 0.08, (0.6, 1.1), 1.0),  # cross: purple, vertical stripes
+    7: ((0.10, 0.80, 0.85), 0.07, (0.5, 1.0), 1.2),  # diamond: cyan, dots
+    8: ((0.55, 0.35, 0.15), 0.06, (0.9, 1.5), 0.6),  # table: brown, wood grain
+    9: ((0.95, 0.50, 0.60), 0.08, (0.9, 1.4), 0.8),  # bowl: pink, noise
+}
+
+
+def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Silhouette of an object class in local coordinates u, v in [-1, 1] (v grows downward)."""
+    if cls == 2:
+        return u * u + v * v <= 1.0
+    if cls == 3:
+        return (np.abs(u) <= 1.0) & (np.abs(v) <= 1.0)
+    if cls == 4:
+        return (v >= -1.0) & (v <= 1.0) & (np.abs(u) <= (v + 1.0) / 2.0)
+    if cls == 5:
+        r2 = u * u + v * v
+        return (r2 <= 1.0) & (r2 >= 0.3)
+    if cls == 6:
+        return ((np.abs(u) <= 0.33) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.33) & (np.abs(u) <= 1.0))
+    if cls == 7:
+        return np.abs(u) + np.abs(v) <= 1.0
+    if cls == 8:
+        top = (np.abs(u) <= 1.0) & (v >= -1.0) & (v <= -0.45)
+        legs = (np.abs(np.abs(u) - 0.8) <= 0.14) & (v > -0.45) & (v <= 1.0)
+        return top | legs
+    if cls == 9:
+        return (v >= -0.2) & (u * u + ((v + 0.2) / 1.2) ** 2 <= 1.0)
+    raise ValueError(f"unknown object class {cls}")
+
+
+def _texture(cls: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Brightness multiplier in about [0.55, 1.15] giving each class its own texture."""
+    phase = rng.uniform(0, 2 * np.pi)
+    if cls == 2:
+        return 1.15 - 0.5 * np.clip(u * u + v * v, 0, 1)
+    if cls == 3:
+        return np.where((np.floor((u + 1) * 2) + np.floor((v + 1) * 2)) % 2 == 0, 1.0, 0.6)
+    if cls == 4:
+        return 0.8 + 0.25 * np.sign(np.sin(v * 9.0 + phase))
+    if cls == 5:
+        return np.ones_like(u)
+    if cls == 6:
+        return 0.8 + 0.25 * np.sign(np.sin(u * 9.0 + phase))
+    if cls == 7:
+        return np.where(np.sin(u * 10 + phase) * np.sin(v * 10) > 0.4, 0.55, 1.0)
+    if cls == 8:
+        return 0.85 + 0.15 * np.sin(u * 25 + 2 * np.sin(v * 6) + phase)
+    if cls == 9:
+        return 0.8 + 0.2 * rng.standard_normal(u.shape)
+    raise ValueError(f"unknown object class {cls}")
+
+
+def render_scene(
+    seed: int,
+    index: int,
+    split: str = "train",
+    image_size: int = 64,
+    min_objects: int = 3,
+    max_objects: int = 6,
+    noise_std: float = 0.03,
+    return_layers: bool = False,
+) -> dict[str, np.ndarray | int | list]:
+    """Render one scene, a pure function of (seed, split, index).
+
+    Returns ``rgb`` (H, W, 3) float32 in [0, 1], ``depth`` (H, W) float32 metres, ``semseg`` (H, W)
+    int64 class ids in [0, NUM_CLASSES), ``label`` int in [0, NUM_OBJECT_CLASSES) (the object class
+    covering most pixels, minus 2). With ``return_layers`` also ``layers``: per object
+    ``(class, mask, depth)`` before occlusion, and ``background_depth``.
+    """
+    rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
+    s = image_size
+    f = 0.9 * s  # focal length in pixels
+    rows = np.arange(s, dtype=np.float32)[:, None] + 0.5
+    cols = np.arange(s, dtype=np.float32)[None, :] + 0.5
+    horizon = rng.uniform(0.3, 0.5) * s
+    wall_depth = rng.uniform(6.0, 9.0)
+    wall_tilt = rng.uniform(-0.15, 0.15)
+    # background: floor below the wall line, depth from the ground-plane geometry
+    below = np.maximum(rows - horizon, 1e-3)
+    floor_depth = CAMERA_HEIGHT * f / below
+    wall = wall_depth * (1.0 + wall_tilt * (cols - s / 2) / s) + 0 * rows
+    is_floor = (rows > horizon) & (floor_depth < wall)
+    depth = np.where(is_floor, floor_depth, wall).astype(np.float32)
+    semseg = np.where(is_floor, 0, 1).astype(np.int64)
+    # background albedo: floor tiles in world coordinates, plain wall with noise
+    floor_col = rng.uniform(0.35, 0.65) * np.array([1.0, 0.85, 0.65]) + rng.normal(0, 0.05, 3)
+    wall_col = rng.uniform(0.6, 0.9) * np.array([0.9, 0.95, 1.0]) + rng.normal(0, 0.05, 3)
+    world_x = (cols - s / 2) * depth / f
+    tiles = ((np.floor(world_x / 0.6) + np.floor(depth / 0.6)) % 2) * 0.12 + 0.88
+    albedo = np.where(is_floor[..., None], floor_col * tiles[..., None], wall_col).astype(np.float32)
+    background_depth = depth.copy()
+
+    layers = []
+    n_objects = int(rng.integers(min_objects, max_objects + 1))
+    for _ in range(n_objects):
+        cls = int(rng.integers(2, NUM_CLASSES))
+        mean_col, col_std, size_range, aspect = _CLASS_STYLE[cls]
+        z = rng.uniform(1.8, wall_depth - 0.8)
+        width_m = 1.3 * rng.uniform(*size_range)
+        height_m = width_m * aspect * rng.uniform(0.85, 1.15)
+        half_w = 0.5 * width_m * f / z
+        half_h = 0.5 * height_m * f / z
+        bottom = horizon + CAMERA_HEIGHT * f / z  # the row where the floor is at depth z
+        cy = bottom - half_h
+        cx = rng.uniform(0.1, 0.9) * s
+        r0, r1 = max(int(cy - half_h), 0), min(int(np.ceil(cy + half_h)) + 1, s)
+        c0, c1 = max(int(cx - half_w), 0), min(int(np.ceil(cx + half_w)) + 1, s)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        u = (cols[:, c0:c1] - cx) / half_w
+        v = (rows[r0:r1] - cy) / half_h
+        u, v = np.broadcast_arrays(u, v)
+        mask = _shape_mask(cls, u, v)
+        # small relief: round objects bulge toward the camera
+        bulge = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0)) if cls in (2, 9) else 0.0 * u
+        obj_depth = (z - 0.5 * width_m * 0.5 * bulge).astype(np.float32)
+        colour = np.clip(np.asarray(mean_col) + rng.normal(0, col_std, 3), 0.02, 1.0)
+        tex = _texture(cls, u, v, rng)
+        if return_layers:
+            full_mask = np.zeros((s, s), bool)
+            full_mask[r0:r1, c0:c1] = mask
+            full_depth = np.full((s, s), np.inf, np.float32)
+            full_depth[r0:r1, c0:c1] = np.where(mask, obj_depth, np.inf)
+            layers.append((cls, full_mask, full_depth))
+        win = (slice(r0, r1), slice(c0, c1))
+        nearer = mask & (obj_depth < depth[win])
+        depth[win] = np.where(nearer, obj_depth, depth[win])
+        semseg[win] = np.where(nearer, cls, semseg[win])
+        albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
+
+    shading = np.clip(1.15 - 0.06 * depth, 0.35, 1.0)[..., None]
+    rgb = albedo * shading + rng.normal(0.0, noise_std, albedo.shape)
+    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    counts = np.bincount(semseg.ravel(), minlength=NUM_CLASSES)[2:]
+    label = int(np.argmax(counts)) if counts.max() > 0 else int(rng.integers(0, NUM_OBJECT_CLASSES))
+    out: dict = {"rgb": rgb, "depth": depth, "semseg": semseg, "label": label}
+    if return_layers:
+        out["layers"] = layers
+        out["background_depth"] = background_depth
+    return out
+
+
+class SceneDataset(Dataset):
+    """``size`` scenes of one split; item ``i`` is ``render_scene(seed, i, split)`` as tensors."""
+
+    def __init__(
+        self,
+        size: int,
+        split: str = "train",
+        seed: int = 0,
+        image_size: int = 64,
+        modalities: Sequence[str] = MODALITIES,
+        min_objects: int = 3,
+        max_objects: int = 6,
+        noise_std: float = 0.03,
+    ) -> None:
+        self.size, self.split, self.seed, self.image_size = int(size), split, int(seed), int(image_size)
+        self.modalities = tuple(modalities)
+        self.min_objects, self.max_objects, self.noise_std = min_objects, max_objects, noise_std
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        scene = render_scene(
+            self.seed, index, self.split, self.image_size, self.min_objects, self.max_objects, self.noise_std
+        )
+        out = {"label": torch.tensor(scene["label"])}
+        if "rgb" in self.modalities:
+            out["rgb"] = (torch.from_numpy(scene["rgb"]).permute(2, 0, 1) - RGB_MEAN) / RGB_STD
+        if "depth" in self.modalities:
+            out["depth"] = torch.from_numpy(scene["depth"])[None]
+        if "semseg" in self.modalities:
+            out["semseg"] = torch.from_numpy(scene["semseg"])
+        return out
+
+
+def check_scene_options(
+    image_size: int,
+    modalities: Sequence[str],
+    min_objects: int,
+    max_objects: int,
+    prefix: str = "data",
+    modalities_key: str = "modalities",
+) -> None:
+    """Raise ConfigError, naming the key, for options the generator cannot honour."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}.{modalities_key} names {unknown[0]!r}, which the scene generator does not provide "
+            f"(it provides {', '.join(MODALITIES)})."
+        )
+    if int(image_size) < 16:
+        raise ConfigError(f"{prefix}.image_size={image_size} is too small; use at least 16 pixels.")
+    if not 1 <= int(min_objects) <= int(max_objects):
+        raise ConfigError(
+            f"{prefix}.min_objects={min_objects} and {prefix}.max_objects={max_objects} must satisfy "
+            "1 <= min_objects <= max_objects."
+        )
+
+
+class ScenesDataModule(L.LightningDataModule):
+    """Pre-training batches of procedurally rendered scenes, each a dict of aligned modalities.
+
+    A batch holds ``rgb`` (B, 3, H, W) normalised, ``depth`` (B, 1, H, W) in metres, ``semseg``
+    (B, H, W) class ids and ``label`` (B,), restricted to ``modalities`` (plus ``label``).
+
+    ``train_size`` distinct training scenes exist (indices ``0..train_size-1`` of split ``train``); each
+    epoch draws ``samples_per_epoch`` of them without replacement, a fresh draw every epoch, so an
+    "epoch" (DWA's unit, the validation cadence) is short while scenes are rarely repeated. Validation
+    uses the first ``val_size`` scenes of split ``val``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        modalities: Sequence[str] = MODALITIES,
+        num_classes: int = NUM_CLASSES,
+        train_size: int = 1_000_000,
+        samples_per_epoch: int = 6400,
+        val_size: int = 256,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        min_objects: int = 3,
+        max_objects: int = 6,
+        noise_std: float = 0.03,
+        seed: int = 0,
+        smoke: bool = False,
+    ) -> None:
+        super().__init__()
+        modalities = tuple(modalities)
+        check_scene_options(image_size, modalities, min_objects, max_objects)
+        if int(num_classes) != NUM_CLASSES:
+            raise ConfigError(
+                f"data.num_classes={num_classes} but the scene generator renders {NUM_CLASSES} classes "
+                f"({', '.join(CLASS_NAMES)})."
+            )
+        if int(samples_per_epoch) < 1 or int(train_size) < 1:
+            raise ConfigError(
+                f"data.train_size={train_size} and data.samples_per_epoch={samples_per_epoch} must be >= 1."
+            )
+        if smoke:
+            train_size, samples_per_epoch, val_size, batch_size, num_workers = 16, 16, 8, 8, 0
+        self.image_size, self.modalities, self.num_classes = int(image_size), modalities, NUM_CLASSES
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self._kw = dict(
+            seed=seed,
+            image_size=image_size,
+            modalities=modalities,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            noise_std=noise_std,
+        )
+        self.train_size, self.val_size = int(train_size), int(val_size)
+        self.samples_per_epoch = min(int(samples_per_epoch), self.train_size)
+        self.train_set = SceneDataset(self.train_size, "train", **self._kw)
+        self.val_set = SceneDataset(self.val_size, "val", **self._kw)
+
+    def _loader(
+        self, dataset: Dataset, sampler: Sampler | None = None, drop_last: bool = False
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # each epoch draws samples_per_epoch distinct scenes, a fresh draw every epoch
+        sampler = RandomSampler(self.train_set, num_samples=self.samples_per_epoch)
+        return self._loader(self.train_set, sampler, drop_last=self.samples_per_epoch >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)

@@ -1,0 +1,550 @@
+"""Vision downstream tasks from a pre-trained MultiMAE encoder: classification, segmentation, depth.
+
+Each task fine-tunes a fresh copy of the pre-trained encoder (RGB input, every patch visible, by
+default) with a light head, then evaluates on every image of the dev split in one process:
+
+* ``classification``: mean-pooled patch tokens -> LayerNorm -> linear; top-1 accuracy
+  (``torchmetrics.MulticlassAccuracy``).
+* ``segmentation``: dense head (3x3 conv on the token grid, per-patch linear to pixels); mIoU
+  (``torchmetrics.MulticlassJaccardIndex``, macro over classes) and pixel accuracy.
+* ``depth``: the same dense head predicting log-depth, trained with L1 on log-depth; ``delta_1`` (share of
+  pixels with ``max(pred/gt, gt/pred) < 1.25``), ``abs_rel`` and ``rmse`` (metres), :class:`DepthMetrics`.
+
+:class:`VisionSuite` runs the enabled tasks (the ``downstream`` config group) and saves, for a few
+fixed dev images, input | this run's segmentation | ground truth as ``figure3_<balancer>.png`` with the
+raw predictions in ``seg_pred.npy`` (and the inputs and ground truth in ``figure3_data.npz``) so a
+sweep can put every balancer side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from data.scenes import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    NUM_OBJECT_CLASSES,
+    RGB_MEAN,
+    RGB_STD,
+    SceneDataset,
+    check_scene_options,
+)
+from models.multimae import MultiMAE, unpatchify
+from pretrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification", "segmentation", "depth")
+#: task -> (primary metric, higher is better)
+PRIMARY = {"classification": "top1", "segmentation": "miou", "depth": "delta_1"}
+
+
+class DepthMetrics(Metric):
+    """delta_1 (share of pixels with max(pred/gt, gt/pred) < 1.25), abs-rel and RMSE over valid pixels.
+
+    Accumulates sums over every pixel of every image (no per-image averaging), so the values are the
+    pixel-level means over the whole dev set; states reduce by summation across processes."""
+
+    full_state_update = False
+
+    def __init__(self, threshold: float = 1.25, min_depth: float = 1e-3) -> None:
+        super().__init__()
+        self.threshold, self.min_depth = threshold, min_depth
+        for name in ("n", "delta_hits", "abs_rel", "sq_err"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred, target = pred.detach().double().flatten(), target.detach().double().flatten()
+        valid = target > self.min_depth
+        pred, target = pred[valid].clamp(min=self.min_depth), target[valid]
+        ratio = torch.maximum(pred / target, target / pred)
+        self.n += target.numel()
+        self.delta_hits += (ratio < self.threshold).sum()
+        self.abs_rel += ((pred - target).abs() / target).sum()
+        self.sq_err += (pred - target).pow(2).sum()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.n.clamp(min=1)
+        return {
+            "delta_1": (self.delta_hits / n).float(),
+            "abs_rel": (self.abs_rel / n).float(),
+            "rmse": (self.sq_err / n).sqrt().float(),
+        }
+
+
+class DenseHead(nn.Module):
+    """Tokens (B, N, D) on a (gh, gw) grid -> (B, out_channels, gh*p, gw*p).
+
+    LayerNorm, a 3x3 convolution over the token grid (context between neighbouring patches), GELU,
+    then a per-patch linear map to ``p*p*out_channels`` pixel values."""
+
+    def __init__(
+        self, dim: int, grid: tuple[int, int], patch_size: int, out_channels: int, hidden: int = 128
+    ):
+        super().__init__()
+        self.grid, self.patch_size, self.out_channels = grid, patch_size, out_channels
+        self.norm = LayerNorm(dim)
+        self.context = nn.Conv2d(dim, hidden, 3, padding=1)
+        self.to_pixels = nn.Linear(hidden, patch_size * patch_size * out_channels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, d = tokens.shape
+        x = self.norm(tokens).transpose(1, 2).reshape(b, d, *self.grid)
+        x = F.gelu(self.context(x)).flatten(2).transpose(1, 2)
+        return unpatchify(self.to_pixels(x), self.patch_size, self.grid, self.out_channels)
+
+
+class ClassificationHead(nn.Module):
+    """Mean of the patch tokens -> LayerNorm -> (optional hidden layer) -> linear."""
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 0):
+        super().__init__()
+        layers: list[nn.Module] = [LayerNorm(dim)]
+        if hidden:
+            layers += [nn.Linear(dim, hidden), nn.GELU()]
+        layers.append(nn.Linear(hidden or dim, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens.mean(1))
+
+
+class VisionFinetune(L.LightningModule):
+    """Fine-tune a copy of a MultiMAE encoder on one downstream task.
+
+    Args:
+        backbone: the pre-trained MultiMAE (copied; its decoders are dropped).
+        task: ``classification`` | ``segmentation`` | ``depth``.
+        lr / weight_decay / warmup_steps: AdamW with linear warm-up and cosine decay.
+        encoder_lr_scale: the encoder's learning rate is ``lr * encoder_lr_scale``.
+        freeze_encoder: train the head only (linear probing).
+        head_hidden: hidden width of the head (classification: 0 = linear).
+        input_modalities: the encoder's inputs (every patch visible), RGB by default.
+    """
+
+    def __init__(
+        self,
+        backbone: MultiMAE,
+        task: str,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_steps: int = 20,
+        encoder_lr_scale: float = 0.5,
+        freeze_encoder: bool = False,
+        head_hidden: int = 128,
+        input_modalities: Sequence[str] = ("rgb",),
+        num_classes: int = NUM_CLASSES,
+        num_labels: int = NUM_OBJECT_CLASSES,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"downstream task {task!r} is unknown; choose among {', '.join(TASKS)}.")
+        self.task, self.lr, self.weight_decay = task, float(lr), float(weight_decay)
+        self.warmup_steps, self.encoder_lr_scale = int(warmup_steps), float(encoder_lr_scale)
+        self.freeze_encoder, self.input_modalities = bool(freeze_encoder), tuple(input_modalities)
+        encoder = copy.deepcopy(backbone)
+        encoder.decoders = nn.ModuleDict()
+        encoder.input_adapters = nn.ModuleDict({m: encoder.input_adapters[m] for m in self.input_modalities})
+        if self.freeze_encoder:
+            encoder.requires_grad_(False)
+        self.encoder = encoder
+        dim, grid, p = encoder.embed_dim, encoder.grid, encoder.patch_size
+        if task == "classification":
+            self.head = ClassificationHead(dim, num_labels, head_hidden)
+            self.metrics = nn.ModuleDict({"top1": MulticlassAccuracy(num_labels, average="micro")})
+        elif task == "segmentation":
+            self.head = DenseHead(dim, grid, p, num_classes, head_hidden)
+            self.metrics = nn.ModuleDict(
+                {
+                    "miou": MulticlassJaccardIndex(num_classes, average="macro"),
+                    "pixel_acc": MulticlassAccuracy(num_classes, average="micro"),
+                }
+            )
+        else:
+            self.head = DenseHead(dim, grid, p, 1, head_hidden)
+            self.metrics = nn.ModuleDict({"depth": DepthMetrics()})
+        self.log_depth_offset = math.log(max(encoder.depth_mean, 1e-3))
+        self.results: dict[str, float] = {}
+
+    def patch_tokens(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N, D): the encoder's patch tokens, averaged over input modalities at each position."""
+        missing = [m for m in self.input_modalities if m not in batch]
+        if missing:
+            raise ConfigError(
+                f"downstream.input_modalities names {missing[0]!r}, which the downstream data does not provide."
+            )
+        tokens = self.encoder.forward_features(batch, self.input_modalities)[:, 1:]
+        m = len(self.input_modalities)
+        return tokens.reshape(tokens.shape[0], m, -1, tokens.shape[-1]).mean(1)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (classification: (B, K); segmentation: (B, C, H, W)) or depth in metres (B, H, W)."""
+        out = self.head(self.patch_tokens(batch))
+        if self.task == "depth":
+            return torch.exp(out[:, 0] + self.log_depth_offset)
+        return out
+
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.patch_tokens(batch))
+        if self.task == "classification":
+            return F.cross_entropy(out, batch["label"]), out
+        if self.task == "segmentation":
+            return F.cross_entropy(out, batch["semseg"]), out
+        log_pred = out[:, 0] + self.log_depth_offset
+        target = batch["depth"][:, 0].clamp(min=1e-3).log()
+        return (log_pred - target).abs().mean(), torch.exp(log_pred)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log(f"finetune/{self.task}/train_loss", loss, prog_bar=False)
+        return loss
+
+    def _update_metrics(self, batch: dict) -> None:
+        _, out = self._loss(batch)
+        if self.task == "classification":
+            self.metrics["top1"].update(out.argmax(-1), batch["label"])
+        elif self.task == "segmentation":
+            pred = out.argmax(1)
+            self.metrics["miou"].update(pred, batch["semseg"])
+            self.metrics["pixel_acc"].update(pred, batch["semseg"])
+        else:
+            self.metrics["depth"].update(out, batch["depth"][:, 0])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._update_metrics(batch)
+
+    def on_test_epoch_start(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        values: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            result = metric.compute()
+            if isinstance(result, dict):
+                values.update({k: float(v) for k, v in result.items()})
+            else:
+                values[name] = float(result)
+        self.results = values
+        self.log_dict({f"downstream/{self.task}/{k}": v for k, v in values.items()})
+
+    def configure_optimizers(self):
+        head = [p for p in self.head.parameters() if p.requires_grad]
+        enc_decay, enc_no_decay = [], []
+        for name, p in self.encoder.named_parameters():
+            if p.requires_grad:
+                (enc_no_decay if p.ndim < 2 or "token" in name else enc_decay).append(p)
+        enc_lr = self.lr * self.encoder_lr_scale
+        groups = [{"params": head, "lr": self.lr, "weight_decay": self.weight_decay}]
+        if enc_decay:
+            groups.append({"params": enc_decay, "lr": enc_lr, "weight_decay": self.weight_decay})
+        if enc_no_decay:
+            groups.append({"params": enc_no_decay, "lr": enc_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.warmup_steps, total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+_TASK_DEFAULTS = {
+    "enabled": True,
+    "epochs": 3,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_steps": 20,
+    "encoder_lr_scale": 0.5,
+    "freeze_encoder": False,
+    "head_hidden": 128,
+}
+
+
+class VisionSuite:
+    """The downstream stage of MM-MAE (``downstream=scenes``): fine-tune and evaluate each task.
+
+    Args:
+        tasks: per task (classification, segmentation, depth) its options: enabled, epochs, lr,
+            weight_decay, warmup_steps, encoder_lr_scale, freeze_encoder, head_hidden.
+        image_size: must equal the pre-trained model's image size.
+        train_size / dev_size: fine-tuning images (split ``train``) and evaluation images (split
+            ``test``, never seen in pre-training); metrics use every dev image.
+        batch_size / num_workers: loaders of both.
+        input_modalities: the encoder's inputs during fine-tuning (all patches visible).
+        figure_images: how many fixed dev images go into the Figure-3 PNG.
+        seed: scenes are a function of (seed, split, index).
+        smoke: a few steps and a few dev images per task.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        image_size: int = 64,
+        train_size: int = 2048,
+        dev_size: int = 512,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        input_modalities: Sequence[str] = ("rgb",),
+        figure_images: int = 4,
+        min_objects: int = 3,
+        max_objects: int = 6,
+        noise_std: float = 0.03,
+        seed: int = 0,
+        smoke: bool = False,
+    ) -> None:
+        tasks = dict(tasks or {t: {} for t in TASKS})
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ConfigError(
+                f"downstream.tasks.{unknown[0]} is not a task; choose among {', '.join(TASKS)}."
+            )
+        self.tasks: dict[str, dict[str, Any]] = {}
+        for name, opts in tasks.items():
+            opts = dict(opts or {})
+            bad = [k for k in opts if k not in _TASK_DEFAULTS]
+            if bad:
+                raise ConfigError(
+                    f"downstream.tasks.{name}.{bad[0]} is not an option; use {', '.join(_TASK_DEFAULTS)}."
+                )
+            merged = {**_TASK_DEFAULTS, **opts}
+            if int(merged["epochs"]) < 1:
+                raise ConfigError(f"downstream.tasks.{name}.epochs={merged['epochs']} must be >= 1.")
+            if merged["enabled"]:
+                self.tasks[name] = merged
+        input_modalities = tuple(input_modalities)
+        check_scene_options(
+            image_size,
+            input_modalities,
+            min_objects,
+            max_objects,
+            "downstream",
+            modalities_key="input_modalities",
+        )
+        self.image_size, self.input_modalities = int(image_size), input_modalities
+        self.scene_kw = dict(
+            seed=seed,
+            image_size=image_size,
+            min_objects=min_objects,
+            max_objects=max_objects,
+            noise_std=noise_std,
+        )
+        self.smoke = bool(smoke)
+        if self.smoke:
+            train_size, dev_size, batch_size, num_workers = 16, 8, 8, 0
+        self.train_size, self.dev_size = int(train_size), int(dev_size)
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.figure_images = min(int(figure_images), self.dev_size)
+        self.extra_results: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------------- data
+    def loaders(self) -> tuple[DataLoader, DataLoader]:
+        modalities = tuple(dict.fromkeys(("rgb", "depth", "semseg") + self.input_modalities))
+        train = SceneDataset(self.train_size, "train", modalities=modalities, **self.scene_kw)
+        dev = SceneDataset(self.dev_size, "test", modalities=modalities, **self.scene_kw)
+        kw = dict(
+            batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+        )
+        return DataLoader(train, shuffle=True, drop_last=len(train) >= self.batch_size, **kw), DataLoader(
+            dev, **kw
+        )
+
+    # ---------------------------------------------------------------------------------- run
+    def run(
+        self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
+    ) -> dict[str, dict]:
+        backbone: MultiMAE = getattr(pretrained, "model", pretrained)
+        if backbone.image_size != self.image_size:
+            raise ConfigError(
+                f"downstream.image_size={self.image_size} differs from model.image_size={backbone.image_size}."
+            )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train_loader, dev_loader = self.loaders()
+        results: dict[str, dict] = {}
+        for name, opts in self.tasks.items():
+            module = VisionFinetune(
+                backbone,
+                name,
+                lr=opts["lr"],
+                weight_decay=opts["weight_decay"],
+                warmup_steps=opts["warmup_steps"],
+                encoder_lr_scale=opts["encoder_lr_scale"],
+                freeze_encoder=opts["freeze_encoder"],
+                head_hidden=opts["head_hidden"],
+                input_modalities=self.input_modalities,
+                num_classes=backbone.num_classes,
+            )
+            if self.smoke:
+                trainer = make_trainer(max_steps=2, name=name)
+            else:
+                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
+            trainer.fit(module, train_dataloaders=train_loader)
+            trainer.test(module, dataloaders=dev_loader, verbose=False)
+            results[name] = {
+                "metrics": dict(module.results),
+                "primary": PRIMARY[name],
+                "higher_is_better": True,
+            }
+            log.info("downstream %s: %s", name, json.dumps(module.results))
+            if name == "segmentation":
+                self.extra_results["figure3"] = self.save_figure(module, trainer, out_dir, pretrained)
+        encoder_dir = getattr(pretrained, "exported_dir", None)
+        if encoder_dir is not None:
+            meta = Path(encoder_dir) / "encoder_timm.json"
+            if meta.exists():
+                info = json.loads(meta.read_text())
+                self.extra_results["pretrained_encoder"] = {
+                    "path": str(Path(encoder_dir) / "encoder_timm.pth"),
+                    "timm_name": info["timm_name"],
+                    "timm_kwargs": info["timm_kwargs"],
+                }
+        return results
+
+    # ---------------------------------------------------------------------------------- Figure 3
+    def figure_batch(self) -> dict[str, torch.Tensor]:
+        """The fixed dev images of the figure: the first ``figure_images`` of split ``test``."""
+        dev = SceneDataset(self.dev_size, "test", modalities=("rgb", "depth", "semseg"), **self.scene_kw)
+        items = [dev[i] for i in range(self.figure_images)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def save_figure(self, module: VisionFinetune, trainer: L.Trainer, out_dir: Path, pretrained: Any) -> dict:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+        from matplotlib.patches import Patch
+
+        tag = balancer_name(pretrained)
+        batch = self.figure_batch()
+        module.eval()
+        with torch.no_grad():
+            pred = module({k: v.to(module.device) for k, v in batch.items()}).argmax(1).cpu().numpy()
+        rgb = (batch["rgb"].permute(0, 2, 3, 1).numpy() * RGB_STD + RGB_MEAN).clip(0, 1)
+        gt = batch["semseg"].numpy()
+        np.save(out_dir / "seg_pred.npy", pred.astype(np.uint8))
+        np.savez_compressed(
+            out_dir / "figure3_data.npz",
+            rgb=rgb.astype(np.float32),
+            gt=gt.astype(np.uint8),
+            indices=np.arange(len(gt)),
+            class_names=np.array(CLASS_NAMES),
+        )
+        cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
+        n = len(gt)
+        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+        for i in range(n):
+            for j, (img, title) in enumerate(((rgb[i], "input"), (pred[i], tag), (gt[i], "ground truth"))):
+                ax = axes[i, j]
+                if j == 0:
+                    ax.imshow(img)
+                else:
+                    ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
+                ax.set_axis_off()
+                if i == 0:
+                    ax.set_title(title)
+        handles = [Patch(color=cmap(c), label=name) for c, name in enumerate(CLASS_NAMES)]
+        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        path = out_dir / f"figure3_{tag}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        log_figure(trainer, path, tag)
+        return {
+            "png": str(path),
+            "pred": str(out_dir / "seg_pred.npy"),
+            "data": str(out_dir / "figure3_data.npz"),
+        }
+
+
+def balancer_name(pretrained: Any) -> str:
+    """The run's balancer choice (Hydra's ``balancer=...``), else the balancer's class name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices["balancer"])
+    except Exception:  # noqa: BLE001 - outside a Hydra app
+        agg = getattr(pretrained, "aggregator", None)
+        return type(agg.balancer).__name__.lower() if agg is not None else "unknown"
+
+
+def log_figure(trainer: L.Trainer, path: Path, tag: str) -> None:
+    """Send the PNG to every logger that takes images (wandb, TensorBoard); others are skipped."""
+    for logger in getattr(trainer, "loggers", []) or []:
+        try:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=f"figure3/{tag}", images=[str(path)])
+            elif hasattr(getattr(logger, "experiment", None), "add_image"):
+                import matplotlib.image as mpimg
+
+                img = mpimg.imread(path)[..., :3]
+                logger.experiment.add_image(f"figure3/{tag}", img, dataformats="HWC")
+        except Exception as exc:  # noqa: BLE001 - a figure must never kill a run
+            log.warning("could not log the figure to %s: %s", type(logger).__name__, exc)
+
+
+def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
+    """Figure 3 of the paper for a sweep: input | one segmentation per run (balancer) | ground truth.
+
+    Reads each run's ``seg_pred.npy``, ``figure3_data.npz`` and ``results.json`` (for the balancer name);
+    the runs must share the seed (hence the same fixed dev images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise ConfigError("sweep_figure needs at least one run directory.")
+    data = np.load(run_dirs[0] / "figure3_data.npz")
+    rgb, gt = data["rgb"], data["gt"]
+    columns = []
+    for d in run_dirs:
+        pred = np.load(d / "seg_pred.npy")
+        if pred.shape != gt.shape or not np.array_equal(np.load(d / "figure3_data.npz")["gt"], gt):
+            raise ConfigError(
+                f"{d}: its figure images differ from {run_dirs[0]}'s (another seed or image size)."
+            )
+        name = json.loads((d / "results.json").read_text()).get("balancer", d.name)
+        columns.append((name, pred))
+    cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
+    n, k = len(gt), len(columns) + 2
+    fig, axes = plt.subplots(n, k, figsize=(2 * k, 2 * n), squeeze=False)
+    for i in range(n):
+        panels = [("input", rgb[i])] + [(name, pred[i]) for name, pred in columns] + [("ground truth", gt[i])]
+        for j, (title, img) in enumerate(panels):
+            ax = axes[i, j]
+            if j == 0:
+                ax.imshow(img)
+            else:
+                ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,167 @@
+"""MM-MAE pre-training (paper section 4.2): one masked multi-modal forward pass, T = one task per modality.
+
+Each step masks the batch once (Dirichlet shares of the visible-token budget across modalities), runs
+the shared encoder once on the visible tokens, decodes every modality and hands the per-task losses,
+as sums and counts over the masked patches' pixels, to the shared loss-aggregation callback, which
+reduces them across ranks and applies the configured balancer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from models.multimae import MultiMAE
+from pretrain.aggregation import LossAggregation
+from pretrain.errors import ConfigError
+
+#: what export_pretrained writes into its directory
+ENCODER_FILE = "encoder_timm.pth"
+ENCODER_META = "encoder_timm.json"
+FULL_MODEL_FILE = "multimae.pth"
+
+
+class MMMAEPretraining(L.LightningModule):
+    """Lightning wrapper of :class:`~models.multimae.MultiMAE` pre-training.
+
+    Args:
+        model: the MultiMAE (its ``tasks`` are the balanced upstream tasks).
+        balancer: ``num_tasks -> Balancer`` (Hydra partial).
+        aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
+        lr: peak AdamW learning rate; weight_decay on matrices only (not biases, norms, tokens).
+        betas: AdamW betas (MAE: 0.9, 0.95).
+        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step.
+        val_mask_seed: validation masks are drawn from this seed (same masks every validation).
+    """
+
+    def __init__(
+        self,
+        model: MultiMAE,
+        balancer: Any,
+        aggregation: dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.05,
+        val_mask_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ConfigError(f"module.lr={lr} must be positive.")
+        if warmup_steps < 0:
+            raise ConfigError(f"module.warmup_steps={warmup_steps} must be >= 0.")
+        self.save_hyperparameters(ignore=["model", "balancer", "aggregation"])
+        self.model = model
+        self.aggregator = LossAggregation.build(balancer, task_names=list(model.tasks), **(aggregation or {}))
+        self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(betas)
+        self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
+        self.val_mask_seed = int(val_mask_seed)
+        self.exported_dir: Path | None = None
+
+    def configure_callbacks(self):
+        return [self.aggregator]
+
+    # ------------------------------------------------------------------------------------ checks
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        provided = getattr(datamodule, "modalities", None)
+        if provided is not None:
+            missing = [m for m in self.model.modalities if m not in provided]
+            if missing:
+                raise ConfigError(
+                    f"model.modalities names {missing[0]!r}, which the data does not provide "
+                    f"(data.modalities={list(provided)})."
+                )
+        classes = getattr(datamodule, "num_classes", None)
+        if "semseg" in self.model.modalities and classes is not None and classes > self.model.num_classes:
+            raise ConfigError(
+                f"model.num_classes={self.model.num_classes} is smaller than the {classes} classes of the "
+                "data's semantic maps."
+            )
+
+    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        missing = [m for m in self.model.modalities if m not in batch]
+        if missing:
+            raise ConfigError(
+                f"model.modalities names {missing[0]!r}, which the data does not provide "
+                f"(its batches hold {sorted(k for k in batch if k != 'label')})."
+            )
+        return {m: batch[m] for m in self.model.modalities}
+
+    # ------------------------------------------------------------------------------------ steps
+    def training_step(self, batch: dict, batch_idx: int):
+        inputs = self._inputs(batch)
+        output = self.model(inputs)
+        losses = self.model.losses(output, inputs)
+        return self.aggregator(
+            self, losses, shared_params=self.model.shared_params(), features=output.features
+        )
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        inputs = self._inputs(batch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.val_mask_seed + batch_idx)
+            output = self.model(inputs)
+        losses = self.model.losses(output, inputs)
+        means = {}
+        for task, (total, count) in losses.items():
+            count = float(count)
+            means[task] = float(total) / max(count, 1.0)
+            # weighting each batch's mean by its element count gives the mean over all elements
+            self.log(f"val/loss/{task}", means[task], batch_size=max(int(count), 1), sync_dist=True)
+
+    # ------------------------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ] + self.aggregator.balancer_param_groups()
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        warmup, floor = min(self.warmup_steps, total), self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        # balancer groups with their own lr keep it constant (the factor applies to every group)
+        lambdas = [factor] * 2 + [lambda _s: 1.0] * (len(groups) - 2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------ export
+    def export_pretrained(self, out_dir: Path) -> None:
+        """Write ``encoder_timm.pth`` (RGB encoder under timm ViT keys), ``encoder_timm.json`` (how to
+        load it) and ``multimae.pth`` (the whole MultiMAE state dict) into ``out_dir``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = self.model.timm_encoder_state_dict()
+        torch.save(state, out_dir / ENCODER_FILE)
+        torch.save(
+            {k: v.detach().cpu() for k, v in self.model.state_dict().items()}, out_dir / FULL_MODEL_FILE
+        )
+        meta = {
+            "timm_name": self.model.timm_name,
+            "timm_kwargs": self.model.timm_kwargs(),
+            "keys": sorted(state),
+            "load": (
+                f"m = timm.create_model({self.model.timm_name!r}, pretrained=False, **timm_kwargs); "
+                f"m.load_state_dict(torch.load('{ENCODER_FILE}'), strict=True)"
+            ),
+            "input": "RGB (B, 3, H, W) normalised as (x - 0.45) / 0.25 with x in [0, 1] (data.scenes)",
+        }
+        (out_dir / ENCODER_META).write_text(json.dumps(meta, indent=2) + "\n")
+        self.exported_dir = out_dir

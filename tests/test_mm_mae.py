@@ -1,0 +1,173 @@
+"""MM-MAE pre-training module (pretrain/mm_mae.py) and the end-to-end run of `experiment=mm_mae`."""
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from models.multimae import MultiMAE
+from pretrain.balancers import GradientAggregator, GradNorm, NoBalancing
+from pretrain.errors import ConfigError
+from pretrain.mm_mae import ENCODER_FILE, ENCODER_META, MMMAEPretraining
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2)
+
+
+def make_module(balancer=NoBalancing, **model_kwargs) -> MMMAEPretraining:
+    torch.manual_seed(0)
+    model = MultiMAE(**{**SMALL, "num_visible": 12, **model_kwargs})
+    return MMMAEPretraining(model=model, balancer=partial(balancer), aggregation={})
+
+
+def make_batch(batch: int = 4) -> dict:
+    g = torch.Generator().manual_seed(2)
+    return {
+        "rgb": torch.randn(batch, 3, 32, 32, generator=g),
+        "depth": torch.rand(batch, 1, 32, 32, generator=g) * 8 + 0.5,
+        "semseg": torch.randint(0, 10, (batch, 32, 32), generator=g),
+        "label": torch.zeros(batch, dtype=torch.long),
+    }
+
+
+def test_training_step_balances_the_three_modality_losses_of_one_pass():
+    module = make_module()
+    assert module.aggregator.task_names == ["rgb", "depth", "semseg"]
+    batch = make_batch()
+    calls = []
+    module.model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    torch.manual_seed(5)
+    loss = module.training_step(batch, 0)
+    assert len(calls) == 1  # one encoder pass for all three tasks
+    torch.manual_seed(5)
+    inputs = {k: batch[k] for k in ("rgb", "depth", "semseg")}
+    out = module.model(inputs)
+    per_task = [s / c for s, c in module.model.losses(out, inputs).values()]
+    torch.testing.assert_close(loss, sum(per_task) / 3)  # `none`: the mean of the per-element means
+    loss.backward()
+    assert module.model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "balancer", [partial(GradNorm), partial(GradientAggregator, method="upgrad", mode="features")]
+)
+def test_gradient_balancers_get_shared_params_and_features(balancer):
+    module = make_module(balancer=balancer)
+    torch.manual_seed(3)
+    loss = module.training_step(make_batch(), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    weights = torch.tensor(list(module.aggregator.history[-1]["weight"].values()))
+    assert torch.isclose(weights.sum(), torch.tensor(1.0)) and (weights > 0).all()
+
+
+def test_optimizer_groups_cover_the_model_and_the_balancer():
+    module = make_module(balancer=GradNorm)
+    optimizer = module.configure_optimizers()["optimizer"]
+    in_groups = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in module.model.parameters()} <= in_groups
+    assert id(module.aggregator.balancer.logits) in in_groups
+    no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(module.model.global_token) in no_decay and id(module.model.norm.weight) in no_decay
+    assert id(module.model.blocks[0].attn.qkv.weight) not in no_decay
+
+
+def test_a_modality_the_data_does_not_provide_names_the_key():
+    module = make_module()
+    batch = make_batch()
+    del batch["semseg"]
+    with pytest.raises(
+        ConfigError, match=r"model\.modalities names 'semseg', which the data does not provide"
+    ):
+        module.training_step(batch, 0)
+
+
+def test_export_pretrained_loads_into_timm(tmp_path):
+    module = make_module()
+    module.export_pretrained(tmp_path)
+    meta = json.loads((tmp_path / ENCODER_META).read_text())
+    vit = timm.create_model(meta["timm_name"], pretrained=False, **meta["timm_kwargs"])
+    result = vit.load_state_dict(torch.load(tmp_path / ENCODER_FILE), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    rgb = make_batch()["rgb"]
+    vit.eval()
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(rgb), module.model.forward_features(rgb))
+    assert sorted(meta["keys"]) == sorted(vit.state_dict())
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_end_to_end_smoke_run_writes_results_figure_and_encoder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _run(
+        ["experiment=mm_mae", "debug=smoke", "logger=csv", "balancer=dwa", f"hydra.run.dir={run_dir}"], REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["experiment"] == "mm_mae" and results["balancer"] == "dwa"
+    assert set(results["upstream"]) == {"rgb", "depth", "semseg"}
+    down = results["downstream"]
+    assert {k: v["primary"] for k, v in down.items()} == {
+        "classification": "top1",
+        "segmentation": "miou",
+        "depth": "delta_1",
+    }
+    assert 0 <= down["segmentation"]["metrics"]["miou"] <= 1
+    assert set(down["depth"]["metrics"]) == {"delta_1", "abs_rel", "rmse"}
+    assert results["summary"]["worst_task"] in down
+    assert (run_dir / "figure3_dwa.png").stat().st_size > 1000
+    pred = np.load(run_dir / "seg_pred.npy")
+    assert pred.shape == (4, 64, 64) and pred.max() < 10
+    assert Path(results["pretrained_encoder"]["path"]).is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.patch_size=7"], "model.image_size=64 is not divisible by model.patch_size=7."),
+        (
+            ["data.modalities=[rgb,depth]", "model.modalities=[rgb,depth,semseg]"],
+            "model.modalities names 'semseg'",
+        ),
+        (["model.num_classes=6"], "model.num_classes=6"),
+    ],
+)
+def test_bad_input_ends_in_one_sentence_and_no_results(tmp_path, overrides, message):
+    from hydra import compose, initialize_config_dir
+
+    from pretrain.pipeline import run
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=mm_mae",
+                "debug=smoke",
+                "logger=none",
+                f"paths.output_dir={tmp_path}",
+                *overrides,
+            ],
+        )
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "results.json").exists()
