@@ -1,0 +1,217 @@
+"""NYUv2 downstream suite of MM-MAE (``downstream=nyuv2``): 40-class segmentation and depth on real images.
+
+Reuses finetune/vision.py: :class:`NYUv2Suite` is a :class:`~finetune.vision.VisionSuite` whose data come
+from data/nyuv2.py, and :class:`NYUv2Finetune` is a :class:`~finetune.vision.VisionFinetune` that honours
+void pixels (``ignore_index``) in the loss and in mIoU / pixel accuracy, ignores pixels without depth, and
+scores predictions upsampled to each test image's full resolution (every test image is evaluated).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
+from finetune.vision import PRIMARY, VisionFinetune, VisionSuite
+from models.multimae import MultiMAE
+from pretrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: NYUv2 tasks (it has no image-level labels)
+NYU_TASKS = ("segmentation", "depth")
+#: encoder inputs NYUv2 can feed (its semantic maps are targets, with void pixels)
+NYU_INPUTS = ("rgb", "depth")
+
+
+class NYUv2Finetune(VisionFinetune):
+    """:class:`VisionFinetune` with void pixels ignored and full-resolution evaluation."""
+
+    def __init__(
+        self, backbone: MultiMAE, task: str, ignore_index: int = IGNORE_INDEX, **kwargs: Any
+    ) -> None:
+        super().__init__(backbone, task, **kwargs)
+        self.ignore_index = int(ignore_index)
+        if task == "segmentation":
+            n = int(kwargs.get("num_classes", NUM_CLASSES))
+            self.metrics = nn.ModuleDict(
+                {
+                    "miou": MulticlassJaccardIndex(n, average="macro", ignore_index=self.ignore_index),
+                    "pixel_acc": MulticlassAccuracy(n, average="micro", ignore_index=self.ignore_index),
+                }
+            )
+
+    def _loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.task == "classification":
+            return super()._loss(batch)
+        out = self.head(self.patch_tokens(batch))
+        if self.task == "segmentation":
+            target = batch["semseg"]
+            if not (target != self.ignore_index).any():  # every pixel void: no signal, no NaN
+                return out.sum() * 0.0, out
+            return F.cross_entropy(out, target, ignore_index=self.ignore_index), out
+        log_pred = out[:, 0] + self.log_depth_offset
+        target = batch["depth"][:, 0]
+        valid = target > 1e-3  # 0 = no measurement
+        if not valid.any():
+            return log_pred.sum() * 0.0, torch.exp(log_pred)
+        return (log_pred[valid] - target[valid].log()).abs().mean(), torch.exp(log_pred)
+
+    def _update_metrics(self, batch: dict) -> None:
+        if self.task == "classification":
+            return super()._update_metrics(batch)
+        out = self.head(self.patch_tokens(batch))
+        key = "semseg" if self.task == "segmentation" else "depth"
+        targets = batch.get(f"{key}_full", batch[key])
+        for i in range(out.shape[0]):  # one image at a time: 40 full-resolution logit maps are large
+            target = targets[i : i + 1]
+            size = target.shape[-2:]
+            pred = out[i : i + 1]
+            if pred.shape[-2:] != size:
+                pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+            if self.task == "segmentation":
+                pred = pred.argmax(1)
+                self.metrics["miou"].update(pred, target)
+                self.metrics["pixel_acc"].update(pred, target)
+            else:
+                self.metrics["depth"].update(torch.exp(pred[:, 0] + self.log_depth_offset), target[:, 0])
+        return None
+
+
+class NYUv2Suite(VisionSuite):
+    """Fine-tune on NYUv2's 795 training images and evaluate on all 654 test images, per task.
+
+    Args:
+        root: folder holding ``mat_file``, ``splits_file`` and ``mapping_file``, or ``{train,test}/{rgb,depth,label}``.
+        format: ``auto`` | ``mat`` | ``png`` (see data/nyuv2.py).
+        mat_file / splits_file / mapping_file: file names under root (or absolute paths), ``mat`` format.
+        tasks: per task (segmentation, depth) the options of :class:`VisionSuite`.
+        image_size: the model's input size (must equal the pre-trained model's).
+        crop_scale: area range of the training random-resized crop.
+        ignore_index: semseg value of void pixels.
+        train_size / dev_size: at most this many images per split (null: all).
+        batch_size / num_workers / input_modalities / seed / smoke: as in :class:`VisionSuite`.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        format: str = "auto",  # noqa: A002 - the config key
+        mat_file: str = "nyu_depth_v2_labeled.mat",
+        splits_file: str = "splits.mat",
+        mapping_file: str = "classMapping40.mat",
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        image_size: int = 224,
+        crop_scale: Sequence[float] = (0.5, 1.0),
+        ignore_index: int = IGNORE_INDEX,
+        train_size: int | None = None,
+        dev_size: int | None = None,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        input_modalities: Sequence[str] = ("rgb",),
+        seed: int = 0,
+        smoke: bool = False,
+    ) -> None:
+        tasks = {k: dict(v or {}) for k, v in dict(tasks or {t: {} for t in NYU_TASKS}).items()}
+        for name, opts in tasks.items():
+            if name not in NYU_TASKS and opts.get("enabled", True):
+                raise ConfigError(
+                    f"downstream.tasks.{name} is not an NYUv2 task; choose among {', '.join(NYU_TASKS)}."
+                )
+        bad = [m for m in input_modalities if m not in NYU_INPUTS]
+        if bad:
+            raise ConfigError(
+                f"downstream.input_modalities names {bad[0]!r}, which NYUv2 cannot feed the encoder "
+                f"(use {', '.join(NYU_INPUTS)})."
+            )
+        super().__init__(
+            tasks=tasks,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            input_modalities=input_modalities,
+            figure_images=0,
+            seed=seed,
+            smoke=smoke,
+        )
+        if root is None:
+            raise ConfigError(
+                "downstream.root is not set: give the folder holding nyu_depth_v2_labeled.mat (with splits.mat "
+                "and classMapping40.mat) or train|test/{rgb,depth,label}/*.png."
+            )
+        if self.smoke:
+            train_size, dev_size = 16, 8
+        self.ignore_index = int(ignore_index)
+        kw = dict(
+            format=format,
+            mat_file=mat_file,
+            splits_file=splits_file,
+            mapping_file=mapping_file,
+            image_size=self.image_size,
+            crop_scale=crop_scale,
+            ignore_index=self.ignore_index,
+        )
+        # opened here, so a missing or malformed file fails when the suite is built
+        self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
+        self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
+        self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
+
+    def loaders(self) -> tuple[DataLoader, DataLoader]:
+        kw = dict(
+            batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
+        )
+        train = DataLoader(
+            self.train_set, shuffle=True, drop_last=len(self.train_set) >= self.batch_size, **kw
+        )
+        return train, DataLoader(self.dev_set, **kw)
+
+    def run(
+        self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
+    ) -> dict[str, dict]:
+        backbone: MultiMAE = getattr(pretrained, "model", pretrained)
+        if backbone.image_size != self.image_size:
+            raise ConfigError(
+                f"downstream.image_size={self.image_size} differs from model.image_size={backbone.image_size}."
+            )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train_loader, dev_loader = self.loaders()
+        results: dict[str, dict] = {}
+        for name, opts in self.tasks.items():
+            module = NYUv2Finetune(
+                backbone,
+                name,
+                ignore_index=self.ignore_index,
+                lr=opts["lr"],
+                weight_decay=opts["weight_decay"],
+                warmup_steps=opts["warmup_steps"],
+                encoder_lr_scale=opts["encoder_lr_scale"],
+                freeze_encoder=opts["freeze_encoder"],
+                head_hidden=opts["head_hidden"],
+                input_modalities=self.input_modalities,
+                num_classes=NUM_CLASSES,
+            )
+            if self.smoke:
+                trainer = make_trainer(max_steps=2, name=name)
+            else:
+                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
+            trainer.fit(module, train_dataloaders=train_loader)
+            trainer.test(module, dataloaders=dev_loader, verbose=False)
+            results[name] = {
+                "metrics": dict(module.results),
+                "primary": PRIMARY[name],
+                "higher_is_better": True,
+            }
+            log.info("downstream nyuv2 %s: %s", name, json.dumps(module.results))
+        self.extra_results["nyuv2"] = {"train_images": self.train_size, "test_images": self.dev_size}
+        return results
