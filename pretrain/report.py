@@ -249,6 +249,21 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    # Figure 3 of the paper: each balancer's segmentation of the same fixed dev images (first seed)
+    with_seg = [
+        (r, label)
+        for r, label in zip(runs, row_labels(runs))
+        if (Path(r.get("_dir", "")) / "seg_pred.npy").exists()
+    ]
+    if with_seg:
+        from finetune.vision import sweep_figure
+
+        seed = min(int(r.get("seed", 0)) for r, _ in with_seg)
+        chosen = {}
+        for r, label in with_seg:
+            if int(r.get("seed", 0)) == seed:
+                chosen.setdefault(label, Path(r["_dir"]))
+        written.append(sweep_figure([chosen[k] for k in sorted(chosen)], Path(sweep_dir) / "figure3.png"))
     tasks = [c for c in table["columns"] if c not in ("average", "worst")]
     balancers = list(table["rows"])
     if tasks and balancers:
@@ -283,7 +298,11 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
             log.warning("sweep figures failed: %s", exc)
     md = sweep_dir / "summary.md"
     text = render_markdown(table)
-    figs = [f for f in ("weights.png", "upstream_losses.png", "downstream.png") if (sweep_dir / f).exists()]
+    figs = [
+        f
+        for f in ("weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+        if (sweep_dir / f).exists()
+    ]
     if figs:
         text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
     md.write_text(text)
