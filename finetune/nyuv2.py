@@ -8,7 +8,6 @@ scores predictions upsampled to each test image's full resolution (every test im
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
-from finetune.vision import PRIMARY, VisionFinetune, VisionSuite
+from finetune.vision import VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
 from pretrain.errors import ConfigError
 
@@ -175,43 +174,24 @@ class NYUv2Suite(VisionSuite):
         )
         return train, DataLoader(self.dev_set, **kw)
 
+    def make_module(self, backbone: MultiMAE, name: str, opts: dict) -> NYUv2Finetune:
+        return NYUv2Finetune(
+            backbone,
+            name,
+            ignore_index=self.ignore_index,
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            warmup_steps=opts["warmup_steps"],
+            encoder_lr_scale=opts["encoder_lr_scale"],
+            freeze_encoder=opts["freeze_encoder"],
+            head_hidden=opts["head_hidden"],
+            input_modalities=self.input_modalities,
+            num_classes=NUM_CLASSES,
+        )
+
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
     ) -> dict[str, dict]:
-        backbone: MultiMAE = getattr(pretrained, "model", pretrained)
-        if backbone.image_size != self.image_size:
-            raise ConfigError(
-                f"downstream.image_size={self.image_size} differs from model.image_size={backbone.image_size}."
-            )
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        train_loader, dev_loader = self.loaders()
-        results: dict[str, dict] = {}
-        for name, opts in self.tasks.items():
-            module = NYUv2Finetune(
-                backbone,
-                name,
-                ignore_index=self.ignore_index,
-                lr=opts["lr"],
-                weight_decay=opts["weight_decay"],
-                warmup_steps=opts["warmup_steps"],
-                encoder_lr_scale=opts["encoder_lr_scale"],
-                freeze_encoder=opts["freeze_encoder"],
-                head_hidden=opts["head_hidden"],
-                input_modalities=self.input_modalities,
-                num_classes=NUM_CLASSES,
-            )
-            if self.smoke:
-                trainer = make_trainer(max_steps=2, name=name)
-            else:
-                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
-            trainer.fit(module, train_dataloaders=train_loader)
-            trainer.test(module, dataloaders=dev_loader, verbose=False)
-            results[name] = {
-                "metrics": dict(module.results),
-                "primary": PRIMARY[name],
-                "higher_is_better": True,
-            }
-            log.info("downstream nyuv2 %s: %s", name, json.dumps(module.results))
+        results = super().run(pretrained, make_trainer, out_dir)
         self.extra_results["nyuv2"] = {"train_images": self.train_size, "test_images": self.dev_size}
         return results

@@ -370,6 +370,21 @@ class VisionSuite:
         )
 
     # ---------------------------------------------------------------------------------- run
+    def make_module(self, backbone: MultiMAE, name: str, opts: dict) -> VisionFinetune:
+        """The fine-tuning module of downstream task ``name`` (a subclass may use its own)."""
+        return VisionFinetune(
+            backbone,
+            name,
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            warmup_steps=opts["warmup_steps"],
+            encoder_lr_scale=opts["encoder_lr_scale"],
+            freeze_encoder=opts["freeze_encoder"],
+            head_hidden=opts["head_hidden"],
+            input_modalities=self.input_modalities,
+            num_classes=backbone.num_classes,
+        )
+
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
     ) -> dict[str, dict]:
@@ -383,18 +398,7 @@ class VisionSuite:
         train_loader, dev_loader = self.loaders()
         results: dict[str, dict] = {}
         for name, opts in self.tasks.items():
-            module = VisionFinetune(
-                backbone,
-                name,
-                lr=opts["lr"],
-                weight_decay=opts["weight_decay"],
-                warmup_steps=opts["warmup_steps"],
-                encoder_lr_scale=opts["encoder_lr_scale"],
-                freeze_encoder=opts["freeze_encoder"],
-                head_hidden=opts["head_hidden"],
-                input_modalities=self.input_modalities,
-                num_classes=backbone.num_classes,
-            )
+            module = self.make_module(backbone, name, opts)
             if self.smoke:
                 trainer = make_trainer(max_steps=2, name=name)
             else:
@@ -407,7 +411,7 @@ class VisionSuite:
                 "higher_is_better": True,
             }
             log.info("downstream %s: %s", name, json.dumps(module.results))
-            if name == "segmentation":
+            if name == "segmentation" and self.figure_images:
                 self.extra_results["figure3"] = self.save_figure(module, trainer, out_dir, pretrained)
         encoder_dir = getattr(pretrained, "exported_dir", None)
         if encoder_dir is not None:
