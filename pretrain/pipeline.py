@@ -347,7 +347,8 @@ def _task_overrides() -> list[str]:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
+        where = ("hydra.", "paths.output_dir")  # where a run writes is not what it ran
+        return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(where)]
     except Exception:  # noqa: BLE001 - outside a Hydra app
         return []
 
