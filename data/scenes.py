@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.loading import EpochSubsetSampler, resumable_loader
 from pretrain.errors import ConfigError
 
 #: semantic classes: two background surfaces then eight object classes
@@ -312,10 +313,19 @@ class ScenesDataModule(L.LightningDataModule):
             drop_last=drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        # each epoch draws samples_per_epoch distinct scenes, a fresh draw every epoch
-        sampler = RandomSampler(self.train_set, num_samples=self.samples_per_epoch)
-        return self._loader(self.train_set, sampler, drop_last=self.samples_per_epoch >= self.batch_size)
+    def train_dataloader(self):
+        # each epoch draws samples_per_epoch distinct scenes, a fresh draw every epoch; the loader's
+        # position rides in the checkpoint (exact mid-epoch resume)
+        sampler = EpochSubsetSampler(self.train_size, self.samples_per_epoch, seed=int(self._kw["seed"]))
+        return resumable_loader(
+            self.train_set,
+            batch_size=self.batch_size,
+            seed=int(self._kw["seed"]),
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=self.samples_per_epoch >= self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -64,7 +64,9 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None,
     from hydra.utils import instantiate
 
     node = OmegaConf.to_container(cfg.trainer, resolve=True)
-    node.update({k: v for k, v in overrides.items() if v is not None or k in ("max_steps", "val_check_interval")})
+    node.update(
+        {k: v for k, v in overrides.items() if v is not None or k in ("max_steps", "val_check_interval")}
+    )
     if node.get("max_steps") is None:
         node["max_steps"] = -1
     return instantiate(node, logger=loggers or False, callbacks=callbacks or [])
@@ -152,6 +154,37 @@ class StepTimer(Callback):
         }
 
 
+class RNGStateCheckpoint(Callback):
+    """Keeps the Python, NumPy and torch (CPU and CUDA) random states in every checkpoint and restores
+    them on resume, so masking and dropout after a resume draw what the uninterrupted run drew."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        checkpoint["rng_states"] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.set_rng_state(states["torch"])
+        if states.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
 def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -160,6 +193,7 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     module.step_timer = timer
     callbacks = [
         timer,
+        RNGStateCheckpoint(),
         ModelCheckpoint(
             dirpath=out_dir / "checkpoints",
             filename="step{step}",
@@ -173,7 +207,9 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     ckpt_path = _resolve_ckpt(cfg, out_dir)
     if ckpt_path is not None:
         check_matches(load_checkpoint(ckpt_path), module, ckpt_path, cfg.experiment)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # our checkpoints hold configs and balancer/RNG states beside tensors: load them in full (only files
+    # the user points at, after check_matches has read them as a checkpoint of this experiment)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     if trainer.global_rank == 0 and hasattr(module, "export_pretrained"):
         module.export_pretrained(out_dir / "pretrained")
     return module, trainer

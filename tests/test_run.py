@@ -226,3 +226,25 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     res = json.loads(next((tmp_path / "b").rglob("results.json")).read_text())
     assert res["stage"] == "pretrain" and res["downstream"] == {} and res["cost"]["steps"] == 4
     assert "| minimax |" in (tmp_path / "b" / "summary.md").read_text().split("Cost of")[1]
+
+
+@pytest.mark.parametrize("balancer", ["minimax", "gradnorm"])
+def test_mm_mae_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, balancer):
+    """Smoke MM-MAE (2 batches per epoch, 6 steps): the run's step-3 checkpoint (mid-epoch; what a run
+    killed there leaves) resumed to step 6 ends with the parameters, balancer state and logged history of
+    the run left alone: masking and dropout draw from the restored RNG, the loader resumes at its batch."""
+    import torch
+    from conftest import run_pipeline
+
+    common = ["experiment=mm_mae", "debug=smoke", "logger=none", "stage=pretrain", f"balancer={balancer}",
+              "trainer.deterministic=true", "checkpoint.every_n_train_steps=3", "trainer.max_steps=6"]  # fmt: skip
+    run_pipeline(common, tmp_path / "straight")
+    ckpt = next((tmp_path / "straight" / "checkpoints").glob("step3.ckpt"))
+    run_pipeline([*common, f"ckpt_path={ckpt}"], tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 6
+    torch.testing.assert_close(a["state_dict"], b["state_dict"])
+    agg_a, agg_b = a["callbacks"]["LossAggregation"], b["callbacks"]["LossAggregation"]
+    torch.testing.assert_close(agg_a["balancer"], agg_b["balancer"])
+    assert agg_a["history"] == agg_b["history"] and len(agg_a["history"]) == 6

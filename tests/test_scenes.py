@@ -104,7 +104,10 @@ def test_datamodule_batches_and_fresh_draw_each_epoch():
     assert batch["depth"].shape == (4, 1, 64, 64)
     assert batch["semseg"].shape == (4, 64, 64)
     loader = dm.train_dataloader()
-    first, second = list(loader.sampler), list(loader.sampler)
+    first = list(loader.sampler)
+    assert list(loader.sampler) == first  # the same epoch draws the same scenes (exact resume)
+    loader.sampler.set_epoch(1)  # Lightning calls set_epoch at every epoch
+    second = list(loader.sampler)
     assert len(first) == 12 and len(set(first)) == 12  # distinct scenes within an epoch
     assert first != second  # a new draw every epoch
     assert len(loader) == 3
