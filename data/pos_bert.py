@@ -34,6 +34,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from data.loading import resumable_loader
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, OTHER, generate_corpus
 from pretrain.errors import ConfigError, DataError
 
@@ -812,17 +813,16 @@ class PosBertDataModule(LightningDataModule):
             self.group_counts,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        g = torch.Generator()
-        g.manual_seed(self.seed)
-        return DataLoader(
+    def train_dataloader(self):
+        # resumable: the epoch-seeded order and the position within the epoch ride in the checkpoint
+        return resumable_loader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=True,
+            seed=self.seed,
             drop_last=len(self.train_set) > self.batch_size,
             collate_fn=self.train_collator,
             num_workers=self.num_workers,
-            generator=g,
         )
 
     def val_dataloader(self) -> DataLoader:
