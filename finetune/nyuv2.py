@@ -179,14 +179,8 @@ class NYUv2Suite(VisionSuite):
             backbone,
             name,
             ignore_index=self.ignore_index,
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup_steps"],
-            encoder_lr_scale=opts["encoder_lr_scale"],
-            freeze_encoder=opts["freeze_encoder"],
-            head_hidden=opts["head_hidden"],
-            input_modalities=self.input_modalities,
             num_classes=NUM_CLASSES,
+            **self.finetune_kwargs(opts),
         )
 
     def run(

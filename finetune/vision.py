@@ -372,18 +372,12 @@ class VisionSuite:
     # ---------------------------------------------------------------------------------- run
     def make_module(self, backbone: MultiMAE, name: str, opts: dict) -> VisionFinetune:
         """The fine-tuning module of downstream task ``name`` (a subclass may use its own)."""
-        return VisionFinetune(
-            backbone,
-            name,
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup_steps"],
-            encoder_lr_scale=opts["encoder_lr_scale"],
-            freeze_encoder=opts["freeze_encoder"],
-            head_hidden=opts["head_hidden"],
-            input_modalities=self.input_modalities,
-            num_classes=backbone.num_classes,
-        )
+        return VisionFinetune(backbone, name, num_classes=backbone.num_classes, **self.finetune_kwargs(opts))
+
+    def finetune_kwargs(self, opts: dict) -> dict:
+        """The per-task options every fine-tuning module takes."""
+        keys = ("lr", "weight_decay", "warmup_steps", "encoder_lr_scale", "freeze_encoder", "head_hidden")
+        return {k: opts[k] for k in keys} | {"input_modalities": self.input_modalities}
 
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
@@ -458,16 +452,7 @@ class VisionSuite:
         cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
         n = len(gt)
         fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
-        for i in range(n):
-            for j, (img, title) in enumerate(((rgb[i], "input"), (pred[i], tag), (gt[i], "ground truth"))):
-                ax = axes[i, j]
-                if j == 0:
-                    ax.imshow(img)
-                else:
-                    ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
-                ax.set_axis_off()
-                if i == 0:
-                    ax.set_title(title)
+        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap)
         handles = [Patch(color=cmap(c), label=name) for c, name in enumerate(CLASS_NAMES)]
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -508,6 +493,21 @@ def log_figure(trainer: L.Trainer, path: Path, tag: str) -> None:
             log.warning("could not log the figure to %s: %s", type(logger).__name__, exc)
 
 
+def draw_segmentation_grid(axes, rgb, columns, gt, cmap) -> None:
+    """Figure 3's grid: one row per image, columns input | each (title, predictions) | ground truth."""
+    for i in range(len(gt)):
+        panels = [("input", rgb[i])] + [(name, pred[i]) for name, pred in columns] + [("ground truth", gt[i])]
+        for j, (title, img) in enumerate(panels):
+            ax = axes[i, j]
+            if j == 0:
+                ax.imshow(img)
+            else:
+                ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title)
+
+
 def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
     """Figure 3 of the paper for a sweep: input | one segmentation per run (balancer) | ground truth.
 
@@ -536,17 +536,7 @@ def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
     cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
     n, k = len(gt), len(columns) + 2
     fig, axes = plt.subplots(n, k, figsize=(2 * k, 2 * n), squeeze=False)
-    for i in range(n):
-        panels = [("input", rgb[i])] + [(name, pred[i]) for name, pred in columns] + [("ground truth", gt[i])]
-        for j, (title, img) in enumerate(panels):
-            ax = axes[i, j]
-            if j == 0:
-                ax.imshow(img)
-            else:
-                ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
-            ax.set_axis_off()
-            if i == 0:
-                ax.set_title(title)
+    draw_segmentation_grid(axes, rgb, columns, gt, cmap)
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)
