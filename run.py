@@ -33,6 +33,11 @@ def main(cfg: DictConfig) -> float | None:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except BaseException:
+        # Keep the traceback in this run's own run.log: a failed job of a sweep is otherwise only a line in the
+        # launcher's output.
+        log.exception("the run failed")
+        raise
     if results and results.get("summary"):
         return float(results["summary"]["worst"])  # the objective a Hydra sweeper (Optuna) optimises
     return None

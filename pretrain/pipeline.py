@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import statistics
 import time
@@ -282,6 +283,16 @@ def print_table(results: dict) -> None:
     Console().print(table)
 
 
+def restore_worker_start_method() -> None:
+    """Give DataLoader workers the platform's own start method again inside a joblib (loky) worker.
+
+    ``hydra/launcher=joblib`` runs each job in a loky process, which makes loky's start method the default;
+    DataLoader worker processes cannot be started with it (``'Process' object has no attribute 'env'``).
+    Elsewhere this does nothing."""
+    if multiprocessing.get_start_method(allow_none=True) in ("loky", "loky_init_main"):
+        multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Run the configured stage; returns the results dict (stage all/finetune) or None."""
     import lightning as L
@@ -296,6 +307,7 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
         _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
         return None
+    restore_worker_start_method()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
