@@ -21,25 +21,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from data.atomic import atomic_write, remove_stale_temps
 from data.image_folder import META_FILE, find_images, label_path
 from pretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
+#: how to write the labels elsewhere, for the out-of-disk sentence
+LABELS_RELOCATE = "write the labels to another disk with pseudo_label.out_root=<folder>"
+
+
 def _atomic_png(array: np.ndarray, path: Path) -> None:
     """Write ``array`` as a PNG at ``path`` via a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(array)
+    atomic_write(
+        path, lambda tmp: image.save(tmp, format="PNG"), what="pseudo-label", relocate=LABELS_RELOCATE
+    )
 
 
 def encode_depth(depth: np.ndarray, depth_scale: float | None) -> np.ndarray:
@@ -185,10 +189,10 @@ class PseudoLabeler:
                         "choose another pseudo_label.out_root or delete that folder."
                     )
             return
-        self.out_root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(meta, indent=2) + "\n"
+        atomic_write(
+            path, lambda tmp: tmp.write_text(text), what="pseudo-label metadata", relocate=LABELS_RELOCATE
+        )
 
     def run(self) -> int:
         """Label every pending image; returns how many were labelled."""
@@ -196,6 +200,7 @@ class PseudoLabeler:
 
         todo = self.pending()
         self.images_labelled = 0
+        remove_stale_temps(self.out_root, recursive=True)  # half-written labels of killed runs
         log.info(
             "pseudo-labels: %d images to label under %s -> %s", len(todo), self.image_root, self.out_root
         )

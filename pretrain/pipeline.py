@@ -261,9 +261,17 @@ def summarise(downstream: dict[str, dict]) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
-    os.replace(tmp, path)
+    """Write results.json under a temporary name and rename it: never a half-written results.json; a full disk
+    is one sentence (DataError)."""
+    from data.atomic import atomic_write
+
+    text = json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n"
+    atomic_write(
+        path,
+        lambda tmp: tmp.write_text(text),
+        what="results",
+        relocate="run in another folder (hydra.run.dir=...)",
+    )
 
 
 def print_table(results: dict) -> None:

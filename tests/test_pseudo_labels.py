@@ -1,6 +1,7 @@
 """Pseudo-labelling an image folder with transformers models (data/pseudo_labels.py), on tiny random models."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_labels_are_aligned_16_bit_depth_and_class_ids_and_a_rerun_skips_them(tm
         assert semseg.shape == (h, w) and semseg.dtype == np.uint8
         assert depth.max() == 65535  # depth_scale null: each map divided by its own maximum
         assert semseg.max() < NUM_SEG_CLASSES
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no temporary file left
     meta = json.loads((out / "pseudo_labels.json").read_text())
     assert meta["num_classes"] == NUM_SEG_CLASSES and meta["depth_scale"] is None
 
@@ -222,3 +223,55 @@ def test_stage_pseudo_label_runs_from_the_config_group(tmp_path, tiny_models):
     assert result is None
     assert len(list((out / "depth").rglob("*.png"))) == len(IMAGES)
     assert len(list((out / "semseg").rglob("*.png"))) == len(IMAGES)
+
+
+def test_a_full_disk_while_labelling_fails_with_one_sentence_and_the_next_run_completes(
+    tmp_path, tiny_models, monkeypatch
+):
+    import errno
+    import subprocess
+    import sys
+    import time
+
+    import data.atomic as atomic
+
+    root, out = tmp_path / "images", tmp_path / "labels"
+    make_images(root)
+    real_save, calls = Image.Image.save, []
+
+    def full_on_second_label(self, fp, format=None, **kw):
+        calls.append(Path(fp))
+        if len(calls) == 2:  # the first label is written, the second fills the disk half-way
+            Path(fp).write_bytes(b"\x89PNG\r\n half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, format, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", full_on_second_label)
+    with pytest.raises(DataError) as err:
+        labeler(root, out, tiny_models).run()
+    monkeypatch.undo()
+    msg = str(err.value)
+    (written,) = [p for p in out.rglob("*.png")]
+    failed = out / "semseg" / written.relative_to(out / "depth")
+    assert msg == (
+        f"the disk is full (No space left on device) while writing the pseudo-label {failed}: "
+        "free some space or write the labels to another disk with pseudo_label.out_root=<folder>."
+    )
+    assert not failed.exists() and not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+    # a run killed while writing leaves a temporary label; the next run removes it (not a live process's)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = out / "depth" / "train" / "dog" / f".c.png.tmp-{atomic._host()}-{proc.pid}-{time.time_ns()}"
+    live = out / "depth" / "train" / "dog" / f".x.png.tmp-{atomic._host()}-{os.getpid()}-{time.time_ns()}"
+    for temp in (dead, live):
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(b"\x89PNG half")
+    assert labeler(root, out, tiny_models).run() == len(IMAGES)  # the image with one label is redone too
+    assert not dead.exists() and live.exists()
+    for folder, (w, h), name in IMAGES:
+        for kind in ("depth", "semseg"):
+            assert np.asarray(Image.open(out / kind / folder / Path(name).with_suffix(".png"))).shape == (
+                h,
+                w,
+            )
