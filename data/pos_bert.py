@@ -21,11 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
+from data.atomic import atomic_write, remove_stale_temps
 from data.loading import resumable_loader
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, OTHER, generate_corpus
 from pretrain.errors import ConfigError, DataError
@@ -110,23 +109,6 @@ def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------------------------------------
-def _atomic_dir(final: Path, write) -> Path:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final`` (an interrupted write leaves no cache)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race: keep theirs
-            if not final.exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True):
     """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on an iterable of strings."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -287,7 +269,11 @@ class PosMaskingCollator:
             word-piece; the rest stays unchanged (BERT: 0.8 / 0.1).
         stratify: pick the selected positions so that every group present in the batch gets an equal share
             of the budget (water-filling: a group with fewer tokens gives its unused share to the others).
-        seed: when set, masking is a deterministic function of the examples' ``index`` (validation).
+        seed: when set, masking is a deterministic function of ``seed`` and the examples' ``index`` values in
+            batch order (dynamic masking: the same sentence gets other masks in another epoch, whose shuffled
+            batches hold other companions). The masks then do not depend on any global RNG, on DataLoader
+            workers or on how many batches were prefetched, so a run resumed mid-epoch re-creates exactly the
+            masks of the run left alone. ``None``: draw from torch's global RNG.
     """
 
     def __init__(
@@ -321,8 +307,11 @@ class PosMaskingCollator:
     def _generator(self, examples) -> torch.Generator | None:
         if self.seed is None:
             return None
+        if any("index" not in e for e in examples):
+            raise ValueError("PosMaskingCollator(seed=...) needs an 'index' in every example.")
+        key = zlib.crc32(np.asarray([int(e["index"]) for e in examples], dtype=np.int64).tobytes())
         g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + int(examples[0].get("index", 0)))
+        g.manual_seed((self.seed * 1_000_003 + key) % 2**63)
         return g
 
     def _select(self, pos: torch.Tensor, maskable: torch.Tensor, gen) -> torch.Tensor:
@@ -706,7 +695,8 @@ class PosBertDataModule(LightningDataModule):
         raw = self._raw()
         texts = raw["text"] if "text" in raw else [" ".join(w) for w in raw["words"]]
         tok = train_wordpiece(texts, self.vocab_size, self.lowercase)
-        _atomic_dir(path, lambda tmp: tok.save_pretrained(str(tmp)))
+        remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
+        atomic_write(path, lambda tmp: tok.save_pretrained(str(tmp)), what="tokenizer cache")
         log.info("trained a WordPiece tokenizer (%d pieces) -> %s", len(tok), path)
         return tok
 
@@ -741,7 +731,8 @@ class PosBertDataModule(LightningDataModule):
                 new_fingerprint=fp,
             )
         ds = ds.filter(lambda n: len(n) > 0, input_columns="input_ids")
-        _atomic_dir(path, lambda tmp: ds.save_to_disk(str(tmp)))
+        remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
+        atomic_write(path, lambda tmp: ds.save_to_disk(str(tmp)), what="tagged dataset cache")
         return datasets.load_from_disk(str(path))
 
     def setup(self, stage: str | None = None) -> None:
@@ -802,7 +793,8 @@ class PosBertDataModule(LightningDataModule):
             random_replace_prob=self.random_replace_prob,
             stratify=self.stratify,
         )
-        self.train_collator = PosMaskingCollator(**kw)
+        # both deterministic: training masks from (seed, the batch's example indices), see PosMaskingCollator
+        self.train_collator = PosMaskingCollator(**kw, seed=self.seed + 7_919)
         self.val_collator = PosMaskingCollator(**kw, seed=self.seed)
         log.info(
             "PoS-BERT data: %d sentences, %d train / %d val pairs, vocab %d, group tokens %s",

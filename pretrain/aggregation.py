@@ -26,8 +26,10 @@ The callback
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +54,9 @@ class LossAggregation(Callback):
         on_nonfinite: ``raise`` (default) stops with the task and step named; ``skip`` skips the
             optimizer step with a warning.
         history_every: keep the reduced losses and weights of every n-th step for figures/reports.
+        trace_dir: when set, every rank appends one JSON line per step to ``<trace_dir>/rank<r>.jsonl``:
+            its local loss sums and counts, the global means it used and the task weights it applied (to
+            check a distributed run: every rank must show the same means and weights).
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class LossAggregation(Callback):
         extra_tasks: Sequence[str] = (),
         on_nonfinite: str = "raise",
         history_every: int = 1,
+        trace_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.task_names = list(task_names)
@@ -79,6 +85,8 @@ class LossAggregation(Callback):
         self.balancer = balancer
         self.on_nonfinite = on_nonfinite
         self.history_every = int(history_every)
+        self.trace_dir = Path(trace_dir) if trace_dir else None
+        self._trace_file: Path | None = None
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
         self._calls = 0
@@ -115,6 +123,9 @@ class LossAggregation(Callback):
                 f"balancer {type(self.balancer).__name__} needs per-task gradients of unsharded shared "
                 f"parameters and cannot run under {kind}; use trainer=ddp."
             )
+        if self.trace_dir is not None:
+            self.trace_dir.mkdir(parents=True, exist_ok=True)
+            self._trace_file = self.trace_dir / f"rank{trainer.global_rank}.jsonl"
         if trainer.world_size > 1:
             self.balancer.reduce = lambda t: strategy.reduce(t, reduce_op="mean")
             # ddp_spawn hands every process tensors in shared memory: make the balancer's state
@@ -242,6 +253,17 @@ class LossAggregation(Callback):
                     "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
                 }
             )
+        if self._trace_file is not None:
+            record = {
+                "step": step,
+                "rank": int(trainer.global_rank) if trainer is not None else 0,
+                "local_sum": {n: float(v) for n, v in zip(names, local_sum.detach().float().cpu())},
+                "local_count": {n: float(v) for n, v in zip(names, local_count.cpu())},
+                "loss": {n: float(mean_cpu[i]) for i, n in enumerate(names)},
+                "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
+            }
+            with self._trace_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         self._calls += 1
         return loss.to(device)
 

@@ -68,13 +68,31 @@ def test_stratified_masking_spreads_over_groups():
     assert torch.equal(strat["mlm_task"], strat["pos"].reshape(-1)[strat["masked_positions"]])
 
 
-def test_validation_masking_is_deterministic():
+def test_seeded_masking_depends_on_the_batch_not_on_the_global_rng():
+    """Training and validation masks are a function of (seed, the examples' indices in batch order): the same
+    batch gets the same masks whatever the global RNG did (exact resume, DataLoader workers), while another
+    batch of the same sentences (another epoch's shuffle) or another seed gets other masks."""
     ex = _examples(n=8)
     c = _collator(seed=5)
-    a, b = c(ex), c(ex)
+    torch.manual_seed(0)
+    a = c(ex)
+    torch.manual_seed(1)
+    torch.rand(100)
+    b = c(ex)
     assert torch.equal(a["masked_positions"], b["masked_positions"]) and torch.equal(
         a["input_ids"], b["input_ids"]
     )
+    reordered = c([ex[1], ex[0], *ex[2:]])  # same sentences, other batch composition order
+    other_seed = _collator(seed=6)(ex)
+    width = a["input_ids"].shape[1]
+    assert reordered["input_ids"].shape[1] == width
+    ex0_here = a["masked_positions"][a["masked_positions"] < width]  # ex[0] is row 0 of a, row 1 of reordered
+    m = reordered["masked_positions"]
+    ex0_there = m[(m >= width) & (m < 2 * width)] - width
+    assert not torch.equal(ex0_here, ex0_there)  # dynamic masking: its masks move with its batch
+    assert not torch.equal(a["masked_positions"], other_seed["masked_positions"])
+    with pytest.raises(ValueError, match="index"):
+        c([{k: v for k, v in e.items() if k != "index"} for e in ex])
 
 
 def test_bad_masking_probabilities():

@@ -228,6 +228,35 @@ def test_ddp_on_cpu_two_processes_single_results(tmp_path):
     assert list(tmp_path.rglob("results.json*")) == [tmp_path / "results.json"]
 
 
+@pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
+def test_ddp_two_cpu_processes_apply_the_same_weights_from_global_mean_losses(tmp_path, experiment):
+    """Both experiments under trainer=ddp_cpu (2 gloo processes, 3 steps): at every step both ranks used the
+    same per-task losses, equal to the global mean (sum of both ranks' sums / sum of their counts), and
+    applied the same task weights; one results.json. (That this equals one process on the same global batch
+    is tested at the callback level, test_aggregation.py.)"""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [f"experiment={experiment}", "debug=smoke", "logger=none", "stage=pretrain", "trainer=ddp_cpu",
+         "trainer.max_steps=3", f"aggregation.trace_dir={tmp_path / 'trace'}", f"hydra.run.dir={run_dir}"],
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / "trace" / f"rank{r}.jsonl").open()] for r in (0, 1)]
+    assert [r["step"] for r in ranks[0]] == [r["step"] for r in ranks[1]] == [0, 1, 2]
+    saw_different_data = False
+    for r0, r1 in zip(*ranks):
+        assert r0["weight"] == r1["weight"] and r0["loss"] == r1["loss"]  # bit-identical on both ranks
+        for task, mean in r0["loss"].items():
+            total = r0["local_count"][task] + r1["local_count"][task]
+            if total:
+                assert mean == pytest.approx(
+                    (r0["local_sum"][task] + r1["local_sum"][task]) / total, rel=1e-5
+                )
+        saw_different_data |= r0["local_sum"] != r1["local_sum"]
+    assert saw_different_data  # the ranks trained on different shards of the batch
+    assert list(run_dir.rglob("results.json*")) == [run_dir / "results.json"]
+
+
 def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp_path):
     from pretrain.report import build_table, collect
 
@@ -253,18 +282,34 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     assert "| minimax |" in (tmp_path / "b" / "summary.md").read_text().split("Cost of")[1]
 
 
-@pytest.mark.parametrize("balancer", ["minimax", "gradnorm"])
-def test_mm_mae_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, balancer):
-    """Smoke MM-MAE (2 batches per epoch, 6 steps): the run's step-3 checkpoint (mid-epoch; what a run
-    killed there leaves) resumed to step 6 ends with the parameters, balancer state and logged history of
-    the run left alone: masking and dropout draw from the restored RNG, the loader resumes at its batch."""
+@pytest.mark.parametrize(
+    "experiment, balancer, extra",
+    [
+        ("mm_mae", "minimax", []),
+        ("mm_mae", "gradnorm", []),
+        ("pos_bert", "minimax", ["data.batch_size=8", "data.num_workers=2"]),
+        ("pos_bert", "dwa", ["data.batch_size=8", "balancer.window=2"]),
+    ],
+)
+def test_pretraining_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, experiment, balancer, extra):
+    """Smoke pre-training, 6 steps: the run's step-3 checkpoint (mid-epoch; what a run killed there leaves)
+    resumed to step 6 ends with the parameters, balancer state and logged history of the run left alone.
+    MM-MAE's token split and dropout draw from the restored RNG; PoS-BERT's masks are a function of the seed
+    and the batch's examples; both loaders resume at their batch."""
     import torch
     from conftest import run_pipeline
 
-    common = ["experiment=mm_mae", "debug=smoke", "logger=none", "stage=pretrain", f"balancer={balancer}",
-              "trainer.deterministic=true", "checkpoint.every_n_train_steps=3", "trainer.max_steps=6"]  # fmt: skip
+    common = [f"experiment={experiment}", "debug=smoke", "logger=none", "stage=pretrain", f"balancer={balancer}",
+              "trainer.deterministic=true", "checkpoint.every_n_train_steps=3", "trainer.max_steps=6", *extra]  # fmt: skip
     run_pipeline(common, tmp_path / "straight")
     ckpt = next((tmp_path / "straight" / "checkpoints").glob("step3.ckpt"))
+    loader = torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    main = (
+        loader["_snapshot"]["_main_snapshot"] if "_snapshot" in loader else loader
+    )  # with / without workers
+    assert (
+        main["_sampler_iter_yielded"] > 0 and not loader["_iterator_finished"]
+    )  # mid-epoch, not at a boundary
     run_pipeline([*common, f"ckpt_path={ckpt}"], tmp_path / "resumed")
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
