@@ -23,10 +23,11 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from data.loading import EpochSubsetSampler, resumable_loader
 from data.scenes import RGB_MEAN, RGB_STD
 from pretrain.errors import ConfigError, DataError
 
@@ -328,8 +329,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = RandomSampler(self.train_set, num_samples=self.samples_per_epoch)
-        return self._loader(self.train_set, sampler, drop_last=self.samples_per_epoch >= self.batch_size)
+        # samples_per_epoch distinct images per epoch, a pure function of (seed, epoch); the loader's position
+        # rides in the checkpoint, so a resumed run continues with the very next images (their random crops are
+        # drawn afresh by the workers)
+        sampler = EpochSubsetSampler(len(self.train_set), self.samples_per_epoch, seed=self.seed)
+        return resumable_loader(
+            self.train_set,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=self.samples_per_epoch >= self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

@@ -66,6 +66,25 @@ def test_batches_have_the_scenes_format_with_aligned_crops(tmp_path):
     assert sorted(val["label"].tolist()) == [0, 1]
 
 
+def test_training_loader_resumes_mid_epoch_with_the_next_images(tmp_path):
+    """The loader's state (in every checkpoint) holds the epoch and position: a new loader given it yields the
+    images the interrupted one would have yielded next; another epoch draws another order."""
+    write_folder(tmp_path / "img", tmp_path / "lab", {f"c{k}": 2 for k in range(6)})
+    dm = datamodule(tmp_path / "img", tmp_path / "lab", batch_size=2, seed=3)
+    straight = dm.train_dataloader()
+    it = iter(straight)
+    first = [next(it)["label"].tolist() for _ in range(2)]
+    state = straight.state_dict()
+    rest = [b["label"].tolist() for b in it]
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    assert [b["label"].tolist() for b in resumed] == rest and len(first + rest) == 6
+    sampler = dm.train_dataloader().sampler
+    epoch0 = sampler._order()
+    sampler.set_epoch(1)
+    assert sorted(epoch0) == sorted(sampler._order()) == list(range(12)) and epoch0 != sampler._order()
+
+
 def test_flat_folder_holds_out_val_fraction_and_standardises_depth(tmp_path):
     write_folder(tmp_path / "img", tmp_path / "lab", {"a": 5, "b": 5}, split_level=False)
     dm = datamodule(
