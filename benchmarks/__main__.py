@@ -1,7 +1,9 @@
 """Every benchmark, one after another: ``python -m benchmarks [--quick]``.
 
-Each script measures its ratios within one run (interleaved rounds, medians), so the numbers compare
-methods under the same machine load. ``--quick`` runs 2 interleaved rounds per script instead of 5-7.
+Each script measures its ratios within one run, so the numbers compare methods under the same machine
+load: step time by interleaved rounds and medians, peak memory (the rise of peak RSS during the steps)
+once per method, each in a fresh process (``benchmarks/_memory.py``). ``--quick`` runs 2 interleaved
+rounds per script instead of 5-7.
 """
 
 from __future__ import annotations

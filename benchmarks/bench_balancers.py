@@ -1,22 +1,28 @@
-"""Per-step cost of every balancer against `none`, and of the loss-aggregation callback against a plain
-training step, measured in one run (interleaved rounds, medians).
+"""Per-step cost (time and peak memory) of every balancer against `none`, and of the loss-aggregation
+callback against a plain training step, measured in one run (interleaved rounds, medians).
 
     python -m benchmarks.bench_balancers [--tasks 9] [--width 256] [--rounds 5] [--steps 10]
 
 The model is a generic multi-task network (a shared MLP trunk whose output feeds T classification heads
 of 1,000 classes), so the numbers isolate the balancers' own cost; the experiment benchmarks
 (`bench_pos_bert`, `bench_mm_mae`) measure the same ratios on the real models.
+
+Time: median over interleaved rounds (every method once per round). Peak memory ("peak MiB"): the rise
+of the peak resident set size over the RSS just after the method's network, optimizer and data are
+built, over the warm-up and one round of steps, each method in its own fresh process (see
+`benchmarks._memory`); measured once per method, before the timing, in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
-import time
 
 import torch
 from torch import nn
 
+from benchmarks import _memory, _timing
 from pretrain.aggregation import LossAggregation
 from pretrain.balancers import (
     DWA,
@@ -54,6 +60,9 @@ class MultiTaskNet(nn.Module):
     def forward(self, x):
         h = self.trunk(x)
         return h, [head(h) for head in self.heads]
+
+
+WARMUP = 3  # untimed steps per method before the rounds
 
 
 def make_step(name: str, tasks: int, width: int, batch: int):
@@ -98,32 +107,45 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 5 steps")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one method
+    _timing.add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps = 2, 5
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    clock = _timing.configure(args)
     names = ["plain mean (no callback)", *BALANCERS]
+    if args.memory_of:
+        make = functools.partial(make_step, args.memory_of, args.tasks, args.width, args.batch)
+        _memory.report(_memory.measure_here(make, WARMUP + args.steps))
+        return
+    mem = _memory.measure_all("benchmarks.bench_balancers", names)
     steps = {n: make_step(n, args.tasks, args.width, args.batch) for n in names}
     for fn in steps.values():  # warm-up
-        for _ in range(3):
+        for _ in range(WARMUP):
             fn()
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(args.rounds):  # interleaved rounds: drift of the machine hits every method alike
         for n in names:
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(args.steps):
                 steps[n]()
-            times[n].append((time.perf_counter() - t0) / args.steps)
+            times[n].append((clock() - t0) / args.steps)
     med = {n: statistics.median(v) for n, v in times.items()}
+    m = {n: _memory.mib(r) for n, r in mem.items()}
     print(
         f"T={args.tasks} tasks, trunk width {args.width}, heads of 1000 classes, batch {args.batch}; "
-        f"median of {args.rounds} interleaved rounds x {args.steps} steps, torch threads {torch.get_num_threads()}"
+        f"median of {args.rounds} interleaved rounds x {args.steps} steps, {_timing.describe(args)}"
     )
-    print(f"{'method':<28}{'ms/step':>10}{'x none':>10}")
+    print(_memory.METHOD)
+    print(f"{'method':<28}{'ms/step':>10}{'x none':>10}{'peak MiB':>10}{'mem x none':>12}")
     for n in names:
-        print(f"{n:<28}{1000 * med[n]:>10.2f}{med[n] / med['none']:>10.2f}")
+        print(
+            f"{n:<28}{1000 * med[n]:>10.2f}{med[n] / med['none']:>10.2f}"
+            f"{_memory.fmt_mib(mem[n]):>10}{_memory.ratio(m[n], m['none']):>12.2f}"
+        )
     print(
-        f"callback overhead: `none` through LossAggregation / plain mean loop = {med['none'] / med[names[0]]:.3f}"
+        f"callback overhead: `none` through LossAggregation / plain mean loop = {med['none'] / med[names[0]]:.3f} "
+        f"time, {_memory.ratio(m['none'], m[names[0]]):.3f} peak memory"
     )
 
 

@@ -15,11 +15,17 @@ thread, so a step's CPU time is its compute and the ratios stay meaningful under
    ViT of the same width and depth encoding all tokens of the three modalities.
 3. Images/s of the scene generator through a DataLoader with 0 and 2 workers, against what the
    training step consumes.
+
+Peak memory of 1. and 2. ("peak MiB"): the rise of the peak RSS over the RSS after the model, optimizer
+and batch are built, over the warm-up and one round of steps, each method in its own fresh process
+(see ``benchmarks/_memory.py``), measured once per method, before the timing, in the same run. The
+full step of 2. is the step of ``none`` in 1. and shares its number.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from functools import partial
@@ -27,6 +33,7 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from benchmarks import _memory, _timing
 from data.scenes import SceneDataset
 from models.multimae import MultiMAE
 from pretrain.balancers import DWA, GradientAggregator, GradNorm, Minimax, NoBalancing, Uncertainty
@@ -73,8 +80,7 @@ def train_step(module, optimizer, batch, i):
     optimizer.step()
 
 
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCK["cpu"]
+clock = _timing.CLOCKS["cpu"]  # set from --clock in main()
 
 
 def time_steps(fn, steps: int) -> float:
@@ -85,6 +91,9 @@ def time_steps(fn, steps: int) -> float:
         fn()
         times.append(clock() - t0)
     return statistics.median(times)
+
+
+WARMUP = {"balancers": 2, "encoders": 1}  # untimed calls per method before the rounds
 
 
 def bench_balancers(batch, rounds: int, steps: int) -> dict[str, list[float]]:
@@ -101,7 +110,7 @@ def bench_balancers(batch, rounds: int, steps: int) -> dict[str, list[float]]:
         return fn
 
     for name in METHODS:  # warm-up
-        for _ in range(2):
+        for _ in range(WARMUP["balancers"]):
             runner(name)()
     names = list(METHODS)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -112,13 +121,36 @@ def bench_balancers(batch, rounds: int, steps: int) -> dict[str, list[float]]:
     return times
 
 
-def bench_encoders(batch, rounds: int, steps: int) -> dict[str, float]:
-    """Images/s: our full step, our encoder on visible tokens, timm ViT on all 3 x N tokens."""
+ENCODERS = ["ours: full step", "ours: encoder, visible", "timm ViT: all"]
+
+
+def encoder_fn(name: str, batch):
+    """The step of one row of the encoder table, with its model and optimizer built."""
     import timm
 
     b = batch["rgb"].shape[0]
-    module, opt = build("none")
-    model = module.model
+    if name == "ours: full step":
+        module, opt = build("none")
+        return lambda: train_step(module, opt, batch, 0)
+    if name == "ours: encoder, visible":
+        model = build("none")[0].model
+        enc_opt = torch.optim.AdamW(model.parameters(), 1e-4)
+        inputs = {m: batch[m] for m in model.modalities}
+
+        def ours_encoder():
+            tokens = model.tokenize(inputs, model.modalities)
+            visible = model.sample_visible(b)
+            ids = torch.argsort((~visible.flatten(1)).to(torch.int8), dim=1, stable=True)[
+                :, : model.num_visible
+            ]
+            x = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
+            loss = model.encode(x).pow(2).mean()
+            enc_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            enc_opt.step()
+
+        return ours_encoder
+    assert name == "timm ViT: all", name
     vit = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
@@ -132,7 +164,6 @@ def bench_encoders(batch, rounds: int, steps: int) -> dict[str, float]:
         num_heads=TINY["num_heads"],
     )
     vit_opt = torch.optim.AdamW(vit.parameters(), 1e-4)
-    enc_opt = torch.optim.AdamW(model.parameters(), 1e-4)
     # all three modalities side by side as one 3-channel image: 3 x 64 tokens, as many as ours
     wide = torch.cat(
         [
@@ -142,20 +173,6 @@ def bench_encoders(batch, rounds: int, steps: int) -> dict[str, float]:
         ],
         dim=-1,
     )
-    inputs = {m: batch[m] for m in model.modalities}
-
-    def full():
-        train_step(module, opt, batch, 0)
-
-    def ours_encoder():
-        tokens = model.tokenize(inputs, model.modalities)
-        visible = model.sample_visible(b)
-        ids = torch.argsort((~visible.flatten(1)).to(torch.int8), dim=1, stable=True)[:, : model.num_visible]
-        x = tokens.gather(1, ids[..., None].expand(-1, -1, tokens.shape[-1]))
-        loss = model.encode(x).pow(2).mean()
-        enc_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        enc_opt.step()
 
     def vit_all_tokens():
         loss = vit.forward_features(wide).pow(2).mean()
@@ -163,14 +180,37 @@ def bench_encoders(batch, rounds: int, steps: int) -> dict[str, float]:
         loss.backward()
         vit_opt.step()
 
-    fns = {"ours: full step": full, "ours: encoder, visible": ours_encoder, "timm ViT: all": vit_all_tokens}
+    return vit_all_tokens
+
+
+def bench_encoders(batch, rounds: int, steps: int) -> dict[str, float]:
+    """Images/s: our full step, our encoder on visible tokens, timm ViT on all 3 x N tokens."""
+    b = batch["rgb"].shape[0]
+    fns = {name: encoder_fn(name, batch) for name in ENCODERS}
     for fn in fns.values():
-        fn()
+        for _ in range(WARMUP["encoders"]):
+            fn()
     times = {n: [] for n in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             times[name].append(time_steps(fn, steps))
     return {name: b / statistics.median(t) for name, t in times.items()}
+
+
+def memory_of(name: str, args) -> None:
+    """Child process: peak memory of one balancer's step or one encoder row, warm-up + one round."""
+    batch = make_batch(args.batch_size, TINY["image_size"])
+    if name in METHODS:
+
+        def make():
+            module, opt = build(name)
+            count = itertools.count()
+            return lambda: train_step(module, opt, batch, next(count))
+
+        n = WARMUP["balancers"] + args.steps
+    else:
+        make, n = partial(encoder_fn, name, batch), WARMUP["encoders"] + args.steps
+    _memory.report(_memory.measure_here(make, n))
 
 
 def bench_generator(batch_size: int, batches: int, image_size: int) -> dict[int, float]:
@@ -198,43 +238,59 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
     parser.add_argument("--batch-size", type=int, default=32, help="scenes per step (the default run's 32)")
     parser.add_argument("--generator-batches", type=int, default=30, help="batches timed per worker setting")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu", help="cpu: process CPU time; wall")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one method
+    _timing.add_arguments(parser)
     args = parser.parse_args()
     global clock
-    clock = CLOCK[args.clock]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    clock = _timing.configure(args)
     torch.manual_seed(0)
+    if args.memory_of:
+        memory_of(args.memory_of, args)
+        return
     print(
         f"torch threads: {torch.get_num_threads()}, clock: {args.clock}, tiny model {TINY}, batch {args.batch_size}"
     )
+    mem = _memory.measure_all("benchmarks.bench_mm_mae", [*METHODS, *ENCODERS[1:]])
+    mem[ENCODERS[0]] = mem["none"]  # the same step
+    m = {name: _memory.mib(r) for name, r in mem.items()}
+    print(_memory.METHOD)
     batch = make_batch(args.batch_size, TINY["image_size"])
 
     times = bench_balancers(batch, args.rounds, args.steps)
     base = statistics.median(times["none"])
-    print("\n## Step time per balancer (measured Table 3), median of interleaved rounds")
-    print("| method | ms / step | ratio to none | median per-round ratio | paper FLOPs |")
-    print("|---|---|---|---|---|")
+    print("\n## Step time and peak memory per balancer (measured Table 3), median of interleaved rounds")
+    print(
+        "| method | ms / step | ratio to none | median per-round ratio | peak MiB | mem x none | paper FLOPs |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
         per_round = statistics.median(t / n for t, n in zip(ts, times["none"]))
-        print(f"| {name} | {med * 1000:.1f} | {med / base:.3f} | {per_round:.3f} | {METHODS[name][1]} |")
+        print(
+            f"| {name} | {med * 1000:.1f} | {med / base:.3f} | {per_round:.3f} | {_memory.fmt_mib(mem[name])} "
+            f"| {_memory.ratio(m[name], m['none']):.2f} | {METHODS[name][1]} |"
+        )
     ratio = statistics.median(times["minimax"]) / base
-    print(f"goal minimax / none <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'} ({ratio:.3f})")
+    print(
+        f"goal minimax / none <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'} ({ratio:.3f}); "
+        f"peak memory minimax / none {_memory.ratio(m['minimax'], m['none']):.3f}"
+    )
 
     rates = bench_encoders(batch, args.rounds, args.steps)
     print(
         f"\n## Images/s of a training step on the {args.clock} clock, {torch.get_num_threads()} thread(s) "
         "(encoder rows: forward + backward + AdamW of the encoder only)"
     )
-    print("| what | images / s |")
-    print("|---|---|")
+    print("| what | images / s | peak MiB |")
+    print("|---|---|---|")
     for name, rate in rates.items():
-        print(f"| {name} | {rate:.0f} |")
+        print(f"| {name} | {rate:.0f} | {_memory.fmt_mib(mem[name])} |")
+    vit = "timm ViT: all"
     print(
         f"visible-only encoding ({TINY['num_visible']} + 1 of {3 * 64} + 1 tokens) is "
-        f"{rates['ours: encoder, visible'] / rates['timm ViT: all']:.1f}x faster than timm ViT on all tokens"
+        f"{rates['ours: encoder, visible'] / rates[vit]:.1f}x faster than timm ViT on all tokens; "
+        f"peak memory ours / timm ViT: encoder {_memory.ratio(m['ours: encoder, visible'], m[vit]):.3f}, "
+        f"full step {_memory.ratio(m['ours: full step'], m[vit]):.3f}"
     )
 
     gen = bench_generator(args.batch_size, args.generator_batches, TINY["image_size"])

@@ -4,14 +4,16 @@
 2. Training step of our model (MLM head on gathered masked positions) /
    ``transformers.BertForPreTraining(..., labels=...)`` (logits at every position)  (goal <= 0.5)
    Same BERT size, same batch (default BERT-tiny, vocab 8000, batch 32 x 128, 15% masked), AdamW step
-   included.
+   included. Both as step time and as peak memory: the rise of the peak RSS over the RSS after the
+   model, optimizer and batches are built, over the warm-up and one round of steps, each variant in its
+   own fresh process (see ``benchmarks/_memory.py``), measured once, before the timing.
 3. POS tagging (NLTK ``pos_tag_sents`` + tokenization + alignment, ``datasets.map``) in sentences/s with
    ``num_proc`` 1 and 2, and the time of a second, cached run.
 
-    python benchmarks/bench_pos_bert.py [--rounds 5] [--steps 4] [--sentences 4000] [--threads 1]
+    python benchmarks/bench_pos_bert.py [--rounds 5] [--steps 4] [--sentences 4000] [--threads 1] [--clock cpu]
 
-On a CPU shared with other jobs, ``--threads 1`` avoids the oversubscription that makes torch's default
-(one thread per core) several times slower and noisier.
+Step times are this process's CPU time on one torch thread by default (``--clock``/``--threads``, see
+``benchmarks/_timing.py``), so other jobs on the machine do not distort the ratios.
 
 NLTK's tagger data is looked up through NLTK_DATA (or ../shared/data/nltk_data beside the repo); without
 it part 3 times the gold-tagged generated corpus instead and says so.
@@ -35,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks import _memory, _timing  # noqa: E402
 from data.pos_bert import IGNORE, PosMaskingCollator  # noqa: E402
 from models.bert import PosBert  # noqa: E402
 from pretrain.balancers import Minimax, NoBalancing  # noqa: E402
@@ -110,34 +113,59 @@ def hf_step_fn(args):
     return step
 
 
-def bench_steps(args) -> None:
+VARIANTS = {
+    "none": lambda args: ours_step_fn(functools.partial(NoBalancing), args),
+    "minimax": lambda args: ours_step_fn(functools.partial(Minimax, alpha=1.0), args),
+    "hf_BertForPreTraining": hf_step_fn,
+}
+
+
+def memory_of(name: str, args) -> None:
+    """Child process: peak memory of one variant over the warm-up batch and one round of batches."""
     batches = make_batches(args.steps, args.batch, args.length, args.vocab)
-    variants = {
-        "none": ours_step_fn(functools.partial(NoBalancing), args),
-        "minimax": ours_step_fn(functools.partial(Minimax, alpha=1.0), args),
-        "hf_BertForPreTraining": hf_step_fn(args),
-    }
+    order = [batches[0], *batches]  # as in bench_steps: warm-up, then one round
+
+    def make():
+        fn, it = VARIANTS[name](args), iter(order)
+        return lambda: fn(next(it))
+
+    _memory.report(_memory.measure_here(make, len(order)))
+
+
+def bench_steps(args) -> None:
+    mem = _memory.measure_all("benchmarks.bench_pos_bert", VARIANTS)
+    batches = make_batches(args.steps, args.batch, args.length, args.vocab)
+    variants = {name: make(args) for name, make in VARIANTS.items()}
     for fn in variants.values():  # warm-up
         fn(batches[0])
     times = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            t0 = args.clock_fn()
             for b in batches:
                 fn(b)
-            times[name].append((time.perf_counter() - t0) / len(batches))
+            times[name].append((args.clock_fn() - t0) / len(batches))
     med = {k: statistics.median(v) for k, v in times.items()}
+    m = {k: _memory.mib(r) for k, r in mem.items()}
+    hf = "hf_BertForPreTraining"
     n_masked = statistics.fmean(len(b["masked_positions"]) for b in batches)
     print(
         f"model: L={args.layers} H={args.hidden} A={args.heads} vocab={args.vocab}; batch {args.batch} x "
-        f"{args.length}, {n_masked:.0f} masked positions; torch threads {torch.get_num_threads()}; "
+        f"{args.length}, {n_masked:.0f} masked positions; {_timing.describe(args)}; "
         f"{args.rounds} interleaved rounds x {args.steps} steps, medians"
     )
+    print(_memory.METHOD)
+    print(f"  {'step':<24s}{'ms/step':>9}{'peak MiB':>10}")
     for k, v in med.items():
-        print(f"  step time {k:<24s} {1000 * v:8.1f} ms")
-    print(f"minimax / none step time:                {med['minimax'] / med['none']:.3f}   (goal <= 1.05)")
+        print(f"  {k:<24s}{1000 * v:>9.1f}{_memory.fmt_mib(mem[k]):>10}")
+    print(f"{'':<32}{'time':>7}{'memory':>8}")
     print(
-        f"ours (none) / BertForPreTraining step:   {med['none'] / med['hf_BertForPreTraining']:.3f}   (goal <= 0.5)"
+        f"{'minimax / none':<32}{med['minimax'] / med['none']:>7.3f}"
+        f"{_memory.ratio(m['minimax'], m['none']):>8.3f}   (goal: time <= 1.05)"
+    )
+    print(
+        f"{'ours (none) / BertForPreTraining':<32}{med['none'] / med[hf]:>7.3f}"
+        f"{_memory.ratio(m['none'], m[hf]):>8.3f}   (goal: time <= 0.5)"
     )
 
 
@@ -200,12 +228,15 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--sentences", type=int, default=4000)
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--skip-tagging", action="store_true")
     p.add_argument("--skip-steps", action="store_true")
+    p.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one variant
+    _timing.add_arguments(p)
     args = p.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args.clock_fn = _timing.configure(args)
+    if args.memory_of:
+        memory_of(args.memory_of, args)
+        return
     if not args.skip_steps:
         bench_steps(args)
     if not args.skip_tagging:
