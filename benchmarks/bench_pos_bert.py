@@ -1,6 +1,7 @@
 """PoS-BERT benchmark, printed in one run (interleaved rounds, medians).
 
-1. Training step with ``minimax`` over the 9 POS tasks / with ``none``            (goal <= 1.05)
+1. Training step with each balancer (minimax, uncertainty, dwa, gradnorm, upgrad) over the 9 POS tasks /
+   with ``none``  (goal for minimax <= 1.05)
 2. Training step of our model (MLM head on gathered masked positions) /
    ``transformers.BertForPreTraining(..., labels=...)`` (logits at every position)  (goal <= 0.5)
    Same BERT size, same batch (default BERT-tiny, vocab 8000, batch 32 x 128, 15% masked), AdamW step
@@ -40,7 +41,7 @@ import torch  # noqa: E402
 from benchmarks import _memory, _timing  # noqa: E402
 from data.pos_bert import IGNORE, PosMaskingCollator  # noqa: E402
 from models.bert import PosBert  # noqa: E402
-from pretrain.balancers import Minimax, NoBalancing  # noqa: E402
+from pretrain.balancers import DWA, GradientAggregator, GradNorm, Minimax, NoBalancing, Uncertainty  # noqa: E402
 from pretrain.pos_bert import PosBertPretraining  # noqa: E402
 
 # token share of each group in the generated corpus (verb .. interjection, other)
@@ -77,7 +78,8 @@ def ours_step_fn(balancer, args):
     torch.manual_seed(0)
     module = PosBertPretraining(PosBert(**size_kwargs(args)), balancer)
     module.train()
-    opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    groups = [{"params": list(module.parameters())}, *module.aggregator.balancer_param_groups()]
+    opt = torch.optim.AdamW(groups, lr=1e-4)
 
     def step(batch):
         loss = module.training_step(batch, 0)
@@ -113,9 +115,16 @@ def hf_step_fn(args):
     return step
 
 
+BALANCERS = {
+    "none": functools.partial(NoBalancing),
+    "minimax": functools.partial(Minimax, alpha=1.0),
+    "uncertainty": functools.partial(Uncertainty),
+    "dwa": functools.partial(DWA, window=10),
+    "gradnorm": functools.partial(GradNorm),
+    "upgrad (features)": functools.partial(GradientAggregator, method="upgrad", mode="features"),
+}
 VARIANTS = {
-    "none": lambda args: ours_step_fn(functools.partial(NoBalancing), args),
-    "minimax": lambda args: ours_step_fn(functools.partial(Minimax, alpha=1.0), args),
+    **{name: functools.partial(ours_step_fn, balancer) for name, balancer in BALANCERS.items()},
     "hf_BertForPreTraining": hf_step_fn,
 }
 
@@ -159,10 +168,13 @@ def bench_steps(args) -> None:
     for k, v in med.items():
         print(f"  {k:<24s}{1000 * v:>9.1f}{_memory.fmt_mib(mem[k]):>10}")
     print(f"{'':<32}{'time':>7}{'memory':>8}")
-    print(
-        f"{'minimax / none':<32}{med['minimax'] / med['none']:>7.3f}"
-        f"{_memory.ratio(m['minimax'], m['none']):>8.3f}   (goal: time <= 1.05)"
-    )
+    for name in BALANCERS:
+        if name != "none":
+            goal = "   (goal: time <= 1.05)" if name == "minimax" else ""
+            print(
+                f"{name + ' / none':<32}{med[name] / med['none']:>7.3f}"
+                f"{_memory.ratio(m[name], m['none']):>8.3f}{goal}"
+            )
     print(
         f"{'ours (none) / BertForPreTraining':<32}{med['none'] / med[hf]:>7.3f}"
         f"{_memory.ratio(m['none'], m[hf]):>8.3f}   (goal: time <= 0.5)"
