@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -74,6 +75,14 @@ def row_labels(runs: list[dict]) -> list[str]:
     return labels
 
 
+def row_key(label: str) -> tuple:
+    """Table order: rows grouped by their other swept values (numbers in numeric order), ``none`` first in
+    each group, then the balancers alphabetically."""
+    base, _, extra = label.partition(" (")
+    natural = tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", extra))
+    return natural, base != "none", base
+
+
 def build_table(runs: list[dict]) -> dict[str, Any]:
     """Aggregate runs by balancer: {columns, rows: {balancer: {column: (mean, std, n)}}, higher_is_better}."""
     if not runs:
@@ -96,7 +105,8 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
             values[b]["worst"].append(float(s["worst"]))
     columns = tasks + ["average", "worst"] if tasks else []
     rows = {
-        b: {c: (*_stats(v[c]), len(v[c])) for c in columns if v.get(c)} for b, v in sorted(values.items())
+        b: {c: (*_stats(v[c]), len(v[c])) for c in columns if v.get(c)}
+        for b, v in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
     primary = {}
     for r in runs:
@@ -108,7 +118,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         if ms is not None:
             cost[b].append(float(ms))
     return {
-        "cost": {b: statistics.median(v) for b, v in sorted(cost.items())},
+        "cost": {b: statistics.median(v) for b, v in sorted(cost.items(), key=lambda kv: row_key(kv[0]))},
         "columns": columns,
         "rows": rows,
         "higher_is_better": higher,
@@ -232,7 +242,7 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     ):
         if not by_balancer:
             break
-        names = sorted(by_balancer)
+        names = sorted(by_balancer, key=row_key)
         fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
         for ax, b in zip(axes[0], names):
             steps, curves = _mean_curves(by_balancer[b], prefix)

@@ -266,7 +266,8 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = build_table(collect(tmp_path / "a"))["rows"]
-    assert set(rows) == {f"{b} (trainer.max_steps={n})" for b in ("none", "minimax") for n in (3, 5)}
+    # grouped by length, `none` first in each group: the layout of Table 2
+    assert list(rows) == [f"{b} (trainer.max_steps={n})" for n in (3, 5) for b in ("none", "minimax")]
     md = (tmp_path / "a" / "summary.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| minimax (trainer.max_steps=5)"))
     none5 = rows["none (trainer.max_steps=5)"]["worst"][0]
