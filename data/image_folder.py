@@ -23,11 +23,11 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from data.loading import EpochSubsetSampler, resumable_loader
+from data.loading import epoch_subset_loader, eval_loader
 from data.scenes import RGB_MEAN, RGB_STD
 from pretrain.errors import ConfigError, DataError
 
@@ -316,35 +316,15 @@ class ImageFolderDataModule(L.LightningDataModule):
                         f"pseudo_label.out_root={self.labels_root}` first."
                     )
 
-    def _loader(
-        self, dataset: Dataset, sampler: Sampler | None = None, drop_last: bool = False
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=drop_last,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        # samples_per_epoch distinct images per epoch, a pure function of (seed, epoch); the loader's position
-        # rides in the checkpoint, so a resumed run continues with the very next images (their random crops are
-        # drawn afresh by the workers)
-        sampler = EpochSubsetSampler(len(self.train_set), self.samples_per_epoch, seed=self.seed)
-        return resumable_loader(
-            self.train_set,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=self.samples_per_epoch >= self.batch_size,
+    def train_dataloader(self):
+        # samples_per_epoch distinct items per epoch, a fresh draw every epoch; the loader's position rides in
+        # the checkpoint (exact mid-epoch resume)
+        return epoch_subset_loader(
+            self.train_set, self.samples_per_epoch, self.batch_size, self.seed, self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return eval_loader(self.val_set, self.batch_size, self.num_workers)
 
 
 def find_labels(base: Path) -> list[Path]:

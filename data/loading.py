@@ -10,7 +10,7 @@ were drawn before a resume. Under DDP, Lightning wraps it in its per-rank distri
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 
@@ -26,6 +26,29 @@ def resumable_loader(
     # torch RNG, whose state the checkpoint restores
     kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
     return StatefulDataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+
+
+def epoch_subset_loader(
+    dataset: Dataset, samples_per_epoch: int, batch_size: int, seed: int, num_workers: int = 0
+) -> StatefulDataLoader:
+    """The pre-training loader of the image data modules: ``samples_per_epoch`` distinct items per epoch, a
+    fresh draw every epoch (:class:`EpochSubsetSampler`), resumable mid-epoch, persistent workers."""
+    return resumable_loader(
+        dataset,
+        batch_size=batch_size,
+        seed=seed,
+        sampler=EpochSubsetSampler(len(dataset), samples_per_epoch, seed=seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=samples_per_epoch >= batch_size,
+    )
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """In-order batches of ``dataset`` (validation), with persistent workers when there are any."""
+    return DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
 
 
 class EpochSubsetSampler(Sampler[int]):

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from data.loading import EpochSubsetSampler, resumable_loader
+from data.loading import epoch_subset_loader, eval_loader
 from pretrain.errors import ConfigError
 
 #: semantic classes: two background surfaces then eight object classes
@@ -301,31 +301,12 @@ class ScenesDataModule(L.LightningDataModule):
         self.train_set = SceneDataset(self.train_size, "train", **self._kw)
         self.val_set = SceneDataset(self.val_size, "val", **self._kw)
 
-    def _loader(
-        self, dataset: Dataset, sampler: Sampler | None = None, drop_last: bool = False
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=drop_last,
-        )
-
     def train_dataloader(self):
-        # each epoch draws samples_per_epoch distinct scenes, a fresh draw every epoch; the loader's
-        # position rides in the checkpoint (exact mid-epoch resume)
-        sampler = EpochSubsetSampler(self.train_size, self.samples_per_epoch, seed=int(self._kw["seed"]))
-        return resumable_loader(
-            self.train_set,
-            batch_size=self.batch_size,
-            seed=int(self._kw["seed"]),
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=self.samples_per_epoch >= self.batch_size,
+        # samples_per_epoch distinct items per epoch, a fresh draw every epoch; the loader's position rides in
+        # the checkpoint (exact mid-epoch resume)
+        return epoch_subset_loader(
+            self.train_set, self.samples_per_epoch, self.batch_size, int(self._kw["seed"]), self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return eval_loader(self.val_set, self.batch_size, self.num_workers)

@@ -65,16 +65,15 @@ def test_multirun_writes_summary_table(tmp_path):
     )
 
 
-def _loader_in_a_loky_job(restore: bool) -> list | str:
+def _loader_in_a_loky_job() -> list | str:
     import multiprocessing
 
     from torch.utils.data import DataLoader
 
-    multiprocessing.set_start_method("loky", force=True)  # what a job of hydra/launcher=joblib starts with
-    if restore:
-        from pretrain.pipeline import restore_worker_start_method
+    from pretrain.pipeline import restore_worker_start_method
 
-        restore_worker_start_method()
+    multiprocessing.set_start_method("loky", force=True)  # what a job of hydra/launcher=joblib starts with
+    restore_worker_start_method()
     try:
         return [b.tolist() for b in DataLoader(list(range(4)), batch_size=2, num_workers=1)]
     except Exception as exc:  # noqa: BLE001 - the failure is the value compared
@@ -86,7 +85,7 @@ def test_dataloader_workers_start_inside_a_joblib_sweep_job():
     from joblib import Parallel, delayed
 
     # without restore_worker_start_method this returns "AttributeError(\"'Process' object has no attribute 'env'\")"
-    (batches,) = Parallel(n_jobs=1, backend="loky")(delayed(_loader_in_a_loky_job)(True) for _ in range(1))
+    (batches,) = Parallel(n_jobs=1, backend="loky")(delayed(_loader_in_a_loky_job)() for _ in range(1))
     assert batches == [[0, 1], [2, 3]]
 
 
