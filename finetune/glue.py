@@ -19,9 +19,21 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from data.glue_like import TASKS, Example, TaskSpec, generate_task
+from finetune.protocol import (
+    CachedBatches,
+    CachedItems,
+    adapt,
+    cache_features,
+    check_protocol,
+    nested_subset,
+    parse_seeds,
+    parse_train_samples,
+    protocol_record,
+    task_seed,
+)
 from pretrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,15 +53,31 @@ def make_metrics(spec: TaskSpec) -> nn.ModuleDict:
     return nn.ModuleDict({m: factories[m]() for m in spec.metrics})
 
 
+def probe_features(encoder: nn.Module, batch: dict) -> torch.Tensor:
+    """The linear probe's features of a batch: the pooled [CLS] output and the mean of the last layer over the
+    non-padding tokens, concatenated (``2 * hidden``)."""
+    out = encoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+    )
+    mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.cat([out.pooler_output, mean], dim=-1)
+
+
 class GlueFinetune(L.LightningModule):
     """Classification / regression head on the pooled [CLS] output of a BERT encoder.
 
     Args:
-        encoder: a ``transformers.BertModel`` (copied by the caller; trained in place).
+        encoder: a ``transformers.BertModel`` (copied by the caller; trained in place), or ``None`` for a
+            linear probe, whose batches carry the frozen encoder's ``features`` (:func:`probe_features`).
         spec: the task (pair or single, ``num_labels`` 1 for regression, metric names).
         lr, weight_decay, warmup_ratio: AdamW with linear warm-up over ``warmup_ratio`` of the steps, then
             linear decay to 0.
         dropout: dropout before the head.
+        probe_dim: the width of the cached features (linear probe): the head is then a non-affine
+            BatchNorm (MAE's linear probe) and a linear layer on them.
     """
 
     def __init__(
@@ -60,22 +88,33 @@ class GlueFinetune(L.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         dropout: float = 0.1,
+        probe_dim: int | None = None,
     ):
         super().__init__()
         self.encoder, self.spec = encoder, spec
         self.lr, self.weight_decay, self.warmup_ratio = float(lr), float(weight_decay), float(warmup_ratio)
-        hidden = encoder.config.hidden_size
+        hidden = probe_dim or encoder.config.hidden_size
+        self.norm = nn.BatchNorm1d(hidden, affine=False, eps=1e-6) if probe_dim else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, spec.num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         self.metrics = make_metrics(spec)
         self.results: dict[str, float] = {}
+        self.scored = 0  # dev rows scored by the last validation
 
     def forward(self, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        logits = self.head(self.dropout(out.pooler_output))
+        return self._head(out.pooler_output)
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.dropout(self.norm(features)))
         return logits.squeeze(-1) if self.spec.regression else logits
+
+    def _logits(self, batch) -> torch.Tensor:
+        if "features" in batch:  # linear probe: the frozen encoder's cached features
+            return self._head(batch["features"])
+        return self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
     def _loss(self, logits, labels) -> torch.Tensor:
         if self.spec.regression:
@@ -83,14 +122,18 @@ class GlueFinetune(L.LightningModule):
         return F.cross_entropy(logits.float(), labels.long())
 
     def training_step(self, batch, batch_idx: int):
-        logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        logits = self._logits(batch)
         loss = self._loss(logits, batch["labels"])
         self.log(f"finetune/{self.spec.name}/train_loss", loss, batch_size=len(logits), on_step=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.scored = 0
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        logits = self._logits(batch)
         labels = batch["labels"]
+        self.scored += len(labels)
         self.log(f"finetune/{self.spec.name}/dev_loss", self._loss(logits, labels), batch_size=len(logits))
         preds = logits.float() if self.spec.regression else logits.argmax(-1)
         target = labels.float() if self.spec.regression else labels.long()
@@ -169,7 +212,7 @@ def pad_collate(pad_id: int):
 
 
 class GlueLikeSuite:
-    """The GLUE-shaped suite: fine-tune every task from the same pre-trained encoder, return dev metrics.
+    """The GLUE-shaped suite: adapt every task from the same pre-trained encoder, return dev metrics.
 
     Args:
         tasks: task names (``data.glue_like.TASKS`` when generated, GLUE names otherwise).
@@ -178,10 +221,15 @@ class GlueLikeSuite:
         data_dir: the GLUE folder for ``source=local``.
         hub_dataset: the hub dataset for ``source=hub``.
         n_train, n_dev: generated examples per task and split (``generated`` only).
+        protocol: ``finetune`` (the encoder and the head) or ``linear_probe`` (frozen encoder, features
+            computed once per task, the head alone; ``probe`` sets its training), see ``finetune.protocol``.
+        train_samples: ``None`` (all), N, or a list of N (a curve over nested training subsets).
+        finetune_seeds: each task is adapted once per seed from the same pre-trained weights.
         epochs, batch_size, lr, weight_decay, warmup_ratio, dropout: fine-tuning hyper-parameters.
+        probe: the linear probe's ``epochs``, ``batch_size``, ``lr``, ``weight_decay``.
         max_steps: cap on optimizer steps per task (null: ``epochs`` only).
         max_length: truncation of the tokenized inputs (<= the encoder's positions).
-        seed: seeds the generated data and each task's head.
+        seed: seeds the generated data and the nested training subsets.
         smoke: a few steps and a few dev batches per task.
     """
 
@@ -193,12 +241,16 @@ class GlueLikeSuite:
         hub_dataset: str = "nyu-mll/glue",
         n_train: int = 3000,
         n_dev: int = 500,
+        protocol: str = "finetune",
+        train_samples: Any = None,
+        finetune_seeds: Any = (0,),
         epochs: int = 3,
         batch_size: int = 32,
         lr: float = 5e-4,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         dropout: float = 0.1,
+        probe: dict[str, Any] | None = None,
         max_steps: int | None = None,
         max_length: int = 64,
         seed: int = 0,
@@ -231,6 +283,15 @@ class GlueLikeSuite:
                                 "which is missing."
                             )
         self.source, self.data_dir, self.hub_dataset = source, data_dir, hub_dataset
+        self.protocol = check_protocol(protocol)
+        self.sizes, self.curve = parse_train_samples(train_samples)
+        self.seeds = parse_seeds(finetune_seeds)
+        probe = {**PROBE_DEFAULTS, **dict(probe or {})}
+        unknown = sorted(set(probe) - set(PROBE_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"downstream.probe.{unknown[0]} is not an option; use {', '.join(PROBE_DEFAULTS)}."
+            )
         if smoke:
             n_train, n_dev, max_steps, batch_size = min(n_train, 48), min(n_dev, 32), 3, min(batch_size, 16)
         self.tasks, self.n_train, self.n_dev = tasks, int(n_train), int(n_dev)
@@ -241,7 +302,9 @@ class GlueLikeSuite:
             "warmup_ratio": warmup_ratio,
             "dropout": dropout,
         }
+        self.probe = probe
         self.max_length, self.seed, self.smoke = int(max_length), int(seed), bool(smoke)
+        self.extra_results = {"protocol": protocol_record(self.protocol, self.sizes, self.curve, self.seeds)}
 
     def load(self, name: str):
         """The task's train/dev examples (``data.glue_like.TaskData``) from the configured source."""
@@ -262,28 +325,71 @@ class GlueLikeSuite:
             )
         encoder = pretrained.model.bert
         max_length = min(self.max_length, encoder.config.max_position_embeddings)
-        collate = pad_collate(tokenizer.pad_token_id)
         results: dict[str, dict[str, Any]] = {}
         for k, name in enumerate(self.tasks):
-            data = self.load(name)
-            spec = data.spec
-            train = EncodedTask(data.train, tokenizer, max_length, spec.regression)
-            dev = EncodedTask(data.dev, tokenizer, max_length, spec.regression)
-            g = torch.Generator()
-            g.manual_seed(self.seed + k)
+            results[name] = self.adapt_task(k, name, encoder, tokenizer, max_length, make_trainer)
+        return results
+
+    def adapt_task(self, k: int, name: str, encoder, tokenizer, max_length: int, make_trainer) -> dict:
+        """Adapt task ``name`` (index ``k``) for every N and fine-tuning seed (``finetune.protocol.adapt``)."""
+        data = self.load(name)
+        spec = data.spec
+        collate = pad_collate(tokenizer.pad_token_id)
+        train = EncodedTask(data.train, tokenizer, max_length, spec.regression)
+        dev = EncodedTask(data.dev, tokenizer, max_length, spec.regression)
+        eval_bs = max(64, self.batch_size)
+        dev_dl = DataLoader(dev, batch_size=eval_bs, shuffle=False, collate_fn=collate)
+        probe = self.protocol == "linear_probe"
+        if probe:  # the frozen encoder's features, once per task
+            frozen = copy.deepcopy(encoder).eval()
+
+            def featurize(batch):
+                return probe_features(frozen, batch)
+
+            train_all = DataLoader(train, batch_size=eval_bs, shuffle=False, collate_fn=collate)
+            train_feats = cache_features(train_all, featurize, ["labels"])
+            dev_dl = DataLoader(CachedBatches(cache_features(dev_dl, featurize, ["labels"])), batch_size=None)
+            del frozen
+
+        def fit_and_score(n: int | None, seed: int) -> dict[str, float]:
+            indices = nested_subset(len(train), n, self.seed, f"training examples in {name}")
+            torch.manual_seed(task_seed(seed, k))
+            g = torch.Generator().manual_seed(task_seed(seed, k))
+            if probe:
+                module = GlueFinetune(
+                    None,
+                    spec,
+                    lr=self.probe["lr"],
+                    weight_decay=self.probe["weight_decay"],
+                    warmup_ratio=0.0,
+                    dropout=0.0,
+                    probe_dim=train_feats[0]["features"].shape[-1],
+                )
+                items, batch_size, collate_fn = (
+                    CachedItems(train_feats, indices),
+                    self.probe["batch_size"],
+                    None,
+                )
+                epochs = int(self.probe["epochs"])
+            else:
+                module = GlueFinetune(copy.deepcopy(encoder).train(), spec, **self.hparams)
+                items, batch_size, collate_fn = Subset(train, indices), self.batch_size, collate
+                epochs = self.epochs
             train_dl = DataLoader(
-                train, batch_size=self.batch_size, shuffle=True, collate_fn=collate, generator=g
+                items, batch_size=int(batch_size), shuffle=True, collate_fn=collate_fn, generator=g
             )
-            dev_dl = DataLoader(dev, batch_size=max(64, self.batch_size), shuffle=False, collate_fn=collate)
-            torch.manual_seed(self.seed + 1000 + k)
-            module = GlueFinetune(copy.deepcopy(encoder).train(), spec, **self.hparams)
-            trainer = make_trainer(max_epochs=self.epochs, max_steps=self.max_steps, name=name)
+            trainer = make_trainer(max_epochs=epochs, max_steps=self.max_steps, name=name)
             trainer.fit(module, train_dataloaders=train_dl)
             trainer.validate(module, dataloaders=dev_dl, verbose=False)
-            results[name] = {
-                "metrics": dict(module.results),
-                "primary": spec.primary,
-                "higher_is_better": True,
-            }
-            log.info("fine-tuned %s: %s", name, module.results)
-        return results
+            log.info("adapted %s (N=%s, seed %d): %s", name, n or len(train), seed, module.results)
+            return {**module.results, "dev_rows": module.scored}
+
+        return {
+            **adapt(fit_and_score, self.sizes, self.seeds, spec.primary, self.curve),
+            "primary": spec.primary,
+            "higher_is_better": True,
+        }
+
+
+#: the linear probe's head training (``downstream.probe``)
+PROBE_DEFAULTS = {"epochs": 30, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.0}

@@ -17,7 +17,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
@@ -95,6 +94,8 @@ class NYUv2Suite(VisionSuite):
         format: ``auto`` | ``mat`` | ``png`` (see data/nyuv2.py).
         mat_file / splits_file / mapping_file: file names under root (or absolute paths), ``mat`` format.
         tasks: per task (segmentation, depth) the options of :class:`VisionSuite`.
+        protocol / train_samples / finetune_seeds: the adaptation protocol (``finetune.protocol``); a linear
+            probe caches one random crop of each training image.
         image_size: the model's input size (must equal the pre-trained model's).
         crop_scale: area range of the training random-resized crop.
         ignore_index: semseg value of void pixels.
@@ -110,6 +111,9 @@ class NYUv2Suite(VisionSuite):
         splits_file: str = "splits.mat",
         mapping_file: str = "classMapping40.mat",
         tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        protocol: str = "finetune",
+        train_samples: Any = None,
+        finetune_seeds: Any = (0,),
         image_size: int = 224,
         crop_scale: Sequence[float] = (0.5, 1.0),
         ignore_index: int = IGNORE_INDEX,
@@ -135,6 +139,9 @@ class NYUv2Suite(VisionSuite):
             )
         super().__init__(
             tasks=tasks,
+            protocol=protocol,
+            train_samples=train_samples,
+            finetune_seeds=finetune_seeds,
             image_size=image_size,
             batch_size=batch_size,
             num_workers=num_workers,
@@ -165,14 +172,8 @@ class NYUv2Suite(VisionSuite):
         self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
 
-    def loaders(self) -> tuple[DataLoader, DataLoader]:
-        kw = dict(
-            batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
-        )
-        train = DataLoader(
-            self.train_set, shuffle=True, drop_last=len(self.train_set) >= self.batch_size, **kw
-        )
-        return train, DataLoader(self.dev_set, **kw)
+    def datasets(self) -> tuple[NYUv2Dataset, NYUv2Dataset]:
+        return self.train_set, self.dev_set
 
     def make_module(self, backbone: MultiMAE, name: str, opts: dict) -> NYUv2Finetune:
         return NYUv2Finetune(

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
@@ -44,6 +44,18 @@ from data.scenes import (
     RGB_STD,
     SceneDataset,
     check_scene_options,
+)
+from finetune.protocol import (
+    CachedBatches,
+    CachedItems,
+    adapt,
+    cache_features,
+    check_protocol,
+    nested_subset,
+    parse_seeds,
+    parse_train_samples,
+    protocol_record,
+    task_seed,
 )
 from models.multimae import MultiMAE, unpatchify
 from pretrain.errors import ConfigError
@@ -133,7 +145,8 @@ class VisionFinetune(L.LightningModule):
         task: ``classification`` | ``segmentation`` | ``depth``.
         lr / weight_decay / warmup_steps: AdamW with linear warm-up and cosine decay.
         encoder_lr_scale: the encoder's learning rate is ``lr * encoder_lr_scale``.
-        freeze_encoder: train the head only (linear probing).
+        freeze_encoder: train the head only (the linear probe; its batches may carry the frozen encoder's
+            cached patch tokens as ``features``).
         head_hidden: hidden width of the head (classification: 0 = linear).
         input_modalities: the encoder's inputs (every patch visible), RGB by default.
     """
@@ -181,9 +194,13 @@ class VisionFinetune(L.LightningModule):
             self.metrics = nn.ModuleDict({"depth": DepthMetrics()})
         self.log_depth_offset = math.log(max(encoder.depth_mean, 1e-3))
         self.results: dict[str, float] = {}
+        self.scored = 0  # dev images scored by the last test
 
     def patch_tokens(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, N, D): the encoder's patch tokens, averaged over input modalities at each position."""
+        """(B, N, D): the encoder's patch tokens, averaged over input modalities at each position (the cached
+        ``features`` of a linear probe's batch, when it has them)."""
+        if "features" in batch:
+            return batch["features"]
         missing = [m for m in self.input_modalities if m not in batch]
         if missing:
             raise ConfigError(
@@ -228,8 +245,10 @@ class VisionFinetune(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._update_metrics(batch)
+        self.scored += len(batch["features"] if "features" in batch else batch[self.input_modalities[0]])
 
     def on_test_epoch_start(self) -> None:
+        self.scored = 0
         for metric in self.metrics.values():
             metric.reset()
 
@@ -271,6 +290,7 @@ class VisionFinetune(L.LightningModule):
 
 _TASK_DEFAULTS = {
     "enabled": True,
+    "protocol": None,
     "epochs": 3,
     "lr": 1e-3,
     "weight_decay": 0.05,
@@ -279,14 +299,22 @@ _TASK_DEFAULTS = {
     "freeze_encoder": False,
     "head_hidden": 128,
 }
+#: the targets a cached linear-probe batch keeps
+_TARGETS = ("label", "semseg", "depth", "semseg_full", "depth_full")
 
 
 class VisionSuite:
     """The downstream stage of MM-MAE (``downstream=scenes``): fine-tune and evaluate each task.
 
     Args:
-        tasks: per task (classification, segmentation, depth) its options: enabled, epochs, lr,
-            weight_decay, warmup_steps, encoder_lr_scale, freeze_encoder, head_hidden.
+        tasks: per task (classification, segmentation, depth) its options: enabled, protocol (null: the
+            suite's), epochs, lr, weight_decay, warmup_steps, encoder_lr_scale, head_hidden (under
+            ``linear_probe`` epochs / lr / weight_decay / warmup_steps train the head alone), freeze_encoder
+            (true: the same as ``protocol: linear_probe``).
+        protocol: ``finetune`` (encoder and head) or ``linear_probe`` (frozen encoder whose patch tokens are
+            computed once for every task, the head alone), see ``finetune.protocol``.
+        train_samples: ``None`` (all ``train_size`` images), N, or a list of N (nested subsets, a curve).
+        finetune_seeds: each task is adapted once per seed from the same pre-trained weights.
         image_size: must equal the pre-trained model's image size.
         train_size / dev_size: fine-tuning images (split ``train``) and evaluation images (split
             ``test``, never seen in pre-training); metrics use every dev image.
@@ -300,6 +328,9 @@ class VisionSuite:
     def __init__(
         self,
         tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        protocol: str = "finetune",
+        train_samples: Any = None,
+        finetune_seeds: Any = (0,),
         image_size: int = 64,
         train_size: int = 2048,
         dev_size: int = 512,
@@ -330,6 +361,8 @@ class VisionSuite:
             merged = {**_TASK_DEFAULTS, **opts}
             if int(merged["epochs"]) < 1:
                 raise ConfigError(f"downstream.tasks.{name}.epochs={merged['epochs']} must be >= 1.")
+            if merged["protocol"] is not None:
+                check_protocol(merged["protocol"], f"downstream.tasks.{name}.protocol")
             if merged["enabled"]:
                 self.tasks[name] = merged
         input_modalities = tuple(input_modalities)
@@ -349,24 +382,38 @@ class VisionSuite:
             max_objects=max_objects,
             noise_std=noise_std,
         )
+        self.protocol = check_protocol(protocol)
+        self.sizes, self.curve = parse_train_samples(train_samples)
+        self.seeds = parse_seeds(finetune_seeds)
+        self.data_seed = int(seed)
         self.smoke = bool(smoke)
         if self.smoke:
-            train_size, dev_size, batch_size, num_workers = 16, 8, 8, 0
+            train_size, dev_size, batch_size, num_workers = 32, 8, 8, 0
         self.train_size, self.dev_size = int(train_size), int(dev_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.figure_images = min(int(figure_images), self.dev_size)
-        self.extra_results: dict[str, Any] = {}
+        self.extra_results: dict[str, Any] = {
+            "protocol": protocol_record(self.protocol, self.sizes, self.curve, self.seeds)
+        }
 
     # ---------------------------------------------------------------------------------- data
-    def loaders(self) -> tuple[DataLoader, DataLoader]:
+    def datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+        """(training set, dev set) of the suite (a subclass reads its own data)."""
         modalities = tuple(dict.fromkeys(("rgb", "depth", "semseg") + self.input_modalities))
         train = SceneDataset(self.train_size, "train", modalities=modalities, **self.scene_kw)
         dev = SceneDataset(self.dev_size, "test", modalities=modalities, **self.scene_kw)
-        kw = dict(
-            batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0
-        )
-        return DataLoader(train, shuffle=True, drop_last=len(train) >= self.batch_size, **kw), DataLoader(
-            dev, **kw
+        return train, dev
+
+    def loader(self, dataset, shuffle: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+        workers = self.num_workers if len(dataset) > self.batch_size else 0
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= self.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=generator,
         )
 
     # ---------------------------------------------------------------------------------- run
@@ -376,8 +423,17 @@ class VisionSuite:
 
     def finetune_kwargs(self, opts: dict) -> dict:
         """The per-task options every fine-tuning module takes."""
-        keys = ("lr", "weight_decay", "warmup_steps", "encoder_lr_scale", "freeze_encoder", "head_hidden")
-        return {k: opts[k] for k in keys} | {"input_modalities": self.input_modalities}
+        keys = ("lr", "weight_decay", "warmup_steps", "encoder_lr_scale", "head_hidden")
+        probe = self.task_protocol(opts) == "linear_probe"
+        return {k: opts[k] for k in keys} | {
+            "input_modalities": self.input_modalities,
+            "freeze_encoder": probe,
+        }
+
+    def task_protocol(self, opts: dict) -> str:
+        if opts.get("protocol"):
+            return str(opts["protocol"])
+        return "linear_probe" if opts.get("freeze_encoder") else self.protocol
 
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path
@@ -389,23 +445,18 @@ class VisionSuite:
             )
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        train_loader, dev_loader = self.loaders()
+        train_set, dev_set = self.datasets()
+        largest = nested_subset(len(train_set), self.sizes[-1], self.data_seed, "training images")
+        cache: dict[str, list] = {}
         results: dict[str, dict] = {}
-        for name, opts in self.tasks.items():
-            module = self.make_module(backbone, name, opts)
-            if self.smoke:
-                trainer = make_trainer(max_steps=2, name=name)
-            else:
-                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
-            trainer.fit(module, train_dataloaders=train_loader)
-            trainer.test(module, dataloaders=dev_loader, verbose=False)
-            results[name] = {
-                "metrics": dict(module.results),
-                "primary": PRIMARY[name],
-                "higher_is_better": True,
-            }
-            log.info("downstream %s: %s", name, json.dumps(module.results))
+        for k, (name, opts) in enumerate(self.tasks.items()):
+            if self.task_protocol(opts) == "linear_probe" and not cache:
+                cache = self.cache_features(
+                    self.make_module(backbone, name, opts), train_set, dev_set, largest
+                )
+            results[name] = self.adapt_task(k, name, opts, backbone, train_set, dev_set, cache, make_trainer)
             if name == "segmentation" and self.figure_images:
+                module, trainer = self._figure_module
                 self.extra_results["figure3"] = self.save_figure(module, trainer, out_dir, pretrained)
         encoder_dir = getattr(pretrained, "exported_dir", None)
         if encoder_dir is not None:
@@ -418,6 +469,64 @@ class VisionSuite:
                     "timm_kwargs": info["timm_kwargs"],
                 }
         return results
+
+    def cache_features(
+        self, probe: VisionFinetune, train_set, dev_set, largest: list[int]
+    ) -> dict[str, list]:
+        """The frozen encoder's patch tokens (and the targets) of the largest training subset, in the order of
+        the nested subsets (so N examples are the first N), and of every dev image: computed once, shared by
+        every linear-probe task and seed."""
+        probe.eval()
+        featurize = probe.patch_tokens
+        with torch.no_grad():
+            return {
+                "train": cache_features(self.loader(Subset(train_set, largest)), featurize, _TARGETS),
+                "dev": cache_features(self.loader(dev_set), featurize, _TARGETS),
+            }
+
+    def adapt_task(
+        self, k: int, name: str, opts: dict, backbone, train_set, dev_set, cache, make_trainer
+    ) -> dict:
+        """Adapt task ``name`` for every N and fine-tuning seed (``finetune.protocol.adapt``)."""
+        probe = self.task_protocol(opts) == "linear_probe"
+        self._figure_module = None
+
+        def fit_and_score(n: int | None, seed: int) -> dict[str, float]:
+            torch.manual_seed(task_seed(seed, k))
+            g = torch.Generator().manual_seed(task_seed(seed, k))
+            module = self.make_module(backbone, name, opts)
+            if probe:  # the first n cached items are the nested subset of size n
+                count = len(train_set) if n is None else n
+                train = DataLoader(
+                    CachedItems(cache["train"], range(count)),
+                    batch_size=self.batch_size,
+                    shuffle=True,
+                    drop_last=count >= self.batch_size,
+                    generator=g,
+                )
+                dev = DataLoader(CachedBatches(cache["dev"]), batch_size=None)
+            else:
+                subset = nested_subset(len(train_set), n, self.data_seed, "training images")
+                train, dev = (
+                    self.loader(Subset(train_set, subset), shuffle=True, generator=g),
+                    self.loader(dev_set),
+                )
+            if self.smoke:
+                trainer = make_trainer(max_steps=2, name=name)
+            else:
+                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
+            trainer.fit(module, train_dataloaders=train)
+            trainer.test(module, dataloaders=dev, verbose=False)
+            log.info("downstream %s (N=%s, seed %d): %s", name, n, seed, json.dumps(module.results))
+            if self._figure_module is None and n == self.sizes[-1]:
+                self._figure_module = (module, trainer)  # the first seed at the largest N draws Figure 3
+            return {**module.results, "dev_rows": module.scored}
+
+        return {
+            **adapt(fit_and_score, self.sizes, self.seeds, PRIMARY[name], self.curve),
+            "primary": PRIMARY[name],
+            "higher_is_better": True,
+        }
 
     # ---------------------------------------------------------------------------------- Figure 3
     def figure_batch(self) -> dict[str, torch.Tensor]:

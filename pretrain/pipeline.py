@@ -61,13 +61,21 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+#: Trainer keys an override may set back to None (Lightning's default: no limit)
+_NONE_OVERRIDES = (
+    "max_steps",
+    "val_check_interval",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+)
+
+
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, **overrides: Any):
     from hydra.utils import instantiate
 
     node = OmegaConf.to_container(cfg.trainer, resolve=True)
-    node.update(
-        {k: v for k, v in overrides.items() if v is not None or k in ("max_steps", "val_check_interval")}
-    )
+    node.update({k: v for k, v in overrides.items() if v is not None or k in _NONE_OVERRIDES})
     if node.get("max_steps") is None:
         node["max_steps"] = -1
     return instantiate(node, logger=loggers or False, callbacks=callbacks or [])
@@ -216,15 +224,21 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     return module, trainer
 
 
+#: ``pretrained_ckpt=random``: adapt a freshly initialised model (the random-init control)
+RANDOM_INIT = "random"
+
+
 def restore_pretrained(cfg: DictConfig, path: str):
-    """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune)."""
+    """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune); with
+    ``path == "random"`` keep the fresh initialisation drawn from ``seed`` (the random-init control)."""
     datamodule, module = build_pretraining(cfg)
-    ckpt = load_checkpoint(path)
-    check_matches(ckpt, module, path, cfg.experiment)
-    module.load_state_dict(ckpt["state_dict"], strict=True)
-    agg = getattr(module, "aggregator", None)
-    if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
-        agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])
+    if path != RANDOM_INIT:
+        ckpt = load_checkpoint(path)
+        check_matches(ckpt, module, path, cfg.experiment)
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+        agg = getattr(module, "aggregator", None)
+        if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
+            agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])
     if hasattr(module, "prepare_for_finetune"):
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -233,15 +247,21 @@ def restore_pretrained(cfg: DictConfig, path: str):
 
 
 def summarise(downstream: dict[str, dict]) -> dict[str, Any]:
-    """Worst and average over the downstream tasks' primary metrics (and over every shared metric)."""
+    """Worst and average over the downstream tasks' primary metrics (means over fine-tuning seeds), over every
+    shared metric, for each fine-tuning seed (``per_seed``) and at each N of the curve (``curve``)."""
     if not downstream:
         return {}
     directions = {bool(r["higher_is_better"]) for r in downstream.values()}
     if len(directions) != 1:
         raise ConfigError("downstream: tasks disagree on higher_is_better; the summary needs one direction.")
     higher = directions.pop()
+    pick = max if not higher else min
+
+    def worst_and_average(values: list[float]) -> dict[str, float]:
+        return {"worst": pick(values), "average": statistics.fmean(values)}
+
     primary = [float(r["metrics"][r["primary"]]) for r in downstream.values()]
-    worst = min(primary) if higher else max(primary)
+    worst = pick(primary)
     worst_task = list(downstream)[primary.index(worst)]
     by_metric = {}
     shared = set.intersection(*(set(r["metrics"]) for r in downstream.values()))
@@ -251,13 +271,21 @@ def summarise(downstream: dict[str, dict]) -> dict[str, Any]:
             "worst": min(values) if higher else max(values),
             "average": statistics.fmean(values),
         }
-    return {
+    summary = {
         "worst": worst,
         "worst_task": worst_task,
         "average": statistics.fmean(primary),
         "higher_is_better": higher,
         "by_metric": by_metric,
     }
+    seeds = [r.get("per_seed") for r in downstream.values()]
+    if all(seeds) and len({len(s) for s in seeds}) == 1:
+        per = [worst_and_average([s[i] for s in seeds]) for i in range(len(seeds[0]))]
+        summary["per_seed"] = {k: [p[k] for p in per] for k in ("worst", "average")}
+    curves = [r.get("curve") for r in downstream.values()]
+    if all(curves) and len({tuple(c) for c in curves}) == 1:
+        summary["curve"] = {n: worst_and_average([c[n] for c in curves]) for n in curves[0]}
+    return summary
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -282,12 +310,19 @@ def print_table(results: dict) -> None:
     table.add_column("downstream task")
     table.add_column("primary metric")
     table.add_column("value", justify="right")
+
+    def cell(mean: float, values: list[float] | None) -> str:
+        if values and len(values) > 1:  # mean +- std over the fine-tuning seeds
+            return f"{mean:.4g} +- {statistics.stdev(values):.2g}"
+        return f"{mean:.4g}"
+
     for name, r in results["downstream"].items():
-        table.add_row(name, r["primary"], f"{r['metrics'][r['primary']]:.4g}")
+        table.add_row(name, r["primary"], cell(r["metrics"][r["primary"]], r.get("per_seed")))
     s = results.get("summary", {})
     if s:
-        table.add_row("[bold]worst[/bold]", s["worst_task"], f"{s['worst']:.4g}")
-        table.add_row("[bold]average[/bold]", "", f"{s['average']:.4g}")
+        per = s.get("per_seed", {})
+        table.add_row("[bold]worst[/bold]", s["worst_task"], cell(s["worst"], per.get("worst")))
+        table.add_row("[bold]average[/bold]", "", cell(s["average"], per.get("average")))
     Console().print(table)
 
 
@@ -312,6 +347,10 @@ def run(cfg: DictConfig) -> dict | None:
         results_path.unlink()  # never leave an earlier run's results beside a new run's failure
     if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label"):
         raise ConfigError(f"stage must be pretrain, finetune, all or pseudo_label, got {cfg.stage!r}.")
+    if cfg.get("pretrained_ckpt") == RANDOM_INIT and cfg.stage != "finetune":
+        raise ConfigError(
+            f"pretrained_ckpt=random (the random-init control, balancer=random_init) needs stage=finetune, got stage={cfg.stage}."
+        )
     if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
         _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
         return None
@@ -331,7 +370,10 @@ def run(cfg: DictConfig) -> dict | None:
         suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
         if cfg.stage == "finetune":
             if not cfg.get("pretrained_ckpt"):
-                raise ConfigError("stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint>.")
+                raise ConfigError(
+                    "stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint> "
+                    "(or pretrained_ckpt=random for the random-init control)."
+                )
             module = restore_pretrained(cfg, cfg.pretrained_ckpt)
             rank = 0
         else:
@@ -355,8 +397,14 @@ def run(cfg: DictConfig) -> dict | None:
                 strategy="auto",
                 devices=1,
                 num_nodes=1,
+                # adaptation never inherits pre-training limits: every training batch, every dev row
                 val_check_interval=None,
                 check_val_every_n_epoch=1,
+                limit_train_batches=None,
+                limit_val_batches=None,
+                limit_test_batches=None,
+                num_sanity_val_steps=0,
+                accumulate_grad_batches=1,
             )
 
         downstream = suite.run(module, make_trainer, out_dir)
@@ -378,9 +426,10 @@ def run(cfg: DictConfig) -> dict | None:
 def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
     """The results.json payload; also writes pretrain_history.csv beside it."""
     agg = getattr(module, "aggregator", None)
+    control = cfg.stage == "finetune" and cfg.get("pretrained_ckpt") == RANDOM_INIT
     results = {
         "experiment": cfg.experiment,
-        "balancer": _balancer_name(cfg),
+        "balancer": "random_init" if control else _balancer_name(cfg),
         "seed": int(cfg.seed),
         "stage": str(cfg.stage),
         "overrides": _task_overrides(),
