@@ -1,5 +1,8 @@
 """Sweep summaries: one row per balancer, one column per downstream task, plus average and worst,
-mean +- std over seeds; written as ``summary.md`` and ``summary.csv`` into the sweep directory.
+mean +- std over seeds; written as ``summary.md`` and ``summary.csv`` into the sweep directory, with the
+paired statistics of every row (difference to ``none``/``vanilla`` of its group and gap to the
+``random_init`` control, paired by pre-training seed with a 95% Student-t interval), the fine-tuning-seed
+noise floor, and figures (``curves.png``: worst and average primary metric against the downstream N).
 
 Used at the end of every multirun (``SummaryCallback``, configured in ``conf/hydra/default.yaml``) and
 as a command that rebuilds the table from the run directories of an interrupted/resumed sweep::
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import re
 import statistics
 import sys
@@ -44,12 +48,16 @@ def _stats(values: list[float]) -> tuple[float, float]:
 _NOT_GROUPING = (
     "seed",
     "balancer",
+    "stage",
+    "pretrained_ckpt",
     "hydra.",
     "logger",
     "paths.",
     "print_table",
     "trainer.enable_progress_bar",
 )
+_MEASURES = ("worst", "average")  # the summary values compared between rows
+_NAN3 = (math.nan, math.nan, math.nan)
 
 
 def row_labels(runs: list[dict]) -> list[str]:
@@ -121,6 +129,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         "cost": {b: statistics.median(v) for b, v in sorted(cost.items(), key=lambda kv: row_key(kv[0]))},
         "columns": columns,
         "rows": rows,
+        "compare": compare(runs, list(rows)),
         "higher_is_better": higher,
         "seeds": {b: sorted(s, key=str) for b, s in seeds.items()},
         "primary": primary,
@@ -166,6 +175,7 @@ def render_markdown(table: dict) -> str:
             cells.append(text)
         n_seeds = len(table["seeds"].get(b, []))
         lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
+    lines += _render_compare(table)
     if table.get("cost"):
         lines += ["", "Cost of a pre-training step (median over the run's steps, median over runs):", ""]
         lines += ["| balancer | ms/step | x none |", "|---|---|---|"]
@@ -178,10 +188,207 @@ def render_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _none_of(label: str) -> str:
-    """The `none` row of the same group: ``minimax (k=v)`` -> ``none (k=v)``."""
+def _interval(mean: float, low: float, high: float, note: str = "") -> str:
+    """``+0.12 [+0.05, +0.19]*``: the mean, its interval when there is one, * when it excludes 0."""
+    if not math.isfinite(mean):
+        return ""
+    text = f"{mean:+.3g}"
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:+.3g}, {high:+.3g}]" + ("*" if low > 0 or high < 0 else "")
+    return text + note
+
+
+def _render_compare(table: dict) -> list[str]:
+    """The "Paired differences" sections of summary.md (vs ``none``, and vs ``vanilla`` if the sweep has it)."""
+    cmp = table.get("compare")
+    if cmp is None or cmp.empty:
+        return []
+    better = "positive = better" if table["higher_is_better"] else "negative = better"
+    rule = (
+        "paired by pre-training seed; 95% Student-t interval over the paired differences; "
+        f"* = interval excludes 0; {better}"
+    )
+
+    def diff(c: dict, p: str, m: str) -> str:
+        return _interval(c[f"{p}{m}_diff"], c[f"{p}{m}_ci_low"], c[f"{p}{m}_ci_high"])
+
+    def gap(c: dict, m: str, note: str) -> str:
+        g = f"{m}_gap_random_init"
+        return _interval(c[g], c[f"{g}_ci_low"], c[f"{g}_ci_high"], note)
+
+    def pairs(x: float) -> str:
+        return "" if math.isnan(x) else str(int(x))
+
+    rows = cmp.to_dict("index")
+    control = any(not math.isnan(c["random_init_pairs"]) for c in rows.values())
+    head = ["balancer", "pairs", "worst diff vs none", "average diff vs none", "ft std (worst / average)"]
+    head += ["worst gap to random_init", "average gap to random_init"] if control else []
+    body, unpaired = [], False
+    for b, c in rows.items():
+        cells = [diff(c, "", m) for m in _MEASURES]
+        cells.append(
+            " / ".join(f"{c[f'{m}_ft_std']:.2g}" for m in _MEASURES if math.isfinite(c[f"{m}_ft_std"]))
+        )
+        if control:
+            note = " (unpaired)" if c["random_init_pairs"] == 0 else ""
+            unpaired |= bool(note)
+            cells += [gap(c, m, note) for m in _MEASURES]
+        if any(cells):
+            body.append(f"| {b} | {pairs(c['pairs'])} | " + " | ".join(cells) + " |")
+    lines = []
+    if body:
+        text = (
+            f"Row minus `none` of its group{' (and minus the random-init control)' if control else ''}: "
+            f"{rule}. ft std = std over fine-tuning seeds, mean over the row's runs (the noise floor)."
+        )
+        if unpaired:
+            text += " (unpaired) = no pre-training seed shared with random_init: difference of means."
+        lines += _md_section("Paired differences", text, head, body)
+    vanilla = [
+        f"| {b} | {pairs(c['vanilla_pairs'])} | "
+        + " | ".join(diff(c, "vanilla_", m) for m in _MEASURES)
+        + " |"
+        for b, c in rows.items()
+        if not math.isnan(c.get("vanilla_pairs", math.nan))
+    ]
+    if vanilla:
+        head = ["balancer", "pairs", "worst diff vs vanilla", "average diff vs vanilla"]
+        lines += _md_section(
+            "Paired differences vs vanilla", f"Row minus `vanilla` of its group: {rule}.", head, vanilla
+        )
+    return lines
+
+
+def _md_section(title: str, text: str, head: list[str], body: list[str]) -> list[str]:
+    return ["", f"## {title}", "", text, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body]
+
+
+def _ref_of(label: str, ref: str) -> str:
+    """The ``ref`` row of the same group: ``_ref_of("minimax (k=v)", "none")`` -> ``none (k=v)``."""
     head, sep, rest = label.partition(" (")
-    return "none" + sep + rest
+    return ref + sep + rest
+
+
+def _none_of(label: str) -> str:
+    return _ref_of(label, "none")
+
+
+def _run_frame(runs: list[dict]):
+    """One line per run: its row, pre-training seed, summary worst/average, and the std over its fine-tuning
+    seeds (ddof=1; NaN without ``per_seed`` or with one seed) of worst, average and each task's primary."""
+    import pandas as pd
+
+    def ft_std(values) -> float:
+        return pd.Series(values or [], dtype=float).std(ddof=1)
+
+    recs = []
+    for r, label in zip(runs, row_labels(runs)):
+        s = r.get("summary") or {}
+        rec = {"row": label, "seed": r.get("seed")}
+        rec.update({m: float(s.get(m, math.nan)) for m in _MEASURES})
+        rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in _MEASURES})
+        rec.update({f"{t}_ft_std": ft_std(d.get("per_seed")) for t, d in r.get("downstream", {}).items()})
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _t_interval(d) -> tuple[float, float, float]:
+    """Mean of the differences ``d`` and its 95% Student-t interval (NaN bounds with fewer than 2)."""
+    from scipy import stats
+
+    d = d.dropna()
+    n = len(d)
+    if n < 2:
+        return (float(d.mean()) if n else math.nan), math.nan, math.nan
+    half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _paired(df, row: str, ref: str, unpaired_fallback: bool = False) -> dict:
+    """``row - ref`` per measure over the pre-training seeds both rows have (runs of one seed averaged):
+    {pairs, worst: (mean, low, high), average: ...}. With no shared seed and ``unpaired_fallback``, the
+    difference of the two rows' means (pairs 0, no interval)."""
+    a, b = (df[df["row"] == x].groupby("seed")[list(_MEASURES)].mean() for x in (row, ref))
+    shared = a.index.intersection(b.index)
+    if not len(shared) and unpaired_fallback:
+        return {"pairs": 0, **{m: (a[m].mean() - b[m].mean(), math.nan, math.nan) for m in _MEASURES}}
+    d = a.loc[shared] - b.loc[shared]
+    return {"pairs": len(shared), **{m: _t_interval(d[m]) for m in _MEASURES}}
+
+
+def compare(runs: list[dict], labels: list[str]):
+    """The paired statistics of each row in ``labels`` (a DataFrame indexed by row; the extra columns of
+    summary.csv): ``pairs, worst_diff, worst_ci_low, worst_ci_high, average_diff, ...`` against ``none`` of
+    the row's group, the same prefixed ``vanilla_`` when the sweep has a ``vanilla`` row, the fine-tuning
+    noise floor ``<worst|average|task>_ft_std`` (mean over the row's runs), and ``random_init_pairs,
+    <worst|average>_gap_random_init[_ci_low|_ci_high]`` against the random-init control, falling back to
+    the difference of means when no seed is shared."""
+    import pandas as pd
+
+    if not labels:
+        return pd.DataFrame()
+    df = _run_frame(runs)
+    base = {label: label.partition(" (")[0] for label in labels}
+
+    def reference(label: str, ref: str) -> str | None:
+        """``ref`` of the label's group; the random-init control lacks the pre-training overrides that group
+        the other rows, so it is compared with the sweep's only ``ref`` row (or they with the only control)."""
+        if base[label] == ref:
+            return None
+        if _ref_of(label, ref) in labels:
+            return _ref_of(label, ref)
+        only = [x for x in labels if base[x] == ref]
+        return only[0] if len(only) == 1 and "random_init" in (ref, base[label]) else None
+
+    refs = {"none": ""} | ({"vanilla": "vanilla_"} if "vanilla" in base.values() else {})
+    out = {}
+    for label in labels:
+        rec: dict[str, Any] = {}
+        for ref, p in refs.items():
+            other = reference(label, ref)
+            res = _paired(df, label, other) if other else {}
+            rec[f"{p}pairs"] = res.get("pairs", math.nan)
+            for m in _MEASURES:
+                rec[f"{p}{m}_diff"], rec[f"{p}{m}_ci_low"], rec[f"{p}{m}_ci_high"] = res.get(m, _NAN3)
+        rec.update(df[df["row"] == label].filter(like="_ft_std").mean())
+        control = reference(label, "random_init")
+        res = _paired(df, label, control, unpaired_fallback=True) if control else {}
+        rec["random_init_pairs"] = res.get("pairs", math.nan)
+        for m in _MEASURES:
+            g = f"{m}_gap_random_init"
+            rec[g], rec[f"{g}_ci_low"], rec[f"{g}_ci_high"] = res.get(m, _NAN3)
+        out[label] = rec
+    return pd.DataFrame.from_dict(out, orient="index")
+
+
+def curve_frame(runs: list[dict]):
+    """Worst and average primary metric against the downstream N, per row: one line per (row, measure, N)
+    with the mean over pre-training seeds, ``half`` the half-width of its 95% Student-t interval (NaN with
+    one seed) and ``seeds``. From ``summary.curve``, else (convex) the ``<primary>@N=<n>`` metrics of
+    ``summary.by_metric``."""
+    import pandas as pd
+    from scipy import stats
+
+    recs = []
+    for r, label in zip(runs, row_labels(runs)):
+        s = r.get("summary") or {}
+        curve = s.get("curve")
+        if not curve:
+            primary = next((d.get("primary") for d in r.get("downstream", {}).values()), None)
+            at_n = re.compile(re.escape(str(primary)) + r"@N=(\d+)$")
+            curve = {m[1]: v for k, v in (s.get("by_metric") or {}).items() if (m := at_n.match(k))}
+        for n, v in curve.items():
+            recs += [
+                {"row": label, "measure": m, "N": int(n), "seed": r.get("seed"), "value": v[m]}
+                for m in _MEASURES
+            ]
+    if not recs:
+        return pd.DataFrame(columns=["row", "measure", "N", "mean", "half", "seeds"])
+    per_seed = pd.DataFrame(recs).groupby(["row", "measure", "N", "seed"])["value"].mean()
+    out = per_seed.groupby(["row", "measure", "N"]).agg(["mean", "sem", "count"]).reset_index()
+    many = out["count"] > 1
+    out["half"] = (stats.t.ppf(0.975, out["count"].where(many) - 1) * out["sem"]).where(many)
+    return out.rename(columns={"count": "seeds"}).drop(columns="sem")
 
 
 def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
@@ -222,8 +429,10 @@ def _mean_curves(
 
 
 def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
-    """weights.png, upstream_losses.png (per balancer, over pre-training steps, mean over seeds) and
-    downstream.png (each downstream task's primary metric per balancer, mean +- std over seeds)."""
+    """curves.png (worst and average primary metric against the downstream N, mean over pre-training seeds
+    with a 95% t-interval band), weights.png, upstream_losses.png (per balancer, over pre-training steps,
+    mean over seeds) and downstream.png (each downstream task's primary metric per balancer, mean +- std
+    over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,6 +440,30 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     import numpy as np
 
     written: list[Path] = []
+    curves = curve_frame(runs)
+    if not curves.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+        ns = sorted(curves["N"].unique())
+        for ax, m in zip(axes, _MEASURES):
+            for label in sorted(curves["row"].unique(), key=row_key):
+                c = curves[(curves["row"] == label) & (curves["measure"] == m)].sort_values("N")
+                (line,) = ax.plot(c["N"], c["mean"], marker="o", ms=3, lw=1.2, label=label)
+                if c["half"].notna().any():  # 95% t-interval over pre-training seeds
+                    lo, hi = c["mean"] - c["half"], c["mean"] + c["half"]
+                    ax.fill_between(c["N"], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            ax.set_xscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
+            ax.set_xlabel("downstream training samples N")
+            ax.set_title("worst task" if m == "worst" else "average over tasks")
+        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+        axes[0].set_ylabel(f"primary metric ({arrow})")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(sweep_dir) / "curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     by_balancer: dict[str, list[dict]] = defaultdict(list)
     for r, label in zip(runs, row_labels(runs)):
         h = read_history(r.get("_dir", ""))
@@ -310,21 +543,34 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
     text = render_markdown(table)
     figs = [
         f
-        for f in ("weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+        for f in ("curves.png", "weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
         if (sweep_dir / f).exists()
     ]
     if figs:
         text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
     md.write_text(text)
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["balancer", "seeds"] + [f"{c}_{s}" for c in table["columns"] for s in ("mean", "std")])
-        for b, row in table["rows"].items():
-            w.writerow(
-                [b, len(table["seeds"].get(b, []))]
-                + [x for c in table["columns"] for x in ((row[c][0], row[c][1]) if c in row else ("", ""))]
-            )
+    write_csv(sweep_dir / "summary.csv", table)
     return md
+
+
+def write_csv(path: Path, table: dict) -> None:
+    """summary.csv: ``balancer, seeds, <column>_mean, <column>_std, ...`` and the columns of ``compare``."""
+    import pandas as pd
+
+    head = ["balancer", "seeds"] + [f"{c}_{s}" for c in table["columns"] for s in ("mean", "std")]
+    frame = pd.DataFrame(
+        [
+            [b, len(table["seeds"].get(b, []))]
+            + [x for c in table["columns"] for x in (row[c][:2] if c in row else (math.nan, math.nan))]
+            for b, row in table["rows"].items()
+        ],
+        columns=head,
+    )
+    cmp = table.get("compare")
+    if cmp is not None and not cmp.empty:
+        cmp = cmp.astype({c: "Int64" for c in cmp.columns if c.endswith("pairs")})
+        frame = frame.join(cmp, on="balancer")
+    frame.to_csv(path, index=False)
 
 
 try:

@@ -1,0 +1,262 @@
+"""The sweep report's paired statistics, noise floor, random-init gap and N-curves, on synthetic results.json."""
+
+import csv
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from pretrain.report import build_table, collect, curve_frame, write_summary
+
+
+def _run(sweep, name, balancer, seed, worst, average, higher=True, overrides=(), **summary):
+    d = sweep / name
+    d.mkdir(parents=True)
+    res = {
+        "experiment": "mm_mae",
+        "balancer": balancer,
+        "seed": seed,
+        "stage": "all",
+        "overrides": [f"balancer={balancer}", f"seed={seed}", *overrides],
+        "downstream": {"t": {"metrics": {"m": worst}, "primary": "m", "higher_is_better": higher}},
+        "summary": {"worst": worst, "average": average, "higher_is_better": higher, **summary},
+    }
+    (d / "results.json").write_text(json.dumps(res))
+    return d
+
+
+def _csv(sweep):
+    return {r["balancer"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+
+
+def _t(diffs):
+    """What the report must write: mean and the 95% Student-t interval of the paired differences."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    half = stats.t.ppf(0.975, n - 1) * stats.tstd(diffs) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _cells(md, label):
+    """The cells of ``label``'s line in the "Paired differences" table of summary.md."""
+    line = next(x for x in md.split("## Paired differences")[1].splitlines() if x.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_paired_difference_vs_none_pairs_by_seed_with_a_t_interval(tmp_path):
+    none_w, none_a = [0.5, 0.6, 0.7], [0.8, 0.8, 0.9]
+    mmx_w, mmx_a = [0.6, 0.72, 0.79], [0.85, 0.75, 0.93]  # worst: all better; average: straddles 0
+    for s in range(3):  # none's directories in reverse seed order: pairing by position would be wrong
+        _run(tmp_path, f"a{2 - s}", "none", s, none_w[s], none_a[s])
+        _run(tmp_path, f"b{s}", "minimax", s, mmx_w[s], mmx_a[s])
+    _run(tmp_path, "b3", "minimax", 3, 0.1, 0.1)  # a seed `none` lacks: not paired
+    write_summary(tmp_path, figures=False)
+    row = _csv(tmp_path)["minimax"]
+    assert row["pairs"] == "3"
+    for m, a, b in (("worst", mmx_w, none_w), ("average", mmx_a, none_a)):
+        mean, low, high = _t([x - y for x, y in zip(a, b)])
+        assert float(row[f"{m}_diff"]) == pytest.approx(mean)
+        assert float(row[f"{m}_ci_low"]) == pytest.approx(low)
+        assert float(row[f"{m}_ci_high"]) == pytest.approx(high)
+    assert float(row["worst_ci_low"]) > 0 and float(row["average_ci_low"]) < 0 < float(row["average_ci_high"])
+    assert _csv(tmp_path)["none"]["worst_diff"] == "" and _csv(tmp_path)["none"]["pairs"] == ""
+    md = (tmp_path / "summary.md").read_text()
+    assert "paired by pre-training seed; 95% Student-t interval over the paired differences" in md
+    assert "* = interval excludes 0; positive = better" in md
+    worst_cell, average_cell = _cells(md, "minimax")[2:4]
+    mean, low, high = _t([x - y for x, y in zip(mmx_w, none_w)])
+    assert worst_cell == f"{mean:+.3g} [{low:+.3g}, {high:+.3g}]*"
+    assert average_cell.startswith("+0.01 [") and not average_cell.endswith("*")
+    assert "worst_gap_random_init" in row and row["worst_gap_random_init"] == ""  # no control in this sweep
+    assert "vanilla_worst_diff" not in row and "vs vanilla" not in md
+
+
+def test_fewer_than_two_pairs_gives_a_difference_without_interval(tmp_path):
+    _run(tmp_path, "a", "none", 0, 0.5, 0.5)
+    _run(tmp_path, "b", "minimax", 0, 0.75, 0.5)
+    write_summary(tmp_path, figures=False)
+    row = _csv(tmp_path)["minimax"]
+    assert row["pairs"] == "1" and float(row["worst_diff"]) == pytest.approx(0.25)
+    assert row["worst_ci_low"] == row["worst_ci_high"] == ""
+    assert _cells((tmp_path / "summary.md").read_text(), "minimax")[2] == "+0.25"
+
+
+def test_vanilla_row_adds_prefixed_columns_and_a_section(tmp_path):
+    values = {"none": [0.5, 0.6], "vanilla": [0.4, 0.45], "minimax": [0.7, 0.9]}
+    for b, ws in values.items():
+        for s, w in enumerate(ws):
+            _run(tmp_path, f"{b}{s}", b, s, w, w / 2)
+    write_summary(tmp_path, figures=False)
+    rows = _csv(tmp_path)
+    mean, low, high = _t([0.7 - 0.4, 0.9 - 0.45])
+    assert float(rows["minimax"]["vanilla_worst_diff"]) == pytest.approx(mean)
+    assert float(rows["minimax"]["vanilla_worst_ci_low"]) == pytest.approx(low)
+    assert float(rows["minimax"]["vanilla_average_ci_high"]) == pytest.approx(high / 2)
+    assert float(rows["none"]["vanilla_worst_diff"]) == pytest.approx(0.125)  # none is compared too
+    assert rows["vanilla"]["vanilla_worst_diff"] == ""
+    assert float(rows["minimax"]["worst_diff"]) == pytest.approx(0.25)  # vs none unchanged
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Paired differences vs vanilla" in md
+    assert next(x for x in md.split("vs vanilla")[-1].splitlines() if x.startswith("| minimax |")).startswith(
+        f"| minimax | 2 | {mean:+.3g} ["
+    )
+
+
+def test_gap_to_random_init_pairs_by_seed_and_falls_back_to_means(tmp_path):
+    control = ["stage=finetune", "pretrained_ckpt=random"]
+    ri_w = [0.2, 0.3, 0.25]
+    for s in range(3):
+        _run(tmp_path / "a", f"n{s}", "none", s, 0.5 + 0.1 * s, 0.6)
+        _run(tmp_path / "a", f"m{s}", "minimax", s, [0.6, 0.65, 0.8][s], 0.7)
+        _run(tmp_path / "a", f"r{s}", "random_init", s, ri_w[s], 0.3, overrides=control)
+    table = build_table(collect(tmp_path / "a"))
+    assert list(table["rows"]) == [
+        "none",
+        "minimax",
+        "random_init",
+    ]  # stage/pretrained_ckpt do not split rows
+    write_summary(tmp_path / "a", figures=False)
+    rows = _csv(tmp_path / "a")
+    mean, low, high = _t([w - r for w, r in zip([0.6, 0.65, 0.8], ri_w)])
+    assert rows["minimax"]["random_init_pairs"] == "3"
+    assert float(rows["minimax"]["worst_gap_random_init"]) == pytest.approx(mean)
+    assert float(rows["minimax"]["worst_gap_random_init_ci_low"]) == pytest.approx(low)
+    assert float(rows["minimax"]["worst_gap_random_init_ci_high"]) == pytest.approx(high)
+    assert float(rows["none"]["average_gap_random_init"]) == pytest.approx(0.3)
+    assert rows["random_init"]["worst_gap_random_init"] == ""
+    mean, _, _ = _t([r - (0.5 + 0.1 * s) for s, r in enumerate(ri_w)])
+    assert float(rows["random_init"]["worst_diff"]) == pytest.approx(mean)  # the control vs none as well
+    md = (tmp_path / "a" / "summary.md").read_text()
+    assert "worst gap to random_init" in md and "(unpaired)" not in md
+
+    for s in range(2):  # a control run with other seeds than the pre-training runs
+        _run(tmp_path / "b", f"n{s}", "none", s, 0.5, 0.6 + 0.2 * s)
+        _run(tmp_path / "b", f"r{s}", "random_init", 10 + s, 0.1 * s, 0.3, overrides=control)
+    write_summary(tmp_path / "b", figures=False)
+    row = _csv(tmp_path / "b")["none"]
+    assert row["random_init_pairs"] == "0" and row["worst_gap_random_init_ci_low"] == ""
+    assert float(row["worst_gap_random_init"]) == pytest.approx(0.5 - 0.05)
+    assert float(row["average_gap_random_init"]) == pytest.approx(0.7 - 0.3)
+    md = (tmp_path / "b" / "summary.md").read_text()
+    assert _cells(md, "none")[5] == "+0.45 (unpaired)" and "difference of means" in md
+
+
+def test_a_control_without_the_pretraining_overrides_is_compared_with_every_group(tmp_path):
+    # the control run does not pre-train, so it lacks the trainer.max_steps override that splits the rows
+    control = ["stage=finetune", "pretrained_ckpt=random"]
+    for s in range(2):
+        for n in (3, 5):
+            _run(
+                tmp_path,
+                f"n{n}_{s}",
+                "none",
+                s,
+                0.5 + 0.1 * s + n / 100,
+                0.6,
+                overrides=[f"trainer.max_steps={n}"],
+            )
+        _run(tmp_path, f"r{s}", "random_init", s, 0.2, 0.3, overrides=control)
+    write_summary(tmp_path, figures=False)
+    rows = _csv(tmp_path)
+    assert set(rows) == {
+        "none (trainer.max_steps=3)",
+        "none (trainer.max_steps=5)",
+        "random_init (trainer.max_steps=-)",
+    }
+    for n in (3, 5):
+        row = rows[f"none (trainer.max_steps={n})"]
+        assert (
+            float(row["worst_gap_random_init"]) == pytest.approx(0.35 + n / 100)
+            and row["random_init_pairs"] == "2"
+        )
+    assert (
+        rows["random_init (trainer.max_steps=-)"]["worst_diff"] == ""
+    )  # two `none` rows: no single reference
+
+
+def test_noise_floor_is_the_mean_over_runs_of_the_finetune_seed_std(tmp_path):
+    per = [[0.5, 0.7, 0.6], [0.4, 0.4, 0.7]]
+    for s, p in enumerate(per):
+        d = _run(tmp_path, f"m{s}", "minimax", s, 0.5, 0.6, per_seed={"worst": p, "average": [0.6, 0.6, 0.6]})
+        res = json.loads((d / "results.json").read_text())
+        res["downstream"]["t"]["per_seed"] = p[::-1]
+        (d / "results.json").write_text(json.dumps(res))
+        _run(tmp_path, f"n{s}", "none", s, 0.5, 0.6, per_seed={"worst": [0.5], "average": [0.6]})
+    write_summary(tmp_path, figures=False)
+    rows = _csv(tmp_path)
+    expected = (stats.tstd(per[0]) + stats.tstd(per[1])) / 2
+    assert float(rows["minimax"]["worst_ft_std"]) == pytest.approx(expected)
+    assert float(rows["minimax"]["t_ft_std"]) == pytest.approx(expected)
+    assert float(rows["minimax"]["average_ft_std"]) == pytest.approx(0.0)
+    assert rows["none"]["worst_ft_std"] == "" and rows["none"]["average_ft_std"] == ""  # one fine-tuning seed
+    assert _cells((tmp_path / "summary.md").read_text(), "minimax")[4] == f"{expected:.2g} / 0"
+
+
+def test_rows_split_by_another_key_pair_within_their_group(tmp_path):
+    # none is much worse at 5 steps: a comparison across groups would give another difference
+    for n, base in ((3, 0.5), (5, 0.1)):
+        for s in range(2):
+            over = [f"trainer.max_steps={n}"]
+            _run(tmp_path, f"n{n}_{s}", "none", s, base + 0.01 * s, base, overrides=over)
+            _run(tmp_path, f"m{n}_{s}", "minimax", s, base + 0.2 + 0.03 * s, base, overrides=over)
+    write_summary(tmp_path, figures=False)
+    rows = _csv(tmp_path)
+    for n in (3, 5):
+        row = rows[f"minimax (trainer.max_steps={n})"]
+        mean, low, _ = _t([0.2, 0.22])
+        assert float(row["worst_diff"]) == pytest.approx(mean) and float(
+            row["worst_ci_low"]
+        ) == pytest.approx(low)
+        assert row["pairs"] == "2"
+
+
+def test_lower_is_better_convex_sweep_gets_the_columns_and_curves_from_by_metric(tmp_path):
+    def by_metric(scale):
+        return {f"excess_risk@N={n}": {"worst": scale / n, "average": scale / (2 * n)} for n in (8, 64)}
+
+    for s in range(3):
+        _run(tmp_path, f"n{s}", "none", s, 1.0 + s, 0.5 + s, higher=False, by_metric=by_metric(8.0 + s))
+        _run(tmp_path, f"m{s}", "minimax", s, 0.5 + s, 0.5 + s, higher=False, by_metric=by_metric(4.0))
+    for d in tmp_path.iterdir():  # the convex metric names
+        res = json.loads((d / "results.json").read_text())
+        res["downstream"] = {"v": {"metrics": {"excess_risk": 1.0}, "primary": "excess_risk"}}
+        (d / "results.json").write_text(json.dumps(res))
+    write_summary(tmp_path)
+    row = _csv(tmp_path)["minimax"]
+    assert float(row["worst_diff"]) == pytest.approx(-0.5) and float(row["average_diff"]) == pytest.approx(
+        0.0
+    )
+    assert row["worst_ci_low"] == row["worst_ci_high"] == "-0.5"  # three equal differences: no spread
+    md = (tmp_path / "summary.md").read_text()
+    assert "negative = better" in md and "positive = better" not in md
+    assert _cells(md, "minimax")[2] == "-0.5 [-0.5, -0.5]*"
+    assert (tmp_path / "curves.png").stat().st_size > 0 and "![curves](curves.png)" in md
+    curves = curve_frame(collect(tmp_path)).set_index(["row", "measure", "N"])
+    none8 = curves.loc[("none", "worst", 8)]
+    mean, low, _ = _t([(8.0 + s) / 8 for s in range(3)])
+    assert none8["mean"] == pytest.approx(mean) and none8["half"] == pytest.approx(mean - low)
+    assert curves.loc[("minimax", "average", 64), "mean"] == pytest.approx(4.0 / 128)
+
+
+def test_curves_png_from_summary_curve_with_a_band_over_seeds(tmp_path):
+    for s in range(2):
+        curve = {"32": {"worst": 0.3 + 0.1 * s, "average": 0.5}, "128": {"worst": 0.6, "average": 0.7}}
+        _run(tmp_path, f"m{s}", "minimax", s, 0.6, 0.7, curve=curve)
+    _run(tmp_path, "n0", "none", 0, 0.5, 0.6, curve={"32": {"worst": 0.2, "average": 0.4}})
+    write_summary(tmp_path)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "![curves](curves.png)" in (tmp_path / "summary.md").read_text()
+    curves = curve_frame(collect(tmp_path)).set_index(["row", "measure", "N"])
+    mean, low, _ = _t([0.3, 0.4])
+    assert curves.loc[("minimax", "worst", 32), "mean"] == pytest.approx(mean)
+    assert curves.loc[("minimax", "worst", 32), "half"] == pytest.approx(mean - low)
+    assert curves.loc[("minimax", "worst", 128), "half"] == pytest.approx(0.0)
+    assert math.isnan(curves.loc[("none", "worst", 32), "half"])  # one seed: no band
+
+
+def test_no_curves_png_without_curves(tmp_path):
+    _run(tmp_path, "n0", "none", 0, 0.5, 0.6)
+    write_summary(tmp_path)
+    assert not (tmp_path / "curves.png").exists()
+    assert "curves.png" not in (tmp_path / "summary.md").read_text()
