@@ -63,6 +63,22 @@ def test_multirun_writes_summary_table(tmp_path):
     assert float(next(r for r in table if r["balancer"] == "none")["worst_mean"]) == pytest.approx(
         sum(worst_none) / 2, rel=1e-6
     )
+    for seed in (0, 1):  # the two balancers trained different parameters from the same start
+        by = {r["balancer"]: r for r in runs if r["seed"] == seed}
+        assert by["minimax"]["pretrained"]["upstream_risks"] != pytest.approx(
+            by["none"]["pretrained"]["upstream_risks"], rel=1e-3
+        )
+        # minimax lowers the worst upstream risk, `none` the average one
+        assert by["minimax"]["pretrained"]["worst_upstream_risk"] < by["none"]["pretrained"]["worst_upstream_risk"]
+    # the paired comparison against none, by seed, with its 95% interval (the six CI columns)
+    worst = {(r["balancer"], r["seed"]): r["summary"]["worst"] for r in runs}
+    diffs = [worst["minimax", s] - worst["none", s] for s in (0, 1)]
+    mmx = next(r for r in table if r["balancer"] == "minimax")
+    assert float(mmx["worst_diff"]) == pytest.approx(sum(diffs) / 2, rel=1e-6)
+    for measure in ("worst", "average"):
+        low, mid, high = (float(mmx[f"{measure}_{k}"]) for k in ("ci_low", "diff", "ci_high"))
+        assert low < mid < high
+    assert "## Paired differences" in md and (tmp_path / "curves.png").stat().st_size > 5000
 
 
 def _loader_in_a_loky_job() -> list | str:
@@ -139,15 +155,92 @@ def test_zero_tasks_and_bad_temperature_name_their_keys(tmp_path):
         )
 
 
-@pytest.mark.parametrize(
-    "balancer", ["none", "uncertainty", "gradnorm", "dwa", "groupdro", "stch", "mgda", "pcgrad", "upgrad"]
-)
+def _softmax(xs):
+    import math
+
+    top = max(xs)
+    e = [math.exp(x - top) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def _check_dwa(L, W):  # window=1: uniform for two windows, then softmax(r / 2), r = L(k-1) / L(k-2)
+    assert W[0] == W[1] == pytest.approx([0.25] * 4)
+    for k in range(2, len(W)):
+        r = [a / b for a, b in zip(L[k - 1], L[k - 2])]
+        assert W[k] == pytest.approx(_softmax([x / 2.0 for x in r]), rel=1e-3)
+        slowest = max(range(4), key=lambda t: r[t])  # the task whose loss fell least
+        assert W[k][slowest] == max(W[k])
+
+
+def _check_uncertainty(L, W):  # w_k = exp(-s_k) / T, s_{k+1} = s_k - lr (1 - exp(-s_k) L_k) / T, lr 0.05
+    import math
+
+    s = [0.0] * 4
+    for k in range(len(W)):
+        assert W[k] == pytest.approx([math.exp(-x) / 4 for x in s], rel=1e-3)
+        s = [x - 0.05 * (1 - math.exp(-x) * v) / 4 for x, v in zip(s, L[k])]
+    total = [sum(col) for col in zip(*L[:-1])]  # larger losses so far, larger s_t, smaller weight
+    assert sorted(range(4), key=lambda t: W[-1][t]) == sorted(range(4), key=lambda t: -total[t])
+
+
+def _check_groupdro(L, W):  # softmax of eta * cumulative losses, eta 0.01
+    total = [0.0] * 4
+    for k in range(len(W)):
+        total = [a + b for a, b in zip(total, L[k])]
+        assert W[k] == pytest.approx(_softmax([0.01 * x for x in total]), rel=1e-3)
+    assert max(range(4), key=lambda t: W[-1][t]) == max(range(4), key=lambda t: total[t])
+
+
+def _check_stch(L, W):  # warmup=2: nadir z = mean of steps 0, 1; then w ~ softmax(log(L/z)/mu) / L, mu 0.1
+    import math
+
+    assert W[0] == W[1] == pytest.approx([0.25] * 4)
+    z = [(a + b) / 2 for a, b in zip(L[0], L[1])]
+    for k in range(2, len(W)):
+        g = [p / v for p, v in zip(_softmax([math.log(v / zt) / 0.1 for v, zt in zip(L[k], z)]), L[k])]
+        assert W[k] == pytest.approx([x / sum(g) for x in g], rel=1e-3)
+
+
+def _check_moves_off_uniform(L, W):  # gradient-based weights: the run is not `none`
+    assert any(w != pytest.approx([0.25] * 4, abs=1e-3) for w in W)
+
+
+BALANCER_CHECKS = {
+    "none": ([], lambda L, W: all(w == pytest.approx([0.25] * 4) for w in W)),
+    "minimax": ([], lambda L, W: all(w == pytest.approx(_softmax(v), rel=1e-3, abs=1e-12) for v, w in zip(L, W))),
+    "uncertainty": (["module.lr=0.05"], _check_uncertainty),
+    "gradnorm": ([], lambda L, W: W[0] == pytest.approx([0.25] * 4) and _check_moves_off_uniform(L, W[1:])),
+    "dwa": (["balancer.window=1"], _check_dwa),
+    "groupdro": ([], _check_groupdro),
+    "stch": (["balancer.warmup=2"], _check_stch),
+    # theta_0 = 0 sits among the task optima, so the task gradients conflict (with the default theta_0 far
+    # from all of them they do not, and pcgrad / upgrad reduce to `none`)
+    "mgda": (["model.init_scale=0.0"], _check_moves_off_uniform),
+    "pcgrad": (["model.init_scale=0.0"], _check_moves_off_uniform),
+    "upgrad": (["model.init_scale=0.0"], _check_moves_off_uniform),
+}
+
+
+@pytest.mark.parametrize("balancer", list(BALANCER_CHECKS))
 def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
+    """Every balancer config runs the convex experiment end to end, and the weights it applied (the run's
+    pretrain_history.csv) are the ones its equation gives for the logged task losses."""
     from conftest import run_pipeline
 
-    res = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", f"balancer={balancer}"], tmp_path)
+    extra, check = BALANCER_CHECKS[balancer]
+    res = run_pipeline(
+        ["experiment=convex", "debug=smoke", "logger=none", f"balancer={balancer}", *extra], tmp_path
+    )
     assert res["balancer"] == balancer
     assert len(res["downstream"]) == 8
+    rows = list(csv.DictReader(open(tmp_path / "pretrain_history.csv")))
+    assert len(rows) == 4
+    L = [[float(r[f"loss/task{t}"]) for t in range(4)] for r in rows]
+    W = [[float(r[f"weight/task{t}"]) for t in range(4)] for r in rows]
+    assert L[0] != pytest.approx([L[0][0]] * 4, rel=0.05)  # unequal losses: the methods differ
+    if balancer != "uncertainty":  # uncertainty's effective weights exp(-s)/T need not sum to 1
+        assert all(sum(w) == pytest.approx(1.0, rel=1e-4) and min(w) >= 0 for w in W)
+    assert check(L, W) is not False
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path):
@@ -272,6 +365,7 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     none5 = rows["none (trainer.max_steps=5)"]["worst"][0]
     mmx5 = rows["minimax (trainer.max_steps=5)"]["worst"][0]
     assert f"({mmx5 - none5:+.3g})" in line  # compared with `none` of the same length
+    assert mmx5 != pytest.approx(none5, rel=1e-4)  # the two balancers' runs differ
     proc = run_cli(
         ["-m", "experiment=convex", "debug=smoke", "logger=none", "stage=pretrain", "balancer=none,minimax",
          f"hydra.sweep.dir={tmp_path / 'b'}"]
@@ -280,6 +374,61 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     res = json.loads(next((tmp_path / "b").rglob("results.json")).read_text())
     assert res["stage"] == "pretrain" and res["downstream"] == {} and res["cost"]["steps"] == 4
     assert "| minimax |" in (tmp_path / "b" / "summary.md").read_text().split("Cost of")[1]
+
+
+def _check_minimax_history(history):
+    """alpha = 1 (constant, no EMA): w = softmax(L) over the tasks seen so far, an absent task's last loss
+    standing in for its current one (never-seen tasks weigh 0)."""
+    import math
+
+    names = list(history[0]["weight"])
+    last = {}
+    for h in history:
+        last.update({n: h["loss"][n] for n in names if h["loss"].get(n) is not None})
+        top = max(last.values())
+        z = sum(math.exp(v - top) for v in last.values())
+        expected = [math.exp(last[n] - top) / z if n in last else 0.0 for n in names]
+        assert list(h["weight"].values()) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        worst = max(last, key=last.get)
+        assert h["weight"][worst] == max(h["weight"].values())  # the larger loss weighs more
+        known = [h["weight"][n] for n in last]
+        assert max(known) - min(known) > 0.01  # unequal losses, unequal weights: not `none`
+
+
+def _check_dwa_history(history, window=2, temperature=2.0):
+    """w = softmax(r / temperature), r_t = Lbar_t(e-1) / Lbar_t(e-2) over windows of `window` steps; uniform
+    for the first two windows (a task absent a whole window keeps its previous mean; in the first window
+    it gets the mean of the others' means)."""
+    import math
+
+    names = list(history[0]["weight"])
+    means = []
+    for e in range(len(history) // window):
+        rows = history[e * window : (e + 1) * window]
+        seen = {n: [h["loss"][n] for h in rows if h["loss"].get(n) is not None] for n in names}
+        mean = {n: sum(v) / len(v) for n, v in seen.items() if v}
+        fill = (lambda n: sum(mean.values()) / len(mean)) if not means else (lambda n: means[-1][n])
+        means.append({n: mean[n] if n in mean else fill(n) for n in names})
+    for k, h in enumerate(history):
+        e = k // window
+        weights = list(h["weight"].values())
+        if e < 2:
+            assert weights == pytest.approx([1 / len(names)] * len(names))
+            continue
+        r = [means[e - 1][n] / means[e - 2][n] for n in names]
+        z = sum(math.exp(x / temperature) for x in r)
+        assert weights == pytest.approx([math.exp(x / temperature) / z for x in r], rel=1e-4)
+        assert weights[r.index(max(r))] == max(weights)  # the task whose loss fell least weighs most
+
+
+def _check_gradnorm_history(history):
+    """softmax(p) with p = 0 at the first step, then moved by GradNorm's update: not `none`."""
+    n = len(history[0]["weight"])
+    assert list(history[0]["weight"].values()) == pytest.approx([1 / n] * n)
+    assert all(list(h["weight"].values()) != pytest.approx([1 / n] * n, abs=1e-5) for h in history[1:])
+
+
+HISTORY_CHECKS = {"minimax": _check_minimax_history, "dwa": _check_dwa_history, "gradnorm": _check_gradnorm_history}
 
 
 @pytest.mark.parametrize(
@@ -318,3 +467,4 @@ def test_pretraining_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, ex
     agg_a, agg_b = a["callbacks"]["LossAggregation"], b["callbacks"]["LossAggregation"]
     torch.testing.assert_close(agg_a["balancer"], agg_b["balancer"])
     assert agg_a["history"] == agg_b["history"] and len(agg_a["history"]) == 6
+    HISTORY_CHECKS[balancer](agg_a["history"])  # the weights applied are the method's, not `none`'s
