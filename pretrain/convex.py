@@ -21,8 +21,8 @@ class ConvexPretraining(L.LightningModule):
         num_tasks: T (must match the data).
         lr: constant SGD step size eta.
         momentum: SGD momentum (0 is Algorithm 1 exactly).
-        average_iterates: keep the running average of the iterates (Theorem 3.1's theta-bar) and
-            hand it to the downstream stage instead of the last iterate.
+        average_iterates: keep the running average of the iterates theta_0..theta_{K-1} (Theorem 3.1's
+            theta-bar after K steps) and hand it to the downstream stage instead of the last iterate.
     """
 
     def __init__(
@@ -66,7 +66,14 @@ class ConvexPretraining(L.LightningModule):
         losses = {name: (per_sample[:, t].sum(), n) for t, name in enumerate(self.task_names)}
         return self.aggregator(self, losses, shared_params=[self.model.theta], features=self.model.theta)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Add the current iterate to the running average before this step's update.
+
+        Called before ``training_step``, so the k-th call (k = 0, 1, ...) sees ``theta_k``, the point the
+        step's gradient is taken at: after K steps ``theta_avg`` is Theorem 3.1's
+        ``(1/K) sum_{k=0}^{K-1} theta_k`` (the last iterate theta_K is not in it). ``theta_avg`` and
+        ``n_avg`` are buffers, so a run resumed from a checkpoint continues the same average.
+        """
         with torch.no_grad():
             self.n_avg += 1
             self.theta_avg += (self.model.theta.detach() - self.theta_avg) / self.n_avg.float()

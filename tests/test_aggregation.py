@@ -145,19 +145,87 @@ def test_balancer_size_must_match_tasks():
         LossAggregation(NoBalancing(2), TASKS)
 
 
+def _softmax(xs):
+    top = max(xs)
+    e = [math.exp(x - top) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def _steps(history):
+    """(losses, weights) per logged step, in TASKS order; an absent task's loss is None."""
+    return [([h["loss"][t] for t in TASKS], [h["weight"][t] for t in TASKS]) for h in history]
+
+
+def _check_minimax(history):
+    """alpha = 2, ema = 0.8: w = softmax(2 m) over the tasks seen so far, m <- 0.8 m + 0.2 L (the first loss
+    of a task starts its m; an absent task's last loss stands in for its current one)."""
+    last, m = [None] * 3, [None] * 3
+    for losses, weights in _steps(history):
+        last = [v if v is not None else u for v, u in zip(losses, last)]
+        m = [None if v is None else (v if mm is None else 0.8 * mm + 0.2 * v) for v, mm in zip(last, m)]
+        known = [t for t in range(3) if m[t] is not None]
+        expected = [0.0] * 3
+        for t, p in zip(known, _softmax([2.0 * m[t] for t in known])):
+            expected[t] = p
+        assert weights == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        worst = max(known, key=lambda t: m[t])
+        assert weights[worst] == max(weights)  # the larger (smoothed) loss gets the larger weight
+
+
+def _check_dwa(history):
+    """window = 3: uniform for two windows, then softmax(r / 2) with r_t = Lbar_t(e-1) / Lbar_t(e-2), the
+    window means of the unweighted losses (a task absent all window keeps its previous mean)."""
+    steps = _steps(history)
+    means = []
+    for e in range(len(steps) // 3):
+        window = [losses for losses, _ in steps[3 * e : 3 * e + 3]]
+        cols = [[v for v in col if v is not None] for col in zip(*window)]
+        means.append([sum(c) / len(c) if c else means[-1][t] for t, c in enumerate(cols)])
+    for k, (_, weights) in enumerate(steps):
+        e = k // 3
+        if e < 2:
+            assert weights == pytest.approx([1 / 3] * 3)
+            continue
+        r = [a / b for a, b in zip(means[e - 1], means[e - 2])]
+        assert weights == pytest.approx(_softmax([x / 2.0 for x in r]), rel=1e-4)
+        slowest = max(range(3), key=lambda t: r[t])  # the task whose loss fell least gains weight
+        assert weights[slowest] == max(weights)
+    assert len(means) >= 3  # some windows were not uniform
+
+
+def _check_uncertainty(history):
+    """w_t = exp(-s_t) / T, and SGD (lr 0.1) on (1/T) sum_t (exp(-s_t) L_t + s_t) moves s_t by
+    -0.1 (1 - exp(-s_t) L_t) / T for a present task: s_t rises (its weight falls) when L_t > exp(s_t)."""
+    s = [0.0] * 3
+    for losses, weights in _steps(history):
+        assert weights == pytest.approx([math.exp(-x) / 3 for x in s], rel=1e-4)
+        s = [x if v is None else x - 0.1 * (1 - math.exp(-x) * v) / 3 for x, v in zip(s, losses)]
+
+
+def _check_gradnorm(history):
+    """p starts at 0 (uniform weights) and moves: the weights are softmax(p) and leave uniform after one step
+    (its direction, toward equal weighted gradient norms, is tested in test_balancers.py)."""
+    weights = [w for _, w in _steps(history)]
+    assert weights[0] == pytest.approx([1 / 3] * 3)
+    assert all(sum(w) == pytest.approx(1.0, rel=1e-5) for w in weights)
+    assert all(w != pytest.approx([1 / 3] * 3, abs=1e-4) for w in weights[1:])
+
+
 @pytest.mark.parametrize(
-    "factory",
+    "factory, check",
     [
-        lambda num_tasks: Minimax(num_tasks, alpha=2.0, ema=0.8),
-        lambda num_tasks: DWA(num_tasks, window=3),
-        lambda num_tasks: Uncertainty(num_tasks),
-        lambda num_tasks: GradNorm(num_tasks),
+        (lambda num_tasks: Minimax(num_tasks, alpha=2.0, ema=0.8), _check_minimax),
+        (lambda num_tasks: DWA(num_tasks, window=3), _check_dwa),
+        (lambda num_tasks: Uncertainty(num_tasks), _check_uncertainty),
+        (lambda num_tasks: GradNorm(num_tasks), _check_gradnorm),
     ],
     ids=["minimax", "dwa", "uncertainty", "gradnorm"],
 )
-def test_resume_mid_epoch_continues_exactly(tmp_path, factory):
+def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
     """Killed after step 5 of an 8-batch shuffled epoch, resumed from its checkpoint: same parameters,
-    balancer state and logged history as the run left alone (the loader's position is checkpointed)."""
+    balancer state and logged history as the run left alone (the loader's position is checkpointed).
+    The weights the run applied are the ones the method's equation gives for its logged losses, and its
+    parameters are not those of a `none` run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     straight = TinyModule(factory)
@@ -180,6 +248,10 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, factory):
             next(straight.aggregator.balancer.parameters()),
             next(TinyModule(factory).aggregator.balancer.parameters()),
         )
+    check(straight.aggregator.history)
+    unbalanced = TinyModule(NoBalancing)
+    fit(unbalanced, tmp_path / "none", max_steps=13, shuffle=True)
+    assert not torch.allclose(straight.heads.weight, unbalanced.heads.weight, atol=1e-4)
 
 
 def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path):

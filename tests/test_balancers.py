@@ -257,3 +257,139 @@ def test_absent_task_gets_no_gradient_and_nothing_becomes_nan():
 def test_impossible_values_fail_naming_the_key(make, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         make()
+
+
+# -- every method against its equation's direction, on unequal losses ---------------------------------
+# Each scenario takes a factory ``make(num_tasks)`` and says whether the weights it produced moved the
+# way the method's equation says; the test also runs it with `none` (or, for `none`, with minimax) and
+# requires that to fail, so a balancer that ignored its losses or gradients could not pass.
+
+
+def _uniform_for_unequal_losses(make):
+    b = make(3)
+    return all(b(t(1.0, 2.0, 6.0)).weights.tolist() == pytest.approx([1 / 3] * 3) for _ in range(3))
+
+
+def _larger_loss_larger_weight(make):
+    """minimax: w = softmax(alpha L) is increasing in L, at every step."""
+    b = make(3)
+    for losses in ([1.0, 2.0, 3.0], [3.0, 1.0, 2.0], [2.0, 3.0, 1.0]):
+        w = b(t(*losses)).weights.tolist()
+        if sorted(range(3), key=lambda i: w[i]) != sorted(range(3), key=lambda i: losses[i]):
+            return False
+        if not w[losses.index(3.0)] > 1 / 3 + 0.1:
+            return False
+    return True
+
+
+def _cumulative_losses_decide(make):
+    """groupdro: q ~ exp(eta * sum of past losses): the weight of the larger loss grows step after step,
+    and outlives a swap of the current losses (where minimax's would flip)."""
+    b = make(2)
+    w = [b(t(1.0, 3.0)).weights[1].item() for _ in range(3)]
+    after_swap = b(t(3.0, 1.0)).weights[1].item()
+    return 0.5 < w[0] < w[1] < w[2] and after_swap > 0.5
+
+
+def _slower_task_gains_weight(make):
+    """dwa (window 1): after two windows, w = softmax(r / T) with r = L(e-1) / L(e-2): task 0's loss
+    halved, task 1's stayed, so task 1 gets the larger weight."""
+    b = make(2)
+    for losses in ([4.0, 3.0], [2.0, 3.0]):
+        b(t(*losses))
+    w = b(t(2.0, 3.0)).weights.tolist()
+    return w == pytest.approx(softmax([0.5 / 2.0, 1.0 / 2.0]), rel=1e-5)
+
+
+def _weights_follow_exp_minus_s(make):
+    """uncertainty: SGD on (1/T) sum (exp(-s) L + s) drives s_t to log L_t; the effective weights are
+    exp(-s_t)/T, so the task with the larger loss ends with the smaller weight."""
+    b = make(2)
+    params = list(b.parameters())
+    for _ in range(300):
+        out = b(t(1.0, 4.0))
+        grads = torch.autograd.grad(out.loss, params) if params else []
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= 0.5 * g
+    if not params:
+        return False
+    w = b(t(1.0, 4.0)).weights.tolist()
+    follows_s = w == pytest.approx((torch.exp(-b.log_var.detach()) / 2).tolist())
+    return follows_s and w == pytest.approx([0.5 / 1.0, 0.5 / 4.0], rel=0.05)
+
+
+def _weighted_gradient_norms_equalise(make):
+    """gradnorm: with gradient norms [3, 1] on the shared layer and equal training rates, updating p
+    drives the weighted norms w_t ||g_t|| together (towards w = [1/4, 3/4])."""
+    W = torch.ones(2, requires_grad=True)
+    g = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    b = make(2)
+    params = list(b.parameters())
+    gaps = []
+    for _ in range(40):
+        out = b(g @ W, shared_params=[W])
+        w = out.weights
+        gaps.append(abs(3 * w[0] - w[1]).item())
+        if params:
+            grads = torch.autograd.grad(out.loss, params)
+            with torch.no_grad():
+                for p, gr in zip(params, grads):
+                    p -= 0.05 * gr
+    return gaps[-1] < 0.2 * gaps[0] and b(g @ W, shared_params=[W]).weights[1] > 0.6
+
+
+def _relatively_worse_task_gains_weight(make):
+    """stch (mu 0.1, warm-up 2, nadir z = [1, 1]): losses [1, 2] put task 1 far above its nadir, so
+    nearly all the weight goes to it."""
+    b = make(2)
+    b(t(1.0, 1.0))
+    b(t(1.0, 1.0))
+    return b(t(1.0, 2.0)).weights[1].item() > 0.9
+
+
+def _smaller_gradient_gains_weight(make):
+    """mgda: the min-norm point of the hull of g1 = [1, 0], g2 = [0, 2] weighs the smaller gradient 4/5."""
+    f = torch.ones(2, requires_grad=True)
+    J = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    return make(2)(J @ f, features=f).weights.tolist() == pytest.approx([0.8, 0.2], abs=1e-4)
+
+
+def _update_conflicts_with_no_task(make):
+    """upgrad / pcgrad: with g1 = [1, 0] and g2 = [-2, 0.5] the mean direction opposes g1; the method's
+    direction J^T w has a non-negative inner product with every task gradient."""
+    f = torch.zeros(2, requires_grad=True)
+    J = torch.tensor([[1.0, 0.0], [-2.0, 0.5]])
+    make(2)(J @ f, features=f).loss.backward()
+    return bool((J @ f.grad >= -1e-6).all())
+
+
+def _agg(method):
+    return lambda num_tasks: GradientAggregator(num_tasks, method=method)
+
+
+DIRECTIONS = {
+    "none": (NoBalancing, _uniform_for_unequal_losses),
+    "minimax": (lambda n: Minimax(n, alpha=1.0), _larger_loss_larger_weight),
+    "groupdro": (lambda n: GroupDRO(n, eta=0.5), _cumulative_losses_decide),
+    "dwa": (lambda n: DWA(n, temperature=2.0, window=1), _slower_task_gains_weight),
+    "uncertainty": (Uncertainty, _weights_follow_exp_minus_s),
+    "gradnorm": (lambda n: GradNorm(n, lr=None), _weighted_gradient_norms_equalise),
+    "stch": (lambda n: STCH(n, mu=0.1, warmup=2), _relatively_worse_task_gains_weight),
+    "mgda": (_agg("mgda"), _smaller_gradient_gains_weight),
+    "upgrad": (_agg("upgrad"), _update_conflicts_with_no_task),
+    "pcgrad": (_agg("pcgrad"), _update_conflicts_with_no_task),
+}
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_each_method_moves_the_weights_the_way_its_equation_says(name):
+    make, scenario = DIRECTIONS[name]
+    assert scenario(make)
+    other = (lambda n: Minimax(n, alpha=1.0)) if name == "none" else NoBalancing
+    assert not scenario(other)  # the scenario tells the method apart from `none`
+
+
+def test_groupdro_and_minimax_differ_when_the_losses_swap():
+    """Minimax weighs the current losses, GroupDRO the cumulative ones."""
+    assert not _cumulative_losses_decide(lambda n: Minimax(n, alpha=0.5))

@@ -1,7 +1,9 @@
 """Section 5 of the paper as tests: Proposition 5.1, Remark 5.2 and Theorem 3.1."""
 
 import math
+from functools import partial
 
+import lightning as L
 import pytest
 import torch
 from conftest import run_pipeline
@@ -34,19 +36,30 @@ def test_proposition_5_1_minimax_has_lower_worst_case_downstream_initial_risk(tm
 
 
 def algorithm_1(tasks, balancer, steps: int, lr: float, theta0: torch.Tensor, loss_fn=None, tail: int = 0):
-    """Algorithm 1 with exact expected risks; returns the average of the iterates theta_0..theta_{K-1}
-    (of the last ``tail`` iterates if ``tail`` > 0)."""
+    """Algorithm 1 with exact expected risks, K = ``steps``: iterates theta_0..theta_{K-1}, where theta_k
+    (k = 1..K-1) is one weighted-gradient step from theta_{k-1}. Returns Theorem 3.1's average
+    ``(1/K) sum_{k=0}^{K-1} theta_k`` (of the last ``tail`` of these iterates if ``tail`` > 0); the
+    balancer's k-th call (alpha_k) weighs the losses at theta_k."""
+    return _algorithm_1(tasks, balancer, steps, lr, theta0, loss_fn, tail)[0]
+
+
+def _algorithm_1(tasks, balancer, steps, lr, theta0, loss_fn=None, tail=0):
+    """``algorithm_1`` that also returns the largest task loss seen at any iterate."""
     theta = theta0.clone().requires_grad_(True)
     avg = torch.zeros_like(theta0)
     n_avg = tail or steps
+    largest = -math.inf
     for k in range(steps):
         if k >= steps - n_avg:
             avg += theta.detach() / n_avg
         losses = loss_fn(theta) if loss_fn else tasks.risks(theta)
+        largest = max(largest, float(losses.detach().max()))
+        if k == steps - 1:  # theta_{K-1} is the last iterate of the average: no step from it
+            break
         (grad,) = torch.autograd.grad(balancer(losses).loss, theta)
         with torch.no_grad():
             theta -= lr * grad
-    return avg
+    return avg, largest
 
 
 def test_remark_5_2_ratio_of_worst_case_risks_grows_linearly_in_T():
@@ -66,27 +79,73 @@ def test_remark_5_2_ratio_of_worst_case_risks_grows_linearly_in_T():
     assert ratios[16] / ratios[4] > 2.5
 
 
-@pytest.mark.parametrize("num_tasks", [3, 5])
-def test_theorem_3_1_averaged_iterate_gap_is_within_2_R0_Lprime_over_sqrt_K(num_tasks):
-    """Convex 1-Lipschitz tasks l_t = |theta - c_t| with c_t on a circle of radius rho around p: the
-    minimax optimum is p with value rho. eta = R0/(L' sqrt K), alpha_k = alpha_0 sqrt(k+1) with alpha_0
-    large enough for the theorem's condition at every k < K."""
-    rho, R0, lip = 1.0, 2.0, 1.0
-    p = torch.tensor([0.5, -0.3], dtype=torch.float64)
-    angles = torch.arange(num_tasks, dtype=torch.float64) * 2 * math.pi / num_tasks + 0.3
-    centres = p + rho * torch.stack([angles.cos(), angles.sin()], dim=1)
-    theta0 = p + R0 * torch.tensor([0.6, 0.8], dtype=torch.float64)
-    bound_B = 2 * (R0 + rho)
+def minimax_optimum(centres: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``argmin`` and ``min`` over theta of ``max_t a_t ||theta - c_t||``, solved numerically (SLSQP on the
+    epigraph form ``min s  s.t.  a_t^2 ||theta - c_t||^2 <= s``)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    C, a = centres.numpy(), slopes.numpy()
+    res = minimize(
+        lambda x: x[-1],
+        x0=np.r_[C.mean(0), 1.0 + (a**2 * ((C - C.mean(0)) ** 2).sum(1)).max()],
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda x: x[-1] - a**2 * ((x[:-1] - C) ** 2).sum(1)}],
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    assert res.success, res.message
+    return torch.tensor(res.x[:-1], dtype=torch.float64), math.sqrt(res.x[-1])
+
+
+LOPSIDED = {
+    # three centres clustered on one side, one far centre: the average-loss minimiser (a geometric median)
+    # stays in the cluster, the minimax point is the centre of the smallest enclosing circle
+    "cluster_and_far_centre": ([[0.0, 0.3], [0.0, -0.3], [-0.2, 0.0], [4.0, 0.0]], [1.0, 1.0, 1.0, 1.0]),
+    # three shallow tasks (slope 1/2) near the origin, one steep far task: the average is minimised in
+    # the cluster, where the steep task's loss is ~3; the minimax value is ~1
+    "different_slopes": ([[0.0, 0.2], [0.0, -0.2], [0.2, 0.0], [3.0, 0.0]], [0.5, 0.5, 0.5, 1.0]),
+}
+
+
+@pytest.mark.parametrize("instance", list(LOPSIDED))
+def test_theorem_3_1_averaged_iterate_gap_is_within_2_R0_Lprime_over_sqrt_K(instance):
+    """Theorem 3.1 on convex L'-Lipschitz tasks ``l_t = a_t ||theta - c_t||`` (L' = max a_t) whose average-loss
+    minimiser is far from the minimax point, so that the bound tells minimax from averaging.
+
+    With the theorem's eta = R0 / (L' sqrt K) and alpha_k = alpha_0 sqrt(k+1), alpha_0 large enough for
+    ``alpha_k >= 4 sqrt(k+1) / (R0 L') log(4 T B sqrt(k+1) / (R0 L'))`` at every k < K, the average of
+    theta_0..theta_{K-1} has ``max_t l_t(theta_bar) - min_theta max_t l_t <= 2 R0 L' / sqrt K``; the same
+    steps with `none` (w = 1/T) do not meet it. The minimax value is computed numerically."""
+    centres = torch.tensor(LOPSIDED[instance][0], dtype=torch.float64)
+    slopes = torch.tensor(LOPSIDED[instance][1], dtype=torch.float64)
+    T = len(centres)
+    theta_star, opt = minimax_optimum(centres, slopes)
+    R0, lip = 2.0, float(slopes.max())
+    theta0 = theta_star + R0 * torch.tensor([0.0, 1.0], dtype=torch.float64)  # ||theta_0 - theta*|| = R0
+    bound_B = opt + 3 * R0 * lip  # B: bounds every loss within 3 R0 of theta*, the region the runs visit
 
     def loss_fn(theta):
-        return (theta - centres).norm(dim=1)
+        return slopes * (theta - centres).norm(dim=1)
+
+    # SLSQP's point attains its value (and no averaged iterate below does better: gap >= 0)
+    assert float(loss_fn(theta_star).max()) == pytest.approx(opt, rel=1e-6)
+    avg_optimum = centres[:-1].mean(0)  # the cluster, where the average loss is minimised: lopsided
+    assert float(loss_fn(avg_optimum).max()) - opt > 1.0
 
     for K in (100, 400, 1600):
-        alpha0 = 4 / (R0 * lip) * math.log(4 * num_tasks * bound_B * math.sqrt(K) / (R0 * lip))
+        alpha0 = 4 / (R0 * lip) * math.log(4 * T * bound_B * math.sqrt(K) / (R0 * lip))
         eta = R0 / (lip * math.sqrt(K))
-        avg = algorithm_1(None, Minimax(num_tasks, alpha=alpha0, schedule="sqrt"), K, eta, theta0, loss_fn)
-        gap = float(loss_fn(avg).max()) - rho
-        assert 0 <= gap <= 2 * R0 * lip / math.sqrt(K)
+        bound = 2 * R0 * lip / math.sqrt(K)
+        mmx, largest_mmx = _algorithm_1(
+            None, Minimax(T, alpha=alpha0, schedule="sqrt"), K, eta, theta0, loss_fn
+        )
+        avg, largest_avg = _algorithm_1(None, NoBalancing(T), K, eta, theta0, loss_fn)
+        assert max(largest_mmx, largest_avg) <= bound_B  # the theorem's boundedness holds where we went
+        gap_mmx = float(loss_fn(mmx).max()) - opt
+        gap_avg = float(loss_fn(avg).max()) - opt
+        assert -1e-9 <= gap_mmx <= bound, (K, gap_mmx, bound)
+        assert gap_avg > bound, (K, gap_avg, bound)  # averaging violates the bound
+        assert gap_avg > 1.0
 
 
 def test_convex_run_reports_excess_risk_curves_against_N(tmp_path):
@@ -108,3 +167,76 @@ def test_convex_run_reports_excess_risk_curves_against_N(tmp_path):
         "mix3",
     }
     assert res["summary"]["higher_is_better"] is False
+
+
+class _RecordIterates(L.Callback):
+    """theta after every optimizer step (theta_1, theta_2, ...), recorded independently of the module."""
+
+    def __init__(self) -> None:
+        self.after_step = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after_step.append(pl_module.model.theta.detach().clone())
+
+
+def _convex_module(balancer=NoBalancing):
+    from data.convex import ConvexDataModule
+    from models.convex import ParameterVector
+    from pretrain.convex import ConvexPretraining
+
+    dm = ConvexDataModule(num_tasks=3, dim=4, sigma=0.5, batch_size=4, train_size=16, seed=0)
+    module = ConvexPretraining(ParameterVector(4, init_scale=3.0), partial(balancer), num_tasks=3, lr=0.2)
+    return dm, module
+
+
+def _fit(dm, module, tmp_path, max_steps, ckpt_path=None, callbacks=()):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        max_epochs=-1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_convex_module_averages_the_iterates_theta_0_to_theta_K_minus_1(tmp_path):
+    """After K SGD steps the module's averaged iterate is Theorem 3.1's (1/K) sum_{k<K} theta_k: theta_0 (the
+    initialisation) is in it, theta_K (the last iterate) is not."""
+    K = 6
+    dm, module = _convex_module()
+    theta0 = module.model.theta.detach().clone()
+    rec = _RecordIterates()
+    _fit(dm, module, tmp_path, K, callbacks=[rec])
+    assert len(rec.after_step) == K
+    iterates = [theta0, *rec.after_step]  # theta_0 .. theta_K
+    expected = torch.stack(iterates[:K]).mean(0)
+    assert int(module.n_avg) == K
+    torch.testing.assert_close(module.pretrained_theta(), expected)
+    # the other indexing, theta_1..theta_K, is a different point here
+    assert not torch.allclose(torch.stack(iterates[1:]).mean(0), expected, atol=1e-3)
+    torch.testing.assert_close(module.model.theta.detach(), iterates[K])
+
+
+def test_convex_module_average_continues_exactly_after_resume(tmp_path):
+    """Checkpointed after step 3 (mid-epoch: 4 batches per epoch) and resumed to step 7: the same averaged
+    iterate, count and last iterate as the run left alone."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dm, straight = _convex_module(partial(Minimax, alpha=1.0))
+    _fit(dm, straight, tmp_path / "a", 7)
+    dm, first = _convex_module(partial(Minimax, alpha=1.0))
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=3, save_top_k=-1, filename="s{step}")
+    _fit(dm, first, tmp_path / "b", 3, callbacks=[ckpt])
+    (path,) = list((tmp_path / "ck").glob("*.ckpt"))
+    dm, resumed = _convex_module(partial(Minimax, alpha=1.0))
+    _fit(dm, resumed, tmp_path / "c", 7, ckpt_path=str(path))
+    assert int(straight.n_avg) == int(resumed.n_avg) == 7
+    torch.testing.assert_close(straight.state_dict(), resumed.state_dict())
+    torch.testing.assert_close(straight.pretrained_theta(), resumed.pretrained_theta())

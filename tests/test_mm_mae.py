@@ -56,16 +56,57 @@ def test_training_step_balances_the_three_modality_losses_of_one_pass():
 
 
 @pytest.mark.parametrize(
-    "balancer", [partial(GradNorm), partial(GradientAggregator, method="upgrad", mode="features")]
+    "balancer",
+    [
+        partial(GradNorm),
+        partial(GradientAggregator, method="upgrad", mode="features"),
+        partial(GradientAggregator, method="mgda", mode="features"),
+    ],
+    ids=["gradnorm", "upgrad", "mgda"],
 )
 def test_gradient_balancers_get_shared_params_and_features(balancer):
+    """The gradient-based balancers use the per-task gradients of this step: GradNorm's update of its logits
+    is the one its equation gives for the task-gradient norms on the shared parameters (computed here by
+    hand); an aggregator's weighting sees the Gramian of the per-task gradients w.r.t. the features."""
     module = make_module(balancer=balancer)
+    b = module.aggregator.balancer
+    seen = []
+    if isinstance(b, GradientAggregator):
+        b.weighting.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
     torch.manual_seed(3)
     loss = module.training_step(make_batch(), 0)
     assert torch.isfinite(loss)
     loss.backward()
     weights = torch.tensor(list(module.aggregator.history[-1]["weight"].values()))
     assert torch.isclose(weights.sum(), torch.tensor(1.0)) and (weights > 0).all()
+
+    torch.manual_seed(3)  # the same step again, by hand: the same token split, the same losses
+    inputs = module._inputs(make_batch())
+    out = module.model(inputs)
+    losses = [s / c for s, c in module.model.losses(out, inputs).values()]
+    if isinstance(b, GradNorm):
+        params = [p for p in module.model.shared_params() if p.requires_grad]
+        norms = []
+        for task_loss in losses:
+            grads = torch.autograd.grad(task_loss, params, retain_graph=True, allow_unused=True)
+            norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        n, w = torch.stack(norms), torch.full((3,), 1 / 3, dtype=torch.float64)
+        # first step: r_t = 1, target = mean_t G_t; d/dp_t sum_s |G_s - target| with G_s = softmax(p)_s n_s
+        sign = torch.sign(w * n - (w * n).mean())
+        expected = sign * w * n - w * (sign * w * n).sum()
+        torch.testing.assert_close(b.logits.grad.double(), expected, rtol=1e-3, atol=1e-7)
+        assert b.logits.grad[n.argmax()] > 0 > b.logits.grad[n.argmin()]  # toward equal weighted norms
+    else:
+        J = torch.stack(
+            [torch.autograd.grad(v, out.features, retain_graph=True)[0].flatten() for v in losses]
+        )
+        gramian = (J @ J.T).double()
+        (used,) = seen
+        torch.testing.assert_close(used.double(), gramian, rtol=1e-3, atol=1e-10)
+        ref = type(b.weighting)()(gramian).float()
+        torch.testing.assert_close(weights, ref / ref.sum(), rtol=1e-3, atol=1e-6)
+        if b.method == "mgda":  # min-norm: the task with the smallest gradient weighs most
+            assert weights.argmax() == gramian.diagonal().argmin() and weights.max() > 0.5
 
 
 def test_optimizer_groups_cover_the_model_and_the_balancer():
