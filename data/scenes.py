@@ -7,12 +7,26 @@ A pinhole camera at height ``CAMERA_HEIGHT`` looks at a room: a floor plane whos
 the horizon and a back wall at a random distance. Between 3 and 6 objects (8 classes, each with its
 own shape, colour distribution and texture) stand on the floor at random depths; their image size
 and floor-contact row follow from perspective, and a z-buffer makes nearer objects occlude farther
-ones, so the class map is always the class of the nearest surface. RGB is albedo x depth shading plus
+ones, so the class map is always the class of the nearest surface. RGB is albedo x shading plus
 Gaussian noise. The scene label is the object class that covers the most pixels.
+
+Two options decide how much a single pixel gives away (``data.colour_mode``, ``data.depth_shading``):
+
+* ``colour_mode="class"`` (default): every class has its own mean colour (``_CLASS_STYLE``), as in the
+  original generator. ``"random"``: every object's hue, saturation and brightness are drawn at random,
+  independently of its class, so the class must be read from shape and texture alone (much harder: a
+  tiny model neither pre-trains nor fine-tunes to it in a CPU budget).
+* ``depth_shading``: brightness falls by this fraction per metre of depth (``0.06``: the original
+  generator, where depth can be read off a pixel's brightness). ``0.0`` (default): no depth-dependent
+  shading; each scene gets one random global illumination instead, so depth must be inferred from
+  geometry (the floor-contact row, the horizon, apparent size).
+
+``colour_mode="class", depth_shading=0.06`` is the original generator, bit for bit.
 """
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Sequence
 
 import lightning as L
@@ -35,6 +49,8 @@ RGB_STD = 0.25
 CAMERA_HEIGHT = 1.2
 #: split name -> stream id mixed into the seed, so splits never share an image
 SPLITS = {"train": 0, "val": 1, "test": 2}
+#: how object colours are chosen: per class (the original generator) or at random per object
+COLOUR_MODES = ("class", "random")
 
 # per object class: mean RGB albedo (0..1), colour std, size range (metres), aspect (height / width)
 _CLASS_STYLE = {
@@ -104,14 +120,21 @@ def render_scene(
     max_objects: int = 6,
     noise_std: float = 0.03,
     return_layers: bool = False,
+    colour_mode: str = "class",
+    depth_shading: float = 0.0,
 ) -> dict[str, np.ndarray | int | list]:
-    """Render one scene, a pure function of (seed, split, index).
+    """Render one scene, a pure function of (seed, split, index) and the options.
+
+    ``colour_mode`` (``class`` | ``random``) and ``depth_shading`` are described in the module
+    docstring; ``colour_mode="class", depth_shading=0.06`` is the original generator.
 
     Returns ``rgb`` (H, W, 3) float32 in [0, 1], ``depth`` (H, W) float32 metres, ``semseg`` (H, W)
     int64 class ids in [0, NUM_CLASSES), ``label`` int in [0, NUM_OBJECT_CLASSES) (the object class
     covering most pixels, minus 2). With ``return_layers`` also ``layers``: per object
     ``(class, mask, depth)`` before occlusion, and ``background_depth``.
     """
+    if colour_mode not in COLOUR_MODES:
+        raise ValueError(f"colour_mode={colour_mode!r}; choose among {', '.join(COLOUR_MODES)}")
     rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
     s = image_size
     f = 0.9 * s  # focal length in pixels
@@ -159,7 +182,11 @@ def render_scene(
         # small relief: round objects bulge toward the camera
         bulge = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0)) if cls in (2, 9) else 0.0 * u
         obj_depth = (z - 0.5 * width_m * 0.5 * bulge).astype(np.float32)
-        colour = np.clip(np.asarray(mean_col) + rng.normal(0, col_std, 3), 0.02, 1.0)
+        if colour_mode == "class":
+            colour = np.clip(np.asarray(mean_col) + rng.normal(0, col_std, 3), 0.02, 1.0)
+        else:  # any hue, any class: the class is in the shape and the texture only
+            hue, sat, val = rng.uniform(0.0, 1.0), rng.uniform(0.35, 0.9), rng.uniform(0.45, 0.95)
+            colour = np.asarray(colorsys.hsv_to_rgb(hue, sat, val))
         tex = _texture(cls, u, v, rng)
         if return_layers:
             full_mask = np.zeros((s, s), bool)
@@ -173,7 +200,10 @@ def render_scene(
         semseg[win] = np.where(nearer, cls, semseg[win])
         albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
 
-    shading = np.clip(1.15 - 0.06 * depth, 0.35, 1.0)[..., None]
+    if depth_shading > 0:
+        shading = np.clip(1.15 - float(depth_shading) * depth, 0.35, 1.0)[..., None]
+    else:  # one random illumination per scene: brightness says nothing about depth
+        shading = np.full(depth.shape + (1,), rng.uniform(0.7, 1.0), np.float32)
     rgb = albedo * shading + rng.normal(0.0, noise_std, albedo.shape)
     rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
     counts = np.bincount(semseg.ravel(), minlength=NUM_CLASSES)[2:]
@@ -198,17 +228,28 @@ class SceneDataset(Dataset):
         min_objects: int = 3,
         max_objects: int = 6,
         noise_std: float = 0.03,
+        colour_mode: str = "class",
+        depth_shading: float = 0.0,
     ) -> None:
         self.size, self.split, self.seed, self.image_size = int(size), split, int(seed), int(image_size)
         self.modalities = tuple(modalities)
         self.min_objects, self.max_objects, self.noise_std = min_objects, max_objects, noise_std
+        self.colour_mode, self.depth_shading = str(colour_mode), float(depth_shading)
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         scene = render_scene(
-            self.seed, index, self.split, self.image_size, self.min_objects, self.max_objects, self.noise_std
+            self.seed,
+            index,
+            self.split,
+            self.image_size,
+            self.min_objects,
+            self.max_objects,
+            self.noise_std,
+            colour_mode=self.colour_mode,
+            depth_shading=self.depth_shading,
         )
         out = {"label": torch.tensor(scene["label"])}
         if "rgb" in self.modalities:
@@ -227,8 +268,18 @@ def check_scene_options(
     max_objects: int,
     prefix: str = "data",
     modalities_key: str = "modalities",
+    colour_mode: str = "class",
+    depth_shading: float = 0.0,
 ) -> None:
     """Raise ConfigError, naming the key, for options the generator cannot honour."""
+    if colour_mode not in COLOUR_MODES:
+        raise ConfigError(
+            f"{prefix}.colour_mode={colour_mode!r} is not a colour mode; choose among {', '.join(COLOUR_MODES)}."
+        )
+    if not 0.0 <= float(depth_shading) <= 0.2:
+        raise ConfigError(
+            f"{prefix}.depth_shading={depth_shading} must be in [0, 0.2] (brightness lost per metre; 0: none)."
+        )
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
         raise ConfigError(
@@ -269,12 +320,21 @@ class ScenesDataModule(L.LightningDataModule):
         min_objects: int = 3,
         max_objects: int = 6,
         noise_std: float = 0.03,
+        colour_mode: str = "class",
+        depth_shading: float = 0.0,
         seed: int = 0,
         smoke: bool = False,
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
-        check_scene_options(image_size, modalities, min_objects, max_objects)
+        check_scene_options(
+            image_size,
+            modalities,
+            min_objects,
+            max_objects,
+            colour_mode=colour_mode,
+            depth_shading=depth_shading,
+        )
         if int(num_classes) != NUM_CLASSES:
             raise ConfigError(
                 f"data.num_classes={num_classes} but the scene generator renders {NUM_CLASSES} classes "
@@ -295,6 +355,8 @@ class ScenesDataModule(L.LightningDataModule):
             min_objects=min_objects,
             max_objects=max_objects,
             noise_std=noise_std,
+            colour_mode=colour_mode,
+            depth_shading=depth_shading,
         )
         self.train_size, self.val_size = int(train_size), int(val_size)
         self.samples_per_epoch = min(int(samples_per_epoch), self.train_size)

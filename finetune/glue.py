@@ -32,6 +32,7 @@ from finetune.protocol import (
     parse_seeds,
     parse_train_samples,
     protocol_record,
+    smoke_sizes,
     task_seed,
 )
 from pretrain.errors import ConfigError, DataError
@@ -295,6 +296,8 @@ class GlueLikeSuite:
         if smoke:
             n_train, n_dev, max_steps, batch_size = min(n_train, 48), min(n_dev, 32), 3, min(batch_size, 16)
         self.tasks, self.n_train, self.n_dev = tasks, int(n_train), int(n_dev)
+        if smoke:
+            self.sizes = smoke_sizes(self.sizes, self.n_train)
         self.epochs, self.batch_size, self.max_steps = int(epochs), int(batch_size), max_steps
         self.hparams = {
             "lr": lr,

@@ -57,6 +57,11 @@ def parse_train_samples(value: Any) -> tuple[list[int | None], bool]:
     return sizes, is_list
 
 
+def smoke_sizes(sizes: list[int | None], available: int) -> list[int | None]:
+    """``debug=smoke`` keeps every configured N within its handful of training examples."""
+    return sorted({None if n is None else min(n, available) for n in sizes}, key=lambda n: n or 0)
+
+
 def parse_seeds(value: Any) -> list[int]:
     """``downstream.finetune_seeds``: a non-empty list of distinct integers (an integer is a list of one)."""
     values = [value] if isinstance(value, int) else list(value or [])

@@ -55,6 +55,7 @@ from finetune.protocol import (
     parse_seeds,
     parse_train_samples,
     protocol_record,
+    smoke_sizes,
     task_seed,
 )
 from models.multimae import MultiMAE, unpatchify
@@ -296,7 +297,6 @@ _TASK_DEFAULTS = {
     "weight_decay": 0.05,
     "warmup_steps": 20,
     "encoder_lr_scale": 0.5,
-    "freeze_encoder": False,
     "head_hidden": 128,
 }
 #: the targets a cached linear-probe batch keeps
@@ -309,8 +309,7 @@ class VisionSuite:
     Args:
         tasks: per task (classification, segmentation, depth) its options: enabled, protocol (null: the
             suite's), epochs, lr, weight_decay, warmup_steps, encoder_lr_scale, head_hidden (under
-            ``linear_probe`` epochs / lr / weight_decay / warmup_steps train the head alone), freeze_encoder
-            (true: the same as ``protocol: linear_probe``).
+            ``linear_probe`` epochs / lr / weight_decay / warmup_steps train the head alone).
         protocol: ``finetune`` (encoder and head) or ``linear_probe`` (frozen encoder whose patch tokens are
             computed once for every task, the head alone), see ``finetune.protocol``.
         train_samples: ``None`` (all ``train_size`` images), N, or a list of N (nested subsets, a curve).
@@ -321,6 +320,8 @@ class VisionSuite:
         batch_size / num_workers: loaders of both.
         input_modalities: the encoder's inputs during fine-tuning (all patches visible).
         figure_images: how many fixed dev images go into the Figure-3 PNG.
+        min_objects / max_objects / noise_std / colour_mode / depth_shading: the scene generator's options (those
+            of pre-training, ``data/scenes.py``).
         seed: scenes are a function of (seed, split, index).
         smoke: a few steps and a few dev images per task.
     """
@@ -341,6 +342,8 @@ class VisionSuite:
         min_objects: int = 3,
         max_objects: int = 6,
         noise_std: float = 0.03,
+        colour_mode: str = "class",
+        depth_shading: float = 0.0,
         seed: int = 0,
         smoke: bool = False,
     ) -> None:
@@ -373,6 +376,8 @@ class VisionSuite:
             max_objects,
             "downstream",
             modalities_key="input_modalities",
+            colour_mode=colour_mode,
+            depth_shading=depth_shading,
         )
         self.image_size, self.input_modalities = int(image_size), input_modalities
         self.scene_kw = dict(
@@ -381,6 +386,8 @@ class VisionSuite:
             min_objects=min_objects,
             max_objects=max_objects,
             noise_std=noise_std,
+            colour_mode=colour_mode,
+            depth_shading=depth_shading,
         )
         self.protocol = check_protocol(protocol)
         self.sizes, self.curve = parse_train_samples(train_samples)
@@ -390,6 +397,8 @@ class VisionSuite:
         if self.smoke:
             train_size, dev_size, batch_size, num_workers = 32, 8, 8, 0
         self.train_size, self.dev_size = int(train_size), int(dev_size)
+        if self.smoke:
+            self.sizes = smoke_sizes(self.sizes, self.train_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.figure_images = min(int(figure_images), self.dev_size)
         self.extra_results: dict[str, Any] = {
@@ -431,9 +440,8 @@ class VisionSuite:
         }
 
     def task_protocol(self, opts: dict) -> str:
-        if opts.get("protocol"):
-            return str(opts["protocol"])
-        return "linear_probe" if opts.get("freeze_encoder") else self.protocol
+        """The task's own ``protocol`` if set, else the suite's."""
+        return str(opts.get("protocol") or self.protocol)
 
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path

@@ -126,9 +126,96 @@ def test_smoke_shrinks_the_data():
         ({"num_classes": 21}, "data.num_classes"),
         ({"min_objects": 4, "max_objects": 2}, "data.min_objects"),
         ({"image_size": 8}, "data.image_size"),
+        ({"colour_mode": "hue"}, "data.colour_mode"),
+        ({"depth_shading": -0.1}, "data.depth_shading"),
     ],
 )
 def test_bad_options_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         ScenesDataModule(**kwargs)
     assert str(err.value).count(".") >= 1 and "\n" not in str(err.value)
+
+
+def _colour_to_class_accuracy(colour_mode: str, scenes: int = 80) -> float:
+    """How well a pixel region's mean colour predicts its class: nearest class centroid of the mean
+    chromaticity (r, g, b) / (r + g + b), centroids from the first half of the scenes, scored on the rest."""
+    feats, classes = [], []
+    for index in range(scenes):
+        s = render_scene(0, index, colour_mode=colour_mode)
+        for cls in range(2, NUM_CLASSES):
+            pix = s["rgb"][s["semseg"] == cls]
+            if len(pix) >= 20:
+                mean = pix.mean(0)
+                feats.append(mean / mean.sum())
+                classes.append(cls)
+    feats, classes = np.array(feats), np.array(classes)
+    half = len(feats) // 2
+    centroids = np.stack([feats[:half][classes[:half] == c].mean(0) for c in range(2, NUM_CLASSES)])
+    pred = np.argmin(((feats[half:, None] - centroids[None]) ** 2).sum(-1), 1) + 2
+    return float((pred == classes[half:]).mean())
+
+
+def test_colour_mode_random_decouples_colour_from_class():
+    assert _colour_to_class_accuracy("class") > 0.8  # one colour per class: colour gives the class away
+    assert _colour_to_class_accuracy("random") < 0.3  # any hue for any class: about chance (1/8)
+
+
+def test_colour_mode_random_keeps_shapes_labels_and_geometry():
+    a, b = render_scene(0, 4, colour_mode="class"), render_scene(0, 4, colour_mode="class")
+    np.testing.assert_array_equal(a["rgb"], b["rgb"])  # still a pure function of (seed, split, index)
+    labels = [render_scene(0, i, colour_mode="random")["label"] for i in range(150)]
+    assert np.bincount(labels, minlength=8).min() >= 5
+
+
+def _floor_brightness_depth_correlation(depth_shading: float) -> float:
+    corrs = []
+    for index in range(10):
+        s = render_scene(1, index, depth_shading=depth_shading)
+        floor = s["semseg"] == 0
+        corrs.append(np.corrcoef(s["rgb"].mean(-1)[floor], s["depth"][floor])[0, 1])
+    return float(np.mean(corrs))
+
+
+def test_depth_shading_zero_removes_the_depth_from_brightness_cue():
+    assert _floor_brightness_depth_correlation(0.06) < -0.5  # farther floor is darker
+    assert abs(_floor_brightness_depth_correlation(0.0)) < 0.2  # brightness says nothing about depth
+
+
+def test_depth_shading_zero_varies_the_illumination_between_scenes():
+    walls = [render_scene(2, i, colour_mode="class")["rgb"][0].mean() for i in range(12)]
+    assert np.std(walls) > 0.03
+
+
+def test_class_colours_with_shading_reproduce_the_original_generator():
+    s = render_scene(4, 2, colour_mode="class", depth_shading=0.06)
+    assert s["rgb"].astype(np.float64).sum() == pytest.approx(5895.767298917752, rel=1e-6)
+    assert s["depth"].astype(np.float64).sum() == pytest.approx(18365.768626213074, rel=1e-6)
+    assert s["label"] == 4
+    assert np.bincount(s["semseg"].ravel(), minlength=NUM_CLASSES).tolist() == [
+        1399,
+        1905,
+        84,
+        236,
+        0,
+        0,
+        273,
+        199,
+        0,
+        0,
+    ]
+
+
+def test_dataset_and_datamodule_pass_the_options_to_the_generator():
+    for colour_mode, depth_shading in (("class", 0.06), ("random", 0.0)):
+        ds = SceneDataset(3, seed=5, colour_mode=colour_mode, depth_shading=depth_shading)
+        raw = render_scene(5, 1, colour_mode=colour_mode, depth_shading=depth_shading)["rgb"]
+        np.testing.assert_allclose(ds[1]["rgb"].permute(1, 2, 0).numpy() * RGB_STD + RGB_MEAN, raw, atol=1e-6)
+        dm = ScenesDataModule(val_size=2, seed=5, colour_mode=colour_mode, depth_shading=depth_shading)
+        np.testing.assert_allclose(
+            dm.val_set[1]["rgb"].numpy(),
+            SceneDataset(2, "val", seed=5, colour_mode=colour_mode, depth_shading=depth_shading)[1][
+                "rgb"
+            ].numpy(),
+        )
+    a = SceneDataset(2, seed=5, colour_mode="class")[1]["rgb"]
+    assert not torch.equal(a, SceneDataset(2, seed=5, colour_mode="random")[1]["rgb"])
