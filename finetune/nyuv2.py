@@ -172,6 +172,8 @@ class NYUv2Suite(VisionSuite):
         self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
 
+    render_once = False  # random crops: a fresh crop every epoch
+
     def datasets(self) -> tuple[NYUv2Dataset, NYUv2Dataset]:
         return self.train_set, self.dev_set
 

@@ -406,6 +406,10 @@ class VisionSuite:
         }
 
     # ---------------------------------------------------------------------------------- data
+    #: the training images are a pure function of their index (no augmentation): under ``finetune`` each
+    #: training subset is rendered once and kept in memory (a subclass with random crops sets False)
+    render_once = True
+
     def datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """(training set, dev set) of the suite (a subclass reads its own data)."""
         modalities = tuple(dict.fromkeys(("rgb", "depth", "semseg") + self.input_modalities))
@@ -498,6 +502,7 @@ class VisionSuite:
         """Adapt task ``name`` for every N and fine-tuning seed (``finetune.protocol.adapt``)."""
         probe = self.task_protocol(opts) == "linear_probe"
         self._figure_module = None
+        rendered: dict[int | None, list] = {}
 
         def fit_and_score(n: int | None, seed: int) -> dict[str, float]:
             torch.manual_seed(task_seed(seed, k))
@@ -515,10 +520,10 @@ class VisionSuite:
                 dev = DataLoader(CachedBatches(cache["dev"]), batch_size=None)
             else:
                 subset = nested_subset(len(train_set), n, self.data_seed, "training images")
-                train, dev = (
-                    self.loader(Subset(train_set, subset), shuffle=True, generator=g),
-                    self.loader(dev_set),
-                )
+                items = Subset(train_set, subset)
+                if self.render_once:  # deterministic images: render the subset once, not once per epoch
+                    items = rendered.setdefault(n, [items[i] for i in range(len(items))])
+                train, dev = self.loader(items, shuffle=True, generator=g), self.loader(dev_set)
             if self.smoke:
                 trainer = make_trainer(max_steps=2, name=name)
             else:
