@@ -1,9 +1,13 @@
 """The real GLUE tasks of Table 1, from a local copy of the original GLUE distribution or from the hub.
 
 Local files are read the way GLUE's own processors read them: tab-separated, **no quote character**
-(quotes are text), CoLA's train/dev without a header, MRPC's UTF-8 byte-order mark stripped, each task's
-own columns. Labels keep the hub's (``nyu-mll/glue``) order, so a model fine-tuned from either source
-means the same thing (e.g. MNLI: entailment 0, neutral 1, contradiction 2).
+(quotes are text), MRPC's UTF-8 byte-order mark stripped, each task's own columns. A header is recognised by
+its content, not its position (CoLA's files and a headerless copy keep their first row). Malformed rows are
+handled per task as GLUE's processors do (QQP skips them, the others fail naming ``<file>:<line>``) unless
+``downstream.skip_malformed`` says otherwise; skipped rows are counted in one warning per file.
+
+Labels keep the hub's (``nyu-mll/glue``) order, so a model fine-tuned from either source means the same
+thing (e.g. MNLI: entailment 0, neutral 1, contradiction 2).
 
 Each task becomes a :class:`data.glue_like.TaskData` (the same format as the generated suite), keyed by
 its GLUE leaderboard name (``CoLA``, ``SST-2``, ``MRPC``, ``STS-B``, ``QQP``, ``MNLI-m``, ``MNLI-mm``,
@@ -14,12 +18,15 @@ MRPC, accuracy otherwise; the primary metric first).
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.glue_like import Example, TaskData, TaskSpec
 from pretrain.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class GlueTask:
     hub_config: str  # nyu-mll/glue configuration
     dev_file: str  # dev file name in the folder
     hub_dev_split: str
-    header: bool  # whether train/dev TSVs start with a header row
+    header: bool  # whether GLUE's train/dev TSVs start with a header row (dropped only if it looks like one)
     a_col: int  # column of the first sentence
     b_col: int | None  # column of the second sentence (None: single sentence)
     label_col: int  # column of the label (negative: from the end)
@@ -39,11 +46,15 @@ class GlueTask:
     hub_a: str
     hub_b: str | None
     spec: TaskSpec
+    header_names: tuple[str, ...] = ()  # column names of GLUE's header row (how a header is recognised)
+    skips_malformed: bool = False  # GLUE's own processor skips malformed rows (QQP) instead of failing
 
 
 def _spec(name, pair, num_labels, metrics, description):
     return TaskSpec(name, pair, num_labels, metrics, (), description)
 
+
+MNLI_HEADER = ("sentence1", "sentence2", "gold_label")
 
 GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
@@ -51,23 +62,27 @@ GLUE_TASKS: dict[str, GlueTask] = {
         GlueTask("CoLA", "CoLA", "cola", "dev.tsv", "validation", False, 3, None, 1, ("0", "1"), "sentence", None,
                  _spec("CoLA", False, 2, ("matthews", "accuracy"), "linguistic acceptability")),
         GlueTask("SST-2", "SST-2", "sst2", "dev.tsv", "validation", True, 0, None, 1, ("0", "1"), "sentence", None,
-                 _spec("SST-2", False, 2, ("accuracy",), "sentiment")),
+                 _spec("SST-2", False, 2, ("accuracy",), "sentiment"), ("sentence", "label")),
         GlueTask("MRPC", "MRPC", "mrpc", "dev.tsv", "validation", True, 3, 4, 0, ("0", "1"), "sentence1", "sentence2",
-                 _spec("MRPC", True, 2, ("f1", "accuracy"), "paraphrase")),
+                 _spec("MRPC", True, 2, ("f1", "accuracy"), "paraphrase"), ("Quality", "#1 String", "#2 String")),
         GlueTask("STS-B", "STS-B", "stsb", "dev.tsv", "validation", True, 7, 8, -1, None, "sentence1", "sentence2",
-                 _spec("STS-B", True, 1, ("spearman", "pearson"), "semantic similarity 0-5")),
+                 _spec("STS-B", True, 1, ("spearman", "pearson"), "semantic similarity 0-5"),
+                 ("sentence1", "sentence2", "score")),
         GlueTask("QQP", "QQP", "qqp", "dev.tsv", "validation", True, 3, 4, 5, ("0", "1"), "question1", "question2",
-                 _spec("QQP", True, 2, ("f1", "accuracy"), "question paraphrase")),
+                 _spec("QQP", True, 2, ("f1", "accuracy"), "question paraphrase"),
+                 ("question1", "question2", "is_duplicate"), skips_malformed=True),
         GlueTask("MNLI-m", "MNLI", "mnli", "dev_matched.tsv", "validation_matched", True, 8, 9, -1,
                  ("entailment", "neutral", "contradiction"), "premise", "hypothesis",
-                 _spec("MNLI-m", True, 3, ("accuracy",), "entailment, matched genres")),
+                 _spec("MNLI-m", True, 3, ("accuracy",), "entailment, matched genres"), MNLI_HEADER),
         GlueTask("MNLI-mm", "MNLI", "mnli", "dev_mismatched.tsv", "validation_mismatched", True, 8, 9, -1,
                  ("entailment", "neutral", "contradiction"), "premise", "hypothesis",
-                 _spec("MNLI-mm", True, 3, ("accuracy",), "entailment, mismatched genres")),
+                 _spec("MNLI-mm", True, 3, ("accuracy",), "entailment, mismatched genres"), MNLI_HEADER),
         GlueTask("QNLI", "QNLI", "qnli", "dev.tsv", "validation", True, 1, 2, -1, ("entailment", "not_entailment"),
-                 "question", "sentence", _spec("QNLI", True, 2, ("accuracy",), "question answering entailment")),
+                 "question", "sentence", _spec("QNLI", True, 2, ("accuracy",), "question answering entailment"),
+                 ("question", "sentence", "label")),
         GlueTask("RTE", "RTE", "rte", "dev.tsv", "validation", True, 1, 2, -1, ("entailment", "not_entailment"),
-                 "sentence1", "sentence2", _spec("RTE", True, 2, ("accuracy",), "textual entailment")),
+                 "sentence1", "sentence2", _spec("RTE", True, 2, ("accuracy",), "textual entailment"),
+                 ("sentence1", "sentence2", "label")),
     ]
 }  # fmt: skip
 
@@ -85,48 +100,89 @@ def resolve(name: str) -> GlueTask:
     return GLUE_TASKS[key]
 
 
-def read_tsv(path: Path, task: GlueTask, skip_malformed: bool = False) -> list[Example]:
-    """Read one GLUE TSV; a malformed row fails naming the file and line (or is skipped, if asked)."""
+def _columns_needed(task: GlueTask) -> int:
+    text_cols = [task.a_col] + ([task.b_col] if task.b_col is not None else [])
+    if task.label_col >= 0:
+        return max(*text_cols, task.label_col) + 1
+    return max(text_cols) + 1 - task.label_col  # the label is counted from the end: after the text columns
+
+
+def _label(raw: str, task: GlueTask) -> float:
+    """The label of a cell (hub order), or ``ValueError`` saying why it is not one."""
+    raw = raw.strip()
+    if task.labels is None:
+        return float(raw)
+    if raw in task.labels:
+        return float(task.labels.index(raw))
+    raise ValueError(f"label {raw!r} is not one of {list(task.labels)}")
+
+
+def looks_like_header(row: list[str], task: GlueTask) -> bool:
+    """Whether a first row is GLUE's header: its label column holds no label and it names a column of the
+    task (``sentence1``, ``label``, ``is_duplicate``, ...). A headerless file's first row is an example."""
+    if not task.header_names or len(row) < _columns_needed(task):
+        return False
+    try:
+        _label(row[task.label_col], task)
+        return False
+    except ValueError:
+        names = {n.lower() for n in task.header_names}
+        return any(cell.strip().lower() in names for cell in row)
+
+
+def read_tsv(path: Path, task: GlueTask, skip_malformed: bool | None = None) -> list[Example]:
+    """Read one GLUE TSV. A first row that looks like the header (:func:`looks_like_header`) is dropped. A
+    malformed row (too few columns, not a label) fails naming ``<file>:<line>``, or is skipped when
+    ``skip_malformed`` is true; ``None`` does what GLUE's processor does for the task (QQP skips, the others
+    fail). Skipped rows are counted in one warning per file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"GLUE task {task.name}: no file {path}.")
+    skip = task.skips_malformed if skip_malformed is None else bool(skip_malformed)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    text_cols = [task.a_col] + ([task.b_col] if task.b_col is not None else [])
-    if task.label_col >= 0:
-        needed = max(*text_cols, task.label_col) + 1
-    else:  # the label is counted from the end: it must stand after the text columns
-        needed = max(text_cols) + 1 - task.label_col
+    needed = _columns_needed(task)
     examples: list[Example] = []
+    skipped, first_skip = 0, ""
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quotechar=None)
-        for line_no, row in enumerate(rows, start=1):
-            if line_no == 1 and task.header:
+        for k, row in enumerate(rows):
+            line_no = rows.line_num
+            if k == 0 and looks_like_header(row, task):
                 continue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             try:
                 if len(row) < needed:
                     raise IndexError(f"expected at least {needed} tab-separated columns, found {len(row)}")
-                raw = row[task.label_col].strip()
-                if task.labels is None:
-                    label = float(raw)
-                elif raw in task.labels:
-                    label = float(task.labels.index(raw))
-                else:
-                    raise ValueError(f"label {raw!r} is not one of {list(task.labels)}")
+                label = _label(row[task.label_col], task)
             except (IndexError, ValueError) as exc:
-                if skip_malformed:
+                if skip:
+                    skipped += 1
+                    first_skip = first_skip or f"line {line_no}: {exc}"
                     continue
-                raise DataError(f"{path}:{line_no}: malformed {task.name} row ({exc}).") from None
+                raise DataError(
+                    f"{path}:{line_no}: malformed {task.name} row ({exc}); downstream.skip_malformed=true "
+                    "skips such rows."
+                ) from None
             b = row[task.b_col] if task.b_col is not None else None
             examples.append(Example(row[task.a_col], b, label))
+    if skipped:
+        log.warning(
+            "%s: skipped %d malformed %s row(s) of %d (first at %s).",
+            path,
+            skipped,
+            task.name,
+            skipped + len(examples),
+            first_skip,
+        )
     if not examples:
-        raise DataError(f"{path}: no examples (empty file?).")
+        what = f"all {skipped} rows are malformed" if skipped else "empty file?"
+        raise DataError(f"{path}: no examples ({what}).")
     return examples
 
 
-def load_local(name: str, data_dir: str | Path, skip_malformed: bool = False) -> TaskData:
-    """A task from ``<data_dir>/<TASK>/train.tsv`` and its dev file."""
+def load_local(name: str, data_dir: str | Path, skip_malformed: bool | None = None) -> TaskData:
+    """A task from ``<data_dir>/<TASK>/train.tsv`` and its dev file (``skip_malformed``: see :func:`read_tsv`)."""
     task = resolve(name)
     folder = Path(data_dir) / task.folder
     if not folder.is_dir():

@@ -18,6 +18,7 @@ Pipeline (run once, cached under ``cache_dir``; never in the training loop):
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -402,28 +403,107 @@ def split_documents(lines, where: str) -> tuple[list[str], list[int]]:
     return texts, docs
 
 
-def read_text_file(path: Path) -> tuple[list[str], list[int]]:
-    """Sentences and their document index from a text file (see :func:`split_documents`). Raises
-    ``DataError`` naming the file when it is missing or has no sentence."""
+_SNIFF_BYTES = 8192  # bytes read to tell a binary file from a text file
+_BINARY_UNDECODABLE = 0.3  # share of undecodable characters in those bytes above which a file is binary
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name (``utf-8``, ``iso8859-1``, ...); ``ConfigError`` naming ``data.encoding``."""
+    try:
+        return codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ConfigError(
+            f"data.encoding={encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)."
+        ) from None
+
+
+def _decode_error(path: Path, encoding: str, key: str) -> DataError:
+    """The one sentence for a file that does not decode: where (byte offset, line) and what to set."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    fed, lines = 0, 1
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            final = not chunk  # the end of the file: a cut-off character is an error too
+            state = decoder.getstate()
+            pending = state[0] if isinstance(state[0], bytes) else b""
+            try:
+                decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as e:
+                data = pending + chunk
+                offset = fed - len(pending) + e.start
+                lines += data[len(pending) : max(len(pending), e.start)].count(b"\n")
+                bad = " ".join(f"0x{byte:02x}" for byte in data[e.start : e.end])
+                return DataError(
+                    f"{key}: {path} is not valid {encoding} (byte {bad} at byte offset {offset}, line {lines}); "
+                    f"set data.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
+                )
+            if final:
+                break
+            fed += len(chunk)
+            lines += chunk.count(b"\n")
+    return DataError(
+        f"{key}: {path} does not decode as {encoding}; set data.encoding=latin-1 (or its encoding)."
+    )
+
+
+def _binary_reason(path: Path, encoding: str) -> str | None:
+    """Why a file looks binary (NUL bytes, or mostly undecodable as ``encoding``), or ``None`` if it is text."""
+    with path.open("rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if b"\0" in head and b"\0" not in "\n".encode(encoding):  # UTF-16/32 text holds NULs
+        return "NUL bytes"
+    text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(head, final=False)
+    if text and text.count("\ufffd") / len(text) > _BINARY_UNDECODABLE:
+        return f"{text.count(chr(0xFFFD)) / len(text):.0%} of its first bytes are not {encoding}"
+    return None
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
+    """Sentences and their document index from a text file in ``encoding`` (see :func:`split_documents`).
+    Raises ``DataError`` naming the file when it is missing, does not decode (with the byte offset) or has
+    no sentence."""
     if not path.is_file():
         raise DataError(f"data.text_file: {path} does not exist.")
-    with path.open(encoding="utf-8") as f:
-        return split_documents(f, f"data.text_file: {path}")
+    encoding = check_encoding(encoding)
+    try:
+        with path.open(encoding=encoding) as f:
+            return split_documents(f, f"data.text_file: {path}")
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding, "data.text_file") from None
 
 
-def read_text_dir(path: Path) -> tuple[list[str], list[int]]:
-    """Sentences and document index from a folder of ``.txt`` files (searched recursively, sorted): each
-    file is one document, or several separated by blank lines. Raises ``DataError`` naming the folder."""
+def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
+    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (searched recursively,
+    sorted): each file is one document, or several separated by blank lines. A binary file (NUL bytes, or
+    mostly undecodable) is skipped with a warning naming it; a text file that does not decode fails naming
+    it and the byte offset. Raises ``DataError`` naming the folder when no text file is left."""
     if not path.is_dir():
         raise DataError(f"data.text_dir: {path} is not a folder.")
+    encoding = check_encoding(encoding)
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     if not files:
         raise DataError(f"data.text_dir: {path} holds no .txt file.")
+    texts = []
+    for f in files:
+        reason = _binary_reason(f, encoding)
+        if reason is None:
+            texts.append(f)
+        else:
+            log.warning("data.text_dir: skipping %s: it looks binary, not %s text (%s).", f, encoding, reason)
+    if not texts:
+        raise DataError(
+            f"data.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
+            f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.encoding."
+        )
 
     def lines():
-        for f in files:
-            with f.open(encoding="utf-8", errors="replace") as fh:
-                yield from fh
+        for f in texts:
+            try:
+                with f.open(encoding=encoding) as fh:
+                    yield from fh
+            except UnicodeDecodeError:
+                raise _decode_error(f, encoding, "data.text_dir") from None
             yield ""  # a file ends its last document
 
     return split_documents(lines(), f"data.text_dir: {path}")
@@ -519,6 +599,7 @@ class PosBertDataModule(LightningDataModule):
         hf_split: str = "train",
         text_column: str = "text",
         text_dir: str | None = None,
+        encoding: str = "utf-8",
         disk_dataset: str | None = None,
         streaming: bool = False,
         max_rows: int | None = None,
@@ -574,6 +655,7 @@ class PosBertDataModule(LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.seed, self.smoke = seed, smoke
         self.text_file = Path(text_file) if text_file else None
+        self.encoding = check_encoding(encoding)  # of text_file / text_dir
         self.hf_dataset, self.hf_config, self.hf_split, self.text_column = (
             hf_dataset,
             hf_config,
@@ -606,6 +688,8 @@ class PosBertDataModule(LightningDataModule):
                 "smoke": self.smoke,
                 "v": CACHE_FORMAT,
             }
+        # another encoding is another corpus; utf-8 (the default) keeps the keys of caches built before it
+        enc = {} if self.encoding == "utf-8" else {"encoding": self.encoding}
         for key, path in (("text_dir", self.text_dir), ("disk_dataset", self.disk_dataset)):
             if path is not None:
                 files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -618,6 +702,7 @@ class PosBertDataModule(LightningDataModule):
                     "column": self.text_column,
                     "split": self.hf_split,
                     "v": CACHE_FORMAT,
+                    **(enc if key == "text_dir" else {}),
                 }
         if self.text_file is not None:
             st = self.text_file.stat() if self.text_file.is_file() else None
@@ -626,6 +711,7 @@ class PosBertDataModule(LightningDataModule):
                 "size": st and st.st_size,
                 "mtime": st and st.st_mtime_ns,
                 "smoke": self.smoke,
+                **enc,
             }
         return {
             "generated": CACHE_FORMAT,
@@ -644,9 +730,9 @@ class PosBertDataModule(LightningDataModule):
     def _read_raw(self) -> dict[str, list]:
         if self.real_text:
             if self.text_file is not None:
-                texts, docs = read_text_file(self.text_file)
+                texts, docs = read_text_file(self.text_file, self.encoding)
             elif self.text_dir is not None:
-                texts, docs = read_text_dir(self.text_dir)
+                texts, docs = read_text_dir(self.text_dir, self.encoding)
             elif self.disk_dataset is not None:
                 texts, docs = read_disk_dataset(
                     self.disk_dataset, self.hf_split, self.text_column, self.max_rows
@@ -690,6 +776,7 @@ class PosBertDataModule(LightningDataModule):
         path = self.cache_dir / "pos_bert" / f"tokenizer-{fp}"
         if (path / "tokenizer.json").is_file():
             self.cache_hits["tokenizer"] = True
+            log.info("tokenizer cache hit: %s", path)
             return PreTrainedTokenizerFast.from_pretrained(str(path))
         self.cache_hits["tokenizer"] = False
         raw = self._raw()
@@ -697,7 +784,7 @@ class PosBertDataModule(LightningDataModule):
         tok = train_wordpiece(texts, self.vocab_size, self.lowercase)
         remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
         atomic_write(path, lambda tmp: tok.save_pretrained(str(tmp)), what="tokenizer cache")
-        log.info("trained a WordPiece tokenizer (%d pieces) -> %s", len(tok), path)
+        log.info("tokenizer cache built: %s (a trained WordPiece tokenizer, %d pieces)", path, len(tok))
         return tok
 
     # -- tagged dataset ----------------------------------------------------------------------------------------
@@ -711,6 +798,7 @@ class PosBertDataModule(LightningDataModule):
         path = self.cache_dir / "pos_bert" / f"tagged-{fp}"
         if (path / "dataset_info.json").is_file():
             self.cache_hits["tagged"] = True
+            log.info("tagged corpus cache hit: %s", path)
             return datasets.load_from_disk(str(path))
         self.cache_hits["tagged"] = False
         raw = self._raw()
@@ -733,6 +821,7 @@ class PosBertDataModule(LightningDataModule):
         ds = ds.filter(lambda n: len(n) > 0, input_columns="input_ids")
         remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
         atomic_write(path, lambda tmp: ds.save_to_disk(str(tmp)), what="tagged dataset cache")
+        log.info("tagged corpus cache built: %s (%d sentences)", path, len(ds))
         return datasets.load_from_disk(str(path))
 
     def setup(self, stage: str | None = None) -> None:

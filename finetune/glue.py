@@ -221,6 +221,8 @@ class GlueLikeSuite:
             ``data_dir``, read by ``data.glue``) or ``hub`` (``hub_dataset`` through ``datasets``).
         data_dir: the GLUE folder for ``source=local``.
         hub_dataset: the hub dataset for ``source=hub``.
+        skip_malformed: ``source=local``: ``None`` handles malformed TSV rows as GLUE does per task (QQP skips
+            them, the others fail naming ``<file>:<line>``); ``True`` / ``False`` skip / fail for every task.
         n_train, n_dev: generated examples per task and split (``generated`` only).
         protocol: ``finetune`` (the encoder and the head) or ``linear_probe`` (frozen encoder, features
             computed once per task, the head alone; ``probe`` sets its training), see ``finetune.protocol``.
@@ -240,6 +242,7 @@ class GlueLikeSuite:
         source: str = "generated",
         data_dir: str | None = None,
         hub_dataset: str = "nyu-mll/glue",
+        skip_malformed: bool | None = None,
         n_train: int = 3000,
         n_dev: int = 500,
         protocol: str = "finetune",
@@ -283,7 +286,12 @@ class GlueLikeSuite:
                                 f"downstream.data_dir: GLUE task {task.name} needs {root / task.folder / split}, "
                                 "which is missing."
                             )
+        if skip_malformed not in (None, True, False):
+            raise ConfigError(
+                f"downstream.skip_malformed must be null, true or false, got {skip_malformed!r}."
+            )
         self.source, self.data_dir, self.hub_dataset = source, data_dir, hub_dataset
+        self.skip_malformed = skip_malformed
         self.protocol = check_protocol(protocol)
         self.sizes, self.curve = parse_train_samples(train_samples)
         self.seeds = parse_seeds(finetune_seeds)
@@ -315,7 +323,10 @@ class GlueLikeSuite:
             return generate_task(name, self.n_train, self.n_dev, self.seed)
         from data.glue import load_hub, load_local
 
-        data = load_local(name, self.data_dir) if self.source == "local" else load_hub(name, self.hub_dataset)
+        if self.source == "local":
+            data = load_local(name, self.data_dir, self.skip_malformed)
+        else:
+            data = load_hub(name, self.hub_dataset)
         if self.smoke:
             data.train, data.dev = data.train[: self.n_train], data.dev[: self.n_dev]
         return data

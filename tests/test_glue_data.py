@@ -1,5 +1,7 @@
 """Reading the real GLUE distribution as GLUE's processors do, and the hub's label order."""
 
+import logging
+
 import pytest
 
 from data.glue import GLUE_TASKS, from_hub_split, load_hub, load_local, read_tsv, resolve
@@ -140,3 +142,64 @@ def test_real_glue_suite_fails_before_pretraining_when_files_are_missing(tmp_pat
             tmp_path / "run",
         )  # fmt: skip
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was pre-trained
+
+
+QQP_HEAD = "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
+QQP_ROW = "{}\t1\t2\tHow do I cook?\tHow can I cook?\t{}\n"
+
+
+def test_qqp_skips_malformed_rows_by_default_and_counts_them(glue_dir, caplog):
+    path = glue_dir / "QQP" / "train.tsv"
+    rows = [
+        QQP_ROW.format(0, 1),
+        "1\t3\t4\tA question cut short\n",
+        QQP_ROW.format(2, "maybe"),
+        QQP_ROW.format(3, 0),
+    ]
+    path.write_text(QQP_HEAD + "".join(rows))
+    with caplog.at_level(logging.WARNING, logger="data.glue"):
+        qqp = load_local("QQP", glue_dir)
+    assert [e.label for e in qqp.train] == [1.0, 0.0]
+    warned = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warned) == 1 and f"{path}: skipped 2 malformed QQP row(s) of 4 (first at line 3" in warned[0]
+    with pytest.raises(DataError, match=r"QQP/train.tsv:3: malformed QQP row \(expected at least 6"):
+        load_local("QQP", glue_dir, skip_malformed=False)
+
+
+def test_other_tasks_fail_on_malformed_rows_by_default(tmp_path):
+    rte = tmp_path / "RTE"
+    write(rte / "dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA cat sat.\tA cat.\tentailment\n")
+    write(rte / "train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n1\tC.\tD.\tyes\n")
+    with pytest.raises(DataError, match=r"RTE/train.tsv:3: malformed RTE row \(label 'yes' is not one of"):
+        load_local("RTE", tmp_path)
+    assert len(load_local("RTE", tmp_path, skip_malformed=True).train) == 1
+
+
+def test_header_is_recognised_by_content_not_position(tmp_path):
+    sst2 = resolve("SST-2")
+    headed, headless = tmp_path / "headed.tsv", tmp_path / "headless.tsv"
+    write(headed, "sentence\tlabel\na gripping film \t1\ndull \t0\n")
+    write(headless, "a gripping film \t1\ndull \t0\n")
+    assert [e.a for e in read_tsv(headed, sst2)] == ["a gripping film ", "dull "]
+    assert [e.a for e in read_tsv(headless, sst2)] == ["a gripping film ", "dull "]  # first row kept
+    write(headless, "a first row whose label is odd\tpositive\ndull \t0\n")  # not a header: no column name
+    with pytest.raises(DataError, match=r"headless.tsv:1: malformed SST-2 row \(label 'positive'"):
+        read_tsv(headless, sst2)
+
+
+def test_skip_malformed_reaches_the_reader_from_the_config(glue_dir, tmp_path):
+    from conftest import compose_config
+
+    from finetune.glue import GlueLikeSuite
+    from pretrain.errors import ConfigError
+
+    cfg = compose_config(["experiment=pos_bert", "downstream=glue"], tmp_path)
+    assert cfg.downstream.skip_malformed is None
+    path = glue_dir / "QQP" / "train.tsv"
+    path.write_text(QQP_HEAD + QQP_ROW.format(0, 1) + "1\t3\t4\tcut short\n")
+    kw = dict(tasks=["QQP"], source="local", data_dir=str(glue_dir))
+    assert len(GlueLikeSuite(**kw).load("QQP").train) == 1
+    with pytest.raises(DataError, match=r"QQP/train.tsv:3: malformed QQP row"):
+        GlueLikeSuite(**kw, skip_malformed=False).load("QQP")
+    with pytest.raises(ConfigError, match="downstream.skip_malformed must be null, true or false"):
+        GlueLikeSuite(**kw, skip_malformed="sometimes")

@@ -1,5 +1,6 @@
 """PoS-BERT data: masking collator, POS alignment, NSP pairs, caches and bad input."""
 
+import logging
 import warnings
 
 import numpy as np
@@ -242,3 +243,20 @@ def test_missing_nltk_resource_names_it(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         pb.require_nltk_tagger()
     assert "averaged_perceptron_tagger_eng" in str(e.value) and "python -m nltk.downloader" in str(e.value)
+
+
+def test_each_cache_logs_one_line_built_then_hit_with_its_path(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="data.pos_bert")
+
+    def cache_lines():
+        lines = [r.getMessage() for r in caplog.records if " cache " in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=3, max_length=32).setup()
+    built = cache_lines()
+    assert [m.split(":")[0] for m in built] == ["tokenizer cache built", "tagged corpus cache built"]
+    paths = [m.split(": ", 1)[1].split(" (")[0] for m in built]
+    assert "tokenizer-" in paths[0] and "tagged-" in paths[1] and all(str(tmp_path) in p for p in paths)
+    PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=3, max_length=32).setup()
+    assert cache_lines() == [f"tokenizer cache hit: {paths[0]}", f"tagged corpus cache hit: {paths[1]}"]

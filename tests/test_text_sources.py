@@ -1,11 +1,18 @@
 """Real-text sources for PoS-BERT: a text file, a folder of .txt files, a save_to_disk dataset, the hub."""
 
 import json
+import logging
 
 import pytest
 from conftest import compose_config, run_pipeline
 
-from data.pos_bert import PosBertDataModule, read_disk_dataset, read_hub_dataset, read_text_dir
+from data.pos_bert import (
+    PosBertDataModule,
+    read_disk_dataset,
+    read_hub_dataset,
+    read_text_dir,
+    read_text_file,
+)
 from pretrain.errors import ConfigError, DataError
 
 DOC_A = "The old man walked to the river.\nHe saw a small boat and a red bird.\n"
@@ -84,3 +91,41 @@ def test_wikitext_sample_runs_through_nltk_and_the_whole_run(shared_data, nltk_d
     assert set(res["downstream"]) == {"cola", "sst2", "mrpc", "rte", "stsb"}
     assert {"noun", "verb", "determiner", "preposition"} <= set(res["upstream"])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["experiment"] == "pos_bert"
+
+
+def test_text_file_in_another_encoding_names_the_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    text = "The old man walked to the river.\nHe saw a café and a red bird.\n"
+    path.write_bytes(text.encode("latin-1"))
+    offset = text.index("é")
+    with pytest.raises(DataError) as err:
+        read_text_file(path)
+    msg = str(err.value)
+    assert f"data.text_file: {path} is not valid utf-8 (byte 0xe9 at byte offset {offset}, line 2)" in msg
+    assert "data.encoding=latin-1" in msg and "\n" not in msg
+    texts, _ = read_text_file(path, "latin-1")
+    assert texts[1] == "He saw a café and a red bird."
+    with pytest.raises(ConfigError, match="data.encoding='klingon' is not a text encoding"):
+        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(path), encoding="klingon")
+    cfg = compose_config(["experiment=pos_bert", "data=text_file", f"data.text_file={path}"], tmp_path)
+    assert cfg.data.encoding == "utf-8"
+
+
+def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, caplog):
+    (tmp_path / "a.txt").write_text(DOC_A)
+    (tmp_path / "blob.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    (tmp_path / "noise.txt").write_bytes(bytes((i * 37 + 128) % 256 | 0x80 for i in range(2000)))
+    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+        texts, docs = read_text_dir(tmp_path)
+    assert texts == ["The old man walked to the river.", "He saw a small boat and a red bird."]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert f"skipping {tmp_path / 'blob.txt'}" in warned and "NUL bytes" in warned
+    assert f"skipping {tmp_path / 'noise.txt'}" in warned
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(
+        DataError, match=rf"data.text_dir: {tmp_path} holds no text file: its 2 .txt file\(s\) all look"
+    ):
+        read_text_dir(tmp_path)
+    (tmp_path / "b.txt").write_bytes(DOC_B.encode() + "Il était une fois.\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"b.txt is not valid utf-8 \(byte 0xe9 at byte offset \d+, line 3\)"):
+        read_text_dir(tmp_path)  # a text file with a stray byte is not binary: it fails, naming where
