@@ -37,7 +37,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from pretrain.balancers import Balancer
+from pretrain.balancers import Balancer, NormalisedBalancer
 from pretrain.errors import ConfigError, NonFiniteLossError
 
 LossValue = Tensor | tuple[Tensor, Tensor | int | float]
@@ -82,6 +82,8 @@ class LossAggregation(Callback):
             raise ConfigError(f"aggregation.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
         if int(history_every) < 1:
             raise ConfigError(f"aggregation.history_every must be >= 1, got {history_every}.")
+        if isinstance(balancer, NormalisedBalancer) and balancer.reference_from is not None:
+            balancer.set_reference(reference_losses(balancer.reference_from, self.task_names))
         self.balancer = balancer
         self.on_nonfinite = on_nonfinite
         self.history_every = int(history_every)
@@ -118,7 +120,7 @@ class LossAggregation(Callback):
         self.balancer.to(pl_module.device)
         strategy = trainer.strategy
         kind = type(strategy).__name__
-        if self.balancer.requires and ("FSDP" in kind or "DeepSpeed" in kind):
+        if self.balancer.requires & {"shared_params", "features"} and ("FSDP" in kind or "DeepSpeed" in kind):
             raise ConfigError(
                 f"balancer {type(self.balancer).__name__} needs per-task gradients of unsharded shared "
                 f"parameters and cannot run under {kind}; use trainer=ddp."
@@ -222,6 +224,7 @@ class LossAggregation(Callback):
             present[:k],
             shared_params=shared_params if "shared_params" in self.balancer.requires else None,
             features=features if "features" in self.balancer.requires else None,
+            counts=global_count[:k] if "counts" in self.balancer.requires else None,
         )
         loss = out.loss + local[k:].sum()
 
@@ -277,3 +280,29 @@ class LossAggregation(Callback):
             if values:
                 result[name] = sum(values) / len(values)
         return result
+
+
+def reference_losses(run_dir: str | Path, task_names: Sequence[str]) -> list[float]:
+    """``balancer.reference_from``: the final losses (``results.json``'s ``upstream``) of a finished run,
+    in the order of ``task_names``. ``run_dir`` is the run's directory (or its results.json)."""
+    path = Path(run_dir)
+    path = path if path.is_file() else path / "results.json"
+    try:
+        upstream = json.loads(path.read_text())["upstream"]
+        if not isinstance(upstream, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise ConfigError(
+            f"balancer.reference_from: {path} does not exist (give the directory of a finished run)."
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"balancer.reference_from: {path} is not a results.json with an 'upstream' dict of final task losses."
+        ) from None
+    missing = [t for t in task_names if not isinstance(upstream.get(t), (int, float))]
+    if missing:
+        raise ConfigError(
+            f"balancer.reference_from: {path} has no final loss for task(s) {', '.join(missing)} in its "
+            f"'upstream' (it has {', '.join(upstream) or 'none'})."
+        )
+    return [float(upstream[t]) for t in task_names]

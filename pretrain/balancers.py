@@ -39,6 +39,8 @@ __all__ = [
     "Balancer",
     "BalanceOutput",
     "NoBalancing",
+    "Vanilla",
+    "NormalisedBalancer",
     "Minimax",
     "Uncertainty",
     "GradNorm",
@@ -71,7 +73,8 @@ class Balancer(nn.Module):
     """Base class. Subclasses implement :meth:`compute_weights` (and, rarely, :meth:`objective`).
 
     ``requires`` names what a subclass needs beyond the losses: ``"shared_params"`` (the parameters
-    of the last shared layer) or ``"features"`` (the shared representation the task heads read).
+    of the last shared layer), ``"features"`` (the shared representation the task heads read) or
+    ``"counts"`` (each task's number of targets in the step).
     ``reduce`` averages a tensor over data-parallel ranks; the loss-aggregation callback sets it, and
     gradient-based methods apply it to the rank-local gradients they compute.
     """
@@ -101,6 +104,7 @@ class Balancer(nn.Module):
         *,
         shared_params: Sequence[Tensor] | None = None,
         features: Tensor | None = None,
+        counts: Tensor | None = None,
     ) -> BalanceOutput:
         """Weigh the T losses of one step.
 
@@ -110,6 +114,8 @@ class Balancer(nn.Module):
             shared_params: parameters of the last shared layer (GradNorm; aggregators in
                 ``shared_params`` mode).
             features: the shared representation (aggregators in ``features`` mode).
+            counts: shape ``(T,)``, each task's number of targets in the step, summed over ranks
+                (``vanilla``); ignored by the other balancers.
         """
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}")
@@ -124,7 +130,13 @@ class Balancer(nn.Module):
             imputed = torch.where(present, value, self.last_loss)
             known = present | self.seen
         losses = torch.where(present, losses, torch.zeros_like(losses))
-        ctx = {"losses": losses, "present": present, "shared_params": shared_params, "features": features}
+        ctx = {
+            "losses": losses,
+            "present": present,
+            "shared_params": shared_params,
+            "features": features,
+            "counts": counts,
+        }
         weights = self.compute_weights(imputed, known, ctx).detach()
         loss = self.objective(losses, weights, present, ctx)
         if self.training:
@@ -157,7 +169,111 @@ class NoBalancing(Balancer):
         return torch.full_like(values, 1.0 / self.num_tasks)
 
 
-class Minimax(Balancer):
+class Vanilla(Balancer):
+    """``vanilla``: plain BERT, the paper's Table 1 baseline: every target (masked token) counts equally.
+
+    ``w_t = n_t / sum_s n_s`` with ``n_t`` the task's number of targets in the step (summed over ranks), so
+    ``sum_t w_t L_t = sum_t S_t / sum_t n_t`` (``S_t`` the task's loss sum): the mean loss over all targets
+    of the balanced tasks. Not eq. (4)'s average of the task losses, which is ``none``.
+    """
+
+    requires = frozenset({"counts"})
+
+    def compute_weights(self, values, known, ctx):
+        if ctx["counts"] is None:
+            raise ValueError("vanilla weighs the tasks by their target counts: pass counts=(T,) tensor")
+        n = torch.where(ctx["present"], ctx["counts"].to(values).clamp(min=0), torch.zeros_like(values))
+        total = n.sum()
+        return torch.where(
+            total > 0, n / total.clamp(min=1e-12), torch.full_like(values, 1.0 / self.num_tasks)
+        )
+
+
+NORMALIZE = ("none", "reference", "initial")
+
+
+class NormalisedBalancer(Balancer):
+    """Base of the balancers whose weights come from the loss *values* (minimax, groupdro), which may be
+    normalised first (beyond the paper, whose setting is ``normalize="none"``):
+
+    * ``reference``: the excess loss ``L_t - ref_t`` over a reference model's loss, as in distributionally
+      robust language modelling (Oren et al. 2019) and DoReMi (Xie et al. 2023; without its clipping at 0).
+      ``ref`` is ``reference`` (T losses in task order) or comes from ``reference_from`` (a finished run's
+      directory): the loss-aggregation callback, which knows the task names, reads that run's final losses
+      and calls :meth:`set_reference`.
+    * ``initial``: ``L_t / Lbar_t``, ``Lbar_t`` the task's mean loss over the first ``normalize_steps`` steps
+      it was present in (GradNorm's ``L_t / L_t(0)``, averaged against minibatch noise). Within those steps
+      ``Lbar_t`` is the mean so far (this step included): the first step sees ratios 1 (uniform weights)
+      and the divisor settles without a jump at the window's end. ``Lbar`` rides in ``state_dict()``.
+
+    Only the weights see the normalised values; the scalar stays ``sum_t w_t L_t`` on the raw losses.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        normalize: str = "none",
+        reference: Sequence[float] | None = None,
+        reference_from: str | None = None,
+        normalize_steps: int = 50,
+    ) -> None:
+        super().__init__(num_tasks)
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"balancer.normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}.")
+        if int(normalize_steps) < 1:
+            raise ConfigError(f"balancer.normalize_steps must be >= 1 step, got {normalize_steps}.")
+        self.normalize, self.normalize_steps = normalize, int(normalize_steps)
+        self.reference_from: str | None = None
+        self._has_reference = False
+        if normalize == "reference":
+            if (reference is None) == (reference_from is None):
+                raise ConfigError(
+                    "balancer.normalize=reference needs exactly one of balancer.reference (the T reference "
+                    "losses) and balancer.reference_from (a finished run's directory)."
+                )
+            self.reference_from = None if reference_from is None else str(reference_from)
+            self.register_buffer("reference", torch.zeros(self.num_tasks), persistent=False)
+            if reference is not None:
+                self.set_reference(reference, key="balancer.reference")
+        elif normalize == "initial":
+            self.register_buffer("initial_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
+            self.register_buffer("initial_count", torch.zeros(self.num_tasks, dtype=torch.long))
+
+    def set_reference(self, values: Sequence[float], key: str = "balancer.reference_from") -> None:
+        """Set ``ref`` (T losses in task order); ``key`` names the config key they came from in errors."""
+        try:
+            ref = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a list of {self.num_tasks} numbers, got {values!r}.") from None
+        if len(ref) != self.num_tasks or not all(math.isfinite(v) for v in ref):
+            raise ConfigError(
+                f"{key} must give {self.num_tasks} finite losses, one per balanced task, got {len(ref)}: {ref}."
+            )
+        self.reference.copy_(torch.tensor(ref))
+        self._has_reference = True
+
+    def normalised(self, values: Tensor, ctx: dict) -> Tensor:
+        """The detached losses the weights are computed from."""
+        if self.normalize == "reference":
+            if not self._has_reference:
+                raise ConfigError(
+                    f"balancer.reference_from={self.reference_from!r} is read by the loss-aggregation "
+                    "callback; outside it, call set_reference() first."
+                )
+            return values - self.reference
+        if self.normalize == "initial":
+            add = ctx["present"] & (self.initial_count < self.normalize_steps)
+            total = self.initial_sum + torch.where(add, values.double(), torch.zeros_like(self.initial_sum))
+            count = self.initial_count + add.long()
+            if self.training:
+                self.initial_sum.copy_(total)
+                self.initial_count.copy_(count)
+            mean = torch.where(count > 0, total / count.clamp(min=1), torch.ones_like(total))
+            return values / mean.float().clamp(min=1e-12)
+        return values
+
+
+class Minimax(NormalisedBalancer):
     """``minimax``: softmax-weighted gradient descent, eq. (7) and Algorithm 1 of the paper.
 
     ``w_k = softmax(alpha_k * L)`` on the detached losses (or on their exponential moving average
@@ -172,6 +288,8 @@ class Minimax(Balancer):
             ``alpha_k = alpha * sqrt(k + 1)``).
         ema: smoothing of the losses used for the weights, in [0, 1); 0 uses the current losses.
         floor: weight floor ``c``: ``w <- (1 - c) w + c / T`` (DoReMi's smoothing), in [0, 1].
+        normalize, reference, reference_from, normalize_steps: optional normalisation of the losses
+            before the softmax (see :class:`NormalisedBalancer`); ``none`` is eq. (7) as published.
     """
 
     def __init__(
@@ -181,8 +299,12 @@ class Minimax(Balancer):
         schedule: str = "constant",
         ema: float = 0.0,
         floor: float = 0.0,
+        normalize: str = "none",
+        reference: Sequence[float] | None = None,
+        reference_from: str | None = None,
+        normalize_steps: int = 50,
     ) -> None:
-        super().__init__(num_tasks)
+        super().__init__(num_tasks, normalize, reference, reference_from, normalize_steps)
         try:
             alpha = float(alpha)
         except (TypeError, ValueError):
@@ -203,6 +325,7 @@ class Minimax(Balancer):
         return self.alpha * math.sqrt(k + 1) if self.schedule == "sqrt" else self.alpha
 
     def compute_weights(self, values, known, ctx):
+        values = self.normalised(values, ctx)
         if self.ema > 0:
             with torch.no_grad():
                 smoothed = torch.where(
@@ -355,7 +478,8 @@ class DWA(Balancer):
     ``w = softmax(r / temperature)`` (sums to 1; the paper's sum-to-T up to the factor T); uniform for
     the first two epochs. An "epoch" is a training epoch (the callback reports it through
     :meth:`set_epoch`; call :meth:`end_epoch` yourself outside Lightning) or, if ``window`` is set,
-    every ``window`` steps, for runs of few long epochs.
+    every ``window`` steps, for runs of few long epochs (``conf/balancer/dwa.yaml`` sets 100: with
+    PoS-BERT's 716-step epochs DWA would otherwise be ``none`` for the first 1432 steps).
     """
 
     def __init__(self, num_tasks: int, temperature: float = 2.0, window: int | None = None) -> None:
@@ -405,22 +529,32 @@ class DWA(Balancer):
         self.epoch_count.zero_()
 
 
-class GroupDRO(Balancer):
+class GroupDRO(NormalisedBalancer):
     """``groupdro``: online group DRO (Sagawa et al., ICLR 2020), the update DoReMi uses for mixtures.
 
     ``q <- q * exp(eta * L)``, ``q <- q / sum(q)``, updated before use, ``q`` initially uniform:
     a softmax of the *cumulative* losses (minimax uses the current ones). Absent tasks use their last
-    loss (DoReMi's choice), so their weight does not decay for lack of data.
+    loss (DoReMi's choice), so their weight does not decay for lack of data. ``normalize`` replaces ``L``
+    by the excess loss ``L - ref`` (DoReMi's update) or by ``L / Lbar`` (see :class:`NormalisedBalancer`).
     """
 
-    def __init__(self, num_tasks: int, eta: float = 0.01) -> None:
-        super().__init__(num_tasks)
+    def __init__(
+        self,
+        num_tasks: int,
+        eta: float = 0.01,
+        normalize: str = "none",
+        reference: Sequence[float] | None = None,
+        reference_from: str | None = None,
+        normalize_steps: int = 50,
+    ) -> None:
+        super().__init__(num_tasks, normalize, reference, reference_from, normalize_steps)
         if not float(eta) > 0:
             raise ConfigError(f"balancer.eta must be > 0, got {eta}.")
         self.eta = float(eta)
         self.register_buffer("log_q", torch.full((self.num_tasks,), -math.log(self.num_tasks)))
 
     def compute_weights(self, values, known, ctx):
+        values = self.normalised(values, ctx)
         log_q = self.log_q + self.eta * torch.where(known, values, torch.zeros_like(values))
         log_q = log_q - torch.logsumexp(log_q, dim=0)
         if self.training:

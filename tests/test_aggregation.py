@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.loading import resumable_loader
 from pretrain.aggregation import LossAggregation
-from pretrain.balancers import DWA, GradNorm, Minimax, NoBalancing, Uncertainty
+from pretrain.balancers import DWA, GradNorm, GroupDRO, Minimax, NoBalancing, Uncertainty, Vanilla
 from pretrain.errors import ConfigError, NonFiniteLossError
 
 TASKS = ["a", "b", "rare"]
@@ -285,3 +285,66 @@ class GradNormFactory:
 
     def __call__(self, num_tasks):
         return GradNorm(num_tasks)
+
+
+def test_vanilla_weights_follow_the_target_counts_of_the_loss_dict(tmp_path):
+    """Batches of 2: 'a' and 'b' have 2 targets each, 'rare' 1 in every second batch (0 in the others), so
+    vanilla's weights are [2, 2, 1] / 5 or [1/2, 1/2, 0]: the mean over all targets, not `none`'s 1/3 each."""
+    module = TinyModule(Vanilla)
+    fit(module, tmp_path, batch_size=2, max_steps=4)
+    weights = [x for _, w in _steps(module.aggregator.history) for x in w]
+    assert weights == pytest.approx([0.5, 0.5, 0.0, 0.4, 0.4, 0.2] * 2)
+    unbalanced = TinyModule(NoBalancing)
+    fit(unbalanced, tmp_path / "none", batch_size=2, max_steps=4)
+    assert not torch.allclose(module.heads.weight, unbalanced.heads.weight, atol=1e-5)
+
+
+def test_reference_from_reads_a_finished_runs_final_losses_by_task_name(tmp_path):
+    """normalize=reference with reference_from: ref comes from <run>/results.json's `upstream`, in the
+    balancer's task order, and the weights are softmax(alpha (L - ref)); a missing file or task is named."""
+    from functools import partial
+
+    run = tmp_path / "ref_run"
+    run.mkdir()
+    (run / "results.json").write_text(
+        json.dumps({"upstream": {"rare": 2.0, "other": 9.0, "b": 0.5, "a": 1.0}})
+    )
+    module = TinyModule(partial(Minimax, alpha=2.0, normalize="reference", reference_from=str(run)))
+    assert module.aggregator.balancer.reference.tolist() == [1.0, 0.5, 2.0]
+    fit(module, tmp_path / "fit", max_steps=3)
+    for losses, weights in _steps(module.aggregator.history):
+        assert weights == pytest.approx(_softmax([2.0 * (v - r) for v, r in zip(losses, [1.0, 0.5, 2.0])]))
+    with pytest.raises(
+        ConfigError, match=r"balancer\.reference_from: .*missing.*results\.json does not exist"
+    ):
+        TinyModule(partial(Minimax, normalize="reference", reference_from=str(tmp_path / "missing")))
+    (run / "results.json").write_text(json.dumps({"upstream": {"a": 1.0, "b": 0.5}}))
+    with pytest.raises(
+        ConfigError, match=r"balancer\.reference_from: .*results\.json has no final loss .* rare"
+    ):
+        TinyModule(partial(GroupDRO, normalize="reference", reference_from=str(run)))
+
+
+def test_dwa_config_default_leaves_uniform_weights_in_a_short_run():
+    """conf/balancer/dwa.yaml's window (100 steps) through the callback for 3 windows with unequal loss trends:
+    uniform for two windows, then softmax(r / 2) with r_t = Lbar_t(e-1) / Lbar_t(e-2) -- not `none`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    factory = instantiate(OmegaConf.load(Path(__file__).parents[1] / "conf" / "balancer" / "dwa.yaml"))
+    agg = LossAggregation.build(factory, TASKS)
+    window = agg.balancer.window
+    assert window == 100
+    rates = [0.01, 0.001, 0.0]  # task a learns fast, b slowly, rare not at all
+    for k in range(3 * window):
+        agg(None, {t: torch.tensor(8.0 * math.exp(-r * k)) for t, r in zip(TASKS, rates)})  # mean losses
+    weights = [w for _, w in _steps(agg.history)]
+    assert all(w == pytest.approx([1 / 3] * 3) for w in weights[: 2 * window])
+    mean = [
+        [sum(8.0 * math.exp(-r * k) for k in range(e * window, (e + 1) * window)) / window for r in rates]
+        for e in range(2)
+    ]
+    expected = _softmax([(m1 / m0) / 2.0 for m0, m1 in zip(*mean)])
+    assert all(w == pytest.approx(expected, rel=1e-4) for w in weights[2 * window :])
+    assert expected[2] > expected[1] > expected[0]  # the task whose loss fell least gains weight
+    assert expected != pytest.approx([1 / 3] * 3, abs=1e-2)

@@ -14,6 +14,7 @@ from pretrain.balancers import (
     Minimax,
     NoBalancing,
     Uncertainty,
+    Vanilla,
 )
 from pretrain.errors import ConfigError
 
@@ -112,6 +113,56 @@ def test_groupdro_exponentiated_gradient_on_cumulative_losses():
     assert b(t(1.0, 3.0)).weights.tolist() == pytest.approx(softmax([1.0, 3.0]), rel=1e-5)
 
 
+def test_vanilla_weights_are_the_target_shares_and_its_scalar_the_token_mean():
+    """vanilla (plain BERT): w_t = n_t / sum n, so sum_t w_t L_t = sum_t S_t / sum_t n_t; `none` averages L_t."""
+    sums, counts = t(2.0, 9.0, 30.0), t(10.0, 30.0, 60.0)
+    theta = torch.ones(3, requires_grad=True)
+    out = Vanilla(3)(theta * sums / counts, counts=counts)
+    assert out.weights.tolist() == pytest.approx([0.1, 0.3, 0.6])
+    assert float(out.loss) == pytest.approx(41.0 / 100.0)  # the mean over all 100 targets
+    out.loss.backward()
+    assert theta.grad.tolist() == pytest.approx((sums / 100.0).tolist())  # every target weighs 1/100
+    assert float(NoBalancing(3)(sums / counts).loss) == pytest.approx((0.2 + 0.3 + 0.5) / 3)  # differs
+    absent = Vanilla(3)(t(0.5, 0.0, 2.0), present=torch.tensor([True, False, True]), counts=t(3.0, 0.0, 1.0))
+    assert absent.weights.tolist() == pytest.approx([0.75, 0.0, 0.25])
+    with pytest.raises(ValueError, match="counts"):
+        Vanilla(3)(sums)
+
+
+def test_reference_normalisation_weighs_the_excess_loss():
+    """normalize=reference: minimax w = softmax(alpha (L - ref)); groupdro q <- q exp(eta (L - ref));
+    the scalar stays sum_t w_t L_t on the raw losses."""
+    ref = [1.0, 0.5, 2.5]
+    losses = t(1.5, 1.0, 2.7)
+    out = Minimax(3, alpha=2.0, normalize="reference", reference=ref)(losses)
+    expected = softmax([2.0 * 0.5, 2.0 * 0.5, 2.0 * 0.2])
+    assert out.weights.tolist() == pytest.approx(expected, rel=1e-5)
+    assert float(out.loss) == pytest.approx(sum(w * v for w, v in zip(expected, [1.5, 1.0, 2.7])), rel=1e-5)
+    assert out.weights.tolist() != pytest.approx(Minimax(3, alpha=2.0)(losses).weights.tolist(), rel=1e-3)
+    b = GroupDRO(3, eta=0.5, normalize="reference", reference=ref)
+    assert b(losses).weights.tolist() == pytest.approx(softmax([0.25, 0.25, 0.1]), rel=1e-5)
+    assert b(t(1.0, 1.5, 3.5)).weights.tolist() == pytest.approx(softmax([0.25, 0.75, 0.6]), rel=1e-5)
+
+
+def test_initial_normalisation_divides_by_the_mean_of_the_first_steps():
+    """normalize=initial, 2 steps: L_init = a task's mean loss over its first 2 steps with targets (the mean
+    so far before that); then w = softmax(alpha L / L_init)."""
+    b = Minimax(2, alpha=1.0, normalize="initial", normalize_steps=2)
+    assert b(t(2.0, 4.0)).weights.tolist() == pytest.approx([0.5, 0.5])  # ratios 1
+    # task 1 absent: its count stays 1 (L_init so far 4); task 0's window closes at mean 3
+    w = b(t(4.0, 0.0), present=torch.tensor([True, False])).weights
+    assert w.tolist() == pytest.approx(softmax([4.0 / 3.0, 1.0]), rel=1e-5)  # task 1: last loss 4 / 4
+    assert b(t(3.0, 2.0)).weights.tolist() == pytest.approx(
+        softmax([1.0, 2.0 / 3.0]), rel=1e-5
+    )  # L_init [3, 3]
+    for losses in ([6.0, 3.0], [1.5, 12.0]):  # window closed: L_init stays [3, 3]
+        expected = softmax([v / 3.0 for v in losses])
+        assert b(t(*losses)).weights.tolist() == pytest.approx(expected, rel=1e-5)
+    g = GroupDRO(2, eta=1.0, normalize="initial", normalize_steps=1)
+    assert g(t(2.0, 4.0)).weights.tolist() == pytest.approx([0.5, 0.5])
+    assert g(t(4.0, 4.0)).weights.tolist() == pytest.approx(softmax([1.0 + 2.0, 1.0 + 1.0]), rel=1e-5)
+
+
 def test_dwa_uniform_for_two_epochs_then_softmax_of_loss_ratios():
     b = DWA(2, temperature=2.0)
     assert b(t(4.0, 4.0)).weights.tolist() == pytest.approx([0.5, 0.5])
@@ -196,6 +247,8 @@ def test_upgrad_direction_matches_torchjd_aggregator_on_conflicting_gradients():
         lambda: DWA(3, window=2),
         lambda: GroupDRO(3, eta=0.1),
         lambda: STCH(3, warmup=2),
+        lambda: Minimax(3, alpha=2.0, normalize="initial", normalize_steps=7),  # resumed mid-window
+        lambda: GroupDRO(3, eta=0.1, normalize="initial", normalize_steps=7),
     ],
 )
 def test_state_survives_a_state_dict_round_trip(make):
@@ -252,6 +305,11 @@ def test_absent_task_gets_no_gradient_and_nothing_becomes_nan():
         (lambda: STCH(3, mu=0.0), "balancer.mu"),
         (lambda: GradientAggregator(3, method="nash"), "balancer.method"),
         (lambda: NoBalancing(0), "at least one"),
+        (lambda: Minimax(3, normalize="zscore"), "balancer.normalize"),
+        (lambda: GroupDRO(3, normalize="initial", normalize_steps=0), "balancer.normalize_steps"),
+        (lambda: Minimax(3, normalize="reference"), "balancer.reference"),
+        (lambda: Minimax(3, normalize="reference", reference=[1.0, 2.0]), "balancer.reference must give 3"),
+        (lambda: GroupDRO(3, normalize="reference", reference=[1.0, "x", 2.0]), "balancer.reference must be"),
     ],
 )
 def test_impossible_values_fail_naming_the_key(make, key):

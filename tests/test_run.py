@@ -147,6 +147,33 @@ def test_unknown_balancer_lists_the_valid_choices(tmp_path):
         assert choice in proc.stderr
 
 
+def test_loss_normalisation_keys_reach_the_balancer(tmp_path):
+    """balancer.reference / reference_from (a run dir's results.json, matched by task name) from the command
+    line; a wrong length or a missing file names its key."""
+    import json
+
+    from pretrain.pipeline import build_pretraining
+
+    base = ["experiment=convex", "balancer=groupdro", "balancer.normalize=reference"]
+    _, module = build_pretraining(compose_config([*base, "balancer.reference=[1,2,3,4]"], tmp_path))
+    assert module.aggregator.balancer.reference.tolist() == [1.0, 2.0, 3.0, 4.0]
+    (tmp_path / "ref").mkdir()
+    upstream = {f"task{t}": 0.5 * t for t in reversed(range(4))}
+    (tmp_path / "ref" / "results.json").write_text(json.dumps({"upstream": upstream}))
+    _, module = build_pretraining(
+        compose_config([*base, f"balancer.reference_from={tmp_path / 'ref'}"], tmp_path)
+    )
+    assert module.aggregator.balancer.reference.tolist() == [0.0, 0.5, 1.0, 1.5]
+    with pytest.raises(ConfigError, match=r"balancer\.reference must give 4 finite losses"):
+        build_pretraining(compose_config([*base, "balancer.reference=[1,2]"], tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"balancer\.reference_from: .*nowhere.*results\.json does not exist"
+    ):
+        build_pretraining(
+            compose_config([*base, f"balancer.reference_from={tmp_path / 'nowhere'}"], tmp_path)
+        )
+
+
 def test_zero_tasks_and_bad_temperature_name_their_keys(tmp_path):
     from pretrain.pipeline import build_pretraining
 
@@ -225,6 +252,7 @@ def _check_gradnorm(L, W):  # p = 0 at the first step, then moved by GradNorm's 
 
 BALANCER_CHECKS = {
     "none": ([], _check_none),
+    "vanilla": ([], _check_none),  # every convex task has one target per sample: equal counts, equal weights
     "minimax": ([], _check_minimax),
     "uncertainty": (["module.lr=0.05"], _check_uncertainty),
     "gradnorm": ([], _check_gradnorm),
