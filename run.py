@@ -23,8 +23,8 @@ log = logging.getLogger("run")
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pretrain.errors import UserError
     from pretrain.pipeline import run
+    from utils.errors import UserError
 
     try:
         results = run(cfg)

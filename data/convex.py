@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.loading import resumable_loader
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 @dataclass

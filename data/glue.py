@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.glue_like import Example, TaskData, TaskSpec
-from pretrain.errors import DataError
+from utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

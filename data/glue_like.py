@@ -296,7 +296,7 @@ class _Gen:
 def generate_task(name: str, n_train: int, n_dev: int, seed: int = 0) -> TaskData:
     """Train and dev examples of one task (dev uses a different seed stream)."""
     if name not in TASKS:
-        from pretrain.errors import ConfigError
+        from utils.errors import ConfigError
 
         raise ConfigError(f"downstream.tasks: unknown task {name!r}; choose from {', '.join(TASKS)}.")
     offset = sorted(TASKS).index(name) * 1000

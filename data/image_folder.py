@@ -29,7 +29,7 @@ from torchvision.transforms import v2
 
 from data.loading import epoch_subset_loader, eval_loader
 from data.scenes import RGB_MEAN, RGB_STD
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 #: image file suffixes (lower case) that count as images
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")

@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from data.scenes import RGB_MEAN, RGB_STD
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 #: the 40 classes of Gupta et al. (2013), ids 0..39 here (1..40 in the files)
 CLASS_NAMES = (

@@ -33,10 +33,10 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from data.atomic import atomic_write, remove_stale_temps
 from data.loading import resumable_loader
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, OTHER, generate_corpus
-from pretrain.errors import ConfigError, DataError
+from utils.atomic import atomic_write, remove_stale_temps
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

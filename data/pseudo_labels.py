@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.atomic import atomic_write, remove_stale_temps
 from data.image_folder import META_FILE, find_images, label_path
-from pretrain.errors import ConfigError, DataError
+from utils.atomic import atomic_write, remove_stale_temps
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.loading import epoch_subset_loader, eval_loader
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 #: semantic classes: two background surfaces then eight object classes
 CLASS_NAMES = ("floor", "wall", "ball", "box", "cone", "ring", "cross", "diamond", "table", "bowl")

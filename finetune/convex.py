@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 class ConvexDownstream:

@@ -35,7 +35,7 @@ from finetune.protocol import (
     smoke_sizes,
     task_seed,
 )
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

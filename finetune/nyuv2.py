@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
 from finetune.vision import VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from finetune.protocol import (
     task_seed,
 )
 from models.multimae import MultiMAE, unpatchify
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

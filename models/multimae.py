@@ -27,7 +27,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 #: modality -> number of input channels of its image (semseg: an integer class map)
 SUPPORTED_MODALITIES = ("rgb", "depth", "semseg")

@@ -2,7 +2,7 @@
 
 from omegaconf import OmegaConf
 
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 def _required(key: str):

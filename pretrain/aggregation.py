@@ -38,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from pretrain.balancers import Balancer, NormalisedBalancer
-from pretrain.errors import ConfigError, NonFiniteLossError
+from utils.errors import ConfigError, NonFiniteLossError
 
 LossValue = Tensor | tuple[Tensor, Tensor | int | float]
 

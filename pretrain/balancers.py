@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 __all__ = [
     "Balancer",

@@ -54,7 +54,7 @@ class ConvexPretraining(L.LightningModule):
     def prepare_for_finetune(self, datamodule) -> None:
         self.tasks = datamodule.tasks
         if self.tasks.num_tasks != len(self.task_names):
-            from pretrain.errors import ConfigError
+            from utils.errors import ConfigError
 
             raise ConfigError(
                 f"module.num_tasks={len(self.task_names)} but data.num_tasks={self.tasks.num_tasks}."

@@ -18,7 +18,7 @@ import torch
 
 from models.multimae import MultiMAE
 from pretrain.aggregation import LossAggregation
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 #: what export_pretrained writes into its directory
 ENCODER_FILE = "encoder_timm.pth"

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
 
-    from pretrain.errors import UserError
+    from utils.errors import UserError
 
     if node is None:
         raise ConfigError(
@@ -291,7 +291,7 @@ def summarise(downstream: dict[str, dict]) -> dict[str, Any]:
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write results.json under a temporary name and rename it: never a half-written results.json; a full disk
     is one sentence (DataError)."""
-    from data.atomic import atomic_write
+    from utils.atomic import atomic_write
 
     text = json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n"
     atomic_write(

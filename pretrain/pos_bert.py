@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
 from pretrain.aggregation import LossAggregation
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 NSP_MODES = ("task", "add", "off")
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from data.loading import resumable_loader
 from pretrain.aggregation import LossAggregation
 from pretrain.balancers import DWA, GradNorm, GroupDRO, Minimax, NoBalancing, Uncertainty, Vanilla
-from pretrain.errors import ConfigError, NonFiniteLossError
+from utils.errors import ConfigError, NonFiniteLossError
 
 TASKS = ["a", "b", "rare"]
 

@@ -16,7 +16,7 @@ from pretrain.balancers import (
     Uncertainty,
     Vanilla,
 )
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 def softmax(xs):

@@ -1,4 +1,4 @@
-"""Caches under bad conditions (data/atomic.py): a full disk, a killed or interrupted preprocessing run."""
+"""Caches under bad conditions (utils/atomic.py): a full disk, a killed or interrupted preprocessing run."""
 
 import errno
 import os
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, compose_config
 
-import data.atomic as atomic
-from data.atomic import atomic_write, remove_stale_temps
+import utils.atomic as atomic
 from data.pos_bert import PosBertDataModule
-from pretrain.errors import DataError
+from utils.atomic import atomic_write, remove_stale_temps
+from utils.errors import DataError
 
 
 def _enospc() -> OSError:
@@ -125,7 +125,7 @@ def test_stale_temps_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
 def test_a_killed_writer_leaves_a_temp_that_the_next_write_removes(tmp_path):
     final = tmp_path / "pos_bert" / "tagged-0123"
     child = (
-        "import sys, time; from pathlib import Path; from data.atomic import atomic_write\n"
+        "import sys, time; from pathlib import Path; from utils.atomic import atomic_write\n"
         "def write(tmp):\n"
         "    tmp.mkdir(); (tmp / 'dataset_info.json').write_text('{}'); print('writing', flush=True)\n"
         "    time.sleep(60)\n"

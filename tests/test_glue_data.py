@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from data.glue import GLUE_TASKS, from_hub_split, load_hub, load_local, read_tsv, resolve
-from pretrain.errors import DataError
+from utils.errors import DataError
 
 
 def test_real_glue_files_sizes_quotes_and_labels(shared_data):
@@ -191,7 +191,7 @@ def test_skip_malformed_reaches_the_reader_from_the_config(glue_dir, tmp_path):
     from conftest import compose_config
 
     from finetune.glue import GlueLikeSuite
-    from pretrain.errors import ConfigError
+    from utils.errors import ConfigError
 
     cfg = compose_config(["experiment=pos_bert", "downstream=glue"], tmp_path)
     assert cfg.downstream.skip_malformed is None

@@ -13,7 +13,7 @@ import torch
 from data.glue_like import TASKS, generate_task
 from data.pos_grammar import LEXICON
 from finetune.glue import GlueFinetune, GlueLikeSuite
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data.image_folder import ImageFolderDataModule
 from data.scenes import RGB_MEAN, RGB_STD
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 NUM_CLASSES = 6
 

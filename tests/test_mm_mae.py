@@ -14,8 +14,8 @@ import torch
 
 from models.multimae import MultiMAE
 from pretrain.balancers import GradientAggregator, GradNorm, NoBalancing
-from pretrain.errors import ConfigError
 from pretrain.mm_mae import ENCODER_FILE, ENCODER_META, MMMAEPretraining
+from utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2)

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from models.multimae import MultiMAE, allocate_visible, patchify, unpatchify
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 SMALL = dict(image_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2)
 

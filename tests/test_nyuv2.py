@@ -14,7 +14,7 @@ from PIL import Image
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset, load_class_mapping
 from finetune.nyuv2 import NYUv2Finetune, NYUv2Suite
 from models.multimae import MultiMAE
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 H, W, N = 12, 20, 5  # non-square, so a missed transposition shows
 TRAIN, TEST = [1, 3, 4], [2, 5]  # 1-based, as in splits.mat

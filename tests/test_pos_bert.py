@@ -11,8 +11,8 @@ from data.pos_bert import PosBertDataModule
 from data.pos_grammar import ALL_GROUPS, GROUPS
 from models.bert import PosBert
 from pretrain.balancers import Minimax, NoBalancing
-from pretrain.errors import ConfigError
 from pretrain.pos_bert import PosBertPretraining, grouped_mlm_losses
+from utils.errors import ConfigError
 
 TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip

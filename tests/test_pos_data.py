@@ -9,7 +9,7 @@ import torch
 
 import data.pos_bert as pb
 from data.pos_bert import IGNORE, PosBertDataModule, PosMaskingCollator, build_nsp_pairs
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 PAD, MASK, VOCAB, NSPECIAL = 0, 4, 1000, 5
 

@@ -8,8 +8,8 @@ import torch
 from conftest import run_pipeline
 
 from finetune.protocol import adapt, nested_subset, parse_seeds, parse_train_samples
-from pretrain.errors import ConfigError
 from pretrain.pipeline import summarise
+from utils.errors import ConfigError
 
 
 def test_train_samples_and_seeds_parse_or_name_the_key():

@@ -11,7 +11,7 @@ from conftest import run_pipeline
 from PIL import Image
 
 from data.pseudo_labels import PseudoLabeler, encode_depth
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 NUM_SEG_CLASSES = 5
 #: (class folder, (width, height), file name): different sizes and formats, with a split level
@@ -233,7 +233,7 @@ def test_a_full_disk_while_labelling_fails_with_one_sentence_and_the_next_run_co
     import sys
     import time
 
-    import data.atomic as atomic
+    import utils.atomic as atomic
 
     root, out = tmp_path / "images", tmp_path / "labels"
     make_images(root)

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import compose_config, run_cli
 
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 def test_smoke_run_writes_results_json_and_logs(tmp_path):
@@ -309,7 +309,7 @@ def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_
     assert not (tmp_path / "a" / "results.json").exists()
     from conftest import run_pipeline
 
-    from pretrain.errors import DataError
+    from utils.errors import DataError
 
     run_pipeline(["experiment=convex", "debug=smoke", "logger=none"], tmp_path / "b")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"

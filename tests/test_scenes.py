@@ -13,7 +13,7 @@ from data.scenes import (
     ScenesDataModule,
     render_scene,
 )
-from pretrain.errors import ConfigError
+from utils.errors import ConfigError
 
 
 def test_scene_is_a_function_of_seed_split_and_index():

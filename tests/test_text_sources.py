@@ -13,7 +13,7 @@ from data.pos_bert import (
     read_text_dir,
     read_text_file,
 )
-from pretrain.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError
 
 DOC_A = "The old man walked to the river.\nHe saw a small boat and a red bird.\n"
 DOC_B = "She quickly opened the heavy door.\nOh, the room was dark but warm.\n"

@@ -11,8 +11,8 @@ import torch
 from finetune.vision import DenseHead, DepthMetrics, VisionFinetune, VisionSuite, sweep_figure
 from models.multimae import MultiMAE
 from pretrain.balancers import Minimax
-from pretrain.errors import ConfigError
 from pretrain.mm_mae import MMMAEPretraining
+from utils.errors import ConfigError
 
 SMALL = dict(image_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32, decoder_heads=2)
 

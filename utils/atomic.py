@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pretrain.errors import DataError
+from utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

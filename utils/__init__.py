@@ -1,0 +1,1 @@
+"""Errors and atomic writes: imported by every layer, importing none of them."""
