@@ -110,8 +110,9 @@ def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------------------------------------
-def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True):
-    """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on an iterable of strings."""
+def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True, placeholders=()):
+    """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on an iterable of strings; each of
+    ``placeholders`` (e.g. WikiText's ``<unk>``, ``@-@``) becomes one atomic token, never split."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -121,6 +122,10 @@ def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True):
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
     tok.train_from_iterator(sentences, trainer=trainer)
+    if placeholders:
+        from tokenizers import AddedToken
+
+        tok.add_tokens([AddedToken(p, single_word=False, normalized=False) for p in placeholders])
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -171,17 +176,39 @@ def _fingerprint(obj: Any) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Tagging + tokenization (datasets.map workers)
 # ---------------------------------------------------------------------------------------------------------
-def _pretokenize(tokenizer, text: str) -> list[str]:
-    return [w for w, _ in tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+def _placeholder_pattern(placeholders) -> re.Pattern | None:
+    if not placeholders:
+        return None
+    return re.compile("(" + "|".join(re.escape(p) for p in sorted(placeholders, key=len, reverse=True)) + ")")
 
 
-def tag_and_tokenize(batch: dict[str, list], tokenizer) -> dict[str, list]:
-    """``datasets.map`` function: words (+ gold groups, or NLTK tags of ``text``) -> word-pieces + groups."""
+def _pretokenize(tokenizer, text: str, placeholders=()) -> list[str]:
+    """Words of ``text`` as the tokenizer's pre-tokenizer splits them, each placeholder kept as one word."""
+    split = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    pattern = _placeholder_pattern(placeholders)
+    if pattern is None:
+        return [w for w, _ in split(text)]
+    words = []
+    for k, part in enumerate(pattern.split(text)):
+        if k % 2:  # a placeholder
+            words.append(part)
+        elif part.strip():
+            words.extend(w for w, _ in split(part))
+    return words
+
+
+def tag_and_tokenize(batch: dict[str, list], tokenizer, placeholders=()) -> dict[str, list]:
+    """``datasets.map`` function: words (+ gold groups, or NLTK tags of ``text``) -> word-pieces + groups.
+
+    ``placeholders`` (real text: WikiText's ``<unk>``, ``@-@``, ...) are one word each and belong to no POS
+    task: their pieces get ``IGNORE`` (never masked), like special tokens."""
     if "groups" in batch:
         words, groups = batch["words"], batch["groups"]
     else:
-        words = [_pretokenize(tokenizer, t) for t in batch["text"]]
+        words = [_pretokenize(tokenizer, t, placeholders) for t in batch["text"]]
         groups = nltk_groups(words)
+        marks = set(placeholders)
+        groups = [[IGNORE if w in marks else g for w, g in zip(ws, gs)] for ws, gs in zip(words, groups)]
     enc = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
     pos = []
     for i, ids in enumerate(enc["input_ids"]):
@@ -190,58 +217,118 @@ def tag_and_tokenize(batch: dict[str, list], tokenizer) -> dict[str, list]:
     return {"input_ids": enc["input_ids"], "pos": pos}
 
 
+def unigram_reference(input_ids, pos, vocab_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The context-free reference of the upstream evaluation.
+
+    ``log p(v)``: the log-frequency of each word-piece among the corpus's maskable tokens (add-one smoothed,
+    ``(V,)``), i.e. the best a model that ignores the context can predict; and, per POS group, its
+    cross-entropy on that group's tokens, ``-mean_{tokens of g} log p(v)`` (nats), plus ``nsp``: ``log 2``.
+    """
+    ids = (
+        np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids])
+        if len(input_ids)
+        else np.zeros(0, int)
+    )
+    groups = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
+    keep = groups >= 0
+    ids, groups = ids[keep], groups[keep]
+    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size].astype(np.float64)
+    log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
+    reference = {}
+    for g, name in enumerate(ALL_GROUPS):
+        sel = groups == g
+        if sel.any():
+            reference[name] = float(-log_p[ids[sel]].mean())
+    reference["nsp"] = float(np.log(2.0))
+    return torch.as_tensor(log_p, dtype=torch.float32), reference
+
+
 # ---------------------------------------------------------------------------------------------------------
 # NSP pairs
 # ---------------------------------------------------------------------------------------------------------
 def build_nsp_pairs(
-    docs: np.ndarray, seed: int, random_prob: float = 0.5
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sentence pairs for next-sentence prediction.
+    docs: np.ndarray,
+    seed: int,
+    random_prob: float = 0.5,
+    lengths: np.ndarray | None = None,
+    segment_tokens: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segment pairs for next-sentence prediction, as BERT builds them.
 
-    ``docs``: document index of each sentence (sentences of a document are consecutive). For each sentence
-    with a successor in its document, B is that successor (label 0, "is next") or, with ``random_prob``, a
-    sentence of another document (label 1). Returns arrays ``(a_index, b_index, label)``.
+    ``docs``: document index of each sentence (sentences of a document are consecutive); ``lengths``: their
+    word-piece counts. Walking through each document, segment A takes consecutive sentences while they fit in
+    ``segment_tokens`` word-pieces (at least one sentence, and one sentence of the document is left after it);
+    B is the segment that follows A in the document (label 0, "is next") or, with ``random_prob``, a segment
+    of as many word-pieces starting at a random sentence of another document (label 1). The next pair starts
+    where A ended, so every sentence but a document's last opens a segment A once. ``segment_tokens=0``: one
+    sentence per segment (A = a sentence, B = the next one). Returns ``(a_start, a_end, b_start, b_end,
+    label)``, segments as half-open sentence ranges.
     """
     rng = np.random.default_rng(seed)
+    docs = np.asarray(docs)
     n = len(docs)
-    a = np.nonzero(docs[:-1] == docs[1:])[0]
-    b = a + 1
-    label = (rng.random(len(a)) < random_prob).astype(np.int64)
-    if len(np.unique(docs)) < 2:
-        label[:] = 0
-        return a, b, label
-    rnd = np.nonzero(label)[0]
-    cand = rng.integers(0, n, size=len(rnd))
-    same = docs[cand] == docs[a[rnd]]
-    while same.any():  # resample the few that hit the same document
-        cand[same] = rng.integers(0, n, size=int(same.sum()))
-        same = docs[cand] == docs[a[rnd]]
-    b[rnd] = cand
-    return a, b, label
+    lengths = np.ones(n, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    target = max(0, int(segment_tokens))
+    bounds = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1], True])  # document starts + n
+    starts, ends = bounds[:-1], bounds[1:]
+    doc_of = np.repeat(np.arange(len(starts)), ends - starts)  # document number of each sentence
+    several = len(starts) > 1
+
+    def grow(i: int, stop: int) -> int:  # end of the segment opening at sentence i, before sentence stop
+        j, tokens = i + 1, lengths[i]
+        while j < stop and tokens + lengths[j] <= target:
+            tokens += lengths[j]
+            j += 1
+        return j
+
+    out = []
+    for s, e in zip(starts, ends):
+        i = s
+        while i < e - 1:
+            j = grow(i, e - 1)  # A = [i, j), leaving >= 1 sentence for its true B
+            if several and rng.random() < random_prob:
+                k = int(rng.integers(0, n - (e - s)))  # a sentence outside document d
+                k = k if k < s else k + (e - s)
+                out.append((i, j, k, grow(k, ends[doc_of[k]]), 1))
+            else:
+                out.append((i, j, j, grow(j, e), 0))
+            i = j
+    if not out:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
+    a0, a1, b0, b1, label = (np.asarray(c, dtype=np.int64) for c in zip(*out))
+    return a0, a1, b0, b1, label
 
 
 class NSPPairs(torch.utils.data.Dataset):
-    """``[CLS] A [SEP] B [SEP]`` examples with per-token groups (``IGNORE`` on specials); longest-first
-    truncation to ``max_length``."""
+    """``[CLS] A [SEP] B [SEP]`` examples (A and B: ranges of consecutive sentences) with per-token groups
+    (``IGNORE`` on specials); longest-first truncation to ``max_length``."""
 
-    def __init__(self, input_ids, pos, a, b, label, cls_id: int, sep_id: int, max_length: int):
+    def __init__(self, input_ids, pos, a0, a1, b0, b1, label, cls_id: int, sep_id: int, max_length: int):
         self.input_ids, self.pos = input_ids, pos
-        self.a, self.b, self.label = a, b, label
+        self.a0, self.a1, self.b0, self.b1, self.label = a0, a1, b0, b1, label
         self.cls_id, self.sep_id, self.max_length = cls_id, sep_id, max_length
 
     def __len__(self) -> int:
-        return len(self.a)
+        return len(self.a0)
+
+    def _segment(self, start: int, end: int) -> tuple[list[int], list[int]]:
+        ids, pos = [], []
+        for k in range(int(start), int(end)):
+            ids.extend(self.input_ids[k])
+            pos.extend(self.pos[k])
+        return ids, pos
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        ia, ib = int(self.a[i]), int(self.b[i])
-        ta, tb = list(self.input_ids[ia]), list(self.input_ids[ib])
-        pa, pb = list(self.pos[ia]), list(self.pos[ib])
+        ta, pa = self._segment(self.a0[i], self.a1[i])
+        tb, pb = self._segment(self.b0[i], self.b1[i])
         budget = self.max_length - 3
-        while len(ta) + len(tb) > budget:
-            if len(ta) >= len(tb):
-                ta.pop(), pa.pop()
-            else:
-                tb.pop(), pb.pop()
+        if len(ta) + len(tb) > budget:  # longest first
+            while len(ta) + len(tb) > budget:
+                if len(ta) >= len(tb):
+                    ta.pop(), pa.pop()
+                else:
+                    tb.pop(), pb.pop()
         ids = [self.cls_id, *ta, self.sep_id, *tb, self.sep_id]
         pos = [IGNORE, *pa, IGNORE, *pb, IGNORE]
         types = [0] * (len(ta) + 2) + [1] * (len(tb) + 1)
@@ -607,6 +694,7 @@ class PosBertDataModule(LightningDataModule):
         min_sentences: int = 4,
         max_sentences: int = 10,
         topic_bias: float = 0.75,
+        present_prob: float = 0.0,
         zipf_s: float = 1.0,
         tokenizer: str | None = None,
         vocab_size: int = 4096,
@@ -619,8 +707,10 @@ class PosBertDataModule(LightningDataModule):
         random_replace_prob: float = 0.1,
         stratify: bool = False,
         nsp_random_prob: float = 0.5,
+        segment_tokens: int | None = None,
         num_proc: int = 1,
         num_workers: int = 0,
+        placeholders: list[str] | tuple[str, ...] = (),
     ):
         super().__init__()
         if smoke:
@@ -664,23 +754,57 @@ class PosBertDataModule(LightningDataModule):
         )
         self.n_docs, self.min_sentences, self.max_sentences = n_docs, min_sentences, max_sentences
         self.topic_bias, self.zipf_s = topic_bias, zipf_s
+        if not 0.0 <= float(present_prob) <= 1.0:
+            raise ConfigError(f"data.present_prob={present_prob} must be a probability in [0, 1].")
+        self.present_prob = float(present_prob)
         self.tokenizer_name, self.vocab_size, self.lowercase = tokenizer, vocab_size, lowercase
         self.max_length, self.batch_size, self.val_fraction = max_length, batch_size, val_fraction
         self.mlm_probability, self.stratify = mlm_probability, stratify
         self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
         self.nsp_random_prob = nsp_random_prob
+        if segment_tokens is not None and int(segment_tokens) < 0:
+            raise ConfigError(
+                f"data.segment_tokens={segment_tokens} must be >= 0 (0: one sentence per segment)."
+            )
+        # null: A and B share the pair's budget, as BERT fills its sequences
+        self.segment_tokens = (max_length - 3) // 2 if segment_tokens is None else int(segment_tokens)
         self.num_proc, self.num_workers = max(1, num_proc), num_workers
+        if isinstance(placeholders, str) or not all(isinstance(p, str) and p.strip() for p in placeholders):
+            raise ConfigError(f"data.placeholders must be a list of non-empty strings, got {placeholders!r}.")
+        self.placeholders = tuple(placeholders)
         self.tokenizer = None
         self.tagged = None
         self.group_counts: dict[str, int] = {}
+        self.n_documents = 0  # documents of the corpus (setup); NSP needs at least 2
         self.cache_hits: dict[str, bool] = {}
+        self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
+        self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
 
     # -- sources --------------------------------------------------------------------------------------------
+    @property
+    def corpus_name(self) -> str:
+        """The pre-training corpus as its config key says it, for messages."""
+        for key, value in (
+            ("text_file", self.text_file),
+            ("text_dir", self.text_dir),
+            ("hf_dataset", self.hf_dataset),
+            ("disk_dataset", self.disk_dataset),
+        ):
+            if value is not None:
+                return f"data.{key}={value}"
+        return f"the generated corpus (data.n_docs={self.n_docs})"
+
     @property
     def real_text(self) -> bool:
         return any(x is not None for x in (self.text_file, self.hf_dataset, self.text_dir, self.disk_dataset))
 
     def _source_key(self) -> dict[str, Any]:
+        key = self._corpus_key()
+        if self.real_text and self.placeholders:  # they change the tokenizer and the tags
+            key["placeholders"] = list(self.placeholders)
+        return key
+
+    def _corpus_key(self) -> dict[str, Any]:
         if self.hf_dataset is not None:
             return {
                 "hf": [self.hf_dataset, self.hf_config, self.hf_split, self.text_column],
@@ -720,6 +844,7 @@ class PosBertDataModule(LightningDataModule):
             "sentences": [self.min_sentences, self.max_sentences],
             "topic_bias": self.topic_bias,
             "zipf_s": self.zipf_s,
+            **({"present_prob": self.present_prob} if self.present_prob else {}),
         }
 
     def _raw(self) -> dict[str, list]:
@@ -756,6 +881,7 @@ class PosBertDataModule(LightningDataModule):
             self.max_sentences,
             topic_bias=self.topic_bias,
             zipf_s=self.zipf_s,
+            present_prob=self.present_prob,
         )
         words, groups, docs = [], [], []
         for d, (_topic, sents) in enumerate(corpus):
@@ -781,7 +907,8 @@ class PosBertDataModule(LightningDataModule):
         self.cache_hits["tokenizer"] = False
         raw = self._raw()
         texts = raw["text"] if "text" in raw else [" ".join(w) for w in raw["words"]]
-        tok = train_wordpiece(texts, self.vocab_size, self.lowercase)
+        marks = self.placeholders if self.real_text else ()
+        tok = train_wordpiece(texts, self.vocab_size, self.lowercase, marks)
         remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
         atomic_write(path, lambda tmp: tok.save_pretrained(str(tmp)), what="tokenizer cache")
         log.info("tokenizer cache built: %s (a trained WordPiece tokenizer, %d pieces)", path, len(tok))
@@ -814,7 +941,10 @@ class PosBertDataModule(LightningDataModule):
                 batch_size=256,
                 num_proc=self.num_proc if len(ds) >= 2 * self.num_proc else None,
                 remove_columns=remove,
-                fn_kwargs={"tokenizer": tokenizer},
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "placeholders": self.placeholders if self.real_text else (),
+                },
                 desc="POS tagging + tokenizing",
                 new_fingerprint=fp,
             )
@@ -841,6 +971,9 @@ class PosBertDataModule(LightningDataModule):
         flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
         counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
+        self.unigram_log_probs, self.context_free_reference = unigram_reference(
+            input_ids, pos, len(self.tokenizer)
+        )
         missing = [g for g in GROUPS if self.group_counts[g] == 0]
         if missing:
             where = self.text_file or "the generated corpus"
@@ -849,10 +982,15 @@ class PosBertDataModule(LightningDataModule):
                 f"(count 0) and the other groups still train.",
                 stacklevel=2,
             )
-        a, b, label = build_nsp_pairs(docs, self.seed, self.nsp_random_prob)
+        self.n_documents = int(len(np.unique(docs)))
+        lengths = np.asarray([len(x) for x in input_ids], dtype=np.int64)
+        a0, a1, b0, b1, label = build_nsp_pairs(
+            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens
+        )
+        a = a0
         if len(a) == 0:
             raise DataError(
-                f"{self.text_file or 'data.n_docs'}: no document has two sentences, so no NSP pair can be built."
+                f"{self.corpus_name}: no document has two sentences, so no NSP pair can be built."
             )
         tok = self.tokenizer
         n_val = max(1, int(round(self.val_fraction * len(a)))) if len(a) > 1 else 0
@@ -863,8 +1001,10 @@ class PosBertDataModule(LightningDataModule):
             return NSPPairs(
                 input_ids,
                 pos,
-                a[idx],
-                b[idx],
+                a0[idx],
+                a1[idx],
+                b0[idx],
+                b1[idx],
                 label[idx],
                 tok.cls_token_id,
                 tok.sep_token_id,

@@ -8,6 +8,9 @@ so the gold tag of every word is known by construction (tests check that NLTK's 
 - Word frequencies are Zipfian within each category (weight ``1 / rank ** zipf_s``).
 - Each document has a topic; its nouns and verbs come from that topic's list with probability
   ``topic_bias``, which makes next-sentence prediction learnable.
+- Each document has a tense: past, or (with probability ``present_prob``) present, where every finite verb
+  agrees with its subject in number (``she chases``, ``they chase``, ``is``/``are``, ``does``). Tense is a
+  second document-level signal for next-sentence prediction, and agreement a local one for masked verbs.
 - Groups follow the Penn-tag mapping of ``data.pos_bert.penn_to_group``: subordinators such as
   ``because`` are prepositions (Penn ``IN``), ``when`` is an adverb (``WRB``), possessives are pronouns
   (``PRP$``), existential ``there`` and relative ``which`` are determiners (``EX``/``WDT``), infinitival
@@ -215,6 +218,15 @@ def _verbs(spec: str) -> list[tuple[str, str]]:
     return out
 
 
+def third_person(base: str) -> str:
+    """The present-tense third-person singular of a verb's base form (``catch`` -> ``catches``)."""
+    if base.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return base + "es"
+    if base.endswith("y") and base[-2] not in "aeiou":
+        return base[:-1] + "ies"
+    return base + "s"
+
+
 def plural(noun: str) -> str:
     if noun in IRREGULAR_PLURALS:
         return IRREGULAR_PLURALS[noun]
@@ -382,9 +394,21 @@ class Grammar:
         zipf_s: exponent of the Zipfian word frequencies within each terminal category.
         topic_bias: probability that a noun or verb comes from the document's topic list.
         max_depth: recursion limit; deeper expansions take the first production of a nonterminal.
+        present_prob: probability that a document is in the present tense (0: every document in the past,
+            and the random stream of the corpus is that of a grammar without tenses).
     """
 
-    def __init__(self, seed: int = 0, zipf_s: float = 1.0, topic_bias: float = 0.75, max_depth: int = 6):
+    def __init__(
+        self,
+        seed: int = 0,
+        zipf_s: float = 1.0,
+        topic_bias: float = 0.75,
+        max_depth: int = 6,
+        present_prob: float = 0.0,
+    ):
+        if not 0.0 <= present_prob <= 1.0:
+            raise ValueError(f"present_prob={present_prob} must be in [0, 1]")
+        self.present_prob = float(present_prob)
         self.rng = random.Random(seed)
         self.zipf_s = zipf_s
         self.topic_bias = topic_bias
@@ -399,8 +423,15 @@ class Grammar:
             w = self._weights[len(items)] = _zipf_weights(len(items), self.zipf_s)
         return self.rng.choices(items, weights=w, k=1)[0]
 
-    def word(self, category: str, topic: str | None = None) -> tuple[str, str]:
-        """One ``(word, group)`` of a terminal category."""
+    def word(
+        self, category: str, topic: str | None = None, tense: str = "past", number: str = "sg"
+    ) -> tuple[str, str]:
+        """One ``(word, group)`` of a terminal category; in the present tense, finite verbs agree with
+        ``number`` (``sg``/``pl``), the subject of their clause."""
+        if tense == "present":
+            form = self._present(category, topic, number)
+            if form is not None:
+                return form
         if category in LEXICON:
             group, words = LEXICON[category]
             return self._pick(words), group
@@ -419,28 +450,50 @@ class Grammar:
             return self.rng.choice(CONTROL_VERBS)[1], "verb"
         raise KeyError(f"unknown grammar symbol {category!r}")
 
-    def expand(self, symbol: str, topic: str, depth: int = 0) -> list[tuple[str, str]]:
+    def _present(self, category: str, topic: str | None, number: str) -> tuple[str, str] | None:
+        if category in ("COP_SG", "COP_PL"):
+            return ("is" if category == "COP_SG" else "are"), "verb"
+        if category == "DID":
+            return "does", "verb"
+        if category == "PRON_SG":  # no "I": "I chases" would break the agreement
+            return self._pick(["he", "she", "it"]), "pronoun"
+        if category in ("V_PAST", "VI_PAST", "VC_PAST"):
+            if category == "VC_PAST":
+                word, group = self.rng.choice(CONTROL_VERBS)[0], "verb"
+            else:
+                word, group = self.word(category.replace("_PAST", "_BASE"), topic)
+            return (third_person(word) if number == "sg" else word), group
+        return None
+
+    def expand(
+        self, symbol: str, topic: str, depth: int = 0, tense: str = "past", number: str = "sg"
+    ) -> list[tuple[str, str]]:
         if symbol not in PRODUCTIONS:
-            return [self.word(symbol, topic)]
+            return [self.word(symbol, topic, tense, number)]
         options = PRODUCTIONS[symbol]
         if depth >= self.max_depth:
             rhs = options[0][1]
         else:
             rhs = self.rng.choices([o[1] for o in options], weights=[o[0] for o in options], k=1)[0]
+        if "SUBJ_PL" in rhs or symbol == "NP_PL":  # the clause's (or the noun phrase's) number
+            number = "pl"
+        elif "SUBJ_SG" in rhs or symbol == "NP_SG":
+            number = "sg"
         out: list[tuple[str, str]] = []
         for s in rhs:
-            out.extend(self.expand(s, topic, depth + 1))
+            out.extend(self.expand(s, topic, depth + 1, tense, number))
         return out
 
-    def sentence(self, topic: str | None = None, symbol: str = "S") -> Sentence:
+    def sentence(self, topic: str | None = None, symbol: str = "S", tense: str = "past") -> Sentence:
         """A sentence (or any nonterminal's phrase) with articles fixed and the first word capitalised."""
         topic = topic or self.rng.choice(self.topics)
-        pairs = self.expand(symbol, topic)
+        pairs = self.expand(symbol, topic, tense=tense)
         return finish(pairs)
 
     def document(self, n_sentences: int, topic: str | None = None) -> tuple[str, list[Sentence]]:
         topic = topic or self.rng.choice(self.topics)
-        return topic, [self.sentence(topic) for _ in range(n_sentences)]
+        tense = "present" if self.present_prob > 0 and self.rng.random() < self.present_prob else "past"
+        return topic, [self.sentence(topic, tense=tense) for _ in range(n_sentences)]
 
     def documents(
         self, n_docs: int, min_sentences: int = 4, max_sentences: int = 10
@@ -472,7 +525,8 @@ def lexicon_words() -> set[str]:
     for verbs in [*TOPIC_VERBS.values(), TRANSITIVE, INTRANSITIVE, CONTROL_VERBS]:
         for base, past in verbs:
             out.update((base, past))
-    out.update({"an"})
+        out.update(third_person(b) for b, _ in verbs)
+    out.update({"an", "is", "are", "does"})
     return {w for w in out if w.isalpha()}
 
 

@@ -18,13 +18,14 @@ from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 class PosBert(nn.Module):
     """BERT encoder (``transformers.BertModel``, SDPA attention) + MLM head + NSP head.
 
-    Args mirror ``transformers.BertConfig``; ``vocab_size`` is resized to the tokenizer's length by the
-    pre-training module (see :meth:`resize_token_embeddings`).
+    Args mirror ``transformers.BertConfig``. ``vocab_size=None`` sizes the vocabulary to the tokenizer: the
+    model starts with a placeholder and the pre-training module calls :meth:`resize_token_embeddings` with
+    the tokenizer's length once the data is set up (``size_to_tokenizer``), so no output row lacks a target.
     """
 
     def __init__(
         self,
-        vocab_size: int = 4096,
+        vocab_size: int | None = None,
         hidden_size: int = 128,
         num_hidden_layers: int = 2,
         num_attention_heads: int = 2,
@@ -40,6 +41,8 @@ class PosBert(nn.Module):
         attn_implementation: str = "sdpa",
     ):
         super().__init__()
+        self.size_to_tokenizer = vocab_size is None
+        vocab_size = 8 if vocab_size is None else int(vocab_size)
         self.config = BertConfig(
             vocab_size=vocab_size,
             hidden_size=hidden_size,

@@ -27,6 +27,7 @@ The callback
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ from torch import Tensor
 
 from pretrain.balancers import Balancer, NormalisedBalancer
 from utils.errors import ConfigError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 LossValue = Tensor | tuple[Tensor, Tensor | int | float]
 
@@ -92,6 +95,27 @@ class LossAggregation(Callback):
         self.history: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}
         self._calls = 0
+
+    def default_reference(self, values: dict[str, float], what: str) -> bool:
+        """Give a ``normalize=reference`` balancer that has neither ``reference`` nor ``reference_from`` the
+        experiment's default reference losses (by task name); ``what`` names them in the log. Returns whether
+        they were taken."""
+        b = self.balancer
+        if not (isinstance(b, NormalisedBalancer) and b.normalize == "reference" and not b._has_reference):
+            return False
+        missing = [t for t in self.task_names if t not in values]
+        if missing:
+            raise ConfigError(
+                f"balancer.normalize=reference: {what} has no value for task(s) {', '.join(missing)}; "
+                "set balancer.reference or balancer.reference_from."
+            )
+        b.set_reference([values[t] for t in self.task_names], key=what)
+        log.info(
+            "balancer.normalize=reference uses %s: %s",
+            what,
+            {t: round(values[t], 3) for t in self.task_names},
+        )
+        return True
 
     @classmethod
     def build(cls, balancer: Any, task_names: Sequence[str], **options: Any) -> LossAggregation:
@@ -280,6 +304,24 @@ class LossAggregation(Callback):
             if values:
                 result[name] = sum(values) / len(values)
         return result
+
+
+def weight_summary(history: Sequence[Mapping[str, Any]], task_names: Sequence[str], window: int = 20) -> dict:
+    """How a run weighed its tasks: ``final`` (each task's mean weight over the last ``window`` recorded
+    steps), ``mean_entropy`` (the weights' entropy in nats averaged over every recorded step; ``log T`` is
+    uniform, 0 one task) and ``max_entropy`` (``log T``)."""
+    if not history:
+        return {}
+
+    def entropy(w: Mapping[str, float]) -> float:
+        return -sum(v * math.log(v) for v in (w[t] for t in task_names) if v > 0)
+
+    last = history[-window:]
+    return {
+        "final": {t: sum(h["weight"][t] for h in last) / len(last) for t in task_names},
+        "mean_entropy": sum(entropy(h["weight"]) for h in history) / len(history),
+        "max_entropy": math.log(len(task_names)),
+    }
 
 
 def reference_losses(run_dir: str | Path, task_names: Sequence[str]) -> list[float]:

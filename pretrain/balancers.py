@@ -200,7 +200,9 @@ class NormalisedBalancer(Balancer):
       robust language modelling (Oren et al. 2019) and DoReMi (Xie et al. 2023; without its clipping at 0).
       ``ref`` is ``reference`` (T losses in task order) or comes from ``reference_from`` (a finished run's
       directory): the loss-aggregation callback, which knows the task names, reads that run's final losses
-      and calls :meth:`set_reference`.
+      and calls :meth:`set_reference`. With neither, the experiment supplies its default reference (PoS-BERT:
+      the context-free cross-entropy of the corpus's word-piece frequencies on each group, the
+      ``reference`` of ``upstream_eval``); an experiment without one fails at the first step, saying so.
     * ``initial``: ``L_t / Lbar_t``, ``Lbar_t`` the task's mean loss over the first ``normalize_steps`` steps
       it was present in (GradNorm's ``L_t / L_t(0)``, averaged against minibatch noise). Within those steps
       ``Lbar_t`` is the mean so far (this step included): the first step sees ratios 1 (uniform weights)
@@ -226,10 +228,10 @@ class NormalisedBalancer(Balancer):
         self.reference_from: str | None = None
         self._has_reference = False
         if normalize == "reference":
-            if (reference is None) == (reference_from is None):
+            if reference is not None and reference_from is not None:
                 raise ConfigError(
-                    "balancer.normalize=reference needs exactly one of balancer.reference (the T reference "
-                    "losses) and balancer.reference_from (a finished run's directory)."
+                    "balancer.normalize=reference takes one of balancer.reference (the T reference losses) and "
+                    "balancer.reference_from (a finished run's directory), not both."
                 )
             self.reference_from = None if reference_from is None else str(reference_from)
             self.register_buffer("reference", torch.zeros(self.num_tasks), persistent=False)
@@ -257,8 +259,9 @@ class NormalisedBalancer(Balancer):
         if self.normalize == "reference":
             if not self._has_reference:
                 raise ConfigError(
-                    f"balancer.reference_from={self.reference_from!r} is read by the loss-aggregation "
-                    "callback; outside it, call set_reference() first."
+                    "balancer.normalize=reference has no reference losses: this experiment supplies no default "
+                    "reference, so set balancer.reference (T losses) or balancer.reference_from (a finished "
+                    "run's directory); outside the loss-aggregation callback, call set_reference() first."
                 )
             return values - self.reference
         if self.normalize == "initial":

@@ -219,6 +219,9 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     # our checkpoints hold configs and balancer/RNG states beside tensors: load them in full (only files
     # the user points at, after check_matches has read them as a checkpoint of this experiment)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    if trainer.limit_val_batches and not trainer.interrupted:
+        # the final weights, validated once: val/* at the last step and the module's upstream evaluation
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.global_rank == 0 and hasattr(module, "export_pretrained"):
         module.export_pretrained(out_dir / "pretrained")
     return module, trainer
@@ -232,6 +235,10 @@ def restore_pretrained(cfg: DictConfig, path: str):
     """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune); with
     ``path == "random"`` keep the fresh initialisation drawn from ``seed`` (the random-init control)."""
     datamodule, module = build_pretraining(cfg)
+    if hasattr(module, "prepare_for_finetune"):  # before loading: it sizes the vocabulary to the tokenizer
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module.prepare_for_finetune(datamodule)
     if path != RANDOM_INIT:
         ckpt = load_checkpoint(path)
         check_matches(ckpt, module, path, cfg.experiment)
@@ -239,10 +246,6 @@ def restore_pretrained(cfg: DictConfig, path: str):
         agg = getattr(module, "aggregator", None)
         if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
             agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])
-    if hasattr(module, "prepare_for_finetune"):
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-        module.prepare_for_finetune(datamodule)
     return module
 
 
@@ -425,6 +428,8 @@ def run(cfg: DictConfig) -> dict | None:
 
 def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
     """The results.json payload; also writes pretrain_history.csv beside it."""
+    from pretrain.aggregation import weight_summary
+
     agg = getattr(module, "aggregator", None)
     control = cfg.stage == "finetune" and cfg.get("pretrained_ckpt") == RANDOM_INIT
     results = {
@@ -434,9 +439,13 @@ def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
         "stage": str(cfg.stage),
         "overrides": _task_overrides(),
         "upstream": agg.final_losses() if agg is not None else {},
+        "weights": weight_summary(agg.history, agg.task_names) if agg is not None else {},
         "downstream": downstream,
         "summary": summarise(downstream),
     }
+    upstream_eval = getattr(module, "upstream_eval", None)
+    if upstream_eval:
+        results["upstream_eval"] = upstream_eval
     timer = getattr(module, "step_timer", None)
     if timer is not None and timer.times:
         results["cost"] = timer.summary()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
 from pretrain.aggregation import LossAggregation
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 
 NSP_MODES = ("task", "add", "off")
 
@@ -83,6 +83,9 @@ class PosBertPretraining(L.LightningModule):
         options["extra_tasks"] = list(options.get("extra_tasks", [])) + extra
         self.aggregator = LossAggregation.build(balancer, self.task_names, **options)
         self.tokenizer = None
+        self.reference_log_probs: torch.Tensor | None = None  # the data's context-free log p(v), (V,)
+        self.upstream_eval: dict | None = None  # the last validation's upstream evaluation (results.json)
+        self._val_acc: torch.Tensor | None = None
 
     # -- wiring ------------------------------------------------------------------------------------------
     def configure_callbacks(self):
@@ -98,6 +101,20 @@ class PosBertPretraining(L.LightningModule):
         if getattr(datamodule, "tokenizer", None) is None:
             datamodule.setup("fit")
         self.tokenizer = datamodule.tokenizer
+        if self.nsp != "off" and getattr(datamodule, "n_documents", 2) < 2:
+            raise DataError(
+                f"{datamodule.corpus_name} is a single document, so next-sentence prediction has no "
+                "negative pair (B from another document); set module.nsp=off or split the text into documents "
+                "(blank lines, '= Title =' headings, or one file per document in a text_dir)."
+            )
+        if self.model.vocab_size != len(self.tokenizer) and self.model.size_to_tokenizer:
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        reference = getattr(datamodule, "context_free_reference", None) or {}
+        if reference:
+            self.reference_log_probs = datamodule.unigram_log_probs
+            self.aggregator.default_reference(
+                reference, "the corpus's context-free reference (upstream_eval)"
+            )
         max_pos = self.model.max_positions
         if datamodule.max_length > max_pos:
             raise ConfigError(
@@ -127,8 +144,52 @@ class PosBertPretraining(L.LightningModule):
         shared = list(self.model.last_shared_layer().parameters())
         return self.aggregator(self, losses, shared_params=shared, features=out["sequence"])
 
+    def on_validation_epoch_start(self) -> None:
+        # per group: loss sum, reference sum, targets (rows 0-2); NSP correct / pairs in row 3 (columns 0, 1)
+        self._val_acc = torch.zeros(4, len(ALL_GROUPS), dtype=torch.float64, device=self.device)
+
+    def _accumulate_upstream(self, batch, out, losses) -> None:
+        acc = self._val_acc
+        for i, g in enumerate(ALL_GROUPS):
+            acc[0, i] += losses[g][0].detach().double()
+            acc[2, i] += float(losses[g][1])
+        if self.reference_log_probs is not None:
+            ref = -self.reference_log_probs.to(self.device)[batch["mlm_labels"]].double()
+            acc[1].index_add_(0, batch["mlm_task"], ref)
+        if "nsp_logits" in out:
+            acc[3, 0] += (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum().double()
+            acc[3, 1] += batch["nsp_labels"].numel()
+
+    def on_validation_epoch_end(self) -> None:
+        """The upstream evaluation on the held-back validation pairs (fixed masks): NSP accuracy and, per POS
+        group, the masked-word loss, the context-free reference and ``context_gain = reference - loss``."""
+        if self._val_acc is None or self.trainer.sanity_checking:
+            return
+        acc = self.trainer.strategy.reduce(self._val_acc, reduce_op="sum")
+        groups = {}
+        for i, g in enumerate(ALL_GROUPS):
+            n = float(acc[2, i])
+            if n == 0:
+                continue
+            row = {"loss": float(acc[0, i]) / n, "targets": int(n)}
+            if self.reference_log_probs is not None:
+                row["reference"] = float(acc[1, i]) / n
+                row["context_gain"] = row["reference"] - row["loss"]
+                self.log(f"val/context_gain/{g}", row["context_gain"], sync_dist=False)
+            groups[g] = row
+        result = {"step": int(self.global_step), "groups": groups}
+        if float(acc[3, 1]) > 0:
+            result["nsp_accuracy"] = float(acc[3, 0]) / float(acc[3, 1])
+            result["nsp_pairs"] = int(acc[3, 1])
+        gains = [groups[g]["context_gain"] for g in GROUPS if g in groups and "context_gain" in groups[g]]
+        if gains:
+            result["min_context_gain"] = min(gains)
+        self.upstream_eval = result
+
     def validation_step(self, batch, batch_idx: int) -> None:
         losses, out = self._forward_losses(batch)
+        if self._val_acc is not None:
+            self._accumulate_upstream(batch, out, losses)
         bsz = batch["input_ids"].shape[0]
         means = {}
         for name, (s, c) in losses.items():

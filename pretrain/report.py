@@ -126,6 +126,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         if ms is not None:
             cost[b].append(float(ms))
     return {
+        "upstream": upstream_table(runs),
         "cost": {b: statistics.median(v) for b, v in sorted(cost.items(), key=lambda kv: row_key(kv[0]))},
         "columns": columns,
         "rows": rows,
@@ -134,6 +135,29 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         "seeds": {b: sorted(s, key=str) for b, s in seeds.items()},
         "primary": primary,
         "experiments": sorted({r.get("experiment", "?") for r in runs}),
+    }
+
+
+#: upstream columns: results.json path -> column name
+UPSTREAM_COLUMNS = {
+    ("upstream_eval", "nsp_accuracy"): "nsp_accuracy",
+    ("upstream_eval", "min_context_gain"): "min_context_gain",
+    ("weights", "mean_entropy"): "weight_entropy",
+}
+
+
+def upstream_table(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per row: mean, std and count over seeds of the upstream evaluation (NSP accuracy, the smallest
+    context gain over the groups) and of the weights' mean entropy, where the runs have them."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r, b in zip(runs, row_labels(runs)):
+        for (section, key), column in UPSTREAM_COLUMNS.items():
+            v = (r.get(section) or {}).get(key)
+            if v is not None:
+                values[b][column].append(float(v))
+    return {
+        b: {c: (*_stats(v), len(v)) for c, v in cols.items()}
+        for b, cols in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
 
 
@@ -176,6 +200,14 @@ def render_markdown(table: dict) -> str:
         n_seeds = len(table["seeds"].get(b, []))
         lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
     lines += _render_compare(table)
+    if table.get("upstream"):
+        cols_up = list(dict.fromkeys(c for row in table["upstream"].values() for c in row))
+        lines += ["", "Upstream (mean +- std over seeds): NSP accuracy and the smallest context gain over the POS "
+                  "groups on held-back pairs (upstream_eval), the task weights' mean entropy (nats).", ""]  # fmt: skip
+        lines += ["| balancer | " + " | ".join(cols_up) + " |", "|---|" + "---|" * len(cols_up)]
+        for b, row in table["upstream"].items():
+            cells = [f"{row[c][0]:.3f} +- {row[c][1]:.2g}" if c in row else "" for c in cols_up]
+            lines.append(f"| {b} | " + " | ".join(cells) + " |")
     if table.get("cost"):
         lines += ["", "Cost of a pre-training step (median over the run's steps, median over runs):", ""]
         lines += ["| balancer | ms/step | x none |", "|---|---|---|"]
@@ -566,6 +598,10 @@ def write_csv(path: Path, table: dict) -> None:
         ],
         columns=head,
     )
+    for b, row in (table.get("upstream") or {}).items():
+        for c, (mean, std, _) in row.items():
+            frame.loc[frame["balancer"] == b, f"{c}_mean"] = mean
+            frame.loc[frame["balancer"] == b, f"{c}_std"] = std
     cmp = table.get("compare")
     if cmp is not None and not cmp.empty:
         cmp = cmp.astype({c: "Int64" for c in cmp.columns if c.endswith("pairs")})

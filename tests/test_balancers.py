@@ -307,7 +307,7 @@ def test_absent_task_gets_no_gradient_and_nothing_becomes_nan():
         (lambda: NoBalancing(0), "at least one"),
         (lambda: Minimax(3, normalize="zscore"), "balancer.normalize"),
         (lambda: GroupDRO(3, normalize="initial", normalize_steps=0), "balancer.normalize_steps"),
-        (lambda: Minimax(3, normalize="reference"), "balancer.reference"),
+        (lambda: Minimax(3, normalize="reference", reference=[1.0] * 3, reference_from="run"), "not both"),
         (lambda: Minimax(3, normalize="reference", reference=[1.0, 2.0]), "balancer.reference must give 3"),
         (lambda: GroupDRO(3, normalize="reference", reference=[1.0, "x", 2.0]), "balancer.reference must be"),
     ],

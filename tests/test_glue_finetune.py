@@ -1,6 +1,7 @@
 """The generated GLUE-shaped suite, the fine-tuning module, and the whole PoS-BERT run end to end."""
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -117,7 +118,16 @@ def test_end_to_end_smoke(tmp_path):
 
     model = AutoModel.from_pretrained(tmp_path / "run" / "pretrained")
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "pretrained")
-    assert model.config.hidden_size == 128 and len(tok) <= model.config.vocab_size
+    assert model.config.hidden_size == 128 and len(tok) == model.config.vocab_size  # sized to the tokenizer
+    ev = results["upstream_eval"]  # the final weights on the held-back pairs
+    assert 0.0 <= ev["nsp_accuracy"] <= 1.0 and ev["step"] == 4
+    assert {"noun", "determiner"} <= set(ev["groups"])
+    for row in ev["groups"].values():
+        assert row["context_gain"] == pytest.approx(row["reference"] - row["loss"])
+    weights = results["weights"]
+    assert set(weights["final"]) == set(results["upstream"]) - {"other", "nsp"}
+    assert sum(weights["final"].values()) == pytest.approx(1.0)
+    assert 0.0 < weights["mean_entropy"] <= weights["max_entropy"] == pytest.approx(math.log(9))
 
 
 def test_bad_tokenizer_path_ends_in_one_sentence(tmp_path):

@@ -152,3 +152,98 @@ def test_vocab_too_small_names_the_key(tmp_path):
     m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": 50}), NoBalancing)
     with pytest.raises(ConfigError, match=r"^model.vocab_size=50 is smaller"):
         _trainer(tmp_path).fit(m, datamodule=dm)
+
+
+def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=4096)
+    model = PosBert(**{**TINY, "vocab_size": None})
+    m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
+    _trainer(tmp_path, steps=1).fit(m, datamodule=dm)
+    n = len(dm.tokenizer)
+    assert n < 4096  # the smoke corpus has fewer pieces than asked for
+    assert model.vocab_size == n and model.mlm_bias.numel() == n
+    assert model.mlm_logits(torch.zeros(1, TINY["hidden_size"])).shape == (1, n)
+
+
+def test_unigram_reference_by_hand():
+    from data.pos_bert import IGNORE, unigram_reference
+
+    log_p, ref = unigram_reference([[5, 6, 5, 2], [7, 5]], [[0, 1, 0, IGNORE], [1, 0]], vocab_size=8)
+    # maskable tokens: 5 x3, 6 x1, 7 x1 (the IGNORE'd 2 does not count); add-one over 8 pieces: / (5 + 8)
+    expected = torch.log(torch.tensor([1, 1, 1, 1, 1, 4, 2, 2]) / 13.0)
+    torch.testing.assert_close(log_p, expected)
+    assert ref["verb"] == pytest.approx(-float(expected[5]))  # group 0: three 5s
+    assert ref["noun"] == pytest.approx(-float(expected[6] + expected[7]) / 2)
+    assert ref["nsp"] == pytest.approx(0.6931, abs=1e-4)
+    assert "adjective" not in ref  # no token of that group
+
+
+def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path):
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=512)
+    model = PosBert(**{**TINY, "vocab_size": None})
+    m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
+    trainer = _trainer(tmp_path, steps=2)
+    trainer.fit(m, datamodule=dm)
+    trainer.validate(m, datamodule=dm, verbose=False)
+    ev = m.upstream_eval
+    # recompute from the same (fixed-mask) validation batches
+    model.eval()
+    sums, counts, refs = (
+        torch.zeros(len(ALL_GROUPS)),
+        torch.zeros(len(ALL_GROUPS)),
+        torch.zeros(len(ALL_GROUPS)),
+    )
+    correct = pairs = 0
+    with torch.no_grad():
+        for k, b in enumerate(dm.val_dataloader()):
+            if k == 2:  # limit_val_batches
+                break
+            out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], b["masked_positions"])
+            ce = F.cross_entropy(out["mlm_logits"], b["mlm_labels"], reduction="none")
+            sums.index_add_(0, b["mlm_task"], ce)
+            refs.index_add_(0, b["mlm_task"], -dm.unigram_log_probs[b["mlm_labels"]])
+            counts += torch.bincount(b["mlm_task"], minlength=len(ALL_GROUPS))
+            correct += int((out["nsp_logits"].argmax(-1) == b["nsp_labels"]).sum())
+            pairs += len(b["nsp_labels"])
+    assert ev["nsp_accuracy"] == pytest.approx(correct / pairs) and ev["nsp_pairs"] == pairs
+    assert ev["step"] == 2
+    for i, g in enumerate(ALL_GROUPS):
+        if counts[i] == 0:
+            assert g not in ev["groups"]
+            continue
+        row = ev["groups"][g]
+        assert row["targets"] == int(counts[i])
+        assert row["loss"] == pytest.approx(float(sums[i] / counts[i]), rel=1e-4)
+        assert row["reference"] == pytest.approx(float(refs[i] / counts[i]), rel=1e-4)
+        assert row["context_gain"] == pytest.approx(row["reference"] - row["loss"])
+    gains = [ev["groups"][g]["context_gain"] for g in GROUPS if g in ev["groups"]]
+    assert ev["min_context_gain"] == pytest.approx(min(gains))
+    assert trainer.callback_metrics["val/context_gain/noun"] == pytest.approx(
+        ev["groups"]["noun"]["context_gain"]
+    )
+
+
+def test_minimax_normalize_reference_defaults_to_the_context_free_reference(tmp_path):
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=512)
+    balancer = functools.partial(Minimax, alpha=1.0, normalize="reference")
+    m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": None}), balancer, warmup_steps=1)
+    _trainer(tmp_path, steps=2).fit(m, datamodule=dm)
+    b = m.aggregator.balancer
+    expected = [dm.context_free_reference[g] for g in GROUPS]
+    torch.testing.assert_close(b.reference, torch.tensor(expected))
+    # the first step's weights: the softmax of the excess losses over the groups present (0 for the others)
+    h = m.aggregator.history[0]
+    present = [g for g in GROUPS if h["loss"].get(g) is not None]
+    assert len(present) >= 5
+    excess = torch.tensor([h["loss"][g] - dm.context_free_reference[g] for g in present])
+    w = dict(zip(present, torch.softmax(excess, 0).tolist()))
+    for g in GROUPS:
+        assert h["weight"][g] == pytest.approx(w.get(g, 0.0), rel=1e-4, abs=1e-6)
+
+
+def test_normalize_reference_without_a_default_names_the_keys():
+    from pretrain.aggregation import LossAggregation
+
+    agg = LossAggregation.build(functools.partial(Minimax, normalize="reference"), ["a", "b"])
+    with pytest.raises(ConfigError, match="balancer.reference .* balancer.reference_from"):
+        agg.balancer(torch.tensor([1.0, 2.0]))

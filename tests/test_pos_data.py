@@ -103,13 +103,36 @@ def test_bad_masking_probabilities():
         _collator(mask_replace_prob=0.9, random_replace_prob=0.2)
 
 
-def test_nsp_pairs():
+def test_nsp_pairs_one_sentence_segments():
     docs = np.repeat(np.arange(50), 6)
-    a, b, label = build_nsp_pairs(docs, seed=0)
-    assert len(a) == 50 * 5
-    assert (docs[a] == docs[b])[label == 0].all() and (b == a + 1)[label == 0].all()
-    assert (docs[a] != docs[b])[label == 1].all()
+    a0, a1, b0, b1, label = build_nsp_pairs(docs, seed=0)
+    assert len(a0) == 50 * 5
+    assert (a1 == a0 + 1).all() and (b1 == b0 + 1).all()
+    assert (docs[a0] == docs[b0])[label == 0].all() and (b0 == a1)[label == 0].all()
+    assert (docs[a0] != docs[b0])[label == 1].all()
     assert 0.4 < label.mean() < 0.6
+
+
+def test_nsp_segments_pack_consecutive_sentences_up_to_the_budget():
+    docs = np.repeat(np.arange(40), 10)
+    lengths = np.tile([4, 6, 5, 3, 7, 4, 4, 6, 5, 3], 40)
+    a0, a1, b0, b1, label = build_nsp_pairs(docs, seed=1, lengths=lengths, segment_tokens=12)
+    seg = lambda s, e: lengths[s:e].sum()  # noqa: E731
+    for i in range(len(a0)):
+        assert a1[i] > a0[i] and b1[i] > b0[i]
+        assert len(set(docs[a0[i] : a1[i]])) == 1 and len(set(docs[b0[i] : b1[i]])) == 1
+        # a segment of several sentences stays within the budget
+        assert a1[i] - a0[i] == 1 or seg(a0[i], a1[i]) <= 12
+        assert b1[i] - b0[i] == 1 or seg(b0[i], b1[i]) <= 12
+        if label[i] == 0:  # the true continuation: B follows A in its document
+            assert b0[i] == a1[i] and docs[b0[i]] == docs[a0[i]]
+        else:
+            assert docs[b0[i]] != docs[a0[i]]
+    assert (a1 - a0).max() >= 2  # sentences were packed
+    # every pair of a document starts where the previous A ended
+    d0 = np.flatnonzero(docs[a0] == 0)
+    assert a0[d0[0]] == 0 and (a0[d0[1:]] == a1[d0[:-1]]).all()
+    assert 0.35 < label.mean() < 0.65
 
 
 @pytest.fixture

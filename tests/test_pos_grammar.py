@@ -117,3 +117,38 @@ def test_nltk_agrees_with_gold_tags(nltk_data, corpus):
         agree += sum(p == g for p, g in zip(pred, gold))
         total += len(gold)
     assert agree / total >= 0.90, agree / total
+
+
+def test_present_tense_documents_agree_with_their_subjects():
+    from data.pos_grammar import third_person, verb_bases
+
+    docs = generate_corpus(120, seed=5, present_prob=0.5)
+    bases = verb_bases()
+    present = past = 0
+    for _, sents in docs:
+        words = [w.lower() for s in sents for w in s.words]
+        is_present = bool({"is", "are", "does"} & set(words))
+        is_past = bool({"was", "were", "did"} & set(words))
+        assert not (is_present and is_past)  # one tense per document
+        present += is_present
+        past += is_past
+        if not is_present:
+            continue
+        for s in sents:
+            w, g = [x.lower() for x in s.words], s.groups
+            for i in range(len(w) - 1):  # a pronoun subject followed by its verb
+                if (
+                    w[i] in ("he", "she")
+                    and g[i + 1] == "verb"
+                    and w[i + 1] in {third_person(b) for b in bases}
+                ):
+                    assert w[i + 1] not in bases
+                if w[i] in ("they", "we") and g[i + 1] == "verb" and w[i + 1] not in ("are", "could", "would",
+                                                                                    "should", "might", "will",
+                                                                                    "can", "must"):  # fmt: skip
+                    assert w[i + 1] in bases, (w[i], w[i + 1])
+            assert "i" not in w or w.index("i") > 0 or g[0] != "pronoun"  # no "I" subject: it would not agree
+    assert 40 < present < 80 and 40 < past < 80
+    assert generate_corpus(30, seed=5) == generate_corpus(
+        30, seed=5, present_prob=0.0
+    )  # the past-only corpus

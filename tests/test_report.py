@@ -260,3 +260,28 @@ def test_no_curves_png_without_curves(tmp_path):
     write_summary(tmp_path)
     assert not (tmp_path / "curves.png").exists()
     assert "curves.png" not in (tmp_path / "summary.md").read_text()
+
+
+def test_upstream_columns_average_the_runs_upstream_eval_and_weight_entropy(tmp_path):
+    nsp, gain, ent = (
+        {"none": [0.8, 0.9], "minimax": [0.7, 0.75]},
+        {"none": [0.6, 1.0], "minimax": [0.2, 0.4]},
+        1.5,
+    )
+    for b in ("none", "minimax"):
+        for s in range(2):
+            d = _run(tmp_path, f"{b}{s}", b, s, 0.5, 0.6)
+            res = json.loads((d / "results.json").read_text())
+            res["upstream_eval"] = {"nsp_accuracy": nsp[b][s], "min_context_gain": gain[b][s]}
+            res["weights"] = {"mean_entropy": ent + s}
+            (d / "results.json").write_text(json.dumps(res))
+    _run(tmp_path, "ctl", "random_init", 0, 0.4, 0.5)  # no pre-training: no upstream columns
+    md = write_summary(tmp_path, figures=False).read_text()
+    rows = _csv(tmp_path)
+    assert float(rows["none"]["nsp_accuracy_mean"]) == pytest.approx(0.85)
+    assert float(rows["minimax"]["min_context_gain_mean"]) == pytest.approx(0.3)
+    assert float(rows["minimax"]["min_context_gain_std"]) == pytest.approx(stats.tstd([0.2, 0.4]))
+    assert float(rows["none"]["weight_entropy_mean"]) == pytest.approx(2.0)
+    assert rows["random_init"]["nsp_accuracy_mean"] == ""
+    line = next(x for x in md.splitlines() if x.startswith("| minimax | 0.725"))
+    assert "0.300" in line and "2.000" in line

@@ -45,6 +45,8 @@ def test_multirun_writes_summary_table(tmp_path):
     assert len(list(tmp_path.rglob("results.json"))) == 4
     md = (tmp_path / "summary.md").read_text()
     main_table, cost_table = md.split("Cost of a pre-training step")
+    main_table, upstream_table = main_table.split("Upstream (mean")
+    assert "| minimax |" in upstream_table  # the weights' entropy per balancer
     assert "| none |" in cost_table and "| 1.00 |" in cost_table
     rows = {
         line.split("|")[1].strip(): line

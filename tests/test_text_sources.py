@@ -129,3 +129,47 @@ def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, cap
     (tmp_path / "b.txt").write_bytes(DOC_B.encode() + "Il était une fois.\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"b.txt is not valid utf-8 \(byte 0xe9 at byte offset \d+, line 3\)"):
         read_text_dir(tmp_path)  # a text file with a stray byte is not binary: it fails, naming where
+
+
+def test_placeholders_are_one_token_in_no_pos_task(nltk_data, tmp_path):
+    from data.pos_bert import IGNORE, _pretokenize, tag_and_tokenize, train_wordpiece
+
+    marks = ("<unk>", "@-@", "@,@", "@.@")
+    text = "The <unk> of the north @-@ west bank rose by 1 @,@ 200 metres in <unk> ."
+    tok = train_wordpiece([text, DOC_A, DOC_B], 200, placeholders=marks)
+    words = _pretokenize(tok, text, marks)
+    assert words.count("<unk>") == 2 and "@-@" in words and "@,@" in words and "unk" not in words
+    out = tag_and_tokenize({"text": [text]}, tok, placeholders=marks)
+    ids, pos = out["input_ids"][0], out["pos"][0]
+    for mark in ("<unk>", "@-@", "@,@"):
+        piece = tok.convert_tokens_to_ids(mark)
+        assert ids.count(piece) == words.count(mark)  # one token per placeholder
+        assert all(p == IGNORE for i, p in zip(ids, pos) if i == piece)  # never a masking target
+    assert sum(p != IGNORE for p in pos) == len(ids) - 4  # every other piece keeps its POS group
+    # a run on such a file: no placeholder is ever masked
+    (tmp_path / "wiki.txt").write_text((DOC_A + "The <unk> went north @-@ west.\n\n" + DOC_B + "\n") * 20)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "wiki.txt"),
+                           max_length=32, placeholders=list(marks))  # fmt: skip
+    dm.setup()
+    unk = dm.tokenizer.convert_tokens_to_ids("<unk>")
+    items = [dm.train_set[i] for i in range(len(dm.train_set))]
+    marked = [p for e in items for i, p in zip(e["input_ids"], e["pos"]) if i == unk]
+    assert marked and set(marked) == {IGNORE}
+    assert unk not in dm.train_collator(items)["mlm_labels"].tolist()
+
+
+def test_a_single_document_cannot_make_nsp_pairs(nltk_data, tmp_path):
+    from models.bert import PosBert
+    from pretrain.balancers import NoBalancing
+    from pretrain.pos_bert import PosBertPretraining
+
+    (tmp_path / "one.txt").write_text(DOC_A + DOC_B)  # no blank line: one document
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "one.txt"), max_length=32
+    )
+    dm.setup()
+    model = PosBert(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                    max_position_embeddings=64)  # fmt: skip
+    with pytest.raises(DataError, match=r"one.txt is a single document, .*set module.nsp=off"):
+        PosBertPretraining(model, NoBalancing).prepare_for_finetune(dm)
+    PosBertPretraining(model, NoBalancing, nsp="off").prepare_for_finetune(dm)  # MLM alone still trains
