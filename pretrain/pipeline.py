@@ -215,6 +215,10 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     trainer = build_trainer(cfg, loggers, callbacks)
     ckpt_path = _resolve_ckpt(cfg, out_dir)
     if ckpt_path is not None:
+        if hasattr(module, "prepare_for_finetune"):  # size the vocabulary to the tokenizer before comparing shapes
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+            module.prepare_for_finetune(datamodule)
         check_matches(load_checkpoint(ckpt_path), module, ckpt_path, cfg.experiment)
     # our checkpoints hold configs and balancer/RNG states beside tensors: load them in full (only files
     # the user points at, after check_matches has read them as a checkpoint of this experiment)
