@@ -266,8 +266,7 @@ class LossAggregation(Callback):
             worst = mean_cpu[:k].masked_fill(~balanced_present, -math.inf)
             logged["train/loss_worst"] = float(worst.max())
             logged["train/loss_mean"] = float(mean_cpu[:k][balanced_present].mean())
-        positive = weights[weights > 0]
-        logged["train/weight_entropy"] = float(-(positive * positive.log()).sum())
+        logged["train/weight_entropy"] = weight_entropy(weights.tolist())
         logged["train/loss_total"] = float(loss.detach())
         if trainer is not None:
             module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
@@ -306,20 +305,22 @@ class LossAggregation(Callback):
         return result
 
 
+def weight_entropy(weights: Sequence[float]) -> float:
+    """Entropy of task weights in nats (``log T``: uniform; 0: all weight on one task)."""
+    return -sum(v * math.log(v) for v in weights if v > 0)
+
+
 def weight_summary(history: Sequence[Mapping[str, Any]], task_names: Sequence[str], window: int = 20) -> dict:
     """How a run weighed its tasks: ``final`` (each task's mean weight over the last ``window`` recorded
     steps), ``mean_entropy`` (the weights' entropy in nats averaged over every recorded step; ``log T`` is
     uniform, 0 one task) and ``max_entropy`` (``log T``)."""
     if not history:
         return {}
-
-    def entropy(w: Mapping[str, float]) -> float:
-        return -sum(v * math.log(v) for v in (w[t] for t in task_names) if v > 0)
-
     last = history[-window:]
     return {
         "final": {t: sum(h["weight"][t] for h in last) / len(last) for t in task_names},
-        "mean_entropy": sum(entropy(h["weight"]) for h in history) / len(history),
+        "mean_entropy": sum(weight_entropy([h["weight"][t] for t in task_names]) for h in history)
+        / len(history),
         "max_entropy": math.log(len(task_names)),
     }
 
