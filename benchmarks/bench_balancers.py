@@ -25,8 +25,13 @@ from torch import nn
 from benchmarks import _memory, _timing
 from pretrain.aggregation import LossAggregation
 from pretrain.balancers import (
+    DBMTL,
     DWA,
+    FAMO,
+    GLS,
+    RLW,
     STCH,
+    ExcessMTL,
     GradientAggregator,
     GradNorm,
     GroupDRO,
@@ -48,6 +53,11 @@ BALANCERS = {
     "mgda (features)": lambda T: GradientAggregator(T, "mgda", "features"),
     "pcgrad (features)": lambda T: GradientAggregator(T, "pcgrad", "features"),
     "upgrad (shared_params)": lambda T: GradientAggregator(T, "upgrad", "shared_params"),
+    "famo": FAMO,
+    "rlw": RLW,
+    "gls": GLS,
+    "excessmtl": ExcessMTL,
+    "dbmtl": DBMTL,
 }
 
 

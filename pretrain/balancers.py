@@ -48,6 +48,11 @@ __all__ = [
     "GroupDRO",
     "STCH",
     "GradientAggregator",
+    "ExcessMTL",
+    "FAMO",
+    "DBMTL",
+    "RLW",
+    "GLS",
 ]
 
 
@@ -82,6 +87,9 @@ class Balancer(nn.Module):
     requires: frozenset[str] = frozenset()
     #: Learning rate for this balancer's own parameters (None: the optimizer's).
     param_lr: float | None = None
+    #: Buffers whose shape is only known at the first step (per-task gradient statistics): a checkpoint's
+    #: shape replaces the fresh module's before loading.
+    lazy_buffers: tuple[str, ...] = ()
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
@@ -160,6 +168,13 @@ class Balancer(nn.Module):
     def k(self) -> int:
         """Index of the current step (0 at the first call)."""
         return int(self.step)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.lazy_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, getattr(self, name).new_zeros(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class NoBalancing(Balancer):
@@ -420,6 +435,44 @@ def _per_task_grads(losses: Tensor, present: Tensor, inputs: Sequence[Tensor]) -
     return out
 
 
+GRADIENT_MODES = ("shared_params", "features")
+
+
+def _gradient_inputs(ctx: dict, mode: str) -> list[Tensor]:
+    """The tensors per-task gradients are taken with respect to, for ``mode`` (see :class:`GradientAggregator`)."""
+    inputs = ctx[mode]
+    if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
+        raise ConfigError(
+            f"balancer.mode={mode!r} needs the training module to pass `{mode}` to the "
+            "loss aggregation; this experiment does not."
+        )
+    if isinstance(inputs, Tensor):
+        return [inputs]
+    return [p for p in inputs if p.requires_grad]
+
+
+def _task_gradients(balancer: Balancer, ctx: dict, mode: str) -> Tensor:
+    """``(T, P)`` fp32 per-task gradients ``grad L_t`` (zeros for absent tasks), averaged over data-parallel
+    ranks, for the balancers that keep per-coordinate statistics of them across steps (ExcessMTL, DB-MTL).
+
+    ``shared_params``: w.r.t. the parameters of the last shared layer (P = their size). ``features``: w.r.t. the
+    shared representation, summed over every leading (batch, position) dimension, so P is the representation's
+    width and the rows are comparable across batches (LibMTL's treatment of representation gradients).
+    One batched backward, as for GradNorm.
+    """
+    inputs = _gradient_inputs(ctx, mode)
+    grads = _per_task_grads(ctx["losses"], ctx["present"], inputs).detach()
+    if mode == "features":
+        grads = grads.reshape(grads.shape[0], -1, inputs[0].shape[-1]).sum(dim=1)
+    return balancer.reduce(grads)
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in GRADIENT_MODES:
+        raise ConfigError(f"balancer.mode must be 'features' or 'shared_params', got {mode!r}.")
+    return mode
+
+
 class GradNorm(Balancer):
     """``gradnorm``: gradient normalisation (Chen et al., ICML 2018), asymmetry ``alpha = 1.5``.
 
@@ -634,22 +687,13 @@ class GradientAggregator(Balancer):
         }
         if method not in weightings:
             raise ConfigError(f"balancer.method must be one of {sorted(weightings)}, got {method!r}.")
-        if mode not in ("features", "shared_params"):
-            raise ConfigError(f"balancer.mode must be 'features' or 'shared_params', got {mode!r}.")
-        self.method, self.mode = method, mode
+        self.method, self.mode = method, _check_mode(mode)
         self.requires = frozenset({mode})
         self.weighting = weightings[method]()
 
     def compute_weights(self, values, known, ctx):
         losses, present = ctx["losses"], ctx["present"]
-        inputs = ctx[self.mode]
-        if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
-            raise ConfigError(
-                f"balancer.mode={self.mode!r} needs the training module to pass `{self.mode}` to the "
-                "loss aggregation; this experiment does not."
-            )
-        if isinstance(inputs, Tensor):
-            inputs = [inputs]
+        inputs = _gradient_inputs(ctx, self.mode)
         if not self.training or not losses.requires_grad:
             return torch.full_like(values, 1.0 / self.num_tasks)
         jac = _per_task_grads(losses, present, inputs).detach()
@@ -662,3 +706,286 @@ class GradientAggregator(Balancer):
         w = self.weighting(sub).float()
         weights[idx] = w / w.sum().clamp(min=1e-12) if float(w.sum()) > 0 else 1.0 / idx.numel()
         return weights
+
+
+_EPS = 1e-8
+
+
+class ExcessMTL(Balancer):
+    """``excessmtl``: task weights from estimated excess risks (He et al., ICML 2024, "Robust Multi-Task
+    Learning with Excess Risks").
+
+    Each task's excess risk ``L_t(theta) - L_t(theta*)`` is estimated from a second-order Taylor expansion at
+    ``theta``, ``(1/2) g_t^T H_t^{-1} g_t`` with ``g_t = grad L_t`` and the diagonal AdaGrad-style curvature
+    ``H_t = diag(sqrt(S_t + 1e-7))``, ``S_t`` the sum of the task's squared gradients ``g_t (.) g_t`` over
+    its steps, this one included. The estimate is divided by the task's first one (the paper's scale
+    normalisation: tasks of different loss scales become comparable, and the 1/2 cancels):
+    ``r_t = E_t / E_t(0)``. The weights follow exponentiated gradient ascent on ``r``:
+    ``q <- q * exp(eta * r)``, ``q <- q / sum(q)``, updated before use, ``q`` initially uniform (the first
+    step's ratios are all 1, so its weights stay uniform, as in the official code, which sets the baseline
+    there without updating). The model gets ``sum_t q_t L_t`` (weights summing to 1; the official code's
+    sum to T).
+
+    Args:
+        robust_step_size: ``eta``, the step of the exponentiated-gradient update (LibMTL's default 0.01).
+        mode: ``shared_params`` (default): ``g_t`` w.r.t. the last shared layer's parameters (the official
+            code takes them w.r.t. all shared parameters, T backward passes); ``features``: w.r.t. the shared
+            representation, summed over the batch (LibMTL's representation-gradient variant).
+
+    Cost: one batched backward of the T losses to that tensor, and a ``T x P`` buffer of squared-gradient
+    sums. Absent tasks: no gradient, their last ratio stands in for the update; a task not seen yet counts
+    with ratio 1 (every task's ratio at its first step: not trained at all), so a rare task is not
+    down-weighted for being absent. Gradients are averaged over data-parallel ranks before the statistics.
+    """
+
+    lazy_buffers = ("sq_grad_sum",)
+
+    def __init__(self, num_tasks: int, robust_step_size: float = 0.01, mode: str = "shared_params") -> None:
+        super().__init__(num_tasks)
+        if not float(robust_step_size) > 0:
+            raise ConfigError(f"balancer.robust_step_size must be > 0, got {robust_step_size}.")
+        self.eta, self.mode = float(robust_step_size), _check_mode(mode)
+        self.requires = frozenset({self.mode})
+        self.register_buffer("log_q", torch.full((self.num_tasks,), -math.log(self.num_tasks)))
+        self.register_buffer("sq_grad_sum", torch.zeros(self.num_tasks, 0))
+        self.register_buffer("initial_excess", torch.ones(self.num_tasks))
+        self.register_buffer("last_ratio", torch.ones(self.num_tasks))
+        self.register_buffer("excess_seen", torch.zeros(self.num_tasks, dtype=torch.bool))
+
+    def excess_risks(self, grads: Tensor, present: Tensor) -> Tensor:
+        """``E_t = g_t^T H_t^{-1} g_t`` after adding this step's squared gradients to ``S`` (training only)."""
+        sq = grads.pow(2)
+        if self.sq_grad_sum.shape != sq.shape:
+            self.sq_grad_sum = torch.zeros_like(sq)
+        total = self.sq_grad_sum + torch.where(present[:, None], sq, torch.zeros_like(sq))
+        self.sq_grad_sum.copy_(total)
+        return (sq / torch.sqrt(total + 1e-7)).sum(dim=1)
+
+    def compute_weights(self, values, known, ctx):
+        if not self.training or not ctx["losses"].requires_grad:
+            return self.log_q.exp()
+        present = ctx["present"]
+        excess = self.excess_risks(_task_gradients(self, ctx, self.mode), present)
+        first = present & ~self.excess_seen
+        self.initial_excess.copy_(torch.where(first, excess, self.initial_excess))
+        self.excess_seen |= present
+        ratio = torch.where(present, excess / self.initial_excess.clamp(min=1e-12), self.last_ratio)
+        self.last_ratio.copy_(ratio)
+        log_q = self.log_q + self.eta * ratio
+        self.log_q.copy_(log_q - torch.logsumexp(log_q, dim=0))
+        return self.log_q.exp()
+
+
+class FAMO(Balancer):
+    """``famo``: fast adaptive multitask optimization (Liu et al., NeurIPS 2023), from loss values only.
+
+    Logits ``xi`` (initially 0), ``z = softmax(xi)``; FAMO back-propagates
+    ``sum_t (z_t / c) log(L_t - L_t^min)`` with ``c = sum_s z_s / (L_s - L_s^min)`` held constant, whose
+    gradient is ``sum_t w_t grad L_t`` with ``w_t = (z_t / D_t) / sum_s (z_s / D_s)``,
+    ``D_t = max(L_t - L_t^min, 0) + 1e-8`` (the minimum-loss clamp). We apply those ``w`` (they sum to 1):
+    the same gradient, our convention's scalar ``sum_t w_t L_t``.
+
+    The logits move against the gradient of the softmax in the direction of the tasks' log-loss decrease,
+    ``delta_t = log D_t(before) - log D_t(after)``: ``xi <- Adam(xi, J_softmax(xi)^T delta + gamma xi)``
+    (the official code's Adam with weight decay ``gamma``), so tasks whose loss fell less gain weight.
+    **Variant:** FAMO takes "after" on the same batch after the optimizer step (one extra forward pass);
+    a balancer only sees each step's losses, so ``delta`` here is the change between consecutive steps
+    (this step's batch against the previous step's). At step k the logits are updated with
+    ``delta(k-1 -> k)`` before the weights of step k are computed, the order of FAMO's loop. It needs no
+    extra forward pass, and carries the minibatch noise of two different batches.
+
+    Args:
+        lr: Adam's learning rate for ``xi`` (FAMO's 0.025).
+        weight_decay: ``gamma``, the logits' decay (0.001, LibMTL's FAMO default).
+        min_loss: ``L^min``, the lower bound of each loss (one number or T; FAMO's default 0).
+
+    Absent tasks: a task's ``delta`` is measured only when it is present at both steps; a task without one
+    takes the ``z``-weighted mean of the measured ``delta``, which leaves its logit in place (apart from the
+    decay) and makes the update FAMO's restricted to the measured tasks. Weights of absent tasks use their
+    last loss; a never-seen task gets weight 0. All state (logits, Adam's moments) is in buffers.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        lr: float = 0.025,
+        weight_decay: float = 1e-3,
+        min_loss: float | Sequence[float] = 0.0,
+    ) -> None:
+        super().__init__(num_tasks)
+        if not float(lr) > 0:
+            raise ConfigError(f"balancer.lr must be > 0, got {lr}.")
+        if not float(weight_decay) >= 0:
+            raise ConfigError(f"balancer.weight_decay must be >= 0, got {weight_decay}.")
+        try:
+            floor = (
+                [float(min_loss)] * self.num_tasks
+                if isinstance(min_loss, (int, float))
+                else list(map(float, min_loss))
+            )
+            if len(floor) != self.num_tasks:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"balancer.min_loss must be one number or {self.num_tasks} numbers, got {min_loss!r}."
+            ) from None
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.betas, self.adam_eps = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as in the official code
+        self.register_buffer("min_loss", torch.tensor(floor))
+        self.register_buffer("logits", torch.zeros(self.num_tasks))
+        self.register_buffer("adam_m", torch.zeros(self.num_tasks))
+        self.register_buffer("adam_v", torch.zeros(self.num_tasks))
+        self.register_buffer("adam_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("prev_log_d", torch.zeros(self.num_tasks))
+        self.register_buffer("prev_present", torch.zeros(self.num_tasks, dtype=torch.bool))
+
+    def _adam_step(self, grad: Tensor) -> None:
+        b1, b2 = self.betas
+        grad = grad + self.weight_decay * self.logits
+        self.adam_steps += 1
+        n = int(self.adam_steps)
+        self.adam_m.mul_(b1).add_((1 - b1) * grad)
+        self.adam_v.mul_(b2).add_((1 - b2) * grad * grad)
+        denom = (self.adam_v / (1 - b2**n)).sqrt() + self.adam_eps
+        self.logits.sub_(self.lr * (self.adam_m / (1 - b1**n)) / denom)
+
+    def compute_weights(self, values, known, ctx):
+        present = ctx["present"]
+        log_d = torch.log((values - self.min_loss).clamp(min=0) + _EPS)
+        if self.training:
+            measured = present & self.prev_present
+            if bool(measured.any()):
+                z = torch.softmax(self.logits, dim=0)
+                delta = self.prev_log_d - log_d
+                mean = (z * delta)[measured].sum() / z[measured].sum()
+                delta = torch.where(measured, delta, mean)
+                self._adam_step(z * (delta - (z * delta).sum()))  # J_softmax^T delta
+            self.prev_log_d.copy_(torch.where(present, log_d, self.prev_log_d))
+            self.prev_present.copy_(present)
+        z = torch.softmax(self.logits, dim=0)
+        w = torch.where(known, z / log_d.exp(), torch.zeros_like(z))
+        if not bool(known.any()):
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        return w / w.sum()
+
+
+class DBMTL(Balancer):
+    """``dbmtl``: dual-balancing multi-task learning (Lin et al. 2023, "Dual-Balancing Multi-Task Learning").
+
+    *Loss-scale balancing:* every task loss enters as ``log(L_t + 1e-8)``. *Gradient-magnitude balancing:*
+    an exponential moving average of each task's gradient of its log-loss,
+    ``ghat_t <- beta_k ghat_t + (1 - beta_k) grad log L_t`` with ``beta_k = beta / k^beta_sigma`` (``k`` the
+    task's count of steps; ``ghat`` starts at 0), and scales ``alpha_t = max_s ||ghat_s|| / ||ghat_t||`` that
+    give every task the largest norm. DB-MTL updates the shared parameters with ``sum_t alpha_t ghat_t``.
+
+    **Variant (one backward):** we back-propagate ``sum_t alpha_t log L_t``, i.e. weights
+    ``w_t proportional to alpha_t / (L_t + 1e-8)``, renormalised to sum to 1 (our convention; the max-norm
+    scale of ``alpha`` cancels): the moving average sets the magnitudes, the current batch the direction
+    (DB-MTL applies the averaged gradients themselves, which needs the full per-task gradients of every
+    shared parameter), and the task heads get the same weights as the shared layers.
+
+    Args:
+        beta: EMA factor of the gradients (LibMTL's default 0.9).
+        beta_sigma: decay exponent of ``beta`` over steps (LibMTL's default 0: constant ``beta``).
+        mode: ``shared_params`` (default; the gradients of the last shared layer's parameters) or
+            ``features`` (of the shared representation, summed over the batch).
+
+    Cost: one batched backward of the T losses to that tensor, and a ``T x P`` buffer. Absent tasks keep
+    their average; a task with none yet gets weight 0. Gradients are averaged over data-parallel ranks.
+    """
+
+    lazy_buffers = ("grad_ema",)
+
+    def __init__(
+        self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.0, mode: str = "shared_params"
+    ) -> None:
+        super().__init__(num_tasks)
+        if not 0.0 <= float(beta) < 1.0:
+            raise ConfigError(f"balancer.beta must be in [0, 1), got {beta}.")
+        if not float(beta_sigma) >= 0:
+            raise ConfigError(f"balancer.beta_sigma must be >= 0, got {beta_sigma}.")
+        self.beta, self.beta_sigma, self.mode = float(beta), float(beta_sigma), _check_mode(mode)
+        self.requires = frozenset({self.mode})
+        self.register_buffer("grad_ema", torch.zeros(self.num_tasks, 0))
+        self.register_buffer("grad_steps", torch.zeros(self.num_tasks, dtype=torch.long))
+
+    def compute_weights(self, values, known, ctx):
+        present = ctx["present"]
+        if self.training and ctx["losses"].requires_grad:
+            scale = values.clamp(min=0) + _EPS
+            grads = _task_gradients(self, ctx, self.mode) / scale[:, None]  # grad log(L_t + eps)
+            if self.grad_ema.shape != grads.shape:
+                self.grad_ema = torch.zeros_like(grads)
+            steps = self.grad_steps + present.long()
+            beta = self.beta / steps.clamp(min=1).float().pow(self.beta_sigma)
+            ema = beta[:, None] * self.grad_ema + (1 - beta[:, None]) * grads
+            self.grad_ema.copy_(torch.where(present[:, None], ema, self.grad_ema))
+            self.grad_steps.copy_(steps)
+        has = self.grad_steps > 0
+        if not bool(has.any()):
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        norms = self.grad_ema.norm(dim=1)
+        alpha = norms[has].max() / (norms + _EPS)
+        w = torch.where(has, alpha / (values.clamp(min=0) + _EPS), torch.zeros_like(values))
+        return w / w.sum()
+
+
+class RLW(Balancer):
+    """``rlw``: random loss weighting (Lin et al., TMLR 2022, "Reasonable Effectiveness of Random Weighting:
+    A Litmus Test for Multi-Task Learning").
+
+    Fresh random weights every training step: ``w = softmax(lambda)``, ``lambda ~ N(0, I)`` (``normal``, the
+    default of LibMTL and torchjd) or ``w ~ Dirichlet(concentration)`` (``dirichlet``; drawn as normalised
+    ``Gamma(concentration, 1)`` variables; already on the simplex, so not softmaxed as in LibMTL). The draws
+    come from a CPU ``torch.Generator`` seeded with ``seed`` whose state is a buffer, so a resumed run draws
+    what the uninterrupted one would, every data-parallel rank draws the same weights, and CPU and GPU runs
+    agree. Outside training (``eval()``) the weights are their expectation ``1/T`` and nothing is drawn.
+    Absent tasks get their draw (the sequence does not depend on which tasks are present) and no gradient.
+    """
+
+    def __init__(
+        self, num_tasks: int, distribution: str = "normal", concentration: float = 1.0, seed: int = 0
+    ) -> None:
+        super().__init__(num_tasks)
+        if distribution not in ("normal", "dirichlet"):
+            raise ConfigError(f"balancer.distribution must be 'normal' or 'dirichlet', got {distribution!r}.")
+        if not float(concentration) > 0:
+            raise ConfigError(f"balancer.concentration must be > 0, got {concentration}.")
+        self.distribution, self.concentration = distribution, float(concentration)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(int(seed))
+        self.register_buffer("rng_state", generator.get_state())
+
+    def compute_weights(self, values, known, ctx):
+        if not self.training:
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        generator = torch.Generator(device="cpu")
+        generator.set_state(self.rng_state.cpu())
+        if self.distribution == "normal":
+            w = torch.softmax(torch.randn(self.num_tasks, generator=generator), dim=0)
+        else:
+            gamma = torch._standard_gamma(
+                torch.full((self.num_tasks,), self.concentration), generator=generator
+            )
+            w = gamma / gamma.sum()
+        self.rng_state.copy_(generator.get_state())
+        return w.to(values)
+
+
+class GLS(Balancer):
+    """``gls``: geometric loss strategy (Chennupati et al., CVPR Workshops 2019, MultiNet++).
+
+    GLS minimises the geometric mean ``G = (prod_t L_t)^(1/T)``, whose gradient is
+    ``sum_t (G / (T L_t)) grad L_t``: weights proportional to ``1 / L_t``. We apply that direction with
+    our convention's scale, ``w_t = (1 / L_t) / sum_s (1 / L_s)`` (as for ``stch``); the scalar
+    ``sum_t w_t L_t`` is then the harmonic mean ``H`` of the losses, and GLS's own gradient is ``G / H >= 1``
+    times ours (equal when the losses are equal). The direction is also that of the mean log-loss
+    ``(1/T) sum_t log L_t`` (DB-MTL's loss-scale balancing). Absent tasks use their last loss; a task never
+    seen gets weight 0; losses are clamped at 1e-8.
+    """
+
+    def compute_weights(self, values, known, ctx):
+        if not bool(known.any()):
+            return torch.full_like(values, 1.0 / self.num_tasks)
+        inverse = torch.where(known, 1.0 / values.clamp(min=_EPS), torch.zeros_like(values))
+        return inverse / inverse.sum()

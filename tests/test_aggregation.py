@@ -11,7 +11,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.loading import resumable_loader
 from pretrain.aggregation import LossAggregation
-from pretrain.balancers import DWA, GradNorm, GroupDRO, Minimax, NoBalancing, Uncertainty, Vanilla
+from pretrain.balancers import (
+    DWA,
+    RLW,
+    ExcessMTL,
+    GradNorm,
+    GroupDRO,
+    Minimax,
+    NoBalancing,
+    Uncertainty,
+    Vanilla,
+)
 from utils.errors import ConfigError, NonFiniteLossError
 
 TASKS = ["a", "b", "rare"]
@@ -211,6 +221,22 @@ def _check_gradnorm(history):
     assert all(w != pytest.approx([1 / 3] * 3, abs=1e-4) for w in weights[1:])
 
 
+def _check_excessmtl(history):
+    """q starts uniform; its first step's ratios are all 1 (a task not seen yet counts as 1 too), so the weights
+    stay uniform there, then move (the squared-gradient sums are sized at the first step, and resumed)."""
+    weights = [w for _, w in _steps(history)]
+    assert weights[0] == pytest.approx([1 / 3] * 3)
+    assert all(sum(w) == pytest.approx(1.0, rel=1e-5) for w in weights)
+    assert any(w != pytest.approx([1 / 3] * 3, abs=1e-3) for w in weights[1:])
+
+
+def _check_rlw(history):
+    """w_k = softmax of the k-th standard-normal draw of a generator seeded 3, whether or not 'rare' is present."""
+    g = torch.Generator().manual_seed(3)
+    for _, weights in _steps(history):
+        assert weights == pytest.approx(torch.softmax(torch.randn(3, generator=g), dim=0).tolist(), rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "factory, check",
     [
@@ -218,8 +244,10 @@ def _check_gradnorm(history):
         (lambda num_tasks: DWA(num_tasks, window=3), _check_dwa),
         (lambda num_tasks: Uncertainty(num_tasks), _check_uncertainty),
         (lambda num_tasks: GradNorm(num_tasks), _check_gradnorm),
+        (lambda num_tasks: ExcessMTL(num_tasks, robust_step_size=1.0), _check_excessmtl),
+        (lambda num_tasks: RLW(num_tasks, seed=3), _check_rlw),
     ],
-    ids=["minimax", "dwa", "uncertainty", "gradnorm"],
+    ids=["minimax", "dwa", "uncertainty", "gradnorm", "excessmtl", "rlw"],
 )
 def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
     """Killed after step 5 of an 8-batch shuffled epoch, resumed from its checkpoint: same parameters,

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from pretrain.balancers import (
+    DBMTL,
     DWA,
+    FAMO,
+    GLS,
+    RLW,
     STCH,
+    ExcessMTL,
     GradientAggregator,
     GradNorm,
     GroupDRO,
@@ -249,6 +254,10 @@ def test_upgrad_direction_matches_torchjd_aggregator_on_conflicting_gradients():
         lambda: STCH(3, warmup=2),
         lambda: Minimax(3, alpha=2.0, normalize="initial", normalize_steps=7),  # resumed mid-window
         lambda: GroupDRO(3, eta=0.1, normalize="initial", normalize_steps=7),
+        lambda: ExcessMTL(3, robust_step_size=0.5),
+        lambda: FAMO(3, lr=0.1),
+        lambda: RLW(3, seed=4),
+        lambda: RLW(3, distribution="dirichlet", concentration=2.0, seed=4),
     ],
 )
 def test_state_survives_a_state_dict_round_trip(make):
@@ -310,6 +319,15 @@ def test_absent_task_gets_no_gradient_and_nothing_becomes_nan():
         (lambda: Minimax(3, normalize="reference", reference=[1.0] * 3, reference_from="run"), "not both"),
         (lambda: Minimax(3, normalize="reference", reference=[1.0, 2.0]), "balancer.reference must give 3"),
         (lambda: GroupDRO(3, normalize="reference", reference=[1.0, "x", 2.0]), "balancer.reference must be"),
+        (lambda: ExcessMTL(3, robust_step_size=0.0), "balancer.robust_step_size"),
+        (lambda: ExcessMTL(3, mode="all"), "balancer.mode"),
+        (lambda: FAMO(3, lr=0.0), "balancer.lr"),
+        (lambda: FAMO(3, weight_decay=-1.0), "balancer.weight_decay"),
+        (lambda: FAMO(3, min_loss=[0.0, 0.1]), "balancer.min_loss"),
+        (lambda: DBMTL(3, beta=1.0), "balancer.beta"),
+        (lambda: DBMTL(3, mode="params"), "balancer.mode"),
+        (lambda: RLW(3, distribution="uniform"), "balancer.distribution"),
+        (lambda: RLW(3, distribution="dirichlet", concentration=0.0), "balancer.concentration"),
     ],
 )
 def test_impossible_values_fail_naming_the_key(make, key):
@@ -422,6 +440,52 @@ def _update_conflicts_with_no_task(make):
     return bool((J @ f.grad >= -1e-6).all())
 
 
+def _task_far_from_convergence_gains_weight(make):
+    """excessmtl: task 0's gradient halves every step (its excess risk g^T H^-1 g falls fast), task 1's stays
+    (its estimate falls only as 1/sqrt(k) with the AdaGrad curvature): task 1 gains weight, step after step."""
+    b = make(2)
+    w1 = []
+    for k in range(6):
+        W = torch.ones(2, requires_grad=True)
+        losses = torch.tensor([[0.5**k, 0.0], [0.0, 1.0]]) @ W + 1.0
+        w1.append(b(losses, shared_params=[W]).weights[1].item())
+    return w1[0] == pytest.approx(0.5) and all(a < b for a, b in zip(w1[1:], w1[2:])) and w1[-1] > 0.6
+
+
+def _slower_decrease_gains_logit(make):
+    """famo: at the first step w ~ z / L with z uniform, i.e. 1/L; then z = w L / sum(w L) moves toward the
+    task whose log-loss falls less (task 1, flat, against task 0 halving every step)."""
+    b = make(2)
+    steps = [[2.0 * 0.5**k, 1.0] for k in range(5)]
+    zs = []
+    for losses in steps:
+        w = b(t(*losses)).weights.tolist()
+        zs.append(w[1] * losses[1] / (w[0] * losses[0] + w[1] * losses[1]))
+    return zs[0] == pytest.approx(0.5) and all(a < b for a, b in zip(zs, zs[1:]))
+
+
+def _weighted_log_gradient_norms_equalise(make):
+    """dbmtl: equal losses [3, 3] with gradients [3, 0] and [0, 1]: the log-loss gradients have norms
+    [1, 1/3], scaled to the largest (alpha = [1, 3]), so w = [1, 3] / 4."""
+    W = torch.ones(2, requires_grad=True)
+    losses = torch.tensor([[3.0, 0.0], [0.0, 1.0]]) @ W + torch.tensor([0.0, 2.0])
+    return make(2)(losses, shared_params=[W]).weights.tolist() == pytest.approx([0.25, 0.75], rel=1e-5)
+
+
+def _fresh_random_weights_every_step(make):
+    """rlw: identical losses, different weights every step, on the simplex, averaging 1/T."""
+    b = make(3)
+    ws = torch.stack([b(t(1.0, 2.0, 3.0)).weights for _ in range(300)])
+    distinct = not torch.allclose(ws[0], ws[1])
+    return distinct and bool((ws > 0).all()) and ws.mean(0).tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
+
+
+def _smaller_loss_larger_weight(make):
+    """gls: the gradient of (prod L_t)^(1/T) weighs each task by 1/L_t: [1, 2, 4] -> [4, 2, 1] / 7."""
+    b = make(3)
+    return all(b(t(1.0, 2.0, 4.0)).weights.tolist() == pytest.approx([4 / 7, 2 / 7, 1 / 7]) for _ in range(2))
+
+
 def _agg(method):
     return lambda num_tasks: GradientAggregator(num_tasks, method=method)
 
@@ -437,6 +501,11 @@ DIRECTIONS = {
     "mgda": (_agg("mgda"), _smaller_gradient_gains_weight),
     "upgrad": (_agg("upgrad"), _update_conflicts_with_no_task),
     "pcgrad": (_agg("pcgrad"), _update_conflicts_with_no_task),
+    "excessmtl": (lambda n: ExcessMTL(n, robust_step_size=1.0), _task_far_from_convergence_gains_weight),
+    "famo": (lambda n: FAMO(n, lr=0.1), _slower_decrease_gains_logit),
+    "dbmtl": (DBMTL, _weighted_log_gradient_norms_equalise),
+    "rlw": (RLW, _fresh_random_weights_every_step),
+    "gls": (GLS, _smaller_loss_larger_weight),
 }
 
 

@@ -13,7 +13,7 @@ import timm
 import torch
 
 from models.multimae import MultiMAE
-from pretrain.balancers import GradientAggregator, GradNorm, NoBalancing
+from pretrain.balancers import DBMTL, ExcessMTL, GradientAggregator, GradNorm, NoBalancing
 from pretrain.mm_mae import ENCODER_FILE, ENCODER_META, MMMAEPretraining
 from utils.errors import ConfigError
 
@@ -107,6 +107,48 @@ def test_gradient_balancers_get_shared_params_and_features(balancer):
         torch.testing.assert_close(weights, ref / ref.sum(), rtol=1e-3, atol=1e-6)
         if b.method == "mgda":  # min-norm: the task with the smallest gradient weighs most
             assert weights.argmax() == gramian.diagonal().argmin() and weights.max() > 0.5
+
+
+@pytest.mark.parametrize(
+    "balancer",
+    [partial(ExcessMTL, mode="shared_params"), partial(DBMTL, beta=0.9, mode="features")],
+    ids=["excessmtl", "dbmtl"],
+)
+def test_excess_risk_and_dual_balancing_see_this_steps_task_gradients(balancer):
+    """ExcessMTL's first excess-risk estimates are sum_i g_i^2 / sqrt(g_i^2 + 1e-7) of each task's gradient on
+    the shared parameters; DB-MTL's first average is (1 - beta) times each task's gradient of log L_t w.r.t.
+    the encoder features, summed over the batch and tokens, and its weights are proportional to
+    max_s norm(ghat_s) / norm(ghat_t) / L_t. Both computed here by hand from the same step."""
+    module = make_module(balancer=balancer)
+    b = module.aggregator.balancer
+    torch.manual_seed(3)
+    loss = module.training_step(make_batch(), 0)
+    assert torch.isfinite(loss)
+    weights = torch.tensor(list(module.aggregator.history[-1]["weight"].values()))
+
+    torch.manual_seed(3)  # the same step again, by hand
+    inputs = module._inputs(make_batch())
+    out = module.model(inputs)
+    losses = [s / c for s, c in module.model.losses(out, inputs).values()]
+    if isinstance(b, ExcessMTL):
+        params = [p for p in module.model.shared_params() if p.requires_grad]
+        excess = []
+        for task_loss in losses:
+            grads = torch.autograd.grad(task_loss, params, retain_graph=True, allow_unused=True)
+            g = torch.cat([x.flatten() for x in grads if x is not None]).double()
+            excess.append((g**2 / torch.sqrt(g**2 + 1e-7)).sum())
+        torch.testing.assert_close(b.initial_excess.double(), torch.stack(excess), rtol=1e-3, atol=1e-9)
+        torch.testing.assert_close(weights, torch.full((3,), 1 / 3))  # the first ratios are all 1
+    else:
+        rows = []
+        for task_loss in losses:
+            (g,) = torch.autograd.grad(task_loss, out.features, retain_graph=True)
+            rows.append(g.reshape(-1, g.shape[-1]).sum(0).double() / float(task_loss))
+        ghat = 0.1 * torch.stack(rows)
+        torch.testing.assert_close(b.grad_ema.double(), ghat, rtol=1e-3, atol=1e-9)
+        norms = ghat.norm(dim=1)
+        w = norms.max() / norms / torch.tensor([float(v) for v in losses], dtype=torch.float64)
+        torch.testing.assert_close(weights.double(), w / w.sum(), rtol=1e-3, atol=1e-7)
 
 
 def test_optimizer_groups_cover_the_model_and_the_balancer():

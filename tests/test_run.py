@@ -252,6 +252,43 @@ def _check_gradnorm(L, W):  # p = 0 at the first step, then moved by GradNorm's 
     _check_moves_off_uniform(L, W[1:])
 
 
+def _check_excessmtl(L, W):  # q uniform at step 0 (every ratio E_t / E_t(0) is 1), then moved by eta r
+    assert W[0] == pytest.approx([0.25] * 4)
+    _check_moves_off_uniform(L, W[1:])
+
+
+def _check_famo(L, W):  # w ~ softmax(xi) / L; xi: Adam (lr 0.025, decay 1e-3) on J^T (log L(k-1) - log L(k))
+    import math
+
+    xi, m, v = [0.0] * 4, [0.0] * 4, [0.0] * 4
+    for k in range(len(W)):
+        if k > 0:
+            z = _softmax(xi)
+            d = [math.log(a) - math.log(b) for a, b in zip(L[k - 1], L[k])]
+            zd = sum(p * x for p, x in zip(z, d))
+            for t in range(4):
+                g = z[t] * (d[t] - zd) + 1e-3 * xi[t]
+                m[t], v[t] = 0.9 * m[t] + 0.1 * g, 0.999 * v[t] + 0.001 * g * g
+                xi[t] -= 0.025 * (m[t] / (1 - 0.9**k)) / (math.sqrt(v[t] / (1 - 0.999**k)) + 1e-8)
+        q = [p / x for p, x in zip(_softmax(xi), L[k])]
+        assert W[k] == pytest.approx([x / sum(q) for x in q], rel=1e-3)
+    assert xi != [0.0] * 4
+
+
+def _check_rlw(L, W):  # w_k = softmax of the k-th N(0, I) draw of a generator seeded with the run's seed (0)
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    for w in W:
+        assert w == pytest.approx(torch.softmax(torch.randn(4, generator=g), dim=0).tolist(), rel=1e-4)
+
+
+def _check_gls(L, W):  # w ~ 1 / L: the direction of the geometric mean's gradient
+    for losses, w in zip(L, W):
+        inverse = [1 / x for x in losses]
+        assert w == pytest.approx([x / sum(inverse) for x in inverse], rel=1e-4)
+
+
 BALANCER_CHECKS = {
     "none": ([], _check_none),
     "vanilla": ([], _check_none),  # every convex task has one target per sample: equal counts, equal weights
@@ -266,6 +303,12 @@ BALANCER_CHECKS = {
     "mgda": (["model.init_scale=0.0"], _check_moves_off_uniform),
     "pcgrad": (["model.init_scale=0.0"], _check_moves_off_uniform),
     "upgrad": (["model.init_scale=0.0"], _check_moves_off_uniform),
+    # eta 1: with the default 0.01 the weights barely move in 4 steps
+    "excessmtl": (["balancer.robust_step_size=1.0"], _check_excessmtl),
+    "famo": ([], _check_famo),
+    "dbmtl": ([], _check_moves_off_uniform),
+    "rlw": ([], _check_rlw),
+    "gls": ([], _check_gls),
 }
 
 
