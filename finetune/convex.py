@@ -12,7 +12,8 @@ delta)`` of Theorem 5.4: the smallest N of ``sample_sizes`` from which on (at th
 the excess risk is at most ``eps`` for at least a fraction ``1 - delta`` of the ``repeats`` draws. When no N
 of the grid qualifies it is recorded as twice the largest N (a lower bound; ``sample_complexity_censored``
 is then 1). The summary's worst case of it is the worst-case sample complexity ``max_lambda N_lambda``
-over the downstream tasks.
+over the downstream tasks. Every further value of ``eps_extra`` adds ``sample_complexity@eps=<value>`` from the
+same draws (how the sample complexity depends on the choice of eps).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ConvexDownstream:
         repeats: independent sample draws per (task, N): averaged for ``excess_risk@N``, counted for the
             sample complexity.
         eps, delta: the target excess risk and the failure probability of the sample complexity.
+        eps_extra: further target excess risks, each reported as ``sample_complexity@eps=<value>``.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ConvexDownstream:
         include_vertices: bool = True,
         eps: float = 0.5,
         delta: float = 0.1,
+        eps_extra: list[float] = (),
         seed: int = 0,
         smoke: bool = False,
     ) -> None:
@@ -70,7 +73,7 @@ class ConvexDownstream:
             raise ConfigError(
                 "downstream.steps must be >= 0 (or null: to convergence) and downstream.repeats >= 1."
             )
-        if not float(eps) > 0 or not 0 <= float(delta) < 1:
+        if not all(float(e) > 0 for e in [eps, *eps_extra]) or not 0 <= float(delta) < 1:
             raise ConfigError(
                 f"downstream.eps must be > 0 and downstream.delta in [0, 1), got {eps}, {delta}."
             )
@@ -79,6 +82,7 @@ class ConvexDownstream:
         self.repeats = 2 if smoke else int(repeats)
         self.num_random, self.include_vertices, self.seed = int(num_random), bool(include_vertices), int(seed)
         self.eps, self.delta = float(eps), float(delta)
+        self.eps_extra = [float(e) for e in eps_extra]
 
     def lambdas(self, num_tasks: int) -> dict[str, torch.Tensor]:
         out = {}
@@ -143,13 +147,14 @@ class ConvexDownstream:
             theta = theta - (self.step_size / smooth) * (X.T @ (X @ theta - y) / n)
         return theta
 
-    def sample_complexity(self, draws: dict[int, list[float]]) -> tuple[int, bool]:
+    def sample_complexity(self, draws: dict[int, list[float]], eps: float | None = None) -> tuple[int, bool]:
         """``N_lambda(theta_0, eps, delta)`` on the grid from the per-draw excess risks at each N: the smallest
         N from which on a fraction >= 1 - delta of the draws has excess risk <= eps; (that N, True), or
-        (2 x the largest N, False) when none qualifies."""
+        (2 x the largest N, False) when none qualifies. ``eps``: default ``self.eps``."""
+        eps = self.eps if eps is None else eps
         found = None
         for n in reversed(self.sample_sizes):
-            ok = sum(x <= self.eps for x in draws[n]) >= (1 - self.delta) * len(draws[n]) - 1e-9
+            ok = sum(x <= eps for x in draws[n]) >= (1 - self.delta) * len(draws[n]) - 1e-9
             if not ok:
                 break
             found = n
@@ -175,6 +180,8 @@ class ConvexDownstream:
             n_eps, reached = self.sample_complexity(draws)
             metrics["sample_complexity"] = float(n_eps)
             metrics["sample_complexity_censored"] = 0.0 if reached else 1.0
+            for eps in self.eps_extra:
+                metrics[f"sample_complexity@eps={eps:g}"] = float(self.sample_complexity(draws, eps)[0])
             results[name] = {"metrics": metrics, "primary": "excess_risk", "higher_is_better": False}
         return results
 
@@ -188,17 +195,21 @@ class ConvexDownstream:
                 "upstream_risks": [float(x) for x in upstream],
                 "worst_upstream_risk": float(upstream.max()),
             },
-            "sample_complexity": {
+            "downstream_settings": {
+                "steps": self.steps,
+                "primary_n": self.primary_n,
+                "sample_sizes": self.sample_sizes,
                 "eps": self.eps,
+                "eps_extra": self.eps_extra,
                 "delta": self.delta,
                 "draws": self.repeats,
-                "grid": self.sample_sizes,
                 "censored_as": 2 * self.sample_sizes[-1],
             },
             # the by_metric columns the sweep report tabulates with paired intervals (pretrain/report.py)
             "report_metrics": [
                 "initial_risk",
                 "sample_complexity",
+                *(f"sample_complexity@eps={eps:g}" for eps in self.eps_extra),
                 *(f"excess_risk@N={n}" for n in self.sample_sizes),
             ],
         }
