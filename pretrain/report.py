@@ -548,6 +548,7 @@ def _theory_figure(path: Path, frame, settings: dict) -> Path:
     one dot per run and each row's mean over seeds with its 95% t-interval on both axes; log x axis, so the
     logarithmic relation of eq. 13 is a straight line."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
     from scipy import stats
 
     def half(v):
@@ -558,8 +559,7 @@ def _theory_figure(path: Path, frame, settings: dict) -> Path:
         "excess": f"worst-case excess risk at N={primary_n}"
         if primary_n
         else "worst-case excess risk (primary)",
-        "complexity": "worst-case sample complexity"
-        + (f" (eps={eps:g})" if eps is not None else ""),
+        "complexity": "worst-case sample complexity" + (f" (eps={eps:g})" if eps is not None else ""),
     }
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
     for ax, y in zip(axes, ylabels):
@@ -572,6 +572,7 @@ def _theory_figure(path: Path, frame, settings: dict) -> Path:
                 fmt="o", ms=5, color=color, capsize=2, label=label,
             )  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overlapping 2x10^2, 3x10^2, ... labels
         ax.set_xlabel("worst-case initial risk (log scale)")
         ax.set_ylabel(ylabels[y])
     axes[0].legend(fontsize=7)
