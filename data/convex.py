@@ -5,6 +5,13 @@ Task t has loss ``l_t(theta, z) = 0.5 ||B_t (theta - c_t)||^2 + z_t^T B_t (theta
 ``mu``-strongly convex, ``L``-smooth (``mu``, ``L`` the extreme eigenvalues of ``B_t^T B_t``) and
 minimised at ``c_t`` with value 0, as section 5 assumes. Downstream task ``lambda`` in the simplex has
 loss ``sum_t lambda_t l_t`` (eq. 9).
+
+Two regimes (``kind``). ``random`` (full rank, the default) and ``remark52``: every sample's loss has the
+full-rank Hessian ``B_t^T B_t``, so the empirical risk of any N samples is strongly convex with one
+minimiser, whatever theta_0. ``underdetermined`` (:class:`RegressionTasks`): the same expected risks, but
+each sample is one random linear measurement, ``l_t(theta, (u, e)) = 0.5 (x^T (theta - c_t))^2 - sigma e
+x^T (theta - c_t)`` with ``x = B^T u``; with fewer samples than dimensions the empirical risk has an affine
+set of minimisers, and gradient descent from theta_0 ends at the one nearest theta_0.
 """
 
 from __future__ import annotations
@@ -60,6 +67,46 @@ class QuadraticTasks:
         theta = torch.linalg.solve(A, b)
         return theta, (lam * self.risks(theta)).sum()
 
+    def sample_one(self, g: torch.Generator) -> torch.Tensor:
+        """One sample ``z``: the noise of every task, (T, d)."""
+        return self.sigma * torch.randn(self.num_tasks, self.dim, generator=g)
+
+    def to(self, dtype: torch.dtype) -> QuadraticTasks:
+        return type(self)(B=self.B.to(dtype), c=self.c.to(dtype), sigma=self.sigma)
+
+
+@dataclass
+class RegressionTasks(QuadraticTasks):
+    """``kind=underdetermined``: noisy linear measurements of the quadratic tasks, one shared design.
+
+    A sample is ``z = (u, e)`` with ``u ~ N(0, I_d)``, ``e ~ N(0, 1)``, and every task sees it through the
+    same ``B`` (``B_t = B`` for all t): ``x = B^T u``,
+    ``l_t(theta, z) = 0.5 (x^T (theta - c_t))^2 - sigma e x^T (theta - c_t)``, i.e. least squares on
+    ``y_t = x^T c_t + sigma e`` less a term that does not depend on theta. The expected risk is the same
+    ``0.5 ||B (theta - c_t)||^2`` as in :class:`QuadraticTasks` (minimum 0 at ``c_t``), and eq. 9's
+    ``l_lambda = sum_t lambda_t l_t`` is again one measurement per sample, of ``c_lambda = sum_t lambda_t
+    c_t`` (up to a term constant in theta): the empirical risk of N samples is least squares with N rows in d
+    unknowns, which has a whole affine set of minimisers when N < d.
+    """
+
+    def sample_losses(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses for samples ``z`` of shape (n, d + 1): (n, T)."""
+        u, e = z[:, : self.dim], z[:, self.dim]
+        s = u @ self.residual(theta).T  # (n, T): u^T B (theta - c_t) = x^T (theta - c_t)
+        return 0.5 * s.pow(2) - self.sigma * e.unsqueeze(1) * s
+
+    def sample_one(self, g: torch.Generator) -> torch.Tensor:
+        """One sample ``z = (u, e)``, (d + 1,)."""
+        return torch.randn(self.dim + 1, generator=g)
+
+    def least_squares(self, lam: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Design ``X`` (n, d) and targets ``y`` (n,) of downstream task ``lam``'s empirical risk on ``z``:
+        ``(1/n) sum_i l_lambda(theta, z_i) = (1/2n) ||X theta - y||^2 + const``."""
+        u, e = z[:, : self.dim], z[:, self.dim]
+        X = u @ self.B[0]  # rows x_i^T = u_i^T B
+        c_lam = lam @ self.c
+        return X, X @ c_lam + self.sigma * e
+
 
 def make_tasks(
     kind: str = "random",
@@ -74,6 +121,8 @@ def make_tasks(
 
     ``random``: diagonal curvatures log-uniform in ``curvature`` under a random rotation per task,
     optima ``c_t ~ N(0, spread^2 I)``.
+    ``underdetermined``: one curvature matrix for every task, drawn as for ``random``, and optima
+    ``c_t ~ N(0, spread^2 I)``, observed through linear measurements (:class:`RegressionTasks`).
     ``remark52``: the family behind Remark 5.2: task 0 has curvature 1 and optimum ``e_1``; the other
     T-1 tasks have curvature ``1/(T-1)`` and optimum 0. Average pre-training lands at ``e_1/2`` (worst
     risk 1/8), minimax at ``e_1/(1+1/sqrt(T-1))`` (worst risk ``1/(2 (sqrt(T-1)+1)^2)``): the ratio of
@@ -87,9 +136,7 @@ def make_tasks(
         raise ConfigError(f"data.sigma must be >= 0, got {sigma}.")
     g = torch.Generator().manual_seed(int(seed))
     if kind == "random":
-        lo, hi = (float(x) for x in curvature)
-        if not 0 < lo <= hi:
-            raise ConfigError(f"data.curvature must be 0 < low <= high, got {list(curvature)}.")
+        lo, hi = _curvature_range(curvature)
         eig = torch.exp(
             torch.empty(num_tasks, dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g)
         )
@@ -104,13 +151,29 @@ def make_tasks(
         B = torch.diag_embed(scale.sqrt().unsqueeze(1).expand(num_tasks, dim).contiguous())
         c = torch.zeros(num_tasks, dim)
         c[0, 0] = 1.0
+    elif kind == "underdetermined":
+        lo, hi = _curvature_range(curvature)
+        eig = torch.exp(
+            torch.empty(dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g)
+        )
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+        B = (q @ torch.diag(eig.sqrt()) @ q.T).expand(num_tasks, dim, dim).contiguous()
+        c = spread * torch.randn(num_tasks, dim, generator=g)
+        return RegressionTasks(B=B.float(), c=c.float(), sigma=float(sigma))
     else:
-        raise ConfigError(f"data.kind must be 'random' or 'remark52', got {kind!r}.")
+        raise ConfigError(f"data.kind must be 'random', 'remark52' or 'underdetermined', got {kind!r}.")
     return QuadraticTasks(B=B.float(), c=c.float(), sigma=float(sigma))
 
 
+def _curvature_range(curvature) -> tuple[float, float]:
+    lo, hi = (float(x) for x in curvature)
+    if not 0 < lo <= hi:
+        raise ConfigError(f"data.curvature must be 0 < low <= high, got {list(curvature)}.")
+    return lo, hi
+
+
 class _NoiseSamples(Dataset):
-    """Sample i is ``z_i`` of shape (T, d), a deterministic function of (seed, i)."""
+    """Sample i is ``z_i`` (``tasks.sample_one``), a deterministic function of (seed, i)."""
 
     def __init__(self, tasks: QuadraticTasks, size: int, seed: int) -> None:
         self.tasks, self.size, self.seed = tasks, size, seed
@@ -120,7 +183,7 @@ class _NoiseSamples(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        return self.tasks.sigma * torch.randn(self.tasks.num_tasks, self.tasks.dim, generator=g)
+        return self.tasks.sample_one(g)
 
 
 class ConvexDataModule(L.LightningDataModule):

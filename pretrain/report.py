@@ -2,7 +2,10 @@
 mean +- std over seeds; written as ``summary.md`` and ``summary.csv`` into the sweep directory, with the
 paired statistics of every row (difference to ``none``/``vanilla`` of its group and gap to the
 ``random_init`` control, paired by pre-training seed with a 95% Student-t interval), the fine-tuning-seed
-noise floor, and figures (``curves.png``: worst and average primary metric against the downstream N).
+noise floor, the same paired statistics for the worst case of every metric a run lists in ``report_metrics``
+(the convex experiment: initial risk, sample complexity, excess risk at each N), and figures (``curves.png``:
+worst and average primary metric against the downstream N; ``theory.png``: the convex experiment's
+worst-case excess risk and sample complexity against the worst-case initial risk).
 
 Used at the end of every multirun (``SummaryCallback``, configured in ``conf/hydra/default.yaml``) and
 as a command that rebuilds the table from the run directories of an interrupted/resumed sweep::
@@ -127,6 +130,8 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
             cost[b].append(float(ms))
     return {
         "upstream": upstream_table(runs),
+        "by_metric": metric_table(runs),
+        "settings": _settings(runs),
         "cost": {b: statistics.median(v) for b, v in sorted(cost.items(), key=lambda kv: row_key(kv[0]))},
         "columns": columns,
         "rows": rows,
@@ -136,6 +141,41 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         "primary": primary,
         "experiments": sorted({r.get("experiment", "?") for r in runs}),
     }
+
+
+def report_metrics(runs: list[dict]) -> list[str]:
+    """The ``summary.by_metric`` entries the runs ask the report to tabulate (results.json ``report_metrics``,
+    e.g. the convex experiment's initial risk, sample complexity and excess risk at every N), in order."""
+    return list(dict.fromkeys(m for r in runs for m in r.get("report_metrics") or ()))
+
+
+def _worst_of(run: dict, metric: str) -> float:
+    v = ((run.get("summary") or {}).get("by_metric") or {}).get(metric)
+    return float(v["worst"]) if v and v.get("worst") is not None else math.nan
+
+
+def metric_table(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per row and report metric: mean, std and count over seeds of the metric's worst case over the
+    downstream tasks (``summary.by_metric[metric].worst``)."""
+    metrics = report_metrics(runs)
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r, b in zip(runs, row_labels(runs)):
+        for m in metrics:
+            v = _worst_of(r, m)
+            if math.isfinite(v):
+                values[b][m].append(v)
+    return {
+        b: {m: (*_stats(cols[m]), len(cols[m])) for m in metrics if cols.get(m)}
+        for b, cols in sorted(values.items(), key=lambda kv: row_key(kv[0]))
+    }
+
+
+def _settings(runs: list[dict]) -> dict:
+    """The downstream settings the runs report (results.json ``downstream_settings``), when they all agree."""
+    found = {
+        json.dumps(r.get("downstream_settings"), sort_keys=True) for r in runs if r.get("downstream_settings")
+    }
+    return json.loads(found.pop()) if len(found) == 1 else {}
 
 
 #: upstream columns: results.json path -> column name
@@ -200,6 +240,7 @@ def render_markdown(table: dict) -> str:
         n_seeds = len(table["seeds"].get(b, []))
         lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
     lines += _render_compare(table)
+    lines += _render_by_metric(table)
     if table.get("upstream"):
         cols_up = list(dict.fromkeys(c for row in table["upstream"].values() for c in row))
         lines += ["", "Upstream (mean +- std over seeds): NSP accuracy and the smallest context gain over the POS "
@@ -291,6 +332,56 @@ def _render_compare(table: dict) -> list[str]:
     return lines
 
 
+def _render_by_metric(table: dict) -> list[str]:
+    """The worst case over the downstream tasks of every report metric (mean +- std over seeds), and its paired
+    difference to ``none`` of the row's group, through the same pairing and t-interval as the table above."""
+    rows = table.get("by_metric") or {}
+    metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
+    if not metrics:
+        return []
+    head = ["balancer", "seeds", *metrics]
+    body = [
+        f"| {b} | {len(table['seeds'].get(b, []))} | "
+        + " | ".join(f"{row[m][0]:.4g} +- {row[m][1]:.2g}" if m in row else "" for m in metrics)
+        + " |"
+        for b, row in rows.items()
+    ]
+    text = "Worst case over the downstream tasks (max for lower-is-better metrics) of each metric; mean +- std over seeds."
+    settings = table.get("settings") or {}
+    if "sample_complexity" in metrics and settings.get("eps") is not None:
+        text += (
+            f" sample_complexity = max over the tasks of N_lambda(theta_0, eps={settings['eps']:g}, "
+            f"delta={settings['delta']:g}): the smallest N of the grid {settings.get('sample_sizes')} from which on "
+            f"the excess risk is <= eps in >= 1 - delta of {settings.get('draws')} draws "
+            f"({settings.get('censored_as')} = not reached on the grid)."
+        )
+    lines = _md_section("Worst case per metric", text, head, body)
+    cmp = table.get("compare")
+    if cmp is None or cmp.empty:
+        return lines
+    better = "positive = better" if table["higher_is_better"] else "negative = better"
+    paired = []
+    for b, c in cmp.to_dict("index").items():
+        cells = [
+            _interval(c.get(f"{m}_worst_diff", math.nan), c.get(f"{m}_worst_ci_low", math.nan),
+                      c.get(f"{m}_worst_ci_high", math.nan))
+            for m in metrics
+        ]  # fmt: skip
+        if any(cells):
+            paired.append(
+                f"| {b} | {'' if math.isnan(c['pairs']) else int(c['pairs'])} | " + " | ".join(cells) + " |"
+            )
+    if paired:
+        lines += _md_section(
+            "Paired differences per metric",
+            "Worst case of each metric, row minus `none` of its group: paired by pre-training seed; 95% Student-t "
+            f"interval over the paired differences; * = interval excludes 0; {better}.",
+            ["balancer", "pairs", *metrics],
+            paired,
+        )
+    return lines
+
+
 def _md_section(title: str, text: str, head: list[str], body: list[str]) -> list[str]:
     return ["", f"## {title}", "", text, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *body]
 
@@ -314,12 +405,14 @@ def _run_frame(runs: list[dict]):
         return pd.Series(values or [], dtype=float).std(ddof=1)
 
     recs = []
+    metrics = report_metrics(runs)
     for r, label in zip(runs, row_labels(runs)):
         s = r.get("summary") or {}
         rec = {"row": label, "seed": r.get("seed")}
         rec.update({m: float(s.get(m, math.nan)) for m in _MEASURES})
         rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in _MEASURES})
         rec.update({f"{t}_ft_std": ft_std(d.get("per_seed")) for t, d in r.get("downstream", {}).items()})
+        rec.update({f"{m}_worst": _worst_of(r, m) for m in metrics})
         recs.append(rec)
     return pd.DataFrame(recs)
 
@@ -336,16 +429,16 @@ def _t_interval(d) -> tuple[float, float, float]:
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def _paired(df, row: str, ref: str, unpaired_fallback: bool = False) -> dict:
+def _paired(df, row: str, ref: str, unpaired_fallback: bool = False, measures=_MEASURES) -> dict:
     """``row - ref`` per measure over the pre-training seeds both rows have (runs of one seed averaged):
     {pairs, worst: (mean, low, high), average: ...}. With no shared seed and ``unpaired_fallback``, the
     difference of the two rows' means (pairs 0, no interval)."""
-    a, b = (df[df["row"] == x].groupby("seed")[list(_MEASURES)].mean() for x in (row, ref))
+    a, b = (df[df["row"] == x].groupby("seed")[list(measures)].mean() for x in (row, ref))
     shared = a.index.intersection(b.index)
     if not len(shared) and unpaired_fallback:
-        return {"pairs": 0, **{m: (a[m].mean() - b[m].mean(), math.nan, math.nan) for m in _MEASURES}}
+        return {"pairs": 0, **{m: (a[m].mean() - b[m].mean(), math.nan, math.nan) for m in measures}}
     d = a.loc[shared] - b.loc[shared]
-    return {"pairs": len(shared), **{m: _t_interval(d[m]) for m in _MEASURES}}
+    return {"pairs": len(shared), **{m: _t_interval(d[m]) for m in measures}}
 
 
 def compare(runs: list[dict], labels: list[str]):
@@ -354,12 +447,15 @@ def compare(runs: list[dict], labels: list[str]):
     the row's group, the same prefixed ``vanilla_`` when the sweep has a ``vanilla`` row, the fine-tuning
     noise floor ``<worst|average|task>_ft_std`` (mean over the row's runs), and ``random_init_pairs,
     <worst|average>_gap_random_init[_ci_low|_ci_high]`` against the random-init control, falling back to
-    the difference of means when no seed is shared."""
+    the difference of means when no seed is shared. With report metrics (results.json ``report_metrics``),
+    also ``<metric>_worst_diff, <metric>_worst_ci_low, <metric>_worst_ci_high``: the same pairing against
+    ``none`` for the worst case of each metric."""
     import pandas as pd
 
     if not labels:
         return pd.DataFrame()
     df = _run_frame(runs)
+    metric_cols = [f"{m}_worst" for m in report_metrics(runs)]
     base = {label: label.partition(" (")[0] for label in labels}
 
     def reference(label: str, ref: str) -> str | None:
@@ -382,6 +478,10 @@ def compare(runs: list[dict], labels: list[str]):
             rec[f"{p}pairs"] = res.get("pairs", math.nan)
             for m in _MEASURES:
                 rec[f"{p}{m}_diff"], rec[f"{p}{m}_ci_low"], rec[f"{p}{m}_ci_high"] = res.get(m, _NAN3)
+        other = reference(label, "none")
+        res = _paired(df, label, other, measures=metric_cols) if other and metric_cols else {}
+        for m in metric_cols:
+            rec[f"{m}_diff"], rec[f"{m}_ci_low"], rec[f"{m}_ci_high"] = res.get(m, _NAN3)
         rec.update(df[df["row"] == label].filter(like="_ft_std").mean())
         control = reference(label, "random_init")
         res = _paired(df, label, control, unpaired_fallback=True) if control else {}
@@ -423,6 +523,69 @@ def curve_frame(runs: list[dict]):
     return out.rename(columns={"count": "seeds"}).drop(columns="sem")
 
 
+def theory_frame(runs: list[dict]):
+    """Per run with the convex report metrics: its row, seed, and the worst case over the downstream tasks of the
+    initial risk (``initial``), of the primary metric (``excess``: the excess risk at the primary N) and of the
+    sample complexity (``complexity``). Empty without them."""
+    import pandas as pd
+
+    recs = [
+        {
+            "row": label,
+            "seed": r.get("seed"),
+            "initial": _worst_of(r, "initial_risk"),
+            "excess": float((r.get("summary") or {}).get("worst", math.nan)),
+            "complexity": _worst_of(r, "sample_complexity"),
+        }
+        for r, label in zip(runs, row_labels(runs))
+        if {"initial_risk", "sample_complexity"} <= set(r.get("report_metrics") or ())
+    ]
+    return pd.DataFrame(recs, columns=["row", "seed", "initial", "excess", "complexity"]).dropna()
+
+
+def _theory_figure(path: Path, frame, settings: dict) -> Path:
+    """theory.png: worst-case excess risk and worst-case sample complexity against the worst-case initial risk,
+    one dot per run and each row's mean over seeds with its 95% t-interval on both axes; log x axis, so the
+    logarithmic relation of eq. 13 is a straight line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+    from scipy import stats
+
+    def half(v):
+        return stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+
+    primary_n, eps = settings.get("primary_n"), settings.get("eps")
+    ylabels = {
+        "excess": f"worst-case excess risk at N={primary_n}"
+        if primary_n
+        else "worst-case excess risk (primary)",
+        "complexity": "worst-case sample complexity" + (f" (eps={eps:g})" if eps is not None else ""),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, y in zip(axes, ylabels):
+        for i, label in enumerate(sorted(frame["row"].unique(), key=row_key)):
+            f = frame[frame["row"] == label]
+            color = f"C{i % 10}"
+            ax.scatter(f["initial"], f[y], s=10, alpha=0.35, color=color, lw=0)
+            ax.errorbar(
+                f["initial"].mean(), f[y].mean(), xerr=half(f["initial"]), yerr=half(f[y]),
+                fmt="o", ms=5, color=color, capsize=2, label=label,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overlapping 2x10^2, 3x10^2, ... labels
+        ax.set_xlabel("worst-case initial risk (log scale)")
+        ax.set_ylabel(ylabels[y])
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "dots: runs; markers: mean over seeds with 95% t-interval; eq. 13 bounds N by a + b log(x)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
     """A run's ``pretrain_history.csv`` as columns (``step``, ``loss/<task>``, ``weight/<task>``)."""
     path = Path(run_dir) / "pretrain_history.csv"
@@ -462,7 +625,8 @@ def _mean_curves(
 
 def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     """curves.png (worst and average primary metric against the downstream N, mean over pre-training seeds
-    with a 95% t-interval band), weights.png, upstream_losses.png (per balancer, over pre-training steps,
+    with a 95% t-interval band), theory.png (convex: worst-case excess risk and sample complexity against the
+    worst-case initial risk, ``_theory_figure``), weights.png, upstream_losses.png (per balancer, over pre-training steps,
     mean over seeds) and downstream.png (each downstream task's primary metric per balancer, mean +- std
     over seeds)."""
     import matplotlib
@@ -496,6 +660,9 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    theory = theory_frame(runs)
+    if not theory.empty:
+        written.append(_theory_figure(Path(sweep_dir) / "theory.png", theory, table.get("settings") or {}))
     by_balancer: dict[str, list[dict]] = defaultdict(list)
     for r, label in zip(runs, row_labels(runs)):
         h = read_history(r.get("_dir", ""))
@@ -575,7 +742,14 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
     text = render_markdown(table)
     figs = [
         f
-        for f in ("curves.png", "weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+        for f in (
+            "curves.png",
+            "theory.png",
+            "weights.png",
+            "upstream_losses.png",
+            "downstream.png",
+            "figure3.png",
+        )
         if (sweep_dir / f).exists()
     ]
     if figs:
@@ -602,6 +776,10 @@ def write_csv(path: Path, table: dict) -> None:
         for c, (mean, std, _) in row.items():
             frame.loc[frame["balancer"] == b, f"{c}_mean"] = mean
             frame.loc[frame["balancer"] == b, f"{c}_std"] = std
+    for b, row in (table.get("by_metric") or {}).items():
+        for m, (mean, std, _) in row.items():
+            frame.loc[frame["balancer"] == b, f"{m}_worst_mean"] = mean
+            frame.loc[frame["balancer"] == b, f"{m}_worst_std"] = std
     cmp = table.get("compare")
     if cmp is not None and not cmp.empty:
         cmp = cmp.astype({c: "Int64" for c in cmp.columns if c.endswith("pairs")})

@@ -240,3 +240,134 @@ def test_convex_module_average_continues_exactly_after_resume(tmp_path):
     assert int(straight.n_avg) == int(resumed.n_avg) == 7
     torch.testing.assert_close(straight.state_dict(), resumed.state_dict())
     torch.testing.assert_close(straight.pretrained_theta(), resumed.pretrained_theta())
+
+
+# --- Theorem 5.4's mechanism: the two regimes of the downstream ERM --------------------------------------------
+
+
+def _pretrain_exact(tasks, balancer, steps: int = 600, lr: float = 0.05) -> torch.Tensor:
+    """Algorithm 1 on the exact expected risks from theta = 0, without autograd: ``theta -= lr sum_t w_t A_t
+    (theta - c_t)`` with ``w`` the balancer's weights at the current risks; the average of the last half of
+    the iterates."""
+    A, c = tasks.A, tasks.c
+    theta = torch.zeros(tasks.dim, dtype=torch.float64)
+    avg = torch.zeros_like(theta)
+    for k in range(steps):
+        w = balancer(tasks.risks(theta)).weights.to(theta)
+        if k >= steps // 2:
+            avg += theta / (steps - steps // 2)
+        theta = theta - lr * torch.einsum("t,tij,tj->i", w, A, theta - c)
+    return avg
+
+
+def _paired_worst(kind: str, dim: int, downstream: dict, seeds=range(6)) -> dict:
+    """minimax - none of the worst case over the downstream tasks of every metric, paired by seed: {metric:
+    (mean, 95% t low, high)}, through the report's t-interval."""
+    import pandas as pd
+
+    from finetune.convex import ConvexDownstream
+    from pretrain.report import _t_interval
+
+    diffs = []
+    for seed in seeds:
+        tasks = make_tasks(kind, num_tasks=4, dim=dim, seed=seed).to(torch.float64)
+        suite = ConvexDownstream(seed=seed, **downstream)
+        worst = {}
+        for name, balancer in (("none", NoBalancing(4)), ("minimax", Minimax(4, alpha=1.0))):
+            res = suite.evaluate(tasks, _pretrain_exact(tasks, balancer))
+            worst[name] = {m: max(r["metrics"][m] for r in res.values()) for m in res["vertex0"]["metrics"]}
+        diffs.append({m: worst["minimax"][m] - worst["none"][m] for m in worst["none"]})
+    frame = pd.DataFrame(diffs)
+    return {m: _t_interval(frame[m]) for m in frame}
+
+
+def test_underdetermined_minimax_lowers_the_worst_case_excess_risk_at_small_n():
+    """d = 64 above N = 8, 16: GD to convergence ends at the empirical minimiser nearest theta_0, so the excess
+    risk keeps (1 - N/d) of the initial one, and minimax's lower worst-case initial risk (Proposition 5.1)
+    carries over to a lower worst-case excess risk, paired over 6 seeds with a 95% interval below 0. At
+    N = 512 > d the empirical minimiser is unique: theta_0 is forgotten and the difference is 0."""
+    downstream = dict(steps=None, sample_sizes=[8, 16, 512], primary_n=16, repeats=8, eps=20.0)
+    d = _paired_worst("underdetermined", 64, downstream)
+    for m in ("initial_risk", "excess_risk@N=8", "excess_risk@N=16"):
+        mean, low, high = d[m]
+        assert high < 0, (m, d[m])
+    assert abs(d["excess_risk@N=512"][0]) < 1e-9 and abs(d["excess_risk@N=512"][2]) < 1e-9
+
+
+def test_full_rank_minimax_lowers_the_initial_risk_but_not_significantly_the_excess_risk():
+    """The default regime (d = 8, full-rank Hessian per sample, 10 GD steps): the same 6 seeds show
+    Proposition 5.1 (worst-case initial risk lower, interval below 0) but no difference in the worst-case excess
+    risk at any N: every interval contains 0 (the downstream ERM has one minimiser whatever theta_0)."""
+    d = _paired_worst("random", 8, dict(repeats=20))
+    assert d["initial_risk"][2] < 0, d["initial_risk"]
+    for n in (8, 32, 128, 512):
+        mean, low, high = d[f"excess_risk@N={n}"]
+        assert low < 0 < high, (n, d[f"excess_risk@N={n}"])
+        assert abs(mean) < 0.1
+
+
+def test_gd_to_convergence_is_the_empirical_minimiser_nearest_theta0():
+    """steps=null (the closed form) equals many GD steps, interpolates the N < d samples and moved theta_0 only
+    within the row space of the design; full rank: the unique minimiser."""
+    from finetune.convex import ConvexDownstream
+
+    lam = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    tasks = make_tasks("underdetermined", num_tasks=3, dim=12, curvature=(0.5, 2.0), seed=0).to(torch.float64)
+    theta0 = torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    limit = ConvexDownstream(steps=None)._least_squares_erm(
+        tasks, lam, theta0, 5, torch.Generator().manual_seed(2)
+    )
+    gd = ConvexDownstream(steps=5000)._least_squares_erm(
+        tasks, lam, theta0, 5, torch.Generator().manual_seed(2)
+    )
+    torch.testing.assert_close(gd, limit, rtol=0, atol=1e-6)
+    z = torch.randn(5, 13, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    X, y = tasks.least_squares(lam, z)
+    torch.testing.assert_close(X @ limit, y)  # an empirical minimiser: it interpolates
+    step = limit - theta0  # ... the nearest one: the step lies in the row space of X
+    torch.testing.assert_close(torch.linalg.pinv(X) @ (X @ step), step)
+    full = make_tasks("random", num_tasks=3, dim=6, curvature=(0.5, 2.0), seed=0).to(torch.float64)
+    a = ConvexDownstream(steps=None, repeats=3).erm_excess_draws(
+        full, lam, theta0[:6], 8, torch.Generator().manual_seed(3)
+    )
+    b = ConvexDownstream(steps=2000, repeats=3).erm_excess_draws(
+        full, lam, theta0[:6], 8, torch.Generator().manual_seed(3)
+    )
+    assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_regression_samples_have_the_quadratic_expected_risk():
+    """kind=underdetermined: the mean per-sample loss over many samples is 0.5 |B (theta - c_t)|^2."""
+    tasks = make_tasks("underdetermined", num_tasks=3, dim=5, seed=0).to(torch.float64)
+    z = torch.randn(200_000, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theta = torch.ones(5, dtype=torch.float64)
+    torch.testing.assert_close(tasks.sample_losses(theta, z).mean(0), tasks.risks(theta), rtol=0.02, atol=0)
+    assert torch.equal(tasks.B[0], tasks.B[2])  # one design for every task
+
+
+def test_sample_complexity_is_the_smallest_grid_n_from_which_on_enough_draws_meet_eps():
+    from finetune.convex import ConvexDownstream
+
+    suite = ConvexDownstream(sample_sizes=[4, 8, 16, 32], primary_n=8, eps=1.0, delta=0.25)
+    ok, bad = [0.5, 0.5, 0.5, 2.0], [0.5, 0.5, 2.0, 2.0]  # 3/4 and 2/4 of the draws within eps
+    assert suite.sample_complexity({4: bad, 8: ok, 16: ok, 32: ok}) == (8, True)
+    assert suite.sample_complexity({4: ok, 8: bad, 16: ok, 32: ok}) == (16, True)  # from which ON
+    assert suite.sample_complexity({4: ok, 8: ok, 16: ok, 32: bad}) == (64, False)  # censored: 2 x 32
+
+
+def test_underdetermined_run_reports_sample_complexity_and_report_metrics(tmp_path):
+    res = run_pipeline(
+        ["experiment=convex", "data.kind=underdetermined", "logger=none", "debug=smoke"], tmp_path
+    )
+    settings = res["downstream_settings"]
+    assert settings["steps"] is None and settings["primary_n"] == 16 and settings["eps"] == 20.0
+    grid = settings["sample_sizes"]
+    extra = [f"sample_complexity@eps={e:g}" for e in settings["eps_extra"]]
+    assert extra == ["sample_complexity@eps=40", "sample_complexity@eps=5", "sample_complexity@eps=0.5"]
+    excess = [f"excess_risk@N={n}" for n in grid]
+    assert res["report_metrics"] == ["initial_risk", "sample_complexity", *extra, *excess]
+    for r in res["downstream"].values():
+        for m in ["sample_complexity", *extra]:
+            assert r["metrics"][m] in [*grid, 2 * grid[-1]]
+    worst = res["summary"]["by_metric"]["sample_complexity"]["worst"]
+    assert worst == max(r["metrics"]["sample_complexity"] for r in res["downstream"].values())

@@ -285,3 +285,54 @@ def test_upstream_columns_average_the_runs_upstream_eval_and_weight_entropy(tmp_
     assert rows["random_init"]["nsp_accuracy_mean"] == ""
     line = next(x for x in md.splitlines() if x.startswith("| minimax | 0.725"))
     assert "0.300" in line and "2.000" in line
+
+
+def test_report_metrics_get_the_worst_case_table_paired_intervals_csv_columns_and_theory_png(tmp_path):
+    """The convex runs list ``report_metrics``: their worst cases get a mean +- std table, the same paired
+    t-intervals against none (summary.md and summary.csv) and theory.png."""
+    metrics = ["initial_risk", "sample_complexity", "excess_risk@N=8"]
+    init = {"none": [10.0, 12.0, 11.0], "minimax": [8.0, 9.5, 9.0]}
+    comp = {"none": [32.0, 32.0, 128.0], "minimax": [8.0, 32.0, 32.0]}
+    for b in ("none", "minimax"):
+        for s in range(3):
+            d = _run(tmp_path, f"{b}{s}", b, s, init[b][s] / 2, 1.0, higher=False)
+            res = json.loads((d / "results.json").read_text())
+            res["summary"]["by_metric"] = {
+                "initial_risk": {"worst": init[b][s], "average": 1.0},
+                "sample_complexity": {"worst": comp[b][s], "average": 1.0},
+                "excess_risk@N=8": {"worst": init[b][s] / 2, "average": 1.0},
+                "not_reported": {"worst": 99.0, "average": 99.0},
+            }
+            res["report_metrics"] = metrics
+            res["downstream_settings"] = {"eps": 0.5, "delta": 0.1, "draws": 20, "sample_sizes": [8, 32, 128]}
+            (d / "results.json").write_text(json.dumps(res))
+    write_summary(tmp_path)
+    row = _csv(tmp_path)["minimax"]
+    for m in metrics:
+        values = init if m != "sample_complexity" else comp
+        scale = 0.5 if m == "excess_risk@N=8" else 1.0
+        mean, low, high = _t([scale * (a - b) for a, b in zip(values["minimax"], values["none"])])
+        assert float(row[f"{m}_worst_diff"]) == pytest.approx(mean)
+        assert float(row[f"{m}_worst_ci_low"]) == pytest.approx(low)
+        assert float(row[f"{m}_worst_ci_high"]) == pytest.approx(high)
+        assert float(row[f"{m}_worst_mean"]) == pytest.approx(scale * sum(values["minimax"]) / 3)
+    assert "not_reported_worst_diff" not in row
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Worst case per metric" in md and "N_lambda(theta_0, eps=0.5, delta=0.1)" in md
+    line = next(
+        x for x in md.split("## Paired differences per metric")[1].splitlines() if x.startswith("| minimax")
+    )
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    mean, low, high = _t([a - b for a, b in zip(init["minimax"], init["none"])])
+    assert cells[2] == f"{mean:+.3g} [{low:+.3g}, {high:+.3g}]*"
+    assert not cells[3].endswith("*")  # the sample complexity's interval contains 0
+    assert (tmp_path / "theory.png").stat().st_size > 0 and "![theory](theory.png)" in md
+
+
+def test_no_per_metric_section_or_theory_png_without_report_metrics(tmp_path):
+    for s in range(2):
+        _run(tmp_path, f"n{s}", "none", s, 0.5, 0.6)
+        _run(tmp_path, f"m{s}", "minimax", s, 0.6, 0.6)
+    write_summary(tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "per metric" not in md and not (tmp_path / "theory.png").exists()
