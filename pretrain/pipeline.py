@@ -414,14 +414,21 @@ def run(cfg: DictConfig) -> dict | None:
     results_path = out_dir / "results.json"
     if results_path.exists():
         results_path.unlink()  # never leave an earlier run's results beside a new run's failure
-    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label"):
-        raise ConfigError(f"stage must be pretrain, finetune, all or pseudo_label, got {cfg.stage!r}.")
+    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label", "dashboard"):
+        raise ConfigError(
+            f"stage must be pretrain, finetune, all, pseudo_label or dashboard, got {cfg.stage!r}."
+        )
     if cfg.get("pretrained_ckpt") == RANDOM_INIT and cfg.stage != "finetune":
         raise ConfigError(
             f"pretrained_ckpt=random (the random-init control, balancer=random_init) needs stage=finetune, got stage={cfg.stage}."
         )
     if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
         _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
+        return None
+    if cfg.stage == "dashboard":  # saves the wandb workspace of the project (pretrain/dashboard.py)
+        from pretrain.dashboard import save
+
+        log.info("wandb workspace saved: %s", save(cfg))
         return None
     restore_worker_start_method()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

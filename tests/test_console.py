@@ -108,6 +108,40 @@ def test_wandb_run_has_its_name_group_job_type_tags_and_the_papers_numbers(tmp_p
     assert run.params["choices"]["balancer"] == "minimax"  # what the dashboard groups runs by
 
 
+def test_dashboard_workspace_plots_what_the_runs_log(tmp_path, fake_wandb):
+    """The workspace of `stage=dashboard`, built offline (not saved): every panel shows keys a run logs, grouped
+    by the balancer; a sweep's workspace shows that sweep's runs only."""
+    pytest.importorskip("wandb_workspaces")
+    from pretrain.dashboard import BALANCER_KEY, build_workspace
+
+    run_pipeline(["experiment=convex", "debug=smoke"], tmp_path)
+    (run,) = fake_wandb
+    logged = {k for h in run.history for k in h}
+    workspace = build_workspace("E", "P", group="2026-12-01_10-00-00")
+    panels = {p.title: p for section in workspace.sections for p in section.panels}
+    assert set(panels) == {"task weights", "worst upstream loss", "weights' entropy (nats)", "learning rate",
+                           "worst downstream task", "average downstream"}  # fmt: skip
+    for title in ("task weights", "learning rate"):
+        assert any(re.fullmatch(panels[title].metric_regex, k) for k in logged), title
+    for title in ("worst upstream loss", "weights' entropy (nats)"):
+        assert set(panels[title].y) <= logged and panels[title].x == "trainer/global_step"
+    for title in ("worst downstream task", "average downstream"):
+        assert {m.name for m in panels[title].metrics} <= set(run.summary)
+    grouped = [p for p in panels.values() if p.title != "learning rate"]
+    assert all(p.groupby.name == BALANCER_KEY for p in grouped)
+    assert run.params["choices"]["balancer"] == "minimax" and BALANCER_KEY == "choices.balancer"
+    assert "2026-12-01_10-00-00" in repr(workspace.runset_settings.filters)
+    assert "summary:summary/worst_task" in workspace.runset_settings.pinned_columns
+    assert (workspace.entity, workspace.project) == ("E", "P")
+
+
+def test_dashboard_stage_names_the_missing_keys(tmp_path):
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"logger\.wandb\.entity=<team or user>"):
+        run_pipeline(["stage=dashboard"], tmp_path)
+
+
 def test_resumed_pretraining_continues_the_wandb_run_and_metrics_csv(tmp_path, fake_wandb):
     common = ["experiment=convex", "debug=smoke", "stage=pretrain"]
     run_pipeline([*common, "trainer.max_steps=2"], tmp_path)
