@@ -10,12 +10,15 @@ paper's numbers in every logger's summary.
 - :func:`log_results`: ``summary/worst``, ``summary/average``, ``summary/worst_task``,
   ``downstream/<task>/<metric>``, ``upstream/<task>/final_loss`` (and wall times) to every logger, the wandb
   run summary and a wandb table of the downstream results.
+- :func:`upload_sweep_summary`: a sweep's summary.md, summary.csv and figures as one wandb artifact.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import re
 import secrets
 import string
 from pathlib import Path
@@ -211,3 +214,44 @@ def _log_wandb(lg, results: dict, values: dict, worst_task: dict, step: int) -> 
     ]
     if rows:
         lg.log_table(key="downstream/results", columns=["task", "metric", "value", "primary"], data=rows)
+
+
+def upload_sweep_summary(sweep_dir: Path, wandb_cfg: Any) -> str | None:
+    """Log a sweep's ``summary.md``, ``summary.csv`` and figures (``*.png``) as one wandb artifact of type
+    ``sweep-summary`` (and summary.csv as the table ``sweep/summary``), from a run of job_type ``sweep-summary``
+    in the sweep's group, offline unless ``logger.wandb.offline=false``. Returns the artifact's name, or None
+    when the sweep wrote no summary."""
+    import wandb
+
+    sweep_dir = Path(sweep_dir)
+    files = [sweep_dir / "summary.md", sweep_dir / "summary.csv", *sorted(sweep_dir.glob("*.png"))]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return None
+    group = sweep_dir.name
+    kwargs: dict[str, Any] = {}
+    if "WANDB_MODE" not in os.environ:  # the environment (e.g. WANDB_MODE=disabled) wins
+        kwargs["mode"] = "offline" if wandb_cfg.get("offline", True) else "online"
+    run = wandb.init(
+        project=wandb_cfg.get("project"),
+        entity=wandb_cfg.get("entity"),
+        dir=str(sweep_dir),
+        group=group,
+        job_type="sweep-summary",
+        name=f"{group}-summary",
+        settings=wandb.Settings(quiet=True),
+        **kwargs,
+    )
+    try:
+        name = "sweep-" + re.sub(r"[^\w.-]", "-", group)
+        artifact = wandb.Artifact(name, type="sweep-summary", description=f"summary of the sweep {sweep_dir}")
+        for f in files:
+            artifact.add_file(str(f), name=f.name)
+        run.log_artifact(artifact)
+        if (sweep_dir / "summary.csv").is_file():
+            import pandas as pd
+
+            run.log({"sweep/summary": wandb.Table(dataframe=pd.read_csv(sweep_dir / "summary.csv"))})
+    finally:
+        run.finish()
+    return name

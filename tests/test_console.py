@@ -72,6 +72,12 @@ class FakeRun:
     def define_metric(self, name, **kwargs):
         self.defined[name] = kwargs
 
+    def log_artifact(self, artifact):
+        self.artifacts = [*getattr(self, "artifacts", []), artifact]
+
+    def finish(self):
+        self.finished = True
+
 
 @pytest.fixture
 def fake_wandb(monkeypatch):
@@ -140,6 +146,62 @@ def test_dashboard_stage_names_the_missing_keys(tmp_path):
 
     with pytest.raises(ConfigError, match=r"logger\.wandb\.entity=<team or user>"):
         run_pipeline(["stage=dashboard"], tmp_path)
+
+
+def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_path):
+    from conftest import compose_config
+
+    from pretrain.loggers import run_identity
+    from pretrain.pipeline import _run_balancer, _task_overrides
+
+    sweep = "hydra.sweep.dir=multirun/mm_mae/2026-12-01_10-00-00"
+    args = [
+        "experiment=mm_mae",
+        "balancer=dwa",
+        "seed=2",
+        "trainer.max_steps=600",
+        "hydra.mode=MULTIRUN",
+        sweep,
+    ]
+    cfg = compose_config(args, tmp_path)
+    assert run_identity(cfg, _run_balancer(cfg), _task_overrides()) == {
+        "name": "mm_mae-dwa-s2-trainer.max_steps=600",
+        "group": "2026-12-01_10-00-00",
+        "job_type": "all",
+        "tags": ["mm_mae", "dwa", "linear_probe"],
+    }
+
+
+def test_sweep_summary_and_figures_go_to_wandb_as_one_artifact(tmp_path, fake_wandb):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from pretrain.report import SummaryCallback
+
+    for i, (balancer, worst) in enumerate([("none", 1.0), ("minimax", 0.5)]):
+        (tmp_path / str(i)).mkdir()
+        task = {"metrics": {"m": worst}, "primary": "m", "higher_is_better": False}
+        summary = {"worst": worst, "average": worst, "higher_is_better": False}
+        res = {
+            "experiment": "x",
+            "balancer": balancer,
+            "seed": 0,
+            "downstream": {"t": task},
+            "summary": summary,
+        }
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
+    (tmp_path / "weights.png").write_bytes(b"a figure")
+    wandb_cfg = {"_target_": "pretrain.loggers.WandbLogger", "project": "p", "offline": True}
+    SummaryCallback().on_multirun_end(
+        OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {"wandb": wandb_cfg}})
+    )
+    (run,) = fake_wandb
+    assert (run.init["group"], run.init["job_type"]) == (tmp_path.name, "sweep-summary") and run.finished
+    (artifact,) = run.artifacts
+    assert artifact.type == "sweep-summary"
+    assert {"summary.md", "summary.csv", "weights.png"} <= set(artifact.manifest.entries)
+    assert any("sweep/summary" in h for h in run.history)
 
 
 def test_resumed_pretraining_continues_the_wandb_run_and_metrics_csv(tmp_path, fake_wandb):
