@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         results = run(cfg)
+        return objective(results, cfg.get("optimized_metric"))  # what a Hydra sweeper (Optuna) optimises
     except UserError as exc:
         # One sentence naming the key, file or step; no traceback, and no results.json was written.
         log.error("%s", exc)
@@ -38,9 +39,28 @@ def main(cfg: DictConfig) -> float | None:
         # launcher's output.
         log.exception("the run failed")
         raise
-    if results and results.get("summary"):
-        return float(results["summary"]["worst"])  # the objective a Hydra sweeper (Optuna) optimises
-    return None
+
+
+def objective(results: dict | None, key: str | None) -> float | None:
+    """The value of ``optimized_metric`` (a dotted key of results.json, default ``summary.worst``) in a run's
+    results, or None when the run has none (stage=pretrain writes an empty summary)."""
+    from utils.errors import ConfigError
+
+    if not results or not key:
+        return None
+    value = results
+    for part in str(key).split("."):
+        if isinstance(value, dict) and not value:
+            return None
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(
+                f"optimized_metric={key}: results.json has no such number (e.g. summary.worst, summary.average, "
+                "downstream.<task>.metrics.<metric>)."
+            )
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"optimized_metric={key}: results.json holds {value!r} there, not a number.")
+    return float(value)
 
 
 if __name__ == "__main__":

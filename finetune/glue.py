@@ -125,7 +125,7 @@ class GlueFinetune(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         logits = self._logits(batch)
         loss = self._loss(logits, batch["labels"])
-        self.log(f"finetune/{self.spec.name}/train_loss", loss, batch_size=len(logits), on_step=True)
+        self.log(f"downstream/{self.spec.name}/train_loss", loss, batch_size=len(logits), on_step=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -135,7 +135,7 @@ class GlueFinetune(L.LightningModule):
         logits = self._logits(batch)
         labels = batch["labels"]
         self.scored += len(labels)
-        self.log(f"finetune/{self.spec.name}/dev_loss", self._loss(logits, labels), batch_size=len(logits))
+        self.log(f"downstream/{self.spec.name}/dev_loss", self._loss(logits, labels), batch_size=len(logits))
         preds = logits.float() if self.spec.regression else logits.argmax(-1)
         target = labels.float() if self.spec.regression else labels.long()
         for m in self.metrics.values():
@@ -147,7 +147,7 @@ class GlueFinetune(L.LightningModule):
             value = float(m.compute())
             m.reset()
             results[name] = 0.0 if math.isnan(value) else value  # constant predictions: no correlation
-            self.log(f"finetune/{self.spec.name}/{name}", results[name])
+            self.log(f"downstream/{self.spec.name}/{name}", results[name])
         self.results = results
 
     def configure_optimizers(self):

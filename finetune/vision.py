@@ -230,7 +230,7 @@ class VisionFinetune(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log(f"finetune/{self.task}/train_loss", loss, prog_bar=False)
+        self.log(f"downstream/{self.task}/train_loss", loss, prog_bar=False)
         return loss
 
     def _update_metrics(self, batch: dict) -> None:

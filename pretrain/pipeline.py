@@ -48,17 +48,71 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
         raise
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    from hydra.utils import instantiate
+def _resuming(cfg: DictConfig) -> bool:
+    """Pre-training resumes from a checkpoint: the loggers continue the earlier run's logs."""
+    return cfg.get("ckpt_path") is not None and cfg.stage in ("all", "pretrain")
 
+
+def _resume_dirs(cfg: DictConfig, out_dir: Path) -> list[Path]:
+    """Run directories whose wandb run a resumed pre-training continues: the checkpoint's, then this one."""
+    path = cfg.get("ckpt_path")
+    dirs = [] if path in (None, "last") else [Path(path).resolve().parent.parent]  # <run>/checkpoints/x.ckpt
+    return [*dirs, out_dir]
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """The loggers of ``conf/logger``; wandb gets this run's name, group, job_type, tags and run id (the earlier
+    run's id when pre-training resumes), and the CSV logger appends to metrics.csv on a resume."""
+    from hydra.utils import get_class, instantiate
+    from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+    from pretrain.loggers import CSVLogger, new_run_id, read_run_id, run_identity, store_run_id
+
+    out_dir = Path(cfg.paths.output_dir)
+    resuming = _resuming(cfg)
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
-        if node is not None and "_target_" in node:
-            try:
-                loggers.append(instantiate(node))
-            except Exception as exc:  # a logger must never kill a run
-                log.warning("logger %s could not start (%s); continuing without it", name, exc)
+        if node is None or "_target_" not in node:
+            continue
+        try:
+            cls = get_class(node._target_)
+            extra: dict[str, Any] = {}
+            if issubclass(cls, LightningWandbLogger):
+                identity = run_identity(cfg, _run_balancer(cfg), _task_overrides())
+                extra = {k: v for k, v in identity.items() if node.get(k) is None}
+                run_id = node.get("id") or (read_run_id(*_resume_dirs(cfg, out_dir)) if resuming else None)
+                extra["id"] = run_id or new_run_id()
+                store_run_id(out_dir, extra["id"])  # a later ckpt_path=... resume continues this wandb run
+            elif issubclass(cls, CSVLogger):
+                extra["append"] = resuming
+            loggers.append(instantiate(node, **extra))
+        except Exception as exc:  # a logger must never kill a run
+            log.warning("logger %s could not start (%s); continuing without it", name, exc)
     return loggers
+
+
+def build_callbacks(cfg: DictConfig, stage: str, loggers: list, label: str | None = None) -> list:
+    """The callbacks of ``conf/callbacks`` for the pre-training Trainer (``stage="pretrain"``) or a downstream
+    fit (``stage="downstream"``, ``label`` names the task in its progress line). The learning-rate monitor needs
+    a logger and the progress bar ``trainer.enable_progress_bar``: without them they are left out."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    from pretrain.console import StepProgress
+
+    callbacks = []
+    for key, node in (OmegaConf.select(cfg, f"callbacks.{stage}") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        cb = _instantiate(node, f"callbacks.{stage}.{key}")
+        if isinstance(cb, LearningRateMonitor) and not loggers:
+            continue
+        if isinstance(cb, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+            continue
+        if label and isinstance(cb, StepProgress):
+            cb.label = f"{cb.label} {label}"
+        callbacks.append(cb)
+    return callbacks
 
 
 #: Trainer keys an override may set back to None (Lightning's default: no limit)
@@ -211,11 +265,14 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
             save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,
             auto_insert_metric_name=False,
         ),
+        *build_callbacks(cfg, "pretrain", loggers),
     ]
     trainer = build_trainer(cfg, loggers, callbacks)
     ckpt_path = _resolve_ckpt(cfg, out_dir)
     if ckpt_path is not None:
-        if hasattr(module, "prepare_for_finetune"):  # size the vocabulary to the tokenizer before comparing shapes
+        if hasattr(
+            module, "prepare_for_finetune"
+        ):  # size the vocabulary to the tokenizer before comparing shapes
             datamodule.prepare_data()
             datamodule.setup("fit")
             module.prepare_for_finetune(datamodule)
@@ -344,16 +401,23 @@ def restore_worker_start_method() -> None:
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """Run the configured stage; returns the results dict (stage all/finetune) or None."""
+    """Run the configured stage; returns the results dict (stage all/finetune/pretrain) or None."""
     import lightning as L
 
+    from pretrain.console import format_seconds, quiet_console
+    from pretrain.loggers import log_results
+
+    quiet_console()
+    started = time.monotonic()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
     if results_path.exists():
         results_path.unlink()  # never leave an earlier run's results beside a new run's failure
-    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label"):
-        raise ConfigError(f"stage must be pretrain, finetune, all or pseudo_label, got {cfg.stage!r}.")
+    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label", "dashboard"):
+        raise ConfigError(
+            f"stage must be pretrain, finetune, all, pseudo_label or dashboard, got {cfg.stage!r}."
+        )
     if cfg.get("pretrained_ckpt") == RANDOM_INIT and cfg.stage != "finetune":
         raise ConfigError(
             f"pretrained_ckpt=random (the random-init control, balancer=random_init) needs stage=finetune, got stage={cfg.stage}."
@@ -361,20 +425,39 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
         _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
         return None
+    if cfg.stage == "dashboard":  # saves the wandb workspace of the project (pretrain/dashboard.py)
+        from pretrain.dashboard import save
+
+        log.info("wandb workspace saved: %s", save(cfg))
+        return None
     restore_worker_start_method()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.set_float32_matmul_precision("high")
     loggers = build_loggers(cfg)
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["choices"] = {**_choices(), "balancer": _run_balancer(cfg)}  # what the dashboard groups runs by
     for lg in loggers:
         try:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_hyperparams(params)
         except Exception:  # noqa: BLE001 - hyper-parameter logging is best effort
             pass
+    timings: dict[str, float] = {}  # wall time per stage, printed at the end and logged
+
+    def finish(results: dict, step: int) -> dict:
+        timings["total"] = time.monotonic() - started
+        write_json_atomic(results_path, results)
+        log_results(loggers, results, step, timings)
+        if results["downstream"] and cfg.get("print_table", True):
+            print_table(results)
+        log.info("wall time: %s", ", ".join(f"{k} {format_seconds(v)}" for k, v in timings.items()))
+        return results
+
     try:
         # build the downstream suite first, so missing downstream data fails before pre-training
         suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
+        t0 = time.monotonic()
         if cfg.stage == "finetune":
             if not cfg.get("pretrained_ckpt"):
                 raise ConfigError(
@@ -382,22 +465,22 @@ def run(cfg: DictConfig) -> dict | None:
                     "(or pretrained_ckpt=random for the random-init control)."
                 )
             module = restore_pretrained(cfg, cfg.pretrained_ckpt)
-            rank = 0
+            timings["restore"] = time.monotonic() - t0
+            step = 0
         else:
             module, trainer = pretrain(cfg, out_dir, loggers)
-            rank = trainer.global_rank
-            if rank != 0:
+            timings["pretrain"] = time.monotonic() - t0
+            if trainer.global_rank != 0:
                 return None
+            step = trainer.global_step
             if cfg.stage == "pretrain":
-                results = _results(cfg, module, {}, None)
-                write_json_atomic(results_path, results)
-                return results
+                return finish(_results(cfg, module, {}, None), step)
 
         def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
             return build_trainer(
                 cfg,
                 loggers,
-                None,
+                build_callbacks(cfg, "downstream", loggers, label=name),
                 max_epochs=max_epochs if max_epochs is not None else -1,
                 max_steps=max_steps if max_steps is not None else -1,
                 enable_checkpointing=False,
@@ -414,18 +497,16 @@ def run(cfg: DictConfig) -> dict | None:
                 accumulate_grad_batches=1,
             )
 
+        t0 = time.monotonic()
         downstream = suite.run(module, make_trainer, out_dir)
+        timings["downstream"] = time.monotonic() - t0
         for name, r in downstream.items():
             bad = {k: v for k, v in r["metrics"].items() if not math.isfinite(float(v))}
             if bad:
                 raise DataError(
                     f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
                 )
-        results = _results(cfg, module, downstream, suite)
-        write_json_atomic(results_path, results)
-        if cfg.get("print_table", True):
-            print_table(results)
-        return results
+        return finish(_results(cfg, module, downstream, suite), step)
     finally:
         _finish_loggers(loggers)
 
@@ -435,10 +516,9 @@ def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
     from pretrain.aggregation import weight_summary
 
     agg = getattr(module, "aggregator", None)
-    control = cfg.stage == "finetune" and cfg.get("pretrained_ckpt") == RANDOM_INIT
     results = {
         "experiment": cfg.experiment,
-        "balancer": "random_init" if control else _balancer_name(cfg),
+        "balancer": _run_balancer(cfg),
         "seed": int(cfg.seed),
         "stage": str(cfg.stage),
         "overrides": _task_overrides(),
@@ -469,6 +549,24 @@ def _task_overrides() -> list[str]:
         return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(where)]
     except Exception:  # noqa: BLE001 - outside a Hydra app
         return []
+
+
+def _run_balancer(cfg: DictConfig) -> str:
+    """The balancer a run reports: ``random_init`` for the random-init control, else the balancer choice."""
+    if cfg.stage == "finetune" and cfg.get("pretrained_ckpt") == RANDOM_INIT:
+        return "random_init"
+    return _balancer_name(cfg)
+
+
+def _choices() -> dict[str, str]:
+    """The config group choices of this run (experiment, balancer, model, ...), from Hydra's runtime."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = HydraConfig.get().runtime.choices
+        return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
+    except Exception:  # noqa: BLE001 - outside a Hydra app
+        return {}
 
 
 def _balancer_name(cfg: DictConfig) -> str:

@@ -238,6 +238,14 @@ class PosBertPretraining(L.LightningModule):
         """Save the encoder with ``save_pretrained`` (plus the tokenizer): ``AutoModel.from_pretrained`` loads it."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.bert.save_pretrained(str(out_dir))
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a one-file model
+        try:
+            self.model.bert.save_pretrained(str(out_dir))
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(out_dir))

@@ -794,7 +794,8 @@ except ImportError:  # pragma: no cover
 
 
 class SummaryCallback(_HydraCallback):
-    """Hydra callback: at the end of a multirun, write summary.md / summary.csv in the sweep dir."""
+    """Hydra callback: at the end of a multirun, write summary.md / summary.csv in the sweep dir (and, with
+    ``logger=wandb``, log them and the figures to wandb as one artifact)."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -802,6 +803,15 @@ class SummaryCallback(_HydraCallback):
             path = write_summary(sweep_dir)
             log.info("sweep summary written to %s", path)
             print(path.read_text())
+            wandb_cfg = (config.get("logger") or {}).get("wandb")
+            if wandb_cfg and "_target_" in wandb_cfg:
+                try:
+                    from pretrain.loggers import upload_sweep_summary
+
+                    name = upload_sweep_summary(sweep_dir, wandb_cfg)
+                    log.info("sweep summary logged to wandb as the artifact %s", name)
+                except Exception as exc:  # noqa: BLE001 - the summary files are written already
+                    log.warning("could not log the sweep summary to wandb: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,12 +70,19 @@ def run_pipeline(overrides: list[str], output_dir: Path) -> dict | None:
     return run(cfg)
 
 
-def run_cli(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300):
-    """``python run.py <args>`` in a subprocess; returns the CompletedProcess."""
+def run_cli(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None):
+    """``python run.py <args>`` in a subprocess (wandb disabled unless ``env`` says otherwise); returns the
+    CompletedProcess."""
     import subprocess
     import sys
 
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), *args],
         cwd=cwd,
