@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose_config
+from helpers import REPO_ROOT, compose_config
 
 import utils.atomic as atomic
 from data.pos_bert import PosBertDataModule

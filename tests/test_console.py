@@ -6,7 +6,7 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import run_cli, run_pipeline
+from helpers import run_cli, run_pipeline
 
 #: what a run printed before: warnings of third-party code, Lightning's advertisement, wandb's deprecation
 NOISE = (
@@ -149,7 +149,7 @@ def test_dashboard_stage_names_the_missing_keys(tmp_path):
 
 
 def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_path):
-    from conftest import compose_config
+    from helpers import compose_config
 
     from pretrain.loggers import run_identity
     from pretrain.pipeline import _run_balancer, _task_overrides
@@ -223,7 +223,7 @@ def test_resumed_pretraining_continues_the_wandb_run_and_metrics_csv(tmp_path, f
 
 
 def test_optimized_metric_names_what_run_py_returns(tmp_path):
-    from conftest import compose_config
+    from helpers import compose_config
 
     from run import objective
     from utils.errors import ConfigError

@@ -6,7 +6,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import run_pipeline
+from helpers import run_pipeline
 
 from data.convex import make_tasks
 from pretrain.balancers import Minimax, NoBalancing

@@ -117,7 +117,7 @@ def test_hub_unreachable_fails_with_one_sentence(monkeypatch, tmp_path):
 
 
 def test_real_glue_suite_runs_and_names_rows_as_the_leaderboard(shared_data, tmp_path):
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     glue = shared_data / "glue"
     res = run_pipeline(
@@ -131,7 +131,7 @@ def test_real_glue_suite_runs_and_names_rows_as_the_leaderboard(shared_data, tmp
 
 
 def test_real_glue_suite_fails_before_pretraining_when_files_are_missing(tmp_path):
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     (tmp_path / "glue" / "RTE").mkdir(parents=True)
     (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
@@ -188,7 +188,7 @@ def test_header_is_recognised_by_content_not_position(tmp_path):
 
 
 def test_skip_malformed_reaches_the_reader_from_the_config(glue_dir, tmp_path):
-    from conftest import compose_config
+    from helpers import compose_config
 
     from finetune.glue import GlueLikeSuite
     from utils.errors import ConfigError

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from conftest import run_pipeline
+from helpers import run_pipeline
 from PIL import Image
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset, load_class_mapping

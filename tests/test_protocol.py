@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 import torch
-from conftest import run_pipeline
+from helpers import run_pipeline
 
 from finetune.protocol import adapt, nested_subset, parse_seeds, parse_train_samples
 from pretrain.pipeline import summarise

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_pipeline
+from helpers import run_pipeline
 from PIL import Image
 
 from data.pseudo_labels import PseudoLabeler, encode_depth

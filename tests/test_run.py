@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import compose_config, run_cli
+from helpers import compose_config, run_cli
 
 from utils.errors import ConfigError
 
@@ -316,7 +316,7 @@ BALANCER_CHECKS = {
 def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
     """Every balancer config runs the convex experiment end to end, and the weights it applied (the run's
     pretrain_history.csv) are the ones its equation gives for the logged task losses."""
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     extra, check = BALANCER_CHECKS[balancer]
     res = run_pipeline(
@@ -335,7 +335,7 @@ def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path):
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     run_pipeline(["experiment=convex", "debug=smoke", "logger=tensorboard"], tmp_path)
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
@@ -352,7 +352,7 @@ def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_
         and f"error: checkpoint {bad} is not a PyTorch/Lightning checkpoint" in proc.stderr
     )
     assert not (tmp_path / "a" / "results.json").exists()
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     from utils.errors import DataError
 
@@ -367,7 +367,7 @@ def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_
 
 
 def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     full = run_pipeline(["experiment=convex", "debug=smoke", "logger=none"], tmp_path / "full")
     ckpt = tmp_path / "full" / "checkpoints" / "last.ckpt"
@@ -380,7 +380,7 @@ def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
 
 
 def test_same_seed_gives_the_same_results_twice(tmp_path):
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     a = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", "seed=3"], tmp_path / "a")
     b = run_pipeline(["experiment=convex", "debug=smoke", "logger=none", "seed=3"], tmp_path / "b")
@@ -543,7 +543,7 @@ def test_pretraining_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, ex
     MM-MAE's token split and dropout draw from the restored RNG; PoS-BERT's masks are a function of the seed
     and the batch's examples; both loaders resume at their batch."""
     import torch
-    from conftest import run_pipeline
+    from helpers import run_pipeline
 
     common = [f"experiment={experiment}", "debug=smoke", "logger=none", "stage=pretrain", f"balancer={balancer}",
               "trainer.deterministic=true", "checkpoint.every_n_train_steps=3", "trainer.max_steps=6", *extra]  # fmt: skip

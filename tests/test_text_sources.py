@@ -4,7 +4,7 @@ import json
 import logging
 
 import pytest
-from conftest import compose_config, run_pipeline
+from helpers import compose_config, run_pipeline
 
 from data.pos_bert import (
     PosBertDataModule,

@@ -1,0 +1,61 @@
+"""Helpers shared by the test files (``from helpers import ...``): compose the run's config, run the pipeline
+in-process or ``run.py`` in a subprocess. Fixtures live in conftest.py."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def compose_config(overrides: list[str], output_dir: Path):
+    """Compose the run's config as ``python run.py <overrides>`` would, with the run dir at output_dir."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[*overrides, f"hydra.run.dir={output_dir}", f"paths.output_dir={output_dir}"],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def run_pipeline(overrides: list[str], output_dir: Path) -> dict | None:
+    """Run the pipeline in-process (what run.py does) and return its results dict."""
+    from omegaconf import open_dict
+
+    from pretrain.pipeline import run
+
+    cfg = compose_config(overrides, output_dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return run(cfg)
+
+
+def run_cli(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None):
+    """``python run.py <args>`` in a subprocess (wandb disabled unless ``env`` says otherwise); returns the
+    CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
