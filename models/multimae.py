@@ -431,10 +431,6 @@ class MultiMAE(nn.Module):
         return {k: v.detach().clone().cpu() for k, v in state.items()}
 
 
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__ = [
     "MultiMAE",
     "MultiMAEOutput",
@@ -443,5 +439,4 @@ __all__ = [
     "allocate_visible",
     "patchify",
     "unpatchify",
-    "num_parameters",
 ]

@@ -93,7 +93,6 @@ class LossAggregation(Callback):
         self.trace_dir = Path(trace_dir) if trace_dir else None
         self._trace_file: Path | None = None
         self.history: list[dict[str, Any]] = []
-        self.last: dict[str, float] = {}
         self._calls = 0
 
     def default_reference(self, values: dict[str, float], what: str) -> bool:
@@ -270,7 +269,6 @@ class LossAggregation(Callback):
         logged["train/loss_total"] = float(loss.detach())
         if trainer is not None:
             module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
-        self.last = {name: float(mean_cpu[i]) for i, name in enumerate(names) if pres[i]}
         if self._calls % self.history_every == 0:
             self.history.append(
                 {
