@@ -1,6 +1,7 @@
 """ExcessMTL, FAMO, DB-MTL, RLW and GLS: their weights on a few steps against numbers worked out by hand from
-each paper's update, exact resume, and tasks absent from a step. (Their state_dict round trip, bad config
-values and direction scenarios run with every other balancer in test_balancers.py.)"""
+each paper's update, exact resume, and tasks absent from a step. (Their bad config values and direction
+scenarios run with every other balancer in test_balancers.py; the properties every balancer config has,
+state_dict round trip included, in test_balancer_properties.py.)"""
 
 import math
 
@@ -195,9 +196,8 @@ def test_dbmtl_beta_decays_with_beta_sigma():
 
 def test_dbmtl_resumes_exactly_from_its_state_dict():
     """The gradient averages (a T x P buffer sized at the first step) and step counts ride in state_dict():
-    a fresh balancer loaded from it gives the next weights of the uninterrupted one; one without them does not.
-    (In test_balancers.py's shared round trip the log-loss gradients never change, so DB-MTL's state could
-    not matter there.)"""
+    a fresh balancer loaded from it gives the next weights of the uninterrupted one; one without them does not
+    (with beta_sigma > 0; test_balancer_properties.py runs the config's defaults)."""
     torch.manual_seed(0)
     steps = [torch.randn(3, 4) for _ in range(6)]
 
