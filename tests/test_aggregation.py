@@ -282,6 +282,7 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
     assert not torch.allclose(straight.heads.weight, unbalanced.heads.weight, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path):
     """2 gloo processes with 2 samples each == 1 process with the same 4 samples per step."""
     factory = GradNormFactory()

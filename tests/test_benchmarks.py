@@ -45,6 +45,7 @@ def test_memory_freed_while_building_does_not_hide_the_step():
     assert 30 <= _memory.mib(r) <= 40
 
 
+@pytest.mark.slow
 @linux
 def test_a_benchmark_reports_through_its_child_process():
     argv = ["--tasks", "2", "--width", "32", "--batch", "4", "--steps", "1"]

@@ -185,11 +185,16 @@ def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
 
 
 def _specific_cases():
+    """Each choice with each experiment of its family; with a table experiment (its root plus sweep parameters
+    and sizes) the case is `slow`: the quick loop composes it with the root experiment."""
     for group in BELONGS:
         for choice in FILES[group]:
             for experiment in EXPERIMENTS:
                 if BELONGS[group].get(choice) == family(experiment):
-                    yield pytest.param(group, choice, experiment, id=f"{group}={choice}-{experiment}")
+                    marks = [] if experiment in ROOTS else [pytest.mark.slow]
+                    yield pytest.param(
+                        group, choice, experiment, id=f"{group}={choice}-{experiment}", marks=marks
+                    )
 
 
 @pytest.mark.parametrize("group, choice, experiment", list(_specific_cases()))

@@ -22,6 +22,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow
 def test_default_smoke_run_prints_progress_once_each_and_no_noise(tmp_path):
     """The default experiment (PoS-BERT), wandb offline + CSV as a user gets them, output not a terminal: one
     progress line every n steps with the worst task and the weights' entropy, the wall time per stage at the end,

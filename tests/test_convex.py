@@ -12,6 +12,7 @@ from data.convex import make_tasks
 from pretrain.balancers import Minimax, NoBalancing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_proposition_5_1_minimax_has_lower_worst_case_downstream_initial_risk(tmp_path, seed):
     """Through the whole Hydra/Lightning/callback path: pre-train with `none` and with `minimax`, then
@@ -62,6 +63,7 @@ def _algorithm_1(tasks, balancer, steps, lr, theta0, loss_fn=None, tail=0):
     return avg, largest
 
 
+@pytest.mark.slow
 def test_remark_5_2_ratio_of_worst_case_risks_grows_linearly_in_T():
     ratios = {}
     for T in (2, 4, 8, 16):
@@ -281,6 +283,7 @@ def _paired_worst(kind: str, dim: int, downstream: dict, seeds=range(6)) -> dict
     return {m: _t_interval(frame[m]) for m in frame}
 
 
+@pytest.mark.slow
 def test_underdetermined_minimax_lowers_the_worst_case_excess_risk_at_small_n():
     """d = 64 above N = 8, 16: GD to convergence ends at the empirical minimiser nearest theta_0, so the excess
     risk keeps (1 - N/d) of the initial one, and minimax's lower worst-case initial risk (Proposition 5.1)
@@ -294,6 +297,7 @@ def test_underdetermined_minimax_lowers_the_worst_case_excess_risk_at_small_n():
     assert abs(d["excess_risk@N=512"][0]) < 1e-9 and abs(d["excess_risk@N=512"][2]) < 1e-9
 
 
+@pytest.mark.slow
 def test_full_rank_minimax_lowers_the_initial_risk_but_not_significantly_the_excess_risk():
     """The default regime (d = 8, full-rank Hessian per sample, 10 GD steps): the same 6 seeds show
     Proposition 5.1 (worst-case initial risk lower, interval below 0) but no difference in the worst-case excess

@@ -116,6 +116,7 @@ def test_hub_unreachable_fails_with_one_sentence(monkeypatch, tmp_path):
         load_hub("rte", cache_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_real_glue_suite_runs_and_names_rows_as_the_leaderboard(shared_data, tmp_path):
     from helpers import run_pipeline
 

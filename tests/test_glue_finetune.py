@@ -104,6 +104,7 @@ def _run(tmp_path, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_smoke(tmp_path):
     proc = _run(tmp_path, "balancer=minimax", "data.stratify=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -130,6 +131,7 @@ def test_end_to_end_smoke(tmp_path):
     assert 0.0 < weights["mean_entropy"] <= weights["max_entropy"] == pytest.approx(math.log(9))
 
 
+@pytest.mark.slow
 def test_bad_tokenizer_path_ends_in_one_sentence(tmp_path):
     proc = _run(tmp_path, f"data.tokenizer={tmp_path / 'nowhere'}")
     assert proc.returncode == 1

@@ -199,6 +199,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_smoke_run_writes_results_figure_and_encoder(tmp_path):
     run_dir = tmp_path / "run"
     proc = _run(

@@ -68,6 +68,7 @@ def test_summary_of_means_per_seed_and_curve():
     assert s["curve"]["8"] == pytest.approx({"worst": 0.2, "average": 0.25})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
 @pytest.mark.parametrize("protocol", ["finetune", "linear_probe"])
 def test_smoke_run_writes_per_seed_and_curve_for_every_task(tmp_path, experiment, protocol):
@@ -133,6 +134,7 @@ def test_linear_probe_runs_the_frozen_encoder_once_whatever_the_seeds(tmp_path):
     assert len(set(three["classification"]["per_seed"] + three["segmentation"]["per_seed"])) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, overrides",
     [("pos_bert", ["stage=finetune", "pretrained_ckpt=random"]), ("mm_mae", ["balancer=random_init"])],

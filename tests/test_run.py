@@ -9,6 +9,7 @@ from helpers import compose_config, run_cli
 from utils.errors import ConfigError
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_results_json_and_logs(tmp_path):
     proc = run_cli(["experiment=convex", "debug=smoke", "logger=csv", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -29,6 +30,7 @@ def test_smoke_run_writes_results_json_and_logs(tmp_path):
     assert (tmp_path / "pretrain_history.csv").read_text().startswith("step,loss/task0")
 
 
+@pytest.mark.slow
 def test_multirun_writes_summary_table(tmp_path):
     proc = run_cli(
         [
@@ -131,6 +133,7 @@ def test_report_command_rebuilds_the_summary(tmp_path):
     assert "**0.5 +- 0** (-1.5)" in md  # best (lowest) marked, difference against none
 
 
+@pytest.mark.slow
 def test_negative_alpha_fails_with_one_sentence_and_no_results(tmp_path):
     proc = run_cli(
         ["experiment=convex", "debug=smoke", "logger=none", "balancer.alpha=-1", f"hydra.run.dir={tmp_path}"]
@@ -341,6 +344,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
@@ -391,6 +395,7 @@ def test_same_seed_gives_the_same_results_twice(tmp_path):
     assert a["downstream"] != c["downstream"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_task_and_step_without_results(tmp_path):
     proc = run_cli(
         ["experiment=convex", "debug=smoke", "logger=none", "data.sigma=nan", f"hydra.run.dir={tmp_path}"]
@@ -400,6 +405,7 @@ def test_nan_loss_stops_naming_task_and_step_without_results(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_two_processes_single_results(tmp_path):
     proc = run_cli(
         ["experiment=convex", "debug=smoke", "logger=csv", "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}"]
@@ -411,6 +417,7 @@ def test_ddp_on_cpu_two_processes_single_results(tmp_path):
     assert list(tmp_path.rglob("results.json*")) == [tmp_path / "results.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
 def test_ddp_two_cpu_processes_apply_the_same_weights_from_global_mean_losses(tmp_path, experiment):
     """Both experiments under trainer=ddp_cpu (2 gloo processes, 3 steps): at every step both ranks used the
@@ -440,6 +447,7 @@ def test_ddp_two_cpu_processes_apply_the_same_weights_from_global_mean_losses(tm
     assert list(run_dir.rglob("results.json*")) == [run_dir / "results.json"]
 
 
+@pytest.mark.slow
 def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp_path):
     from pretrain.report import build_table, collect
 
@@ -528,6 +536,7 @@ HISTORY_CHECKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, balancer, extra",
     [

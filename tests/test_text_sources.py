@@ -75,6 +75,7 @@ def test_sources_are_exclusive_and_required_keys_are_named(tmp_path):
         build_pretraining(cfg)
 
 
+@pytest.mark.slow
 def test_wikitext_sample_runs_through_nltk_and_the_whole_run(shared_data, nltk_data, tmp_path, monkeypatch):
     monkeypatch.setenv("TRP_CACHE_DIR", str(tmp_path / "cache"))
     wiki = shared_data / "text" / "wikitext-2-raw" / "wiki.test.raw"
