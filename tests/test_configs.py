@@ -16,7 +16,6 @@ import yaml
 from helpers import CONF_DIR, compose_config
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
-from omegaconf.errors import InterpolationKeyError
 
 #: experiment-specific groups: choice -> the pre-training module (the experiment family) it belongs to
 BELONGS = {
@@ -207,14 +206,8 @@ def test_experiment_specific_choice_composes_and_builds_with_its_experiment(
     build(cfg, skip=NOT_CONSTRUCTED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InterpolationKeyError,
-    reason="conf/downstream/scenes.yaml reads data.min_objects and the scene generator's other keys, which "
-    "conf/data/imagenet_folder.yaml lacks, so the README's SLURM command (table2_mm_mae on an image folder, "
-    "downstream left at scenes) does not resolve",
-)
 def test_imagenet_folder_composes_with_the_scenes_suite(tmp_path):
+    # the README's SLURM command: table2_mm_mae pre-trained on an image folder, adapted on the generated scenes
     cfg = compose(
         [
             "experiment=table2_mm_mae",
