@@ -115,6 +115,28 @@ def test_wandb_run_has_its_name_group_job_type_tags_and_the_papers_numbers(tmp_p
     assert run.params["choices"]["balancer"] == "minimax"  # what the dashboard groups runs by
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
+def test_deep_experiments_log_the_same_identity_summary_and_downstream_namespace(
+    tmp_path, fake_wandb, experiment
+):
+    """PoS-BERT and MM-MAE reach wandb as convex does: name, group, job_type, the paper's numbers in the run
+    summary (higher is better: max) and every downstream metric under downstream/<task>/<metric>."""
+    res = run_pipeline([f"experiment={experiment}", "debug=smoke", "balancer=none"], tmp_path)
+    (run,) = fake_wandb
+    assert run.init["name"] == f"{experiment}-none-s0" and run.init["job_type"] == "all"
+    assert run.init["group"] == experiment and run.init["tags"][:2] == [experiment, "none"]
+    s = run.summary
+    assert s["summary/worst"] == res["summary"]["worst"] and s["summary/average"] == res["summary"]["average"]
+    assert s["summary/worst_task"] == res["summary"]["worst_task"]
+    assert run.defined["summary/worst"]["summary"] == "max"
+    for task, row in res["downstream"].items():
+        for metric, value in row["metrics"].items():
+            assert s[f"downstream/{task}/{metric}"] == pytest.approx(value)
+    keys = {k for h in run.history for k in h}
+    assert not any(k.startswith("finetune/") for k in keys | set(s))
+
+
 def test_dashboard_workspace_plots_what_the_runs_log(tmp_path, fake_wandb):
     """The workspace of `stage=dashboard`, built offline (not saved): every panel shows keys a run logs, grouped
     by the balancer; a sweep's workspace shows that sweep's runs only."""
