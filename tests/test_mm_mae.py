@@ -1,9 +1,6 @@
 """MM-MAE pre-training module (pretrain/mm_mae.py) and the end-to-end run of `experiment=mm_mae`."""
 
 import json
-import os
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import run_cli
 
 from models.multimae import MultiMAE
 from pretrain.balancers import DBMTL, ExcessMTL, GradientAggregator, GradNorm, NoBalancing
@@ -187,23 +185,11 @@ def test_export_pretrained_loads_into_timm(tmp_path):
     assert sorted(meta["keys"]) == sorted(vit.state_dict())
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_end_to_end_smoke_run_writes_results_figure_and_encoder(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run(
-        ["experiment=mm_mae", "debug=smoke", "logger=csv", "balancer=dwa", f"hydra.run.dir={run_dir}"], REPO
+    proc = run_cli(
+        ["experiment=mm_mae", "debug=smoke", "logger=csv", "balancer=dwa", f"hydra.run.dir={run_dir}"]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
