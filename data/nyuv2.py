@@ -50,9 +50,14 @@ def _loadmat(path: Path) -> dict:
     """Variables of a MATLAB file, v5 (scipy) or v7.3 (h5py); arrays as numpy."""
     if not path.is_file():
         raise DataError(f"{path} does not exist.")
-    import h5py
     import scipy.io
 
+    try:
+        import h5py
+    except ImportError:
+        raise ConfigError(
+            f"{path}: reading NYUv2's .mat file needs h5py: pip install -e \".[vision]\" (in the dev extras)."
+        ) from None
     try:
         if h5py.is_hdf5(path):  # v7.3
             with h5py.File(path, "r") as f:

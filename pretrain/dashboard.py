@@ -26,8 +26,8 @@ def _modules():
         import wandb_workspaces.workspaces as ws
     except ImportError:
         raise ConfigError(
-            "stage=dashboard needs the wandb-workspaces package: pip install wandb-workspaces "
-            '(it is in the dev extras: pip install -e ".[dev]").'
+            "stage=dashboard needs the wandb-workspaces package: pip install -e \".[dashboard]\" "
+            "(the dev extras include it)."
         ) from None
     return wr, ws
 

@@ -118,7 +118,7 @@ def test_logs_every_task_loss_weight_and_the_worst_each_step(tmp_path):
     )
     import csv
 
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     assert len(rows) == 4
     for row in rows:
         losses = [float(row[f"train/loss/{t}"]) for t in TASKS]

@@ -46,7 +46,7 @@ def test_default_smoke_run_prints_progress_once_each_and_no_noise(tmp_path):
     assert re.search(r"wall time: pretrain \d+s, downstream \d+s, total \d+s$", last), last
     assert "wandb: Run history" not in out  # quiet: no history dump at the end
     # one namespace for the downstream metrics, the headline numbers and the learning rates in metrics.csv
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     logged = {k for r in rows for k, v in r.items() if v}
     assert {
         "downstream/cola/matthews",
@@ -235,13 +235,13 @@ def test_resumed_pretraining_continues_the_wandb_run_and_metrics_csv(tmp_path, f
     first, resumed = fake_wandb
     assert first.init["id"] == resumed.init["id"] == run_id and resumed.init["resume"] == "allow"
     assert resumed.init["job_type"] == "pretrain"
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     steps = [int(r["step"]) for r in rows if r.get("train/loss_worst")]
     assert steps == [0, 1, 2, 3]  # the pre-resume steps kept, the resumed ones after them
     # a new run in the same directory (no ckpt_path) is a new wandb run with a new metrics.csv
     run_pipeline([*common, "trainer.max_steps=2"], tmp_path)
     assert fake_wandb[2].init["id"] != run_id
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     assert [int(r["step"]) for r in rows if r.get("train/loss_worst")] == [0, 1]
 
 

@@ -27,7 +27,7 @@ def _run(sweep, name, balancer, seed, worst, average, higher=True, overrides=(),
 
 
 def _csv(sweep):
-    return {r["balancer"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+    return {r["balancer"]: r for r in csv.DictReader((sweep / "summary.csv").read_text().splitlines())}
 
 
 def _t(diffs):

@@ -23,7 +23,7 @@ def test_smoke_run_writes_results_json_and_logs(tmp_path):
     assert s["worst"] == pytest.approx(max(primaries)) and s["average"] == pytest.approx(
         sum(primaries) / len(primaries)
     )
-    rows = list(csv.DictReader(open(tmp_path / "csv" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
     logged = {k for r in rows for k, v in r.items() if v}
     assert {"train/loss/task0", "train/weight/task3", "train/loss_worst", "train/weight_entropy"} <= logged
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -60,7 +60,7 @@ def test_multirun_writes_summary_table(tmp_path):
     assert "mean +- std" in md or "+-" in rows["none"]
     for fig in ("weights.png", "upstream_losses.png", "downstream.png"):
         assert (tmp_path / fig).stat().st_size > 5000 and f"]({fig})" in md
-    table = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    table = list(csv.DictReader((tmp_path / "summary.csv").read_text().splitlines()))
     assert {r["balancer"] for r in table} == {"none", "minimax"}
     runs = [json.loads(p.read_text()) for p in tmp_path.rglob("results.json")]
     worst_none = [r["summary"]["worst"] for r in runs if r["balancer"] == "none"]
@@ -327,7 +327,7 @@ def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
     )
     assert res["balancer"] == balancer
     assert len(res["downstream"]) == 8
-    rows = list(csv.DictReader(open(tmp_path / "pretrain_history.csv")))
+    rows = list(csv.DictReader((tmp_path / "pretrain_history.csv").read_text().splitlines()))
     assert len(rows) == 4
     L = [[float(r[f"loss/task{t}"]) for t in range(4)] for r in rows]
     W = [[float(r[f"weight/task{t}"]) for t in range(4)] for r in rows]
