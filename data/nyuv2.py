@@ -56,7 +56,7 @@ def _loadmat(path: Path) -> dict:
         import h5py
     except ImportError:
         raise ConfigError(
-            f"{path}: reading NYUv2's .mat file needs h5py: pip install -e \".[vision]\" (in the dev extras)."
+            f'{path}: reading NYUv2\'s .mat file needs h5py: pip install -e ".[vision]" (in the dev extras).'
         ) from None
     try:
         if h5py.is_hdf5(path):  # v7.3

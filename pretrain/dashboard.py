@@ -26,7 +26,7 @@ def _modules():
         import wandb_workspaces.workspaces as ws
     except ImportError:
         raise ConfigError(
-            "stage=dashboard needs the wandb-workspaces package: pip install -e \".[dashboard]\" "
+            'stage=dashboard needs the wandb-workspaces package: pip install -e ".[dashboard]" '
             "(the dev extras include it)."
         ) from None
     return wr, ws
