@@ -1,11 +1,14 @@
 """Table 2 on real data: classification on an ImageNet-style folder (finetune/image_folder_cls.py,
-data/image_classification.py)."""
+data/image_classification.py) and, with NYUv2, the three columns in one run (finetune/combined.py)."""
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_pipeline
 from PIL import Image
 from test_vision_finetune import make_trainer
 
@@ -118,3 +121,51 @@ def test_folder_errors_are_one_sentence_naming_the_path_or_key(tmp_path):
     with pytest.raises(ConfigError, match=r"downstream\.tasks\.depth"):
         suite(root, tasks={"depth": {}})
 
+
+def test_table2_real_runs_the_three_columns_in_one_run(tmp_path):
+    """experiment=mm_mae data=imagenet_folder downstream=table2_real: classification on the pre-training folder's
+    val split, segmentation and depth on NYUv2 (test images of two sizes), Figure 3 of the NYUv2 test images."""
+    from test_image_folder import NUM_CLASSES as FOLDER_CLASSES
+    from test_image_folder import write_folder
+    from test_nyuv2 import write_png_split
+
+    write_folder(tmp_path / "img", tmp_path / "lab", {"cat": 3, "dog": 3})  # val: 1 image per class
+    nyu = tmp_path / "nyu"
+    write_png_split(nyu, "train", [(16, 20), (18, 18), (20, 16)])
+    write_png_split(nyu, "test", [(12, 20), (15, 18)])
+    overrides = [
+        "experiment=mm_mae",
+        "data=imagenet_folder",
+        f"data.root={tmp_path / 'img'}",
+        f"data.labels_root={tmp_path / 'lab'}",
+        "data.image_size=16",
+        f"data.num_classes={FOLDER_CLASSES}",
+        "model.num_visible=8",
+        "downstream=table2_real",
+        f"downstream.suites.nyuv2.root={nyu}",
+        "debug=smoke",
+        "logger=none",
+        "print_table=false",
+    ]
+    results = run_pipeline(overrides, tmp_path / "run")
+    down = results["downstream"]
+    assert list(down) == ["classification", "segmentation", "depth"]
+    assert down["classification"]["dev_rows"] == 2 and down["segmentation"]["dev_rows"] == 2
+    for r in down.values():
+        assert 0.0 <= r["metrics"][r["primary"]] <= 1.0 and all(
+            math.isfinite(v) for v in r["metrics"].values()
+        )
+    primary = [r["metrics"][r["primary"]] for r in down.values()]
+    assert results["summary"]["worst"] == pytest.approx(min(primary))
+    assert results["summary"]["average"] == pytest.approx(sum(primary) / 3)
+    assert results["image_folder_cls"]["val_images"] == 2 and results["image_folder_cls"]["classes"] == 2
+    assert results["nyuv2"] == {"train_images": 3, "test_images": 2}
+    assert results["protocol"]["protocol"] == "finetune"
+    assert Path(results["figure3"]["png"]).exists() and (tmp_path / "run" / "seg_pred.npy").exists()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["downstream"].keys() == down.keys()
+    # a suite's error names its key under downstream.suites.<name>, before any pre-training
+    missing = [o for o in overrides if not o.startswith("downstream.suites.nyuv2.root")]
+    with pytest.raises(ConfigError, match=r"downstream\.suites\.nyuv2\.root is not set"):
+        run_pipeline(missing, tmp_path / "run2")
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
+        run_pipeline([*overrides, f"downstream.suites.nyuv2.root={tmp_path / 'nowhere'}"], tmp_path / "run3")
