@@ -585,15 +585,15 @@ class VisionSuite:
             aspect=aspect,
         )
         cmap = segmentation_cmap(len(names))
-        n = len(gt)
-        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
-        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap, aspect)
         shown = sorted(
             {int(c) for c in np.unique(np.concatenate([pred.ravel(), gt.ravel()])) if c < len(names)}
         )
         handles = [Patch(color=cmap(c), label=names[c]) for c in shown]
+        n, legend_h = len(gt), 0.2 * math.ceil(len(handles) / 5) + 0.1  # the legend's height in inches
+        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + legend_h), squeeze=False)
+        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap, aspect)
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.tight_layout(rect=(0, legend_h / (2 * n + legend_h), 1, 1))
         path = out_dir / f"figure3_{tag}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
