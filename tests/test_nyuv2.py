@@ -13,6 +13,7 @@ from PIL import Image
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset, load_class_mapping
 from finetune.nyuv2 import NYUv2Finetune, NYUv2Suite
+from finetune.vision import sweep_figure
 from models.multimae import MultiMAE
 from utils.errors import ConfigError, DataError
 
@@ -211,6 +212,8 @@ def test_test_images_of_different_sizes_are_scored_at_their_own_resolution(tmp_p
     assert len(figure["class_names"]) == NUM_CLASSES and figure["class_names"][0] == "wall"
     assert np.load(tmp_path / "out" / "seg_pred.npy").shape == (2, 16, 16)
     assert Path(suite.extra_results["figure3"]["png"]).stat().st_size > 1000
+    (tmp_path / "out" / "results.json").write_text('{"balancer": "none"}')  # a sweep's Figure 3 of such runs
+    assert sweep_figure([tmp_path / "out"], tmp_path / "sweep.png").stat().st_size > 1000
 
 
 def test_smoke_run_pretrains_on_an_image_folder_and_finetunes_on_nyuv2(tmp_path):
