@@ -122,6 +122,7 @@ def test_folder_errors_are_one_sentence_naming_the_path_or_key(tmp_path):
         suite(root, tasks={"depth": {}})
 
 
+@pytest.mark.slow
 def test_table2_real_runs_the_three_columns_in_one_run(tmp_path):
     """experiment=mm_mae data=imagenet_folder downstream=table2_real: classification on the pre-training folder's
     val split, segmentation and depth on NYUv2 (test images of two sizes), Figure 3 of the NYUv2 test images."""
