@@ -209,8 +209,8 @@ class NYUv2Dataset(Dataset):
 
     Training samples get one random-resized crop and flip applied to every modality (nearest for depth and
     labels, so no invalid depth is blended in); test samples are resized to ``image_size`` for the model
-    and also keep full-resolution targets ``depth_full`` / ``semseg_full`` (so test images batched together
-    must share one size, as NYUv2's 640 x 480 images do).
+    and also keep full-resolution targets ``depth_full`` / ``semseg_full``, which may differ in size from image
+    to image (finetune/nyuv2.py batches them as lists and scores each at its own resolution).
     """
 
     def __init__(

@@ -4,6 +4,12 @@ Reuses finetune/vision.py: :class:`NYUv2Suite` is a :class:`~finetune.vision.Vis
 from data/nyuv2.py, and :class:`NYUv2Finetune` is a :class:`~finetune.vision.VisionFinetune` that honours
 void pixels (``ignore_index``) in the loss and in mIoU / pixel accuracy, ignores pixels without depth, and
 scores predictions upsampled to each test image's full resolution (every test image is evaluated).
+
+Test images of any size: the model sees each test image resized to its input size (``image_size``, square);
+the prediction is resized back (bilinear logits / log-depth) to that image's own resolution and scored there.
+:func:`collate_full_resolution` batches the resized inputs as tensors and keeps the full-resolution targets
+as lists, so images of different sizes share a batch. Figure 3 (``figure3_<balancer>.png``) shows the first
+``figure_images`` test images at the model's input size, drawn with their own aspect ratio.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
+from data.nyuv2 import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
+from finetune.protocol import parse_train_samples, protocol_record, smoke_sizes
 from finetune.vision import VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
 from utils.errors import ConfigError
@@ -30,6 +38,18 @@ log = logging.getLogger(__name__)
 NYU_TASKS = ("segmentation", "depth")
 #: encoder inputs NYUv2 can feed (its semantic maps are targets, with void pixels)
 NYU_INPUTS = ("rgb", "depth")
+#: keys of a test sample at the image's own resolution (batched as lists: sizes may differ)
+FULL_KEYS = ("semseg_full", "depth_full")
+
+
+def collate_full_resolution(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Batch NYUv2 samples: the model's inputs and targets at ``image_size`` stacked as tensors, the
+    full-resolution targets (``semseg_full`` / ``depth_full``) as lists of tensors, one per image."""
+    batch = default_collate([{k: v for k, v in it.items() if k not in FULL_KEYS} for it in items])
+    for key in FULL_KEYS:
+        if key in items[0]:
+            batch[key] = [it[key] for it in items]
+    return batch
 
 
 class NYUv2Finetune(VisionFinetune):
@@ -70,9 +90,9 @@ class NYUv2Finetune(VisionFinetune):
             return super()._update_metrics(batch)
         out = self.head(self.patch_tokens(batch))
         key = "semseg" if self.task == "segmentation" else "depth"
-        targets = batch.get(f"{key}_full", batch[key])
+        targets = batch.get(f"{key}_full", batch[key])  # a list when the test images differ in size
         for i in range(out.shape[0]):  # one image at a time: 40 full-resolution logit maps are large
-            target = targets[i : i + 1]
+            target = targets[i][None]
             size = target.shape[-2:]
             pred = out[i : i + 1]
             if pred.shape[-2:] != size:
@@ -96,10 +116,12 @@ class NYUv2Suite(VisionSuite):
         tasks: per task (segmentation, depth) the options of :class:`VisionSuite`.
         protocol / train_samples / finetune_seeds: the adaptation protocol (``finetune.protocol``); a linear
             probe caches one random crop of each training image.
-        image_size: the model's input size (must equal the pre-trained model's).
+        image_size: the model's input size (must equal the pre-trained model's); test images of any size are
+            resized to it and their predictions resized back to their own resolution, where they are scored.
         crop_scale: area range of the training random-resized crop.
         ignore_index: semseg value of void pixels.
         train_size / dev_size: at most this many images per split (null: all).
+        figure_images: the first this many test images go into Figure 3 (0: no figure).
         batch_size / num_workers / input_modalities / seed / smoke: as in :class:`VisionSuite`.
     """
 
@@ -122,6 +144,7 @@ class NYUv2Suite(VisionSuite):
         batch_size: int = 16,
         num_workers: int = 2,
         input_modalities: Sequence[str] = ("rgb",),
+        figure_images: int = 4,
         seed: int = 0,
         smoke: bool = False,
     ) -> None:
@@ -171,11 +194,28 @@ class NYUv2Suite(VisionSuite):
         self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
         self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
+        if self.smoke:  # every configured N within the training images actually read
+            self.sizes = smoke_sizes(parse_train_samples(train_samples)[0], self.train_size)
+            self.extra_results["protocol"] = protocol_record(
+                self.protocol, self.sizes, self.curve, self.seeds
+            )
+        self.figure_images = min(int(figure_images), self.dev_size)
 
     render_once = False  # random crops: a fresh crop every epoch
+    collate_fn = staticmethod(collate_full_resolution)  # test images of any size in one batch
+    class_names = CLASS_NAMES  # (void pixels, self.ignore_index, are drawn black)
 
     def datasets(self) -> tuple[NYUv2Dataset, NYUv2Dataset]:
         return self.train_set, self.dev_set
+
+    def figure_batch(self) -> dict[str, torch.Tensor]:
+        """The first ``figure_images`` test images at the model's input size, with their original aspect."""
+        items = [self.dev_set[i] for i in range(self.figure_images)]
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("rgb", "depth", "semseg")}
+        batch["aspect"] = torch.tensor(
+            [it["semseg_full"].shape[0] / it["semseg_full"].shape[1] for it in items]
+        )
+        return batch
 
     def make_module(self, backbone: MultiMAE, name: str, opts: dict) -> NYUv2Finetune:
         return NYUv2Finetune(

@@ -12,8 +12,9 @@ default) with a light head, then evaluates on every image of the dev split in on
 
 :class:`VisionSuite` runs the enabled tasks (the ``downstream`` config group) and saves, for a few
 fixed dev images, input | this run's segmentation | ground truth as ``figure3_<balancer>.png`` with the
-raw predictions in ``seg_pred.npy`` (and the inputs and ground truth in ``figure3_data.npz``) so a
-sweep can put every balancer side by side.
+raw predictions in ``seg_pred.npy`` (and the inputs, ground truth, class names and each image's aspect ratio
+in ``figure3_data.npz``) so a sweep can put every balancer side by side. A suite on other data (NYUv2)
+overrides :meth:`VisionSuite.figure_batch` and sets ``class_names`` / ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -409,6 +410,11 @@ class VisionSuite:
     #: the training images are a pure function of their index (no augmentation): under ``finetune`` each
     #: training subset is rendered once and kept in memory (a subclass with random crops sets False)
     render_once = True
+    #: how the loaders batch items (``None``: torch's default); NYUv2 keeps full-resolution targets as lists
+    collate_fn: Callable | None = None
+    #: Figure 3's class names (the colour of class id c is the c-th), and the id of void pixels (drawn black)
+    class_names: Sequence[str] = CLASS_NAMES
+    ignore_index: int | None = None
 
     def datasets(self) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
         """(training set, dev set) of the suite (a subclass reads its own data)."""
@@ -427,6 +433,7 @@ class VisionSuite:
             num_workers=workers,
             persistent_workers=workers > 0,
             generator=generator,
+            collate_fn=self.collate_fn,
         )
 
     # ---------------------------------------------------------------------------------- run
@@ -543,7 +550,9 @@ class VisionSuite:
 
     # ---------------------------------------------------------------------------------- Figure 3
     def figure_batch(self) -> dict[str, torch.Tensor]:
-        """The fixed dev images of the figure: the first ``figure_images`` of split ``test``."""
+        """The fixed dev images of the figure, at the model's input size: ``rgb`` (normalised), ``semseg``
+        (ground truth) and optionally ``aspect`` (each image's original height / width, for display); here the
+        first ``figure_images`` of split ``test``."""
         dev = SceneDataset(self.dev_size, "test", modalities=("rgb", "depth", "semseg"), **self.scene_kw)
         items = [dev[i] for i in range(self.figure_images)]
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -553,31 +562,38 @@ class VisionSuite:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
         tag = balancer_name(pretrained)
         batch = self.figure_batch()
+        aspect = np.asarray(batch.pop("aspect", torch.ones(len(batch["rgb"]))), dtype=np.float32)
         module.eval()
         with torch.no_grad():
             pred = module({k: v.to(module.device) for k, v in batch.items()}).argmax(1).cpu().numpy()
         rgb = (batch["rgb"].permute(0, 2, 3, 1).numpy() * RGB_STD + RGB_MEAN).clip(0, 1)
         gt = batch["semseg"].numpy()
+        if self.ignore_index is not None:
+            gt = np.where(gt == self.ignore_index, VOID, gt)
+        names = list(self.class_names)
         np.save(out_dir / "seg_pred.npy", pred.astype(np.uint8))
         np.savez_compressed(
             out_dir / "figure3_data.npz",
             rgb=rgb.astype(np.float32),
             gt=gt.astype(np.uint8),
             indices=np.arange(len(gt)),
-            class_names=np.array(CLASS_NAMES),
+            class_names=np.array(names),
+            aspect=aspect,
         )
-        cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
-        n = len(gt)
-        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
-        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap)
-        handles = [Patch(color=cmap(c), label=name) for c, name in enumerate(CLASS_NAMES)]
+        cmap = segmentation_cmap(len(names))
+        shown = sorted(
+            {int(c) for c in np.unique(np.concatenate([pred.ravel(), gt.ravel()])) if c < len(names)}
+        )
+        handles = [Patch(color=cmap(c), label=names[c]) for c in shown]
+        n, legend_h = len(gt), 0.2 * math.ceil(len(handles) / 5) + 0.1  # the legend's height in inches
+        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + legend_h), squeeze=False)
+        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap, aspect)
         fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.tight_layout(rect=(0, legend_h / (2 * n + legend_h), 1, 1))
         path = out_dir / f"figure3_{tag}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -615,16 +631,47 @@ def log_figure(trainer: L.Trainer, path: Path, tag: str) -> None:
             log.warning("could not log the figure to %s: %s", type(logger).__name__, exc)
 
 
-def draw_segmentation_grid(axes, rgb, columns, gt, cmap) -> None:
-    """Figure 3's grid: one row per image, columns input | each (title, predictions) | ground truth."""
+#: class id of void pixels in figure3_data.npz's ground truth (drawn black)
+VOID = 255
+
+
+def segmentation_cmap(num_classes: int):
+    """One distinct colour per class id (tab10 up to 10 classes, then tab20 + tab20b + tab20c, then hsv);
+    void (any id >= num_classes) is drawn black."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    if num_classes <= 10:
+        colors = list(plt.get_cmap("tab10").colors[:num_classes])
+    elif num_classes <= 60:
+        colors = [c for name in ("tab20", "tab20b", "tab20c") for c in plt.get_cmap(name).colors][
+            :num_classes
+        ]
+    else:
+        colors = [plt.get_cmap("hsv")(k / num_classes) for k in range(num_classes)]
+    return ListedColormap(colors).with_extremes(bad="black")
+
+
+def draw_segmentation_grid(axes, rgb, columns, gt, cmap, aspect=None) -> None:
+    """Figure 3's grid: one row per image, columns input | each (title, predictions) | ground truth; row i is
+    drawn with height / width ``aspect[i]`` (the original image's, when the model saw it resized to a square)."""
     for i in range(len(gt)):
         panels = [("input", rgb[i])] + [(name, pred[i]) for name, pred in columns] + [("ground truth", gt[i])]
+        shape = gt[i].shape
+        ratio = "equal" if aspect is None else float(aspect[i]) * shape[1] / shape[0]
         for j, (title, img) in enumerate(panels):
             ax = axes[i, j]
             if j == 0:
-                ax.imshow(img)
+                ax.imshow(img, aspect=ratio)
             else:
-                ax.imshow(img, cmap=cmap, vmin=0, vmax=NUM_CLASSES - 1, interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_greater_equal(img, cmap.N),
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=cmap.N - 1,
+                    interpolation="nearest",
+                    aspect=ratio,
+                )
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(title)
@@ -639,13 +686,14 @@ def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ConfigError("sweep_figure needs at least one run directory.")
     data = np.load(run_dirs[0] / "figure3_data.npz")
     rgb, gt = data["rgb"], data["gt"]
+    num_classes = len(data["class_names"]) if "class_names" in data else len(CLASS_NAMES)
+    aspect = data["aspect"] if "aspect" in data else None
     columns = []
     for d in run_dirs:
         pred = np.load(d / "seg_pred.npy")
@@ -655,10 +703,10 @@ def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
             )
         name = json.loads((d / "results.json").read_text()).get("balancer", d.name)
         columns.append((name, pred))
-    cmap = ListedColormap(plt.get_cmap("tab10").colors[:NUM_CLASSES])
+    cmap = segmentation_cmap(num_classes)
     n, k = len(gt), len(columns) + 2
     fig, axes = plt.subplots(n, k, figsize=(2 * k, 2 * n), squeeze=False)
-    draw_segmentation_grid(axes, rgb, columns, gt, cmap)
+    draw_segmentation_grid(axes, rgb, columns, gt, cmap, aspect)
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)

@@ -35,7 +35,7 @@ BELONGS = {
     "module": {"pos_bert": "pos_bert", "mm_mae": "mm_mae", "convex": "convex"},
     "downstream": {
         **dict.fromkeys(["glue_like", "glue"], "pos_bert"),
-        **dict.fromkeys(["scenes", "nyuv2"], "mm_mae"),
+        **dict.fromkeys(["scenes", "nyuv2", "image_folder_cls", "table2_real"], "mm_mae"),
         "convex": "convex",
     },
 }
@@ -65,6 +65,13 @@ EXTRA = {
     # the README's command for it: ImageNet pre-training, NYUv2 adaptation
     ("data", "imagenet_folder"): ["data.root=/data/imagenet", "downstream=nyuv2"],
     ("downstream", "nyuv2"): ["downstream.root=/data/nyuv2"],
+    # the README's Table 2 on real data: classification on the image folder, segmentation and depth on NYUv2
+    ("downstream", "image_folder_cls"): ["data=imagenet_folder", "data.root=/data/imagenet"],
+    ("downstream", "table2_real"): [
+        "data=imagenet_folder",
+        "data.root=/data/imagenet",
+        "downstream.suites.nyuv2.root=/data/nyuv2",
+    ],
     ("pseudo_label", "dpt_mask2former"): [
         "pseudo_label.image_root=/data/images",
         "pseudo_label.out_root=/data/labels",
@@ -72,7 +79,7 @@ EXTRA = {
     ("hydra/sweeper", "minimax_optuna"): ["balancer=minimax"],
 }
 #: what reads a dataset on disk when constructed: composed and resolved, its class imported, not built
-NOT_CONSTRUCTED = {"data": {"imagenet_folder"}, "downstream": {"nyuv2"}}
+NOT_CONSTRUCTED = {"data": {"imagenet_folder"}, "downstream": {"nyuv2", "image_folder_cls", "table2_real"}}
 
 
 def config_files() -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset, load_class_mapping
 from finetune.nyuv2 import NYUv2Finetune, NYUv2Suite
+from finetune.vision import sweep_figure
 from models.multimae import MultiMAE
 from utils.errors import ConfigError, DataError
 
@@ -148,6 +149,71 @@ def test_void_pixels_are_ignored_by_loss_and_metrics():
     batch["depth"][..., :8] = 2.0  # half the pixels have no depth
     loss, _ = depth._loss(batch)
     assert math.isfinite(loss.item()) and loss.item() > 0
+
+
+def write_png_split(root: Path, split: str, sizes: list[tuple[int, int]]) -> None:
+    """NYUv2 PNG images of the given (height, width): depth 1.5 m + 1 mm per column, labels 0 (void) in the
+    first column and class id 1 + column % 5 elsewhere."""
+    for kind in ("rgb", "depth", "label"):
+        (root / split / kind).mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        y, x = np.mgrid[0:h, 0:w]
+        rgb = np.stack([x * 9, y * 13, np.full_like(x, 40 * i)], -1).astype(np.uint8)
+        label = np.where(x == 0, 0, 1 + x % 5).astype(np.uint8)
+        Image.fromarray(rgb).save(root / split / "rgb" / f"{i:04d}.png")
+        Image.fromarray((1500 + x).astype(np.uint16)).save(root / split / "depth" / f"{i:04d}.png")
+        Image.fromarray(label).save(root / split / "label" / f"{i:04d}.png")
+
+
+@pytest.mark.parametrize("protocol", ["finetune", "linear_probe"])
+def test_test_images_of_different_sizes_are_scored_at_their_own_resolution(tmp_path, protocol):
+    """Two test images of different sizes share a batch: the model sees both at image_size, each prediction is
+    resized back to its image's own size and every one of its pixels is scored; Figure 3 shows them."""
+    from test_vision_finetune import make_trainer
+
+    sizes = [(12, 20), (15, 18)]
+    root = tmp_path / "nyu"
+    write_png_split(root, "train", [(16, 16), (20, 24), (18, 18)])
+    write_png_split(root, "test", sizes)
+    opts = {"epochs": 1, "warmup_steps": 1, "head_hidden": 8}
+    suite = NYUv2Suite(
+        root=str(root),
+        image_size=16,
+        batch_size=2,
+        num_workers=0,
+        protocol=protocol,
+        tasks={"segmentation": opts, "depth": opts},
+        figure_images=2,
+    )
+    batch = next(iter(suite.loader(suite.dev_set)))
+    assert batch["rgb"].shape == (2, 3, 16, 16)
+    assert [tuple(t.shape) for t in batch["depth_full"]] == [(1, h, w) for h, w in sizes]
+    assert [tuple(t.shape) for t in batch["semseg_full"]] == sizes
+    backbone = MultiMAE(
+        image_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, decoder_dim=16, num_visible=4
+    )
+    depth = NYUv2Finetune(backbone, "depth", head_hidden=8)
+    depth._update_metrics(batch)
+    assert depth.metrics["depth"].n.item() == sum(h * w for h, w in sizes)  # every pixel, at full resolution
+    seg = NYUv2Finetune(backbone, "segmentation", num_classes=NUM_CLASSES, head_hidden=8)
+    seg._update_metrics(batch)
+    non_void = sum(h * (w - 1) for h, w in sizes)  # the first column is void
+    assert seg.metrics["pixel_acc"].tp.sum() + seg.metrics["pixel_acc"].fn.sum() == non_void
+
+    results = suite.run(backbone, make_trainer, tmp_path / "out")
+    for name, r in results.items():
+        assert r["dev_rows"] == 2, name
+        assert 0.0 <= r["metrics"][r["primary"]] <= 1.0 and all(
+            math.isfinite(v) for v in r["metrics"].values()
+        )
+    figure = np.load(tmp_path / "out" / "figure3_data.npz")
+    np.testing.assert_allclose(figure["aspect"], [h / w for h, w in sizes])
+    assert figure["gt"].shape == (2, 16, 16) and (figure["gt"] == 255).any()  # void drawn apart
+    assert len(figure["class_names"]) == NUM_CLASSES and figure["class_names"][0] == "wall"
+    assert np.load(tmp_path / "out" / "seg_pred.npy").shape == (2, 16, 16)
+    assert Path(suite.extra_results["figure3"]["png"]).stat().st_size > 1000
+    (tmp_path / "out" / "results.json").write_text('{"balancer": "none"}')  # a sweep's Figure 3 of such runs
+    assert sweep_figure([tmp_path / "out"], tmp_path / "sweep.png").stat().st_size > 1000
 
 
 def test_smoke_run_pretrains_on_an_image_folder_and_finetunes_on_nyuv2(tmp_path):
