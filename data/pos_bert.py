@@ -504,8 +504,9 @@ def check_encoding(encoding: str) -> str:
         ) from None
 
 
-def _decode_error(path: Path, encoding: str, key: str) -> DataError:
-    """The one sentence for a file that does not decode: where (byte offset, line) and what to set."""
+def decode_error(path: Path, encoding: str, key: str) -> DataError | None:
+    """The one sentence for a file that does not decode as ``encoding`` (where: byte offset and line; what to
+    set), or ``None`` when the whole file decodes. Reads the bytes in 1 MiB chunks (no text is kept)."""
     decoder = codecs.getincrementaldecoder(encoding)()
     fed, lines = 0, 1
     with path.open("rb") as f:
@@ -526,10 +527,13 @@ def _decode_error(path: Path, encoding: str, key: str) -> DataError:
                     f"set data.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
                 )
             if final:
-                break
+                return None
             fed += len(chunk)
             lines += chunk.count(b"\n")
-    return DataError(
+
+
+def _decode_failure(path: Path, encoding: str, key: str) -> DataError:
+    return decode_error(path, encoding, key) or DataError(
         f"{key}: {path} does not decode as {encoding}; set data.encoding=latin-1 (or its encoding)."
     )
 
@@ -546,6 +550,24 @@ def _binary_reason(path: Path, encoding: str) -> str | None:
     return None
 
 
+def check_text_file(path: Path, encoding: str = "utf-8") -> None:
+    """``data.text_file`` at start-up, before any pre-training (bytes only: no sentence splitting, no tagging):
+    a missing file, a binary one (NUL bytes, or mostly undecodable) or one that does not decode as
+    ``encoding`` (naming the byte offset) fails with one sentence."""
+    if not path.is_file():
+        raise DataError(f"data.text_file: {path} does not exist.")
+    encoding = check_encoding(encoding)
+    reason = _binary_reason(path, encoding)
+    if reason is not None:
+        raise DataError(
+            f"data.text_file: {path} looks binary, not {encoding} text ({reason}): point data.text_file at a "
+            f"text file (or set data.encoding if it is text in another encoding, e.g. utf-16)."
+        )
+    err = decode_error(path, encoding, "data.text_file")
+    if err is not None:
+        raise err
+
+
 def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
     """Sentences and their document index from a text file in ``encoding`` (see :func:`split_documents`).
     Raises ``DataError`` naming the file when it is missing, does not decode (with the byte offset) or has
@@ -557,14 +579,13 @@ def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list
         with path.open(encoding=encoding) as f:
             return split_documents(f, f"data.text_file: {path}")
     except UnicodeDecodeError:
-        raise _decode_error(path, encoding, "data.text_file") from None
+        raise _decode_failure(path, encoding, "data.text_file") from None
 
 
-def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
-    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (searched recursively,
-    sorted): each file is one document, or several separated by blank lines. A binary file (NUL bytes, or
-    mostly undecodable) is skipped with a warning naming it; a text file that does not decode fails naming
-    it and the byte offset. Raises ``DataError`` naming the folder when no text file is left."""
+def text_dir_files(path: Path, encoding: str = "utf-8") -> list[Path]:
+    """The text files of a ``data.text_dir`` (``*.txt``, searched recursively, sorted). A binary file (NUL bytes,
+    or mostly undecodable as ``encoding``) is skipped with a warning naming it; ``DataError`` naming the folder
+    when it is missing or no text file is left."""
     if not path.is_dir():
         raise DataError(f"data.text_dir: {path} is not a folder.")
     encoding = check_encoding(encoding)
@@ -583,6 +604,18 @@ def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[
             f"data.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
             f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.encoding."
         )
+    return texts
+
+
+def read_text_dir(
+    path: Path, encoding: str = "utf-8", files: list[Path] | None = None
+) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (``files``: those of
+    :func:`text_dir_files`, which skips binary files with a warning). Each file is one document, or several
+    separated by blank lines (or ``= Title =`` headings). A text file that does not decode fails naming it and
+    the byte offset."""
+    encoding = check_encoding(encoding)
+    texts = text_dir_files(path, encoding) if files is None else files
 
     def lines():
         for f in texts:
@@ -590,7 +623,7 @@ def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[
                 with f.open(encoding=encoding) as fh:
                     yield from fh
             except UnicodeDecodeError:
-                raise _decode_error(f, encoding, "data.text_dir") from None
+                raise _decode_failure(f, encoding, "data.text_dir") from None
             yield ""  # a file ends its last document
 
     return split_documents(lines(), f"data.text_dir: {path}")
@@ -777,10 +810,28 @@ class PosBertDataModule(LightningDataModule):
         self.group_counts: dict[str, int] = {}
         self.n_documents = 0  # documents of the corpus (setup); NSP needs at least 2
         self.cache_hits: dict[str, bool] = {}
+        self._dir_files: list[Path] | None = (
+            None  # data.text_dir's text files, once validate() has listed them
+        )
         self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
         self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
 
     # -- sources --------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Start-up check of a local corpus, before any pre-training (bytes only, seconds even for gigabytes: no
+        sentence splitting, no tagging): ``data.text_file`` must be text that decodes as ``data.encoding``;
+        ``data.text_dir`` must hold a text file (binary ones are skipped with a warning, here, once) and each
+        must decode. A hub or saved dataset is read in ``setup`` (when no cache holds it), before the first
+        step."""
+        if self.text_file is not None:
+            check_text_file(self.text_file, self.encoding)
+        elif self.text_dir is not None:
+            self._dir_files = text_dir_files(self.text_dir, self.encoding)
+            for f in self._dir_files:
+                err = decode_error(f, self.encoding, "data.text_dir")
+                if err is not None:
+                    raise err
+
     @property
     def corpus_name(self) -> str:
         """The pre-training corpus as its config key says it, for messages."""
@@ -857,7 +908,7 @@ class PosBertDataModule(LightningDataModule):
             if self.text_file is not None:
                 texts, docs = read_text_file(self.text_file, self.encoding)
             elif self.text_dir is not None:
-                texts, docs = read_text_dir(self.text_dir, self.encoding)
+                texts, docs = read_text_dir(self.text_dir, self.encoding, self._dir_files)
             elif self.disk_dataset is not None:
                 texts, docs = read_disk_dataset(
                     self.disk_dataset, self.hf_split, self.text_column, self.max_rows

@@ -174,3 +174,49 @@ def test_a_single_document_cannot_make_nsp_pairs(nltk_data, tmp_path):
     with pytest.raises(DataError, match=r"one.txt is a single document, .*set module.nsp=off"):
         PosBertPretraining(model, NoBalancing).prepare_for_finetune(dm)
     PosBertPretraining(model, NoBalancing, nsp="off").prepare_for_finetune(dm)  # MLM alone still trains
+
+
+def test_a_binary_text_file_is_named_not_trained_on(tmp_path):
+    from data.pos_bert import check_text_file
+
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(b"PK\x03\x04\x14\x00\x00\x00" + bytes(range(256)) * 16)  # a zip archive
+    with pytest.raises(DataError) as err:
+        check_text_file(blob)
+    assert str(err.value) == (
+        f"data.text_file: {blob} looks binary, not utf-8 text (NUL bytes): point data.text_file at a text file "
+        "(or set data.encoding if it is text in another encoding, e.g. utf-16)."
+    )
+    noise = tmp_path / "noise.txt"  # no NUL byte, but mostly undecodable
+    noise.write_bytes(bytes((i * 37 + 128) % 256 | 0x80 for i in range(2000)))
+    with pytest.raises(DataError, match=r"noise.txt looks binary, not utf-8 text \(\d+% of its first bytes"):
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(noise)).validate()
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(
+        ("x" * 3_000_000 + "\ncaf\u00e9\n").encode("latin-1")
+    )  # the bad byte past the first MiB
+    with pytest.raises(DataError, match=r"\(byte 0xe9 at byte offset 3000004, line 2\)"):
+        check_text_file(latin)
+    check_text_file(latin, "latin-1")
+
+
+def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(DOC_A + "\n" + DOC_B)
+    (corpus / "b.txt").write_text(DOC_B + "\n" + DOC_A)
+    (corpus / "c.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus), max_length=32)
+    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+        dm.validate()
+        dm.setup()
+    skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert skips == [
+        f"data.text_dir: skipping {corpus / 'c.txt'}: it looks binary, not utf-8 text (NUL bytes)."
+    ]
+    assert len(dm.tagged) == 8  # the two text files' sentences only
+    (corpus / "b.txt").write_bytes(DOC_B.encode() + "\nIl \u00e9tait une fois.\n".encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"data.text_dir: .*b.txt is not valid utf-8 \(byte 0xe9 at byte offset"
+    ):
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus)).validate()
