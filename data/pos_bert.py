@@ -300,6 +300,32 @@ def build_nsp_pairs(
     return a0, a1, b0, b1, label
 
 
+def split_long_sentences(
+    input_ids: list[list[int]], pos: list[list[int]], docs: np.ndarray, max_length: int, chunk: int
+) -> tuple[list[list[int]], list[list[int]], np.ndarray, int, int]:
+    """Split every "sentence" longer than ``max_length`` word-pieces (a line without a sentence end, a table
+    flattened into one line, ...) into consecutive chunks of at most ``chunk`` pieces, in its document; the rest
+    stay as they are. Returns ``(input_ids, pos, docs, n_split, longest)``: ``n_split`` sentences were split,
+    the longest had ``longest`` pieces."""
+    long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
+    if not long:
+        return input_ids, pos, docs, 0, 0
+    longest = max(len(input_ids[i]) for i in long)
+    out_ids, out_pos, out_docs = [], [], []
+    for ids, groups, doc in zip(input_ids, pos, docs.tolist()):
+        if len(ids) <= max_length:
+            out_ids.append(ids), out_pos.append(groups), out_docs.append(doc)
+            continue
+        for k in range(0, len(ids), chunk):
+            out_ids.append(ids[k : k + chunk]), out_pos.append(groups[k : k + chunk]), out_docs.append(doc)
+    return out_ids, out_pos, np.asarray(out_docs, dtype=np.int64), len(long), longest
+
+
+def _segment_keys(sentence_ids: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[tuple[int, ...]]:
+    """The text of each segment ``[start, end)`` as a tuple of sentence ids (equal text, equal id)."""
+    return [tuple(sentence_ids[s:e].tolist()) for s, e in zip(start, end)]
+
+
 class NSPPairs(torch.utils.data.Dataset):
     """``[CLS] A [SEP] B [SEP]`` examples (A and B: ranges of consecutive sentences) with per-token groups
     (``IGNORE`` on specials); longest-first truncation to ``max_length``."""
@@ -1012,13 +1038,25 @@ class PosBertDataModule(LightningDataModule):
         self.tagged = self.build_tagged(self.tokenizer)
         self._raw_cache = None
         if len(self.tagged) == 0:
-            where = f"data.text_file={self.text_file}" if self.text_file else f"data.n_docs={self.n_docs}"
-            where = f"data.hf_dataset={self.hf_dataset}" if self.hf_dataset and not self.text_file else where
-            raise DataError(f"{where}: the corpus has no token after tokenization (empty corpus).")
+            raise DataError(f"{self.corpus_name}: the corpus has no token after tokenization (empty corpus).")
         table = self.tagged.data
         docs = np.asarray(table.column("doc").to_pylist(), dtype=np.int64)
         input_ids = table.column("input_ids").to_pylist()
         pos = table.column("pos").to_pylist()
+        chunk = max(1, (self.max_length - 3) // 2)  # two chunks fill a pair: none is truncated
+        input_ids, pos, docs, n_long, longest = split_long_sentences(
+            input_ids, pos, docs, self.max_length, chunk
+        )
+        if n_long:
+            log.warning(
+                "%s: %d sentence(s) longer than data.max_length=%d word-pieces (the longest %d) were split into "
+                "chunks of at most %d; a line without a sentence end (. ! ?) is read as one sentence.",
+                self.corpus_name,
+                n_long,
+                self.max_length,
+                longest,
+                chunk,
+            )
         flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
         counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
@@ -1038,15 +1076,31 @@ class PosBertDataModule(LightningDataModule):
         a0, a1, b0, b1, label = build_nsp_pairs(
             docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens
         )
-        a = a0
-        if len(a) == 0:
+        if len(a0) == 0:
             raise DataError(
                 f"{self.corpus_name}: no document has two sentences, so no NSP pair can be built."
             )
         tok = self.tokenizer
-        n_val = max(1, int(round(self.val_fraction * len(a)))) if len(a) > 1 else 0
-        perm = np.random.default_rng(self.seed + 1).permutation(len(a))
-        val_idx, train_idx = perm[:n_val], perm[n_val:] if n_val < len(a) else perm
+        n_val = max(1, int(round(self.val_fraction * len(a0))))
+        if len(a0) - n_val < 2:
+            raise DataError(
+                f"{self.corpus_name}: the corpus yields {len(a0)} NSP pair(s) ({len(input_ids)} sentences in "
+                f"{self.n_documents} document(s)), {n_val} of them for validation (data.val_fraction="
+                f"{self.val_fraction}); pre-training needs at least 2 training pairs and 1 validation pair: "
+                "give it more text."
+            )
+        perm = np.random.default_rng(self.seed + 1).permutation(len(a0))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        sentence_ids: dict[tuple[int, ...], int] = {}
+        text_id = np.asarray([sentence_ids.setdefault(tuple(x), len(sentence_ids)) for x in input_ids])
+        trained = set(_segment_keys(text_id, a0[train_idx], a1[train_idx]))
+        seen = sum(k in trained for k in _segment_keys(text_id, a0[val_idx], a1[val_idx]))
+        if 2 * seen >= n_val:
+            raise DataError(
+                f"{self.corpus_name}: {seen} of the {n_val} validation pairs open with a segment that is also "
+                "a training pair's (the text repeats itself), so validation would measure memorisation: "
+                "give it text that does not repeat."
+            )
 
         def subset(idx):
             return NSPPairs(
@@ -1062,7 +1116,7 @@ class PosBertDataModule(LightningDataModule):
                 self.max_length,
             )
 
-        self.train_set, self.val_set = subset(train_idx), subset(val_idx if n_val else train_idx[:1])
+        self.train_set, self.val_set = subset(train_idx), subset(val_idx)
         kw = dict(
             pad_id=tok.pad_token_id,
             mask_id=tok.mask_token_id,
