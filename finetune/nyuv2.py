@@ -99,6 +99,7 @@ class NYUv2Suite(VisionSuite):
         image_size: the model's input size (must equal the pre-trained model's).
         crop_scale: area range of the training random-resized crop.
         ignore_index: semseg value of void pixels.
+        depth_unit: unit of the depth PNGs' uint16 values: ``mm`` | ``1e-4m`` | ``m`` (png format).
         train_size / dev_size: at most this many images per split (null: all).
         batch_size / num_workers / input_modalities / seed / smoke: as in :class:`VisionSuite`.
     """
@@ -117,6 +118,7 @@ class NYUv2Suite(VisionSuite):
         image_size: int = 224,
         crop_scale: Sequence[float] = (0.5, 1.0),
         ignore_index: int = IGNORE_INDEX,
+        depth_unit: str = "mm",
         train_size: int | None = None,
         dev_size: int | None = None,
         batch_size: int = 16,
@@ -166,6 +168,7 @@ class NYUv2Suite(VisionSuite):
             image_size=self.image_size,
             crop_scale=crop_scale,
             ignore_index=self.ignore_index,
+            depth_unit=depth_unit,
         )
         # opened here, so a missing or malformed file fails when the suite is built
         self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
@@ -173,6 +176,11 @@ class NYUv2Suite(VisionSuite):
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
 
     render_once = False  # random crops: a fresh crop every epoch
+
+    def validate(self) -> None:
+        """Before pre-training: every PNG opened, depth of the first images in metres (``NYUv2Dataset.validate``)."""
+        self.train_set.validate()
+        self.dev_set.validate()
 
     def datasets(self) -> tuple[NYUv2Dataset, NYUv2Dataset]:
         return self.train_set, self.dev_set
