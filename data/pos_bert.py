@@ -84,19 +84,49 @@ def penn_to_group(tags: list[str]) -> list[int]:
     return out
 
 
+_nltk_download_tried = False  # the tagger is downloaded at most once per process
+
+
 def require_nltk_tagger() -> None:
-    """Fail with one sentence when NLTK's English tagger data is not installed."""
+    """Make sure NLTK's English tagger data is installed: when it is missing, ``nltk.download`` it once
+    (quietly, with one progress line); offline, or when that fails, stop with one sentence saying how to
+    install it."""
+    global _nltk_download_tried
     try:
         import nltk
     except ImportError as e:  # pragma: no cover - nltk is a dependency
         raise DataError("data.text_file needs the nltk package: pip install nltk.") from e
+    resource = f"taggers/{NLTK_TAGGER}/"
     try:
-        nltk.data.find(f"taggers/{NLTK_TAGGER}/")
-    except LookupError as e:
-        raise DataError(
-            f"NLTK resource 'taggers/{NLTK_TAGGER}' is missing: install it with "
-            f"`python -m nltk.downloader {NLTK_TAGGER}` or set NLTK_DATA to a folder that contains it."
-        ) from e
+        nltk.data.find(resource)
+        return
+    except LookupError:
+        pass
+    if not _nltk_download_tried:
+        _nltk_download_tried = True
+        log.info("NLTK resource %s is missing: downloading it once with nltk.download ...", NLTK_TAGGER)
+        import io
+        import socket
+
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a network that drops packets must not hang the run
+        try:
+            ok = nltk.download(NLTK_TAGGER, quiet=True, print_error_to=io.StringIO())
+        except Exception:  # noqa: BLE001 - offline, proxy, disk: the sentence below says what to do
+            ok = False
+        finally:
+            socket.setdefaulttimeout(timeout)
+        if ok:
+            try:
+                nltk.data.find(resource)
+                log.info("NLTK resource %s downloaded.", NLTK_TAGGER)
+                return
+            except LookupError:
+                pass
+    raise DataError(
+        f"NLTK resource 'taggers/{NLTK_TAGGER}' is missing: install it with "
+        f"`python -m nltk.downloader {NLTK_TAGGER}` or set NLTK_DATA to a folder that contains it."
+    )
 
 
 def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:

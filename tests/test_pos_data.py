@@ -280,13 +280,45 @@ def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
     assert batch["input_ids"].shape[0] == len(dm.train_set) >= 1
 
 
-def test_missing_nltk_resource_names_it(tmp_path, monkeypatch):
+def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monkeypatch, caplog):
     import nltk
 
-    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty_nltk")])
-    with pytest.raises(DataError) as e:
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    monkeypatch.setattr(pb, "_nltk_download_tried", False)
+    calls = []
+
+    def offline(resource, **kwargs):  # what nltk.download does without a network: False, nothing installed
+        calls.append((resource, kwargs.get("quiet")))
+        return False
+
+    monkeypatch.setattr(nltk, "download", offline)
+    with caplog.at_level(logging.INFO, logger="data.pos_bert"), pytest.raises(DataError) as e:
         pb.require_nltk_tagger()
-    assert "averaged_perceptron_tagger_eng" in str(e.value) and "python -m nltk.downloader" in str(e.value)
+    assert str(e.value) == (
+        "NLTK resource 'taggers/averaged_perceptron_tagger_eng' is missing: install it with `python -m "
+        "nltk.downloader averaged_perceptron_tagger_eng` or set NLTK_DATA to a folder that contains it."
+    )
+    assert calls == [("averaged_perceptron_tagger_eng", True)]  # quietly
+    assert [r.getMessage() for r in caplog.records] == [
+        "NLTK resource averaged_perceptron_tagger_eng is missing: downloading it once with nltk.download ..."
+    ]
+    with pytest.raises(DataError, match="python -m nltk.downloader"):
+        pb.require_nltk_tagger()
+    assert len(calls) == 1  # once per process, not at every call
+
+    def online(resource, **kwargs):  # installs the resource where NLTK looks
+        calls.append((resource, kwargs.get("quiet")))
+        (tmp_path / "nltk_data" / "taggers" / resource).mkdir(parents=True)
+        return True
+
+    monkeypatch.setattr(nltk, "download", online)
+    monkeypatch.setattr(pb, "_nltk_download_tried", False)
+    pb.require_nltk_tagger()
+    assert (
+        len(calls) == 2 and (tmp_path / "nltk_data" / "taggers" / "averaged_perceptron_tagger_eng").is_dir()
+    )
+    pb.require_nltk_tagger()  # found: no further download
+    assert len(calls) == 2
 
 
 def test_each_cache_logs_one_line_built_then_hit_with_its_path(tmp_path, caplog):
