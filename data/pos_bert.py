@@ -343,17 +343,26 @@ def split_long_sentences(
     longest = max(len(input_ids[i]) for i in long)
     out_ids, out_pos, out_docs = [], [], []
     for ids, groups, doc in zip(input_ids, pos, docs.tolist()):
-        if len(ids) <= max_length:
-            out_ids.append(ids), out_pos.append(groups), out_docs.append(doc)
-            continue
-        for k in range(0, len(ids), chunk):
-            out_ids.append(ids[k : k + chunk]), out_pos.append(groups[k : k + chunk]), out_docs.append(doc)
+        step = chunk if len(ids) > max_length else max(1, len(ids))
+        for k in range(0, len(ids), step):
+            out_ids.append(ids[k : k + step])
+            out_pos.append(groups[k : k + step])
+            out_docs.append(doc)
     return out_ids, out_pos, np.asarray(out_docs, dtype=np.int64), len(long), longest
 
 
-def _segment_keys(sentence_ids: np.ndarray, start: np.ndarray, end: np.ndarray) -> list[tuple[int, ...]]:
-    """The text of each segment ``[start, end)`` as a tuple of sentence ids (equal text, equal id)."""
-    return [tuple(sentence_ids[s:e].tolist()) for s, e in zip(start, end)]
+def repeated_segments(input_ids: list[list[int]], a0, a1, train_idx, val_idx) -> int:
+    """How many validation pairs open with a segment A whose text is also a training pair's segment A (text
+    compared through a hash of each sentence's word-pieces; only the validation keys are kept in memory)."""
+    sentence = np.asarray([hash(tuple(x)) for x in input_ids], dtype=np.int64)
+
+    def keys(idx):
+        return (tuple(sentence[a0[i] : a1[i]].tolist()) for i in idx)
+
+    val_keys = list(keys(val_idx))
+    wanted = set(val_keys)
+    trained = {k for k in keys(train_idx) if k in wanted}
+    return sum(k in trained for k in val_keys)
 
 
 class NSPPairs(torch.utils.data.Dataset):
@@ -866,9 +875,8 @@ class PosBertDataModule(LightningDataModule):
         self.group_counts: dict[str, int] = {}
         self.n_documents = 0  # documents of the corpus (setup); NSP needs at least 2
         self.cache_hits: dict[str, bool] = {}
-        self._dir_files: list[Path] | None = (
-            None  # data.text_dir's text files, once validate() has listed them
-        )
+        # data.text_dir's text files, once validate() has listed them (and warned about binary ones)
+        self._dir_files: list[Path] | None = None
         self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
         self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
 
@@ -1121,10 +1129,7 @@ class PosBertDataModule(LightningDataModule):
             )
         perm = np.random.default_rng(self.seed + 1).permutation(len(a0))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        sentence_ids: dict[tuple[int, ...], int] = {}
-        text_id = np.asarray([sentence_ids.setdefault(tuple(x), len(sentence_ids)) for x in input_ids])
-        trained = set(_segment_keys(text_id, a0[train_idx], a1[train_idx]))
-        seen = sum(k in trained for k in _segment_keys(text_id, a0[val_idx], a1[val_idx]))
+        seen = repeated_segments(input_ids, a0, a1, train_idx, val_idx)
         if 2 * seen >= n_val:
             raise DataError(
                 f"{self.corpus_name}: {seen} of the {n_val} validation pairs open with a segment that is also "
