@@ -212,6 +212,9 @@ class ConvexDataModule(L.LightningDataModule):
         self.val_size = 2 * batch_size if smoke else val_size
         self.seed = seed
 
+    def validate(self) -> None:
+        """Start-up check of the inputs (``pretrain/pipeline.py``): generated data, nothing to read."""
+
     @property
     def task_names(self) -> list[str]:
         return [f"task{t}" for t in range(self.tasks.num_tasks)]

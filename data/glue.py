@@ -130,11 +130,14 @@ def looks_like_header(row: list[str], task: GlueTask) -> bool:
         return any(cell.strip().lower() in names for cell in row)
 
 
-def read_tsv(path: Path, task: GlueTask, skip_malformed: bool | None = None) -> list[Example]:
+def read_tsv(
+    path: Path, task: GlueTask, skip_malformed: bool | None = None, log_skipped: bool = True
+) -> list[Example]:
     """Read one GLUE TSV. A first row that looks like the header (:func:`looks_like_header`) is dropped. A
     malformed row (too few columns, not a label) fails naming ``<file>:<line>``, or is skipped when
     ``skip_malformed`` is true; ``None`` does what GLUE's processor does for the task (QQP skips, the others
-    fail). Skipped rows are counted in one warning per file."""
+    fail). Skipped rows are counted in one warning per file (``log_skipped=False``: not again, when the
+    suite's start-up check has already said it)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"GLUE task {task.name}: no file {path}.")
@@ -166,7 +169,7 @@ def read_tsv(path: Path, task: GlueTask, skip_malformed: bool | None = None) -> 
                 ) from None
             b = row[task.b_col] if task.b_col is not None else None
             examples.append(Example(row[task.a_col], b, label))
-    if skipped:
+    if skipped and log_skipped:
         log.warning(
             "%s: skipped %d malformed %s row(s) of %d (first at %s).",
             path,
@@ -181,8 +184,11 @@ def read_tsv(path: Path, task: GlueTask, skip_malformed: bool | None = None) -> 
     return examples
 
 
-def load_local(name: str, data_dir: str | Path, skip_malformed: bool | None = None) -> TaskData:
-    """A task from ``<data_dir>/<TASK>/train.tsv`` and its dev file (``skip_malformed``: see :func:`read_tsv`)."""
+def load_local(
+    name: str, data_dir: str | Path, skip_malformed: bool | None = None, log_skipped: bool = True
+) -> TaskData:
+    """A task from ``<data_dir>/<TASK>/train.tsv`` and its dev file (``skip_malformed``, ``log_skipped``: see
+    :func:`read_tsv`)."""
     task = resolve(name)
     folder = Path(data_dir) / task.folder
     if not folder.is_dir():
@@ -193,8 +199,8 @@ def load_local(name: str, data_dir: str | Path, skip_malformed: bool | None = No
     dev = folder / task.dev_file
     if not dev.is_file():
         raise DataError(f"GLUE task {task.name}: {dev} is missing.")
-    train = read_tsv(folder / "train.tsv", task, skip_malformed)
-    return TaskData(spec=task.spec, train=train, dev=read_tsv(dev, task, skip_malformed))
+    train = read_tsv(folder / "train.tsv", task, skip_malformed, log_skipped)
+    return TaskData(spec=task.spec, train=train, dev=read_tsv(dev, task, skip_malformed, log_skipped))
 
 
 def from_hub_split(split, task: GlueTask) -> list[Example]:
@@ -208,9 +214,9 @@ def from_hub_split(split, task: GlueTask) -> list[Example]:
     return out
 
 
-def load_hub(name: str, dataset: str = "nyu-mll/glue", cache_dir: str | None = None) -> TaskData:
-    """A task from the hub (needs the network or a populated ``datasets`` cache)."""
-    task = resolve(name)
+def _hub_dataset(task: GlueTask, dataset: str, cache_dir: str | None):
+    """``nyu-mll/glue``'s configuration of ``task`` with its train and dev splits and columns checked; one
+    sentence for anything that fails (offline, renamed, another dataset)."""
     try:
         from datasets import load_dataset
 
@@ -220,6 +226,32 @@ def load_hub(name: str, dataset: str = "nyu-mll/glue", cache_dir: str | None = N
             f"GLUE task {task.name}: could not load {dataset}/{task.hub_config} from the hub or its cache "
             f"({type(exc).__name__}); use downstream.source=local downstream.data_dir=<GLUE folder> offline."
         ) from None
+    columns = [c for c in (task.hub_a, task.hub_b, "label") if c]
+    for split in ("train", task.hub_dev_split):
+        if split not in ds:
+            raise DataError(
+                f"GLUE task {task.name}: {dataset}/{task.hub_config} has no split {split!r} "
+                f"(it has {', '.join(ds)}); is downstream.hub_dataset a copy of nyu-mll/glue?"
+            )
+        missing = [c for c in columns if c not in ds[split].column_names]
+        if missing:
+            raise DataError(
+                f"GLUE task {task.name}: {dataset}/{task.hub_config} split {split!r} lacks column(s) "
+                f"{', '.join(missing)}; is downstream.hub_dataset a copy of nyu-mll/glue?"
+            )
+    return ds
+
+
+def check_hub(name: str, dataset: str = "nyu-mll/glue", cache_dir: str | None = None) -> None:
+    """Resolve a task's hub dataset (download it, or find it in the ``datasets`` cache) and check its splits and
+    columns, without converting any row: the suite's start-up check."""
+    _hub_dataset(resolve(name), dataset, cache_dir)
+
+
+def load_hub(name: str, dataset: str = "nyu-mll/glue", cache_dir: str | None = None) -> TaskData:
+    """A task from the hub (needs the network or a populated ``datasets`` cache)."""
+    task = resolve(name)
+    ds = _hub_dataset(task, dataset, cache_dir)
     return TaskData(
         spec=task.spec,
         train=from_hub_split(ds["train"], task),

@@ -79,6 +79,15 @@ class ClassFolder(ImageFolder):
             )
         return classes, {c: i for i, c in enumerate(classes)}
 
+    def validate(self) -> None:
+        """Open every image's header (no decoding): an unreadable or non-image file is a DataError naming it."""
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as img:
+                    img.size  # noqa: B018 - the header is parsed on open; size proves it has one
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path} is not a readable image ({exc}).") from None
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rgb, label = super().__getitem__(index)
         return {"rgb": rgb, "label": torch.tensor(label, dtype=torch.long)}

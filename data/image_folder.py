@@ -294,6 +294,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         n = len(self.train_set)
         self.samples_per_epoch = n if samples_per_epoch is None else min(int(samples_per_epoch), n)
 
+    def validate(self) -> None:
+        """Start-up check of the inputs (``pretrain/pipeline.py``): the folder was scanned and every image
+        matched with its pseudo-labels when the module was built; nothing more to read."""
+
     def _items(self, split_root: Path, classes: list[str], where: str) -> list[tuple[Path, int]]:
         images = find_images(split_root)
         if not images:

@@ -7,8 +7,13 @@ Two on-disk formats, chosen by ``format`` (``auto`` picks whichever is present u
   classes (0 = unlabelled) -- MATLAB's column-major order shows the axes transposed. Beside it the split
   file ``splits.mat`` (``trainNdxs`` / ``testNdxs``, 1-based) and a 894 -> 40 class mapping
   (``classMapping40.mat`` with ``mapClass``, or a ``.npy`` of 895 ints whose entry 0 is 0).
-* ``png``: ``<root>/{train,test}/{rgb,depth,label}/<id>.png`` with depth uint16 millimetres (0 = no
-  measurement) and labels uint8 (0 = void, classes 1..40).
+* ``png``: ``<root>/{train,test}/{rgb,depth,label}/<id>.png`` with depth uint16 in ``depth_unit``
+  (``mm`` by default, ``1e-4m`` for raw Kinect-style exports, ``m``; 0 = no measurement) and labels uint8
+  (0 = void, classes 1..40).
+
+:meth:`NYUv2Dataset.validate` (called before pre-training) opens every PNG and checks that the median valid
+depth of the first images lies in 0.3-15 m (indoor scenes): depth read in the wrong unit stops the run with
+one sentence naming ``downstream.depth_unit`` instead of scoring delta_1 = 0.
 
 Samples have the format of data/scenes.py: ``rgb`` (3, H, W) normalised with its RGB_MEAN / RGB_STD,
 ``depth`` (1, H, W) metres, ``semseg`` (H, W) int64 with classes 0..39 and void -> ``ignore_index``.
@@ -44,6 +49,10 @@ NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_INDEX = 255
 SPLITS = ("train", "test")
 FORMATS = ("auto", "mat", "png")
+#: metres per unit of a depth PNG's uint16 values (``downstream.depth_unit``)
+DEPTH_UNITS = {"mm": 1e-3, "1e-4m": 1e-4, "m": 1.0}
+#: median depth (metres) an NYUv2 image must have: indoor scenes, as the Kinect measures them
+DEPTH_RANGE = (0.3, 15.0)
 
 
 def _loadmat(path: Path) -> dict:
@@ -153,10 +162,12 @@ class _MatSource:
 
 
 class _PngSource:
-    """``<root>/<split>/{rgb,depth,label}/<id>.png``; depth uint16 mm, labels uint8 (0 void, 1..40)."""
+    """``<root>/<split>/{rgb,depth,label}/<id>.png``; depth uint16 in units of ``depth_scale`` metres (mm:
+    1e-3), labels uint8 (0 void, 1..40)."""
 
-    def __init__(self, root: Path, split: str) -> None:
+    def __init__(self, root: Path, split: str, depth_scale: float = DEPTH_UNITS["mm"]) -> None:
         self.dir = Path(root) / split
+        self.depth_scale = float(depth_scale)
         rgb_dir = self.dir / "rgb"
         if not rgb_dir.is_dir():
             raise DataError(f"NYUv2 png format: no folder {rgb_dir}.")
@@ -186,7 +197,32 @@ class _PngSource:
             raise DataError(f"{self.dir}/label|depth/{i}.png must be single-channel PNGs.")
         if label.max() > NUM_CLASSES:
             raise DataError(f"{self.dir / 'label' / i}.png holds label {label.max()} > {NUM_CLASSES}.")
-        return rgb, depth.astype(np.float32) / 1000.0, label.astype(np.int64)
+        return rgb, depth.astype(np.float32) * np.float32(self.depth_scale), label.astype(np.int64)
+
+    def check_files(self, ids: Sequence[str]) -> None:
+        """Open every PNG of ``ids`` (headers only): rgb, depth and label of an image must be PNGs of one size,
+        depth and label single-channel; one sentence naming the first file that is not."""
+        for i in ids:
+            sizes = {}
+            for kind in ("rgb", "depth", "label"):
+                path = self.dir / kind / f"{i}.png"
+                try:
+                    with Image.open(path) as img:
+                        sizes[kind], mode, fmt = img.size, img.mode, img.format
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{path} is not a readable PNG ({exc}).") from None
+                if fmt != "PNG":
+                    raise DataError(f"{path} is not a PNG (it is {fmt}).")
+                if kind != "rgb" and mode not in ("L", "I", "I;16", "I;16B", "P"):
+                    raise DataError(f"{path} must be a single-channel PNG, got mode {mode}.")
+            if len(set(sizes.values())) != 1:
+                raise DataError(
+                    f"{self.dir}/{{rgb,depth,label}}/{i}.png differ in size ({sizes}): they must be aligned."
+                )
+
+
+def _metres(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.3g}"
 
 
 def detect_format(root: Path, mat_file: str, fmt: str = "auto") -> str:
@@ -226,9 +262,16 @@ class NYUv2Dataset(Dataset):
         crop_scale: Sequence[float] = (0.5, 1.0),
         ignore_index: int = IGNORE_INDEX,
         limit: int | None = None,
+        depth_unit: str = "mm",
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"NYUv2 split {split!r} must be train or test.")
+        if depth_unit not in DEPTH_UNITS:
+            raise ConfigError(
+                f"downstream.depth_unit={depth_unit!r} must be one of {', '.join(DEPTH_UNITS)} (the unit of the "
+                "depth PNGs' values)."
+            )
+        self.split, self.depth_unit = split, str(depth_unit)
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"downstream.root: no NYUv2 folder at {self.root}.")
@@ -239,7 +282,7 @@ class NYUv2Dataset(Dataset):
             self.source: _MatSource | _PngSource = _MatSource(self._path(mat_file), mapping)
             self.indices = load_splits(self._path(splits_file), self.source.n)[split]
         else:
-            self.source = _PngSource(self.root, split)
+            self.source = _PngSource(self.root, split, DEPTH_UNITS[self.depth_unit])
             self.indices = np.arange(self.source.n)
         if limit is not None:
             self.indices = self.indices[: int(limit)]
@@ -254,6 +297,40 @@ class NYUv2Dataset(Dataset):
             )
         else:
             self.transform = v2.Resize(size, antialias=True)
+
+    def validate(self, depth_images: int = 4) -> None:
+        """Start-up check, before any pre-training: every PNG of the split is opened (png format; the .mat
+        file's datasets were checked when it was opened), and the median valid depth of the first
+        ``depth_images`` images must lie in 0.3-15 m, else one sentence naming the key to set."""
+        if isinstance(self.source, _PngSource):
+            self.source.check_files([self.source.ids[int(i)] for i in self.indices])
+        first = [self.source.read(int(i))[1] for i in self.indices[:depth_images]]
+        valid = np.concatenate([d[d > 0].ravel() for d in first]) if first else np.zeros(0)
+        if valid.size == 0:
+            raise DataError(
+                f"NYUv2 {self.split} images under {self.root}: the first {len(first)} have no depth."
+            )
+        median = float(np.median(valid))
+        low, high = DEPTH_RANGE
+        if low <= median <= high:
+            return
+        where = f"the median depth of the first {len(first)} {self.split} images under {self.root} is {_metres(median)} m"
+        if isinstance(self.source, _MatSource):
+            raise DataError(
+                f"downstream.mat_file: {where}, outside the {low:g}-{high:g} m of indoor scenes; NYUv2's labelled "
+                f"set {self.source.path} holds depth in metres: is it that file?"
+            )
+        raw = median / DEPTH_UNITS[self.depth_unit]
+        fits = [u for u, scale in DEPTH_UNITS.items() if low <= raw * scale <= high]
+        hint = (
+            f"set downstream.depth_unit={fits[0]} (median {_metres(raw * DEPTH_UNITS[fits[0]])} m)"
+            if fits
+            else f"is it depth? (downstream.depth_unit: {', '.join(DEPTH_UNITS)})"
+        )
+        raise DataError(
+            f"downstream.depth_unit={self.depth_unit}: {where}, outside the {low:g}-{high:g} m of indoor scenes; "
+            f"{hint}."
+        )
 
     def _path(self, name: str) -> Path:
         path = Path(name).expanduser()

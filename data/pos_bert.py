@@ -84,19 +84,49 @@ def penn_to_group(tags: list[str]) -> list[int]:
     return out
 
 
+_nltk_download_tried = False  # the tagger is downloaded at most once per process
+
+
 def require_nltk_tagger() -> None:
-    """Fail with one sentence when NLTK's English tagger data is not installed."""
+    """Make sure NLTK's English tagger data is installed: when it is missing, ``nltk.download`` it once
+    (quietly, with one progress line); offline, or when that fails, stop with one sentence saying how to
+    install it."""
+    global _nltk_download_tried
     try:
         import nltk
     except ImportError as e:  # pragma: no cover - nltk is a dependency
         raise DataError("data.text_file needs the nltk package: pip install nltk.") from e
+    resource = f"taggers/{NLTK_TAGGER}/"
     try:
-        nltk.data.find(f"taggers/{NLTK_TAGGER}/")
-    except LookupError as e:
-        raise DataError(
-            f"NLTK resource 'taggers/{NLTK_TAGGER}' is missing: install it with "
-            f"`python -m nltk.downloader {NLTK_TAGGER}` or set NLTK_DATA to a folder that contains it."
-        ) from e
+        nltk.data.find(resource)
+        return
+    except LookupError:
+        pass
+    if not _nltk_download_tried:
+        _nltk_download_tried = True
+        log.info("NLTK resource %s is missing: downloading it once with nltk.download ...", NLTK_TAGGER)
+        import io
+        import socket
+
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)  # a network that drops packets must not hang the run
+        try:
+            ok = nltk.download(NLTK_TAGGER, quiet=True, print_error_to=io.StringIO())
+        except Exception:  # noqa: BLE001 - offline, proxy, disk: the sentence below says what to do
+            ok = False
+        finally:
+            socket.setdefaulttimeout(timeout)
+        if ok:
+            try:
+                nltk.data.find(resource)
+                log.info("NLTK resource %s downloaded.", NLTK_TAGGER)
+                return
+            except LookupError:
+                pass
+    raise DataError(
+        f"NLTK resource 'taggers/{NLTK_TAGGER}' is missing: install it with "
+        f"`python -m nltk.downloader {NLTK_TAGGER}` or set NLTK_DATA to a folder that contains it."
+    )
 
 
 def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:
@@ -298,6 +328,41 @@ def build_nsp_pairs(
         return empty, empty, empty, empty, empty
     a0, a1, b0, b1, label = (np.asarray(c, dtype=np.int64) for c in zip(*out))
     return a0, a1, b0, b1, label
+
+
+def split_long_sentences(
+    input_ids: list[list[int]], pos: list[list[int]], docs: np.ndarray, max_length: int, chunk: int
+) -> tuple[list[list[int]], list[list[int]], np.ndarray, int, int]:
+    """Split every "sentence" longer than ``max_length`` word-pieces (a line without a sentence end, a table
+    flattened into one line, ...) into consecutive chunks of at most ``chunk`` pieces, in its document; the rest
+    stay as they are. Returns ``(input_ids, pos, docs, n_split, longest)``: ``n_split`` sentences were split,
+    the longest had ``longest`` pieces."""
+    long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
+    if not long:
+        return input_ids, pos, docs, 0, 0
+    longest = max(len(input_ids[i]) for i in long)
+    out_ids, out_pos, out_docs = [], [], []
+    for ids, groups, doc in zip(input_ids, pos, docs.tolist()):
+        step = chunk if len(ids) > max_length else max(1, len(ids))
+        for k in range(0, len(ids), step):
+            out_ids.append(ids[k : k + step])
+            out_pos.append(groups[k : k + step])
+            out_docs.append(doc)
+    return out_ids, out_pos, np.asarray(out_docs, dtype=np.int64), len(long), longest
+
+
+def repeated_segments(input_ids: list[list[int]], a0, a1, train_idx, val_idx) -> int:
+    """How many validation pairs open with a segment A whose text is also a training pair's segment A (text
+    compared through a hash of each sentence's word-pieces; only the validation keys are kept in memory)."""
+    sentence = np.asarray([hash(tuple(x)) for x in input_ids], dtype=np.int64)
+
+    def keys(idx):
+        return (tuple(sentence[a0[i] : a1[i]].tolist()) for i in idx)
+
+    val_keys = list(keys(val_idx))
+    wanted = set(val_keys)
+    trained = {k for k in keys(train_idx) if k in wanted}
+    return sum(k in trained for k in val_keys)
 
 
 class NSPPairs(torch.utils.data.Dataset):
@@ -504,8 +569,9 @@ def check_encoding(encoding: str) -> str:
         ) from None
 
 
-def _decode_error(path: Path, encoding: str, key: str) -> DataError:
-    """The one sentence for a file that does not decode: where (byte offset, line) and what to set."""
+def decode_error(path: Path, encoding: str, key: str) -> DataError | None:
+    """The one sentence for a file that does not decode as ``encoding`` (where: byte offset and line; what to
+    set), or ``None`` when the whole file decodes. Reads the bytes in 1 MiB chunks (no text is kept)."""
     decoder = codecs.getincrementaldecoder(encoding)()
     fed, lines = 0, 1
     with path.open("rb") as f:
@@ -526,10 +592,13 @@ def _decode_error(path: Path, encoding: str, key: str) -> DataError:
                     f"set data.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
                 )
             if final:
-                break
+                return None
             fed += len(chunk)
             lines += chunk.count(b"\n")
-    return DataError(
+
+
+def _decode_failure(path: Path, encoding: str, key: str) -> DataError:
+    return decode_error(path, encoding, key) or DataError(
         f"{key}: {path} does not decode as {encoding}; set data.encoding=latin-1 (or its encoding)."
     )
 
@@ -546,6 +615,24 @@ def _binary_reason(path: Path, encoding: str) -> str | None:
     return None
 
 
+def check_text_file(path: Path, encoding: str = "utf-8") -> None:
+    """``data.text_file`` at start-up, before any pre-training (bytes only: no sentence splitting, no tagging):
+    a missing file, a binary one (NUL bytes, or mostly undecodable) or one that does not decode as
+    ``encoding`` (naming the byte offset) fails with one sentence."""
+    if not path.is_file():
+        raise DataError(f"data.text_file: {path} does not exist.")
+    encoding = check_encoding(encoding)
+    reason = _binary_reason(path, encoding)
+    if reason is not None:
+        raise DataError(
+            f"data.text_file: {path} looks binary, not {encoding} text ({reason}): point data.text_file at a "
+            f"text file (or set data.encoding if it is text in another encoding, e.g. utf-16)."
+        )
+    err = decode_error(path, encoding, "data.text_file")
+    if err is not None:
+        raise err
+
+
 def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
     """Sentences and their document index from a text file in ``encoding`` (see :func:`split_documents`).
     Raises ``DataError`` naming the file when it is missing, does not decode (with the byte offset) or has
@@ -557,14 +644,13 @@ def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list
         with path.open(encoding=encoding) as f:
             return split_documents(f, f"data.text_file: {path}")
     except UnicodeDecodeError:
-        raise _decode_error(path, encoding, "data.text_file") from None
+        raise _decode_failure(path, encoding, "data.text_file") from None
 
 
-def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
-    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (searched recursively,
-    sorted): each file is one document, or several separated by blank lines. A binary file (NUL bytes, or
-    mostly undecodable) is skipped with a warning naming it; a text file that does not decode fails naming
-    it and the byte offset. Raises ``DataError`` naming the folder when no text file is left."""
+def text_dir_files(path: Path, encoding: str = "utf-8") -> list[Path]:
+    """The text files of a ``data.text_dir`` (``*.txt``, searched recursively, sorted). A binary file (NUL bytes,
+    or mostly undecodable as ``encoding``) is skipped with a warning naming it; ``DataError`` naming the folder
+    when it is missing or no text file is left."""
     if not path.is_dir():
         raise DataError(f"data.text_dir: {path} is not a folder.")
     encoding = check_encoding(encoding)
@@ -583,6 +669,18 @@ def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[
             f"data.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
             f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.encoding."
         )
+    return texts
+
+
+def read_text_dir(
+    path: Path, encoding: str = "utf-8", files: list[Path] | None = None
+) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (``files``: those of
+    :func:`text_dir_files`, which skips binary files with a warning). Each file is one document, or several
+    separated by blank lines (or ``= Title =`` headings). A text file that does not decode fails naming it and
+    the byte offset."""
+    encoding = check_encoding(encoding)
+    texts = text_dir_files(path, encoding) if files is None else files
 
     def lines():
         for f in texts:
@@ -590,7 +688,7 @@ def read_text_dir(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[
                 with f.open(encoding=encoding) as fh:
                     yield from fh
             except UnicodeDecodeError:
-                raise _decode_error(f, encoding, "data.text_dir") from None
+                raise _decode_failure(f, encoding, "data.text_dir") from None
             yield ""  # a file ends its last document
 
     return split_documents(lines(), f"data.text_dir: {path}")
@@ -777,10 +875,27 @@ class PosBertDataModule(LightningDataModule):
         self.group_counts: dict[str, int] = {}
         self.n_documents = 0  # documents of the corpus (setup); NSP needs at least 2
         self.cache_hits: dict[str, bool] = {}
+        # data.text_dir's text files, once validate() has listed them (and warned about binary ones)
+        self._dir_files: list[Path] | None = None
         self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
         self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
 
     # -- sources --------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Start-up check of a local corpus, before any pre-training (bytes only, seconds even for gigabytes: no
+        sentence splitting, no tagging): ``data.text_file`` must be text that decodes as ``data.encoding``;
+        ``data.text_dir`` must hold a text file (binary ones are skipped with a warning, here, once) and each
+        must decode. A hub or saved dataset is read in ``setup`` (when no cache holds it), before the first
+        step."""
+        if self.text_file is not None:
+            check_text_file(self.text_file, self.encoding)
+        elif self.text_dir is not None:
+            self._dir_files = text_dir_files(self.text_dir, self.encoding)
+            for f in self._dir_files:
+                err = decode_error(f, self.encoding, "data.text_dir")
+                if err is not None:
+                    raise err
+
     @property
     def corpus_name(self) -> str:
         """The pre-training corpus as its config key says it, for messages."""
@@ -857,7 +972,7 @@ class PosBertDataModule(LightningDataModule):
             if self.text_file is not None:
                 texts, docs = read_text_file(self.text_file, self.encoding)
             elif self.text_dir is not None:
-                texts, docs = read_text_dir(self.text_dir, self.encoding)
+                texts, docs = read_text_dir(self.text_dir, self.encoding, self._dir_files)
             elif self.disk_dataset is not None:
                 texts, docs = read_disk_dataset(
                     self.disk_dataset, self.hf_split, self.text_column, self.max_rows
@@ -961,13 +1076,25 @@ class PosBertDataModule(LightningDataModule):
         self.tagged = self.build_tagged(self.tokenizer)
         self._raw_cache = None
         if len(self.tagged) == 0:
-            where = f"data.text_file={self.text_file}" if self.text_file else f"data.n_docs={self.n_docs}"
-            where = f"data.hf_dataset={self.hf_dataset}" if self.hf_dataset and not self.text_file else where
-            raise DataError(f"{where}: the corpus has no token after tokenization (empty corpus).")
+            raise DataError(f"{self.corpus_name}: the corpus has no token after tokenization (empty corpus).")
         table = self.tagged.data
         docs = np.asarray(table.column("doc").to_pylist(), dtype=np.int64)
         input_ids = table.column("input_ids").to_pylist()
         pos = table.column("pos").to_pylist()
+        chunk = max(1, (self.max_length - 3) // 2)  # two chunks fill a pair: none is truncated
+        input_ids, pos, docs, n_long, longest = split_long_sentences(
+            input_ids, pos, docs, self.max_length, chunk
+        )
+        if n_long:
+            log.warning(
+                "%s: %d sentence(s) longer than data.max_length=%d word-pieces (the longest %d) were split into "
+                "chunks of at most %d; a line without a sentence end (. ! ?) is read as one sentence.",
+                self.corpus_name,
+                n_long,
+                self.max_length,
+                longest,
+                chunk,
+            )
         flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
         counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
@@ -987,15 +1114,28 @@ class PosBertDataModule(LightningDataModule):
         a0, a1, b0, b1, label = build_nsp_pairs(
             docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens
         )
-        a = a0
-        if len(a) == 0:
+        if len(a0) == 0:
             raise DataError(
                 f"{self.corpus_name}: no document has two sentences, so no NSP pair can be built."
             )
         tok = self.tokenizer
-        n_val = max(1, int(round(self.val_fraction * len(a)))) if len(a) > 1 else 0
-        perm = np.random.default_rng(self.seed + 1).permutation(len(a))
-        val_idx, train_idx = perm[:n_val], perm[n_val:] if n_val < len(a) else perm
+        n_val = max(1, int(round(self.val_fraction * len(a0))))
+        if len(a0) - n_val < 2:
+            raise DataError(
+                f"{self.corpus_name}: the corpus yields {len(a0)} NSP pair(s) ({len(input_ids)} sentences in "
+                f"{self.n_documents} document(s)), {n_val} of them for validation (data.val_fraction="
+                f"{self.val_fraction}); pre-training needs at least 2 training pairs and 1 validation pair: "
+                "give it more text."
+            )
+        perm = np.random.default_rng(self.seed + 1).permutation(len(a0))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        seen = repeated_segments(input_ids, a0, a1, train_idx, val_idx)
+        if 2 * seen >= n_val:
+            raise DataError(
+                f"{self.corpus_name}: {seen} of the {n_val} validation pairs open with a segment that is also "
+                "a training pair's (the text repeats itself), so validation would measure memorisation: "
+                "give it text that does not repeat."
+            )
 
         def subset(idx):
             return NSPPairs(
@@ -1011,7 +1151,7 @@ class PosBertDataModule(LightningDataModule):
                 self.max_length,
             )
 
-        self.train_set, self.val_set = subset(train_idx), subset(val_idx if n_val else train_idx[:1])
+        self.train_set, self.val_set = subset(train_idx), subset(val_idx)
         kw = dict(
             pad_id=tok.pad_token_id,
             mask_id=tok.mask_token_id,

@@ -363,6 +363,9 @@ class ScenesDataModule(L.LightningDataModule):
         self.train_set = SceneDataset(self.train_size, "train", **self._kw)
         self.val_set = SceneDataset(self.val_size, "val", **self._kw)
 
+    def validate(self) -> None:
+        """Start-up check of the inputs (``pretrain/pipeline.py``): rendered scenes, nothing to read."""
+
     def train_dataloader(self):
         # samples_per_epoch distinct items per epoch, a fresh draw every epoch; the loader's position rides in
         # the checkpoint (exact mid-epoch resume)

@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 
-from finetune.protocol import check_protocol
+from finetune.protocol import DownstreamSuite, check_protocol
 from finetune.vision import VisionSuite
 from utils.errors import ConfigError, UserError
 
@@ -44,7 +44,7 @@ def suite_keys(name: str) -> Iterator[None]:
         raise type(cause)(_KEY.sub(f"downstream.suites.{name}.", str(cause))) from None
 
 
-class CombinedSuite:
+class CombinedSuite(DownstreamSuite):
     """Run every suite of ``suites`` and return all their tasks.
 
     Args:
@@ -81,6 +81,12 @@ class CombinedSuite:
                     )
                 owner[task] = str(name)
         self.extra_results: dict[str, Any] = {}
+
+    def validate(self) -> None:
+        """Every suite's start-up check, its errors naming its keys under ``downstream.suites.<name>``."""
+        for name, suite in self.suites.items():
+            with suite_keys(name):
+                suite.validate()
 
     def run(
         self, pretrained: L.LightningModule, make_trainer: Callable[..., L.Trainer], out_dir: Path

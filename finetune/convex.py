@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from data.convex import RegressionTasks
+from finetune.protocol import DownstreamSuite
 from utils.errors import ConfigError
 
 
-class ConvexDownstream:
+class ConvexDownstream(DownstreamSuite):
     """Downstream tasks: the T simplex vertices (if ``include_vertices``) and ``num_random`` Dirichlet(1)
     mixtures ``lambda``, fixed by ``seed``.
 

@@ -25,6 +25,7 @@ from data.glue_like import TASKS, Example, TaskSpec, generate_task
 from finetune.protocol import (
     CachedBatches,
     CachedItems,
+    DownstreamSuite,
     adapt,
     cache_features,
     check_protocol,
@@ -212,7 +213,7 @@ def pad_collate(pad_id: int):
     return collate
 
 
-class GlueLikeSuite:
+class GlueLikeSuite(DownstreamSuite):
     """The GLUE-shaped suite: adapt every task from the same pre-trained encoder, return dev metrics.
 
     Args:
@@ -316,6 +317,24 @@ class GlueLikeSuite:
         self.probe = probe
         self.max_length, self.seed, self.smoke = int(max_length), int(seed), bool(smoke)
         self.extra_results = {"protocol": protocol_record(self.protocol, self.sizes, self.curve, self.seeds)}
+        self._validated: set[str] = set()  # tasks whose files validate() has parsed (and reported)
+
+    def validate(self) -> None:
+        """Before pre-training: ``source=local`` reads and parses both TSVs of every task (a missing file or a
+        malformed row stops the run naming ``<file>:<line>``; skipped rows are counted and logged here, once);
+        ``source=hub`` resolves every task's dataset (network or ``datasets`` cache) and checks its splits and
+        columns; ``generated`` has nothing to read."""
+        if self.source == "generated":
+            return
+        from data.glue import check_hub, load_local
+
+        for name in self.tasks:
+            if self.source == "local":
+                data = load_local(name, self.data_dir, self.skip_malformed)
+                log.info("GLUE task %s: %d train / %d dev rows read", name, len(data.train), len(data.dev))
+                self._validated.add(name)
+            else:
+                check_hub(name, self.hub_dataset)
 
     def load(self, name: str):
         """The task's train/dev examples (``data.glue_like.TaskData``) from the configured source."""
@@ -324,7 +343,9 @@ class GlueLikeSuite:
         from data.glue import load_hub, load_local
 
         if self.source == "local":
-            data = load_local(name, self.data_dir, self.skip_malformed)
+            data = load_local(
+                name, self.data_dir, self.skip_malformed, log_skipped=name not in self._validated
+            )
         else:
             data = load_hub(name, self.hub_dataset)
         if self.smoke:

@@ -110,6 +110,11 @@ class ImageFolderClsSuite(VisionSuite):
 
     render_once = False  # random crops: a fresh crop every epoch
 
+    def validate(self) -> None:
+        """Before pre-training: every image of both splits opened (its header read, not decoded)."""
+        self.train_set.validate()
+        self.dev_set.validate()
+
     def datasets(self) -> tuple[ClassFolder, ClassFolder]:
         return self.train_set, self.dev_set
 

@@ -120,6 +120,7 @@ class NYUv2Suite(VisionSuite):
             resized to it and their predictions resized back to their own resolution, where they are scored.
         crop_scale: area range of the training random-resized crop.
         ignore_index: semseg value of void pixels.
+        depth_unit: unit of the depth PNGs' uint16 values: ``mm`` | ``1e-4m`` | ``m`` (png format).
         train_size / dev_size: at most this many images per split (null: all).
         figure_images: the first this many test images go into Figure 3 (0: no figure).
         batch_size / num_workers / input_modalities / seed / smoke: as in :class:`VisionSuite`.
@@ -139,6 +140,7 @@ class NYUv2Suite(VisionSuite):
         image_size: int = 224,
         crop_scale: Sequence[float] = (0.5, 1.0),
         ignore_index: int = IGNORE_INDEX,
+        depth_unit: str = "mm",
         train_size: int | None = None,
         dev_size: int | None = None,
         batch_size: int = 16,
@@ -189,6 +191,7 @@ class NYUv2Suite(VisionSuite):
             image_size=self.image_size,
             crop_scale=crop_scale,
             ignore_index=self.ignore_index,
+            depth_unit=depth_unit,
         )
         # opened here, so a missing or malformed file fails when the suite is built
         self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
@@ -204,6 +207,11 @@ class NYUv2Suite(VisionSuite):
     render_once = False  # random crops: a fresh crop every epoch
     collate_fn = staticmethod(collate_full_resolution)  # test images of any size in one batch
     class_names = CLASS_NAMES  # (void pixels, self.ignore_index, are drawn black)
+
+    def validate(self) -> None:
+        """Before pre-training: every PNG opened, depth of the first images in metres (``NYUv2Dataset.validate``)."""
+        self.train_set.validate()
+        self.dev_set.validate()
 
     def datasets(self) -> tuple[NYUv2Dataset, NYUv2Dataset]:
         return self.train_set, self.dev_set

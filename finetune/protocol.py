@@ -13,6 +13,9 @@ A suite adapts each downstream task from the same pre-trained weights:
 :func:`adapt` runs that grid for one task and returns what results.json records: ``metrics`` (mean over
 seeds at the largest N), ``per_seed`` (the primary metric of each seed at the largest N), and, when
 ``train_samples`` is a list, ``curve`` / ``curve_per_seed`` (N -> mean primary / per-seed primary).
+
+:class:`DownstreamSuite` is the contract between the pipeline and a suite: ``validate()`` before any
+pre-training, ``run()`` after it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,24 @@ from utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("finetune", "linear_probe")
+
+
+class DownstreamSuite:
+    """What the pipeline (``pretrain/pipeline.py``) asks of every ``downstream`` object.
+
+    ``validate()`` runs at start-up, before any pre-training: it opens and parses every input of the chosen
+    tasks (or resolves the hub dataset), so a missing file, a malformed row or an unreachable hub stops the
+    run within seconds with one sentence naming the file and line, instead of after the pre-training budget.
+    It must stay cheap for generated data (the default: nothing to read). ``run()`` adapts every task from
+    the pre-trained module and returns per-task metrics; a suite's ``extra_results`` dict, if it has one,
+    goes into results.json.
+    """
+
+    def validate(self) -> None:
+        """Check every input of the suite before pre-training; raise ``DataError`` / ``ConfigError``."""
+
+    def run(self, pretrained, make_trainer: Callable, out_dir) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError
 
 
 def check_protocol(protocol: str, key: str = "downstream.protocol") -> str:

@@ -49,6 +49,7 @@ from data.scenes import (
 from finetune.protocol import (
     CachedBatches,
     CachedItems,
+    DownstreamSuite,
     adapt,
     cache_features,
     check_protocol,
@@ -304,7 +305,7 @@ _TASK_DEFAULTS = {
 _TARGETS = ("label", "semseg", "depth", "semseg_full", "depth_full")
 
 
-class VisionSuite:
+class VisionSuite(DownstreamSuite):
     """The downstream stage of MM-MAE (``downstream=scenes``): fine-tune and evaluate each task.
 
     Args:

@@ -140,8 +140,10 @@ def balancer_factory(cfg: DictConfig) -> Callable:
 
 
 def build_pretraining(cfg: DictConfig):
-    """(datamodule, LightningModule) for the configured experiment."""
+    """(datamodule, LightningModule) for the configured experiment; the datamodule's ``validate()`` has checked
+    its inputs (a local corpus that does not decode, ...) before anything is trained."""
     datamodule = _instantiate(cfg.data, "data")
+    datamodule.validate()
     model = _instantiate(cfg.model, "model")
     factory = _instantiate(cfg.module, "module")
     aggregation = OmegaConf.to_container(cfg.get("aggregation") or {}, resolve=True)
@@ -455,8 +457,11 @@ def run(cfg: DictConfig) -> dict | None:
         return results
 
     try:
-        # build the downstream suite first, so missing downstream data fails before pre-training
+        # build and validate the downstream suite first: a missing file, a malformed row or an unreachable hub
+        # stops the run within seconds, before any pre-training (finetune.protocol.DownstreamSuite)
         suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
+        if suite is not None:
+            suite.validate()
         t0 = time.monotonic()
         if cfg.stage == "finetune":
             if not cfg.get("pretrained_ckpt"):

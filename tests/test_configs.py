@@ -157,7 +157,10 @@ def build(cfg, skip: dict[str, set[str]] | None = None):
         assert get_class(cfg.downstream._target_)
         suite = None
     else:
+        from finetune.protocol import DownstreamSuite
+
         suite = _instantiate(cfg.downstream, "downstream")
+        assert isinstance(suite, DownstreamSuite)  # the pipeline calls its validate() before pre-training
     balancer = module.aggregator.balancer
     assert isinstance(balancer, get_class(cfg.balancer._target_))
     assert balancer.num_tasks == len(module.aggregator.task_names) >= 1

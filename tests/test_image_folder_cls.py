@@ -118,6 +118,8 @@ def test_folder_errors_are_one_sentence_naming_the_path_or_key(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match=f"{bad} is not a readable image"):
         suite(root).dev_set[1]
+    with pytest.raises(DataError, match=f"{bad} is not a readable image"):  # at start-up, before pre-training
+        suite(root).validate()
     with pytest.raises(ConfigError, match=r"downstream\.tasks\.depth"):
         suite(root, tasks={"depth": {}})
 
@@ -170,3 +172,23 @@ def test_table2_real_runs_the_three_columns_in_one_run(tmp_path):
         run_pipeline(missing, tmp_path / "run2")
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
         run_pipeline([*overrides, f"downstream.suites.nyuv2.root={tmp_path / 'nowhere'}"], tmp_path / "run3")
+
+
+def test_combined_suite_validates_every_suite_naming_its_keys(tmp_path):
+    """CombinedSuite.validate() runs each suite's start-up check; a failure names the suite's key."""
+    from finetune.combined import CombinedSuite
+
+    root = write_class_folder(tmp_path / "img")
+    CombinedSuite(suites={"a": suite(root)}).validate()  # readable folders: nothing raised
+    (root / "train" / "blue" / "n0.png").write_bytes(b"\x00" * 16)
+    with pytest.raises(DataError, match="n0.png is not a readable image"):
+        CombinedSuite(suites={"a": suite(root)}).validate()
+
+    class Failing(ImageFolderClsSuite):
+        def validate(self):
+            raise ConfigError("downstream.root points to a broken folder.")
+
+    broken = Failing.__new__(Failing)
+    broken.__dict__.update(suite(root).__dict__)
+    with pytest.raises(ConfigError, match=r"downstream\.suites\.b\.root points"):
+        CombinedSuite(suites={"b": broken}).validate()

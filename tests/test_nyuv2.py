@@ -244,3 +244,62 @@ def test_smoke_run_pretrains_on_an_image_folder_and_finetunes_on_nyuv2(tmp_path)
     # without the data the run stops at once, naming what is missing and where
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
         run_pipeline([*overrides[:2], f"data.root={tmp_path / 'nowhere'}", *overrides[3:]], tmp_path / "run2")
+
+
+def write_depth(root: Path, split: str, values: np.ndarray) -> None:
+    """Replace every depth PNG of a split with the uint16 ``values`` (H, W)."""
+    for path in sorted((root / split / "depth").glob("*.png")):
+        Image.fromarray(values.astype(np.uint16)).save(path)
+
+
+def test_depth_unit_scales_the_pngs_and_a_wrong_unit_stops_with_the_median(tmp_path):
+    root = write_png_root(tmp_path / "nyu")
+    raw = np.full((H, W), 25_900, dtype=np.uint16)  # 2.59 m in the raw Kinect unit of 1e-4 m
+    raw[0, :] = 0  # no measurement: not counted
+    for split in ("train", "test"):
+        write_depth(root, split, raw)
+    suite = NYUv2Suite(root=str(root), image_size=16, num_workers=0)  # depth_unit defaults to mm
+    with pytest.raises(DataError) as err:
+        suite.validate()
+    assert str(err.value) == (
+        f"downstream.depth_unit=mm: the median depth of the first 3 train images under {root} is 25.9 m, outside "
+        "the 0.3-15 m of indoor scenes; set downstream.depth_unit=1e-4m (median 2.59 m)."
+    )
+    suite = NYUv2Suite(root=str(root), image_size=16, num_workers=0, depth_unit="1e-4m")
+    suite.validate()
+    full = suite.dev_set[0]["depth_full"][0]
+    assert full[1:].unique().tolist() == [pytest.approx(2.59)] and (full[0] == 0).all()
+    write_depth(root, "train", np.full((H, W), 3, dtype=np.uint16))  # whole metres
+    assert NYUv2Dataset(root, "train", depth_unit="m")[0]["depth"].unique().tolist() == [3.0]
+    with pytest.raises(
+        DataError, match=r"is 0.0003 m, outside .*; set downstream.depth_unit=m \(median 3 m\)"
+    ):
+        NYUv2Dataset(root, "train", depth_unit="1e-4m").validate()
+    with pytest.raises(ConfigError, match=r"downstream.depth_unit='cm' must be one of mm, 1e-4m, m"):
+        NYUv2Dataset(root, "train", depth_unit="cm")
+
+
+def test_validate_opens_every_png_and_checks_the_mat_depths(tmp_path):
+    root = write_png_root(tmp_path / "nyu", n_train=3, n_test=2)
+    NYUv2Dataset(root, "test").validate()  # the fixture's depths: 1-6 m
+    (root / "test" / "depth" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match=r"test/depth/0001.png is not a readable PNG"):
+        NYUv2Dataset(root, "test").validate()
+    Image.fromarray(np.zeros((H + 1, W), dtype=np.uint16)).save(root / "test" / "depth" / "0001.png")
+    with pytest.raises(DataError, match=r"test/\{rgb,depth,label\}/0001.png differ in size"):
+        NYUv2Dataset(root, "test").validate()
+    Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(root / "test" / "label" / "0000.png")
+    with pytest.raises(DataError, match=r"test/label/0000.png must be a single-channel PNG, got mode RGB"):
+        NYUv2Dataset(root, "test").validate()
+    mat = write_mat_root(tmp_path / "mat")
+    NYUv2Dataset(mat, "train").validate()
+    with h5py.File(mat / "nyu_depth_v2_labeled.mat", "r+") as f:
+        f["depths"][...] = f["depths"][...] * 1000  # millimetres in a file that must hold metres
+    median = np.median(np.concatenate([expected(i - 1)[1].ravel() for i in TRAIN])) * 1000
+    with pytest.raises(DataError) as err:
+        NYUv2Dataset(mat, "train").validate()
+    assert str(err.value) == (
+        f"downstream.mat_file: the median depth of the first 3 train images under {mat} is {median:,.0f} m, outside "
+        f"the 0.3-15 m of indoor scenes; NYUv2's labelled set {mat / 'nyu_depth_v2_labeled.mat'} holds depth in "
+        "metres: is it that file?"
+    )

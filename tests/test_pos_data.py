@@ -215,6 +215,24 @@ def test_empty_corpus(tmp_path):
         PosBertDataModule(cache_dir=str(tmp_path), n_docs=0)
 
 
+def test_a_corpus_with_fewer_than_two_training_pairs_stops(tmp_path):
+    # 2 documents of 2 sentences: 2 NSP pairs, one of which validation takes (it used to train on the other and
+    # validate on that same pair when there was one)
+    kw = dict(cache_dir=str(tmp_path), n_docs=2, min_sentences=2, max_sentences=2, max_length=32)
+    with pytest.raises(DataError) as err:
+        PosBertDataModule(**kw).setup()
+    assert str(err.value) == (
+        "the generated corpus (data.n_docs=2): the corpus yields 2 NSP pair(s) (4 sentences in 2 document(s)), 1 "
+        "of them for validation (data.val_fraction=0.05); pre-training needs at least 2 training pairs and 1 "
+        "validation pair: give it more text."
+    )
+    dm = PosBertDataModule(**{**kw, "n_docs": 3})
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set)) == (2, 1)
+    train = {(dm.train_set.a0[i], dm.train_set.b0[i]) for i in range(2)}
+    assert (dm.val_set.a0[0], dm.val_set.b0[0]) not in train
+
+
 def test_real_text_documents_and_sentences(tmp_path):
     lines = [
         " = Valkyria = ",
@@ -235,7 +253,10 @@ He bought some fresh bread and a red apple.
 
 She quickly opened the heavy door.
 They were happy because the sun was bright.
-"""
+
+A small dog barked at the tall stranger.
+The stranger smiled and walked away slowly.
+"""  # 3 documents: 3 NSP pairs, 2 to train on and 1 to validate
 
 
 def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
@@ -259,13 +280,45 @@ def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
     assert batch["input_ids"].shape[0] == len(dm.train_set) >= 1
 
 
-def test_missing_nltk_resource_names_it(tmp_path, monkeypatch):
+def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monkeypatch, caplog):
     import nltk
 
-    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty_nltk")])
-    with pytest.raises(DataError) as e:
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
+    monkeypatch.setattr(pb, "_nltk_download_tried", False)
+    calls = []
+
+    def offline(resource, **kwargs):  # what nltk.download does without a network: False, nothing installed
+        calls.append((resource, kwargs.get("quiet")))
+        return False
+
+    monkeypatch.setattr(nltk, "download", offline)
+    with caplog.at_level(logging.INFO, logger="data.pos_bert"), pytest.raises(DataError) as e:
         pb.require_nltk_tagger()
-    assert "averaged_perceptron_tagger_eng" in str(e.value) and "python -m nltk.downloader" in str(e.value)
+    assert str(e.value) == (
+        "NLTK resource 'taggers/averaged_perceptron_tagger_eng' is missing: install it with `python -m "
+        "nltk.downloader averaged_perceptron_tagger_eng` or set NLTK_DATA to a folder that contains it."
+    )
+    assert calls == [("averaged_perceptron_tagger_eng", True)]  # quietly
+    assert [r.getMessage() for r in caplog.records] == [
+        "NLTK resource averaged_perceptron_tagger_eng is missing: downloading it once with nltk.download ..."
+    ]
+    with pytest.raises(DataError, match="python -m nltk.downloader"):
+        pb.require_nltk_tagger()
+    assert len(calls) == 1  # once per process, not at every call
+
+    def online(resource, **kwargs):  # installs the resource where NLTK looks
+        calls.append((resource, kwargs.get("quiet")))
+        (tmp_path / "nltk_data" / "taggers" / resource).mkdir(parents=True)
+        return True
+
+    monkeypatch.setattr(nltk, "download", online)
+    monkeypatch.setattr(pb, "_nltk_download_tried", False)
+    pb.require_nltk_tagger()
+    assert (
+        len(calls) == 2 and (tmp_path / "nltk_data" / "taggers" / "averaged_perceptron_tagger_eng").is_dir()
+    )
+    pb.require_nltk_tagger()  # found: no further download
+    assert len(calls) == 2
 
 
 def test_each_cache_logs_one_line_built_then_hit_with_its_path(tmp_path, caplog):

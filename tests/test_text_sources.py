@@ -3,6 +3,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 from helpers import compose_config, run_pipeline
 
@@ -17,6 +18,8 @@ from utils.errors import ConfigError, DataError
 
 DOC_A = "The old man walked to the river.\nHe saw a small boat and a red bird.\n"
 DOC_B = "She quickly opened the heavy door.\nOh, the room was dark but warm.\n"
+DOC_C = "A small dog barked at the tall stranger.\nThe stranger smiled and walked away.\n"
+DOC_D = "Rain fell on the quiet village all night.\nBy morning the river had risen.\n"
 
 
 def test_text_folder_each_file_is_a_document(tmp_path):
@@ -148,7 +151,8 @@ def test_placeholders_are_one_token_in_no_pos_task(nltk_data, tmp_path):
         assert all(p == IGNORE for i, p in zip(ids, pos) if i == piece)  # never a masking target
     assert sum(p != IGNORE for p in pos) == len(ids) - 4  # every other piece keeps its POS group
     # a run on such a file: no placeholder is ever masked
-    (tmp_path / "wiki.txt").write_text((DOC_A + "The <unk> went north @-@ west.\n\n" + DOC_B + "\n") * 20)
+    docs = [f"{DOC_A}The <unk> went north @-@ west.\n\n{DOC_B}\n".replace(".", f" {k}.") for k in range(20)]
+    (tmp_path / "wiki.txt").write_text("".join(docs))
     dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "wiki.txt"),
                            max_length=32, placeholders=list(marks))  # fmt: skip
     dm.setup()
@@ -174,3 +178,93 @@ def test_a_single_document_cannot_make_nsp_pairs(nltk_data, tmp_path):
     with pytest.raises(DataError, match=r"one.txt is a single document, .*set module.nsp=off"):
         PosBertPretraining(model, NoBalancing).prepare_for_finetune(dm)
     PosBertPretraining(model, NoBalancing, nsp="off").prepare_for_finetune(dm)  # MLM alone still trains
+
+
+def test_a_binary_text_file_is_named_not_trained_on(tmp_path):
+    from data.pos_bert import check_text_file
+
+    blob = tmp_path / "model.bin"
+    blob.write_bytes(b"PK\x03\x04\x14\x00\x00\x00" + bytes(range(256)) * 16)  # a zip archive
+    with pytest.raises(DataError) as err:
+        check_text_file(blob)
+    assert str(err.value) == (
+        f"data.text_file: {blob} looks binary, not utf-8 text (NUL bytes): point data.text_file at a text file "
+        "(or set data.encoding if it is text in another encoding, e.g. utf-16)."
+    )
+    noise = tmp_path / "noise.txt"  # no NUL byte, but mostly undecodable
+    noise.write_bytes(bytes((i * 37 + 128) % 256 | 0x80 for i in range(2000)))
+    with pytest.raises(DataError, match=r"noise.txt looks binary, not utf-8 text \(\d+% of its first bytes"):
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(noise)).validate()
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(
+        ("x" * 3_000_000 + "\ncaf\u00e9\n").encode("latin-1")
+    )  # the bad byte past the first MiB
+    with pytest.raises(DataError, match=r"\(byte 0xe9 at byte offset 3000004, line 2\)"):
+        check_text_file(latin)
+    check_text_file(latin, "latin-1")
+
+
+def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(DOC_A + "\n" + DOC_B)
+    (corpus / "b.txt").write_text(DOC_C + "\n" + DOC_D)
+    (corpus / "c.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus), max_length=32)
+    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+        dm.validate()
+        dm.setup()
+    skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert skips == [
+        f"data.text_dir: skipping {corpus / 'c.txt'}: it looks binary, not utf-8 text (NUL bytes)."
+    ]
+    assert len(dm.tagged) == 8  # the two text files' sentences only
+    (corpus / "b.txt").write_bytes(DOC_B.encode() + "\nIl \u00e9tait une fois.\n".encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"data.text_dir: .*b.txt is not valid utf-8 \(byte 0xe9 at byte offset"
+    ):
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus)).validate()
+
+
+def test_sentences_longer_than_max_length_are_split_into_chunks():
+    from data.pos_bert import split_long_sentences
+
+    ids = [[1, 2, 3], list(range(100, 170)), [4, 5]]  # the middle "sentence" has 70 pieces
+    pos = [[0, 0, 0], [k % 10 for k in range(70)], [1, 1]]
+    out_ids, out_pos, docs, n_split, longest = split_long_sentences(ids, pos, np.array([0, 0, 1]), 64, 30)
+    assert (n_split, longest) == (1, 70)
+    assert [len(x) for x in out_ids] == [3, 30, 30, 10, 2] and docs.tolist() == [0, 0, 0, 0, 1]
+    assert sum(out_ids[1:4], []) == ids[1] and sum(out_pos[1:4], []) == pos[1]  # nothing lost, order kept
+    assert split_long_sentences(ids[:1], pos[:1], np.array([0]), 64, 30)[3] == 0
+
+
+def test_a_line_without_sentence_ends_is_chunked_with_one_warning(nltk_data, tmp_path, caplog):
+    words = " ".join(f"word{k % 50} and" for k in range(400))  # 800 words, no sentence end: one "sentence"
+    path = tmp_path / "dump.txt"
+    path.write_text(f"{DOC_A}\n{DOC_B}\n{DOC_C}\n{words}\n")
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(path), max_length=32)
+    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+        dm.setup()
+    warned = [r.getMessage() for r in caplog.records if "longer than data.max_length" in r.getMessage()]
+    assert len(warned) == 1
+    pieces = len(dm.tokenizer(words, add_special_tokens=False)["input_ids"])
+    assert warned[0] == (
+        f"data.text_file={path}: 1 sentence(s) longer than data.max_length=32 word-pieces (the longest {pieces}) "
+        "were split into chunks of at most 14; a line without a sentence end (. ! ?) is read as one sentence."
+    )
+    chunks = -(-pieces // 14)
+    assert len(dm.train_set) + len(dm.val_set) == 3 + chunks - 1  # one pair per chunk but the last
+    items = [dm.train_set[i] for i in range(len(dm.train_set))]
+    assert all(len(e["input_ids"]) <= 32 for e in items)
+
+
+def test_a_corpus_that_repeats_itself_cannot_validate(nltk_data, tmp_path):
+    path = tmp_path / "twice.txt"
+    path.write_text("\n".join([DOC_A, DOC_B, DOC_C, DOC_D] * 5))  # 4 documents, 5 times over
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(path), max_length=32)
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    assert str(err.value) == (
+        f"data.text_file={path}: 1 of the 1 validation pairs open with a segment that is also a training pair's "
+        "(the text repeats itself), so validation would measure memorisation: give it text that does not repeat."
+    )
