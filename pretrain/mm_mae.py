@@ -144,6 +144,12 @@ class MMMAEPretraining(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def throughput_units(self, batch: dict) -> dict[str, int]:
+        """What a training batch holds, for the throughput callback: its scenes (samples = images, each with
+        every modality)."""
+        n = int(next(iter(self._inputs(batch).values())).shape[0])
+        return {"samples": n, "images": n}
+
     # ------------------------------------------------------------------------------------ export
     def export_pretrained(self, out_dir: Path) -> None:
         """Write ``encoder_timm.pth`` (RGB encoder under timm ViT keys), ``encoder_timm.json`` (how to

@@ -235,6 +235,11 @@ class PosBertPretraining(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def throughput_units(self, batch) -> dict[str, int]:
+        """What a training batch holds, for the throughput callback: NSP pairs (samples) and their non-padding
+        word-pieces (tokens)."""
+        return {"samples": int(batch["input_ids"].shape[0]), "tokens": int(batch["attention_mask"].sum())}
+
     # -- export ------------------------------------------------------------------------------------------
     def export_pretrained(self, out_dir: Path) -> None:
         """Save the encoder with ``save_pretrained`` (plus the tokenizer): ``AutoModel.from_pretrained`` loads it."""
