@@ -97,7 +97,7 @@ def bench_tagging(args) -> list[tuple[int, float]]:
             rates.append((num_proc, n / dt))
             print(
                 f"  num_proc={num_proc}: {dt:6.2f} s  {n / dt:8.0f} sentences/s  {words / dt:9.0f} words/s  "
-                f"(CPU s: main process {cpu[num_proc][0]:.2f}, workers {cpu[num_proc][1]:.2f})"
+                f"(CPU s: main process {cpu[num_proc][0]:.2f}, map workers {cpu[num_proc][1]:.2f})"
             )
         dm = make(cache_dir=str(first))
         t0 = time.perf_counter()
@@ -225,7 +225,7 @@ def bench_image_folder(args) -> list[tuple[int, float]]:
             if linux and cpu > 0:
                 cores = min(max(workers, 1), os.cpu_count() or 1)
                 line += (
-                    f"  ({n / cpu:.1f} images per CPU second over {len(kids) + 1} processes: "
+                    f"  ({n / cpu:.1f} images per CPU second, main process + {len(kids)} workers: "
                     f"~{cores * n / cpu:.0f} images/s expected on {cores} idle core{'s' * (cores > 1)})"
                 )
             print(line)

@@ -948,7 +948,8 @@ class PosBertDataModule(LightningDataModule):
                 tag_and_tokenize,
                 batched=True,
                 batch_size=256,
-                num_proc=self.num_proc if len(ds) >= 2 * self.num_proc else None,
+                # num_proc=1 in this process (datasets would start a pool of one worker)
+                num_proc=self.num_proc if self.num_proc > 1 and len(ds) >= 2 * self.num_proc else None,
                 remove_columns=remove,
                 fn_kwargs={
                     "tokenizer": tokenizer,
