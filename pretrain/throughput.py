@@ -51,6 +51,32 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
+class _TotalOnly:
+    """Stands in for FlopCounterMode's module tracker: every FLOP counts toward the total ("Global") only."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        return None
+
+
+def step_flop_counter():
+    """A ``torch.utils.flop_counter.FlopCounterMode`` that counts the total only.
+
+    Its per-module breakdown registers autograd hooks on every module's outputs, and those hooks break
+    ``torch.autograd.grad`` (the gradient balancers' per-task gradients) when an output is a leaf tensor (the
+    convex experiment's parameter vector); without the breakdown only the dispatch mode remains, which observes
+    the operations and changes nothing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _TotalOnly()
+    return counter
+
+
 def default_units(batch: Any) -> dict[str, int]:
     """``{"samples": n}`` with n the leading size of the batch's first tensor (a module without
     ``throughput_units``)."""
@@ -124,9 +150,7 @@ class Throughput(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.count_flops and self.flops_per_step is None and self._counter is None:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            self._counter = FlopCounterMode(display=False)
+            self._counter = step_flop_counter()
             self._counter.__enter__()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

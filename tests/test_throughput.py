@@ -95,6 +95,44 @@ def test_validation_time_is_not_training_time():
     assert cb.summary()["steps_per_s"] == pytest.approx(2.0)
 
 
+class LeafOutput(L.LightningModule):
+    """A module returning its parameter (the convex experiment's model) and a step that takes per-task gradients
+    with torch.autograd.grad, as the gradient balancers do."""
+
+    def __init__(self):
+        super().__init__()
+        self.vector = Vector()
+
+    def training_step(self, batch, batch_idx):
+        theta = self.vector()
+        losses = torch.stack([(batch["x"] @ theta.view(WIDTH, 1)).pow(2).mean(), theta.pow(2).sum()])
+        grads = [torch.autograd.grad(loss, [theta], retain_graph=True)[0] for loss in losses]
+        return losses.sum() + 0 * sum(g.sum() for g in grads)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Vector(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.ones(WIDTH))
+
+    def forward(self):
+        return self.theta
+
+
+def test_counting_flops_leaves_per_task_gradients_of_a_leaf_output_working():
+    """FlopCounterMode's per-module breakdown would break torch.autograd.grad here; the total-only counter does not."""
+    cb = Throughput(warmup_steps=1, clock=Clock(0.5))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
+    trainer.fit(LeafOutput(), train_dataloaders=DataLoader(batches(2), batch_size=None))
+    # x @ theta (2 B W), then its gradient for theta three times: each task's autograd.grad goes back through the
+    # stacked losses into both branches (the other task's with zeros), and the step's backward
+    assert cb.flops_per_step == 4 * (2 * BATCH * WIDTH)
+
+
 def test_without_a_peak_there_is_no_mfu_and_without_counting_no_flops():
     cb = Throughput(warmup_steps=1, count_flops=False, clock=Clock(0.5))
     fit(cb, steps=3)
