@@ -8,16 +8,13 @@
    included. Both as step time and as peak memory: the rise of the peak RSS over the RSS after the
    model, optimizer and batches are built, over the warm-up and one round of steps, each variant in its
    own fresh process (see ``benchmarks/_memory.py``), measured once, before the timing.
-3. POS tagging (NLTK ``pos_tag_sents`` + tokenization + alignment, ``datasets.map``) in sentences/s with
-   ``num_proc`` 1 and 2, and the time of a second, cached run.
 
-    python benchmarks/bench_pos_bert.py [--rounds 5] [--steps 4] [--sentences 4000] [--threads 1] [--clock cpu]
+POS tagging throughput (sentences/s per ``num_proc``) is measured by ``benchmarks/bench_data.py``.
+
+    python benchmarks/bench_pos_bert.py [--rounds 5] [--steps 4] [--threads 1] [--clock cpu]
 
 Step times are this process's CPU time on one torch thread by default (``--clock``/``--threads``, see
 ``benchmarks/_timing.py``), so other jobs on the machine do not distort the ratios.
-
-NLTK's tagger data is looked up through NLTK_DATA (or ../shared/data/nltk_data beside the repo); without
-it part 3 times the gold-tagged generated corpus instead and says so.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ import functools
 import os
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -181,54 +176,6 @@ def bench_steps(args) -> None:
     )
 
 
-def bench_tagging(args) -> None:
-    import logging
-
-    import datasets
-
-    from data.pos_bert import PosBertDataModule
-    from data.pos_grammar import generate_corpus
-
-    datasets.disable_progress_bars()
-    logging.getLogger("data.pos_bert").setLevel(logging.WARNING)
-    nltk_dir = os.environ.get("NLTK_DATA") or str(REPO.parent / "shared" / "data" / "nltk_data")
-    have_nltk = (Path(nltk_dir) / "taggers" / "averaged_perceptron_tagger_eng").is_dir()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if have_nltk:
-            import nltk
-
-            os.environ["NLTK_DATA"] = nltk_dir
-            nltk.data.path.insert(0, nltk_dir)
-            docs, lines = generate_corpus(max(2, args.sentences // 7), seed=123), []
-            for _, sents in docs:
-                lines += [s.text for s in sents] + [""]
-            text = tmp / "corpus.txt"
-            text.write_text("\n".join(lines) + "\n")
-            n = sum(1 for x in lines if x)
-            make = functools.partial(PosBertDataModule, text_file=str(text), vocab_size=4096)
-            what = f"NLTK pos_tag_sents + tokenize + align, {n} sentences of generated text"
-        else:
-            n = 0
-            make = functools.partial(PosBertDataModule, n_docs=max(2, args.sentences // 7), seed=123)
-            what = "gold-tagged generated corpus (NLTK data not found: tokenize + align only)"
-        print(f"POS tagging: {what}")
-        for num_proc in (1, 2):
-            dm = make(cache_dir=str(tmp / f"cache{num_proc}"), num_proc=num_proc)
-            dm.tokenizer = dm.build_tokenizer()
-            n = n or len(dm._raw()["doc"])
-            t0 = time.perf_counter()
-            dm.build_tagged(dm.tokenizer)
-            dt = time.perf_counter() - t0
-            print(f"  num_proc={num_proc}: {dt:6.2f} s  {n / dt:8.0f} sentences/s")
-        dm = make(cache_dir=str(tmp / "cache2"), num_proc=2)
-        t0 = time.perf_counter()
-        dm.setup()
-        dt = time.perf_counter() - t0
-        assert dm.cache_hits == {"tokenizer": True, "tagged": True}
-        print(f"  second (cached) run, tokenizer + tagged dataset + NSP pairs: {dt:.2f} s")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -239,9 +186,6 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--sentences", type=int, default=4000)
-    p.add_argument("--skip-tagging", action="store_true")
-    p.add_argument("--skip-steps", action="store_true")
     p.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one variant
     _timing.add_arguments(p)
     args = p.parse_args()
@@ -249,10 +193,7 @@ def main() -> None:
     if args.memory_of:
         memory_of(args.memory_of, args)
         return
-    if not args.skip_steps:
-        bench_steps(args)
-    if not args.skip_tagging:
-        bench_tagging(args)
+    bench_steps(args)
 
 
 if __name__ == "__main__":

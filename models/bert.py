@@ -14,11 +14,14 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
+from models.compile import compile_in_place
+
 
 class PosBert(nn.Module):
     """BERT encoder (``transformers.BertModel``, SDPA attention) + MLM head + NSP head.
 
-    Args mirror ``transformers.BertConfig``. ``vocab_size=None`` sizes the vocabulary to the tokenizer: the
+    Args mirror ``transformers.BertConfig``; ``compile=True`` compiles the encoder (``self.bert``) in place with
+    ``torch.compile`` (see :func:`compile_in_place`). ``vocab_size=None`` sizes the vocabulary to the tokenizer: the
     model starts with a placeholder and the pre-training module calls :meth:`resize_token_embeddings` with
     the tokenizer's length once the data is set up (``size_to_tokenizer``), so no output row lacks a target.
     """
@@ -39,6 +42,7 @@ class PosBert(nn.Module):
         layer_norm_eps: float = 1e-12,
         pad_token_id: int = 0,
         attn_implementation: str = "sdpa",
+        compile: bool = False,
     ):
         super().__init__()
         self.size_to_tokenizer = vocab_size is None
@@ -66,6 +70,9 @@ class PosBert(nn.Module):
         for module in (self.mlm_transform.dense, self.nsp_head):
             nn.init.normal_(module.weight, std=initializer_range)
             nn.init.zeros_(module.bias)
+        self.compiled = bool(compile)
+        if self.compiled:
+            compile_in_place(self.bert)
 
     @property
     def max_positions(self) -> int:

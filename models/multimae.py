@@ -27,6 +27,7 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from models.compile import compile_in_place
 from utils.errors import ConfigError, DataError
 
 #: modality -> number of input channels of its image (semseg: an integer class map)
@@ -174,6 +175,7 @@ class MultiMAE(nn.Module):
         depth_mean / depth_std: depth (metres) is standardised with these before input and L1 target.
         norm_pix_loss: RGB target is normalised per patch (mean 0, variance 1), as in MAE.
         timm_name: timm model name the exported encoder loads into (with ``timm_kwargs()``).
+        compile: compile the encoder blocks in place with ``torch.compile`` (:func:`models.compile.compile_in_place`).
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class MultiMAE(nn.Module):
         depth_std: float = 2.0,
         norm_pix_loss: bool = True,
         timm_name: str = "vit_base_patch16_224",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -272,6 +275,9 @@ class MultiMAE(nn.Module):
         for adapter in self.input_adapters.values():  # patch projections like a linear layer (MAE)
             proj = adapter.proj.proj if isinstance(adapter, SemsegAdapter) else adapter.proj
             nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        self.compiled = bool(compile)
+        if self.compiled:
+            compile_in_place(self.blocks)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -171,6 +171,9 @@ def results_metrics(results: dict, timings: dict[str, float] | None = None) -> d
         values["summary/average"] = float(summary["average"])
     for stage, seconds in (timings or {}).items():
         values[f"time/{stage}_s"] = float(seconds)
+    for key, v in (results.get("cost") or {}).items():  # step time and throughput of pre-training
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            values[f"cost/{key}"] = float(v)
     return values
 
 

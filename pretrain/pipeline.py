@@ -269,6 +269,10 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
         ),
         *build_callbacks(cfg, "pretrain", loggers),
     ]
+    from pretrain.throughput import Throughput
+
+    # the throughput callback's whole-run rates join the step cost in results.json
+    module.throughput = next((cb for cb in callbacks if isinstance(cb, Throughput)), None)
     trainer = build_trainer(cfg, loggers, callbacks)
     ckpt_path = _resolve_ckpt(cfg, out_dir)
     if ckpt_path is not None:
@@ -538,6 +542,9 @@ def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
     timer = getattr(module, "step_timer", None)
     if timer is not None and timer.times:
         results["cost"] = timer.summary()
+        throughput = getattr(module, "throughput", None)
+        if throughput is not None:
+            results["cost"].update(throughput.summary())
     extra = getattr(suite, "extra_results", None)
     if extra:
         results.update(extra)

@@ -218,7 +218,9 @@ class PosBertPretraining(L.LightningModule):
             {"params": decay, "weight_decay": self.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ] + self.aggregator.balancer_param_groups()
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps)
+        # fused CUDA kernel where the parameters are on a GPU (one launch for all of them); torch's default elsewhere
+        fused = True if self.device.type == "cuda" else None
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
         total = int(total) if total and total != float("inf") else 0
         warmup, floor = max(0, self.warmup_steps), self.min_lr_ratio
@@ -232,6 +234,11 @@ class PosBertPretraining(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def throughput_units(self, batch) -> dict[str, int]:
+        """What a training batch holds, for the throughput callback: NSP pairs (samples) and their non-padding
+        word-pieces (tokens)."""
+        return {"samples": int(batch["input_ids"].shape[0]), "tokens": int(batch["attention_mask"].sum())}
 
     # -- export ------------------------------------------------------------------------------------------
     def export_pretrained(self, out_dir: Path) -> None:

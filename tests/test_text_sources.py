@@ -268,3 +268,16 @@ def test_a_corpus_that_repeats_itself_cannot_validate(nltk_data, tmp_path):
         f"data.text_file={path}: 1 of the 1 validation pairs open with a segment that is also a training pair's "
         "(the text repeats itself), so validation would measure memorisation: give it text that does not repeat."
     )
+
+
+def test_tagging_in_two_processes_gives_the_one_process_dataset(nltk_data, tmp_path):
+    """num_proc=2 (datasets.map workers, forked after the tagger is loaded) tags exactly as one process does."""
+    (tmp_path / "t.txt").write_text((DOC_A + "\n" + DOC_B + "\n") * 30)
+    tagged, tokenizer = {}, None
+    for num_proc in (1, 2):
+        dm = PosBertDataModule(cache_dir=str(tmp_path / f"c{num_proc}"), text_file=str(tmp_path / "t.txt"),
+                               max_length=32, vocab_size=300, num_proc=num_proc)  # fmt: skip
+        tokenizer = tokenizer or dm.build_tokenizer()
+        tagged[num_proc] = dm.build_tagged(tokenizer)
+    assert len(tagged[1]) == len(tagged[2]) > 60
+    assert tagged[1]["input_ids"] == tagged[2]["input_ids"] and tagged[1]["pos"] == tagged[2]["pos"]
