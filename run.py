@@ -23,7 +23,7 @@ log = logging.getLogger("run")
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from pretrain.pipeline import run
+    from runner.pipeline import run
     from utils.errors import UserError
 
     try:

@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.num_proc = [int(x) for x in args.num_proc.split(",")]
     args.workers = [int(x) for x in args.workers.split(",")]
-    from pretrain.console import quiet_console
+    from runner.console import quiet_console
 
     quiet_console()  # no torchdata 'set_vital' warning
     print(

@@ -6,7 +6,7 @@ PoS-BERT (BERT-base) and MM-MAE (ViT-B) in bf16 for a few balancers. ``benchmark
 
 Each row is one Lightning fit of ``--warmup`` + ``--steps`` optimizer steps, built from the run's own configs
 (``experiment=<e> model=bert_base|mmmae_base balancer=<b>``, ``trainer.precision``) and timed by the run's own
-throughput callback (``pretrain/throughput.py``: FLOPs of one step from ``FlopCounterMode``, MFU against the
+throughput callback (``runner/throughput.py``: FLOPs of one step from ``FlopCounterMode``, MFU against the
 GPU's dense bf16 peak, ``torch.cuda.max_memory_allocated``). The batches are synthetic and already on the
 device, so the rows measure the model, the balancer and the optimizer, not the data pipeline (which
 ``benchmarks/bench_data.py`` measures). ``--size tiny --device cpu`` runs the same code with the tiny models
@@ -83,7 +83,7 @@ def run_one(experiment: str, balancer: str, args) -> dict:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from pretrain.throughput import Throughput
+    from runner.throughput import Throughput
 
     bert, mae, data = SIZES[args.size]
     extra = [f"model.compile={str(args.compile).lower()}"]
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_float32_matmul_precision("high")
-    from pretrain.console import quiet_console
+    from runner.console import quiet_console
 
     quiet_console()
     device = torch.device(args.device)

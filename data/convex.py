@@ -213,7 +213,7 @@ class ConvexDataModule(L.LightningDataModule):
         self.seed = seed
 
     def validate(self) -> None:
-        """Start-up check of the inputs (``pretrain/pipeline.py``): generated data, nothing to read."""
+        """Start-up check of the inputs (``runner/pipeline.py``): generated data, nothing to read."""
 
     @property
     def task_names(self) -> list[str]:

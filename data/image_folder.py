@@ -295,7 +295,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.samples_per_epoch = n if samples_per_epoch is None else min(int(samples_per_epoch), n)
 
     def validate(self) -> None:
-        """Start-up check of the inputs (``pretrain/pipeline.py``): the folder was scanned and every image
+        """Start-up check of the inputs (``runner/pipeline.py``): the folder was scanned and every image
         matched with its pseudo-labels when the module was built; nothing more to read."""
 
     def _items(self, split_root: Path, classes: list[str], where: str) -> list[tuple[Path, int]]:

@@ -364,7 +364,7 @@ class ScenesDataModule(L.LightningDataModule):
         self.val_set = SceneDataset(self.val_size, "val", **self._kw)
 
     def validate(self) -> None:
-        """Start-up check of the inputs (``pretrain/pipeline.py``): rendered scenes, nothing to read."""
+        """Start-up check of the inputs (``runner/pipeline.py``): rendered scenes, nothing to read."""
 
     def train_dataloader(self):
         # samples_per_epoch distinct items per epoch, a fresh draw every epoch; the loader's position rides in

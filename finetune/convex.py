@@ -206,7 +206,7 @@ class ConvexDownstream(DownstreamSuite):
                 "draws": self.repeats,
                 "censored_as": 2 * self.sample_sizes[-1],
             },
-            # the by_metric columns the sweep report tabulates with paired intervals (pretrain/report.py)
+            # the by_metric columns the sweep report tabulates with paired intervals (runner/report.py)
             "report_metrics": [
                 "initial_risk",
                 "sample_complexity",

@@ -36,7 +36,7 @@ PROTOCOLS = ("finetune", "linear_probe")
 
 
 class DownstreamSuite:
-    """What the pipeline (``pretrain/pipeline.py``) asks of every ``downstream`` object.
+    """What the pipeline (``runner/pipeline.py``) asks of every ``downstream`` object.
 
     ``validate()`` runs at start-up, before any pre-training: it opens and parses every input of the chosen
     tasks (or resolves the hub dataset), so a missing file, a malformed row or an unreachable hub stops the

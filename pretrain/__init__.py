@@ -1,15 +1,1 @@
 """Pre-training: balancers, the shared loss-aggregation callback and the LightningModules."""
-
-from omegaconf import OmegaConf
-
-from utils.errors import ConfigError
-
-
-def _required(key: str):
-    raise ConfigError(f"{key} is required by this config choice: set {key}=<value> on the command line.")
-
-
-if not OmegaConf.has_resolver("required"):
-    # `key: ${required:data.text_dir}` in a config file: a value the user must give (unlike `???`, it
-    # survives being merged over a parent config's default).
-    OmegaConf.register_new_resolver("required", _required)

@@ -30,7 +30,7 @@ def run_pipeline(overrides: list[str], output_dir: Path) -> dict | None:
     """Run the pipeline in-process (what run.py does) and return its results dict."""
     from omegaconf import open_dict
 
-    from pretrain.pipeline import run
+    from runner.pipeline import run
 
     cfg = compose_config(overrides, output_dir)
     with open_dict(cfg):

@@ -139,7 +139,7 @@ def compose(overrides: list[str], out_dir: Path):
 def build(cfg, skip: dict[str, set[str]] | None = None):
     """What ``run.py`` builds before training: (data module, pre-training module, downstream suite); a group
     whose choice is in ``skip`` only has its ``_target_`` imported."""
-    from pretrain.pipeline import _instantiate, balancer_factory, build_pretraining
+    from runner.factories import _instantiate, balancer_factory, build_pretraining
 
     skip = skip or {}
     choices = cfg.hydra.runtime.choices
@@ -255,7 +255,7 @@ def _run_wide_cases():
 
 @pytest.mark.parametrize("picked, experiment", list(_run_wide_cases()))
 def test_run_wide_choices_compose_and_build_with_every_experiment(tmp_path, picked, experiment):
-    from pretrain.pipeline import build_loggers, build_trainer
+    from runner.factories import build_loggers, build_trainer
 
     overrides = [f"{g}={c}" for g, c in picked.items()]
     extra = [o for g, c in picked.items() for o in EXTRA.get((g, c), [])]

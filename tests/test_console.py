@@ -141,7 +141,7 @@ def test_dashboard_workspace_plots_what_the_runs_log(tmp_path, fake_wandb):
     """The workspace of `stage=dashboard`, built offline (not saved): every panel shows keys a run logs, grouped
     by the balancer; a sweep's workspace shows that sweep's runs only."""
     pytest.importorskip("wandb_workspaces")
-    from pretrain.dashboard import BALANCER_KEY, build_workspace
+    from runner.dashboard import BALANCER_KEY, build_workspace
 
     run_pipeline(["experiment=convex", "debug=smoke"], tmp_path)
     (run,) = fake_wandb
@@ -174,8 +174,8 @@ def test_dashboard_stage_names_the_missing_keys(tmp_path):
 def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_path):
     from helpers import compose_config
 
-    from pretrain.loggers import run_identity
-    from pretrain.pipeline import _run_balancer, _task_overrides
+    from runner.factories import _run_balancer, _task_overrides
+    from runner.loggers import run_identity
 
     sweep = "hydra.sweep.dir=multirun/mm_mae/2026-12-01_10-00-00"
     args = [
@@ -200,7 +200,7 @@ def test_sweep_summary_and_figures_go_to_wandb_as_one_artifact(tmp_path, fake_wa
 
     from omegaconf import OmegaConf
 
-    from pretrain.report import SummaryCallback
+    from runner.report import SummaryCallback
 
     for i, (balancer, worst) in enumerate([("none", 1.0), ("minimax", 0.5)]):
         (tmp_path / str(i)).mkdir()
@@ -215,7 +215,7 @@ def test_sweep_summary_and_figures_go_to_wandb_as_one_artifact(tmp_path, fake_wa
         }
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
     (tmp_path / "weights.png").write_bytes(b"a figure")
-    wandb_cfg = {"_target_": "pretrain.loggers.WandbLogger", "project": "p", "offline": True}
+    wandb_cfg = {"_target_": "runner.loggers.WandbLogger", "project": "p", "offline": True}
     SummaryCallback().on_multirun_end(
         OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {"wandb": wandb_cfg}})
     )

@@ -268,7 +268,7 @@ def _paired_worst(kind: str, dim: int, downstream: dict, seeds=range(6)) -> dict
     import pandas as pd
 
     from finetune.convex import ConvexDownstream
-    from pretrain.report import _t_interval
+    from runner.tables import _t_interval
 
     diffs = []
     for seed in seeds:

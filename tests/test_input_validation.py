@@ -1,5 +1,5 @@
 """Every input is checked at start-up, before any pre-training (``validate()`` of the downstream suite and of the
-pre-training datamodule, called by ``pretrain/pipeline.py``): a bad row, a missing file, an unreachable hub or a
+pre-training datamodule, called by ``runner/pipeline.py``): a bad row, a missing file, an unreachable hub or a
 corpus that does not decode stops the run with one sentence, and nothing is trained or cached."""
 
 import logging

@@ -224,7 +224,7 @@ def test_end_to_end_smoke_run_writes_results_figure_and_encoder(tmp_path):
 def test_bad_input_ends_in_one_sentence_and_no_results(tmp_path, overrides, message):
     from hydra import compose, initialize_config_dir
 
-    from pretrain.pipeline import run
+    from runner.pipeline import run
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(

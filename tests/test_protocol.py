@@ -8,7 +8,7 @@ import torch
 from helpers import run_pipeline
 
 from finetune.protocol import adapt, nested_subset, parse_seeds, parse_train_samples
-from pretrain.pipeline import summarise
+from runner.results import summarise
 from utils.errors import ConfigError
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 from scipy import stats
 
-from pretrain.report import build_table, collect, curve_frame, write_summary
+from runner.report import write_summary
+from runner.tables import build_table, collect, curve_frame
 
 
 def _run(sweep, name, balancer, seed, worst, average, higher=True, overrides=(), **summary):

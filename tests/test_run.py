@@ -93,7 +93,7 @@ def _loader_in_a_loky_job() -> list | str:
 
     from torch.utils.data import DataLoader
 
-    from pretrain.pipeline import restore_worker_start_method
+    from runner.pipeline import restore_worker_start_method
 
     multiprocessing.set_start_method("loky", force=True)  # what a job of hydra/launcher=joblib starts with
     restore_worker_start_method()
@@ -113,7 +113,7 @@ def test_dataloader_workers_start_inside_a_joblib_sweep_job():
 
 
 def test_report_command_rebuilds_the_summary(tmp_path):
-    from pretrain.report import main
+    from runner.report import main
 
     for i, (b, seed, worst) in enumerate([("none", 0, 1.0), ("none", 1, 3.0), ("minimax", 0, 0.5)]):
         d = tmp_path / str(i)
@@ -157,7 +157,7 @@ def test_loss_normalisation_keys_reach_the_balancer(tmp_path):
     line; a wrong length or a missing file names its key."""
     import json
 
-    from pretrain.pipeline import build_pretraining
+    from runner.factories import build_pretraining
 
     base = ["experiment=convex", "balancer=groupdro", "balancer.normalize=reference"]
     _, module = build_pretraining(compose_config([*base, "balancer.reference=[1,2,3,4]"], tmp_path))
@@ -180,7 +180,7 @@ def test_loss_normalisation_keys_reach_the_balancer(tmp_path):
 
 
 def test_zero_tasks_and_bad_temperature_name_their_keys(tmp_path):
-    from pretrain.pipeline import build_pretraining
+    from runner.factories import build_pretraining
 
     with pytest.raises(ConfigError, match="data.num_tasks"):
         build_pretraining(compose_config(["experiment=convex", "data.num_tasks=0"], tmp_path))
@@ -453,7 +453,7 @@ def test_ddp_two_cpu_processes_apply_the_same_weights_from_global_mean_losses(tm
 
 @pytest.mark.slow
 def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp_path):
-    from pretrain.report import build_table, collect
+    from runner.tables import build_table, collect
 
     proc = run_cli(
         ["-m", "experiment=convex", "debug=smoke", "logger=none", "balancer=none,minimax", "trainer.max_steps=3,5",

@@ -67,7 +67,7 @@ def test_sources_are_exclusive_and_required_keys_are_named(tmp_path):
         PosBertDataModule(cache_dir=str(tmp_path), text_file="a.txt", text_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="data.streaming=true reads a hub dataset"):
         PosBertDataModule(cache_dir=str(tmp_path), streaming=True)
-    from pretrain.pipeline import build_pretraining
+    from runner.factories import build_pretraining
 
     for choice, key in (("text_folder", "data.text_dir"), ("disk_dataset", "data.disk_dataset")):
         cfg = compose_config(["experiment=pos_bert", f"data={choice}"], tmp_path)

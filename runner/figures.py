@@ -1,0 +1,202 @@
+"""The sweep figures: ``curves.png`` (worst/average primary metric against the downstream N), ``theory.png``
+(the convex experiment), ``weights.png`` and ``upstream_losses.png`` (per balancer, over pre-training steps)
+and Figure 3 of the MM-MAE runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from runner.tables import _MEASURES, curve_frame, row_key, row_labels, theory_frame
+
+log = logging.getLogger(__name__)
+
+
+def _theory_figure(path: Path, frame, settings: dict) -> Path:
+    """theory.png: worst-case excess risk and worst-case sample complexity against the worst-case initial risk,
+    one dot per run and each row's mean over seeds with its 95% t-interval on both axes; log x axis, so the
+    logarithmic relation of eq. 13 is a straight line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+    from scipy import stats
+
+    def half(v):
+        return stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+
+    primary_n, eps = settings.get("primary_n"), settings.get("eps")
+    ylabels = {
+        "excess": f"worst-case excess risk at N={primary_n}"
+        if primary_n
+        else "worst-case excess risk (primary)",
+        "complexity": "worst-case sample complexity" + (f" (eps={eps:g})" if eps is not None else ""),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for ax, y in zip(axes, ylabels):
+        for i, label in enumerate(sorted(frame["row"].unique(), key=row_key)):
+            f = frame[frame["row"] == label]
+            color = f"C{i % 10}"
+            ax.scatter(f["initial"], f[y], s=10, alpha=0.35, color=color, lw=0)
+            ax.errorbar(
+                f["initial"].mean(), f[y].mean(), xerr=half(f["initial"]), yerr=half(f[y]),
+                fmt="o", ms=5, color=color, capsize=2, label=label,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overlapping 2x10^2, 3x10^2, ... labels
+        ax.set_xlabel("worst-case initial risk (log scale)")
+        ax.set_ylabel(ylabels[y])
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        "dots: runs; markers: mean over seeds with 95% t-interval; eq. 13 bounds N by a + b log(x)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
+    """A run's ``pretrain_history.csv`` as columns (``step``, ``loss/<task>``, ``weight/<task>``)."""
+    path = Path(run_dir) / "pretrain_history.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
+
+
+def _mean_curves(
+    histories: list[dict[str, list[float]]], prefix: str
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Average over seeds of the ``prefix/<task>`` columns, on the shortest common step axis."""
+    import numpy as np
+
+    n = min(len(h["step"]) for h in histories)
+    steps = histories[0]["step"][:n]
+    keys = [k for k in histories[0] if k.startswith(prefix + "/")]
+    window = max(1, n // 50)  # moving average against minibatch noise
+
+    def smooth(ys):
+        ys = np.asarray(ys, dtype=float)
+        ok = np.isfinite(ys)
+        num = np.convolve(np.where(ok, ys, 0.0), np.ones(window), mode="same")
+        den = np.convolve(ok.astype(float), np.ones(window), mode="same")
+        return list(np.where(den > 0, num / np.maximum(den, 1), np.nan))
+
+    with np.errstate(all="ignore"):
+        return steps, {
+            k.split("/", 1)[1]: smooth(np.nanmean([h[k][:n] for h in histories if k in h], axis=0))
+            for k in keys
+        }
+
+
+def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
+    """curves.png (worst and average primary metric against the downstream N, mean over pre-training seeds
+    with a 95% t-interval band), theory.png (convex: worst-case excess risk and sample complexity against the
+    worst-case initial risk, ``_theory_figure``), weights.png, upstream_losses.png (per balancer, over pre-training steps,
+    mean over seeds) and downstream.png (each downstream task's primary metric per balancer, mean +- std
+    over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: list[Path] = []
+    curves = curve_frame(runs)
+    if not curves.empty:
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+        ns = sorted(curves["N"].unique())
+        for ax, m in zip(axes, _MEASURES):
+            for label in sorted(curves["row"].unique(), key=row_key):
+                c = curves[(curves["row"] == label) & (curves["measure"] == m)].sort_values("N")
+                (line,) = ax.plot(c["N"], c["mean"], marker="o", ms=3, lw=1.2, label=label)
+                if c["half"].notna().any():  # 95% t-interval over pre-training seeds
+                    lo, hi = c["mean"] - c["half"], c["mean"] + c["half"]
+                    ax.fill_between(c["N"], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+            ax.set_xscale("log")
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
+            ax.set_xlabel("downstream training samples N")
+            ax.set_title("worst task" if m == "worst" else "average over tasks")
+        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+        axes[0].set_ylabel(f"primary metric ({arrow})")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(sweep_dir) / "curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    theory = theory_frame(runs)
+    if not theory.empty:
+        written.append(_theory_figure(Path(sweep_dir) / "theory.png", theory, table.get("settings") or {}))
+    by_balancer: dict[str, list[dict]] = defaultdict(list)
+    for r, label in zip(runs, row_labels(runs)):
+        h = read_history(r.get("_dir", ""))
+        if h is not None:
+            by_balancer[label].append(h)
+    for prefix, fname, ylabel in (
+        ("weight", "weights.png", "task weight"),
+        ("loss", "upstream_losses.png", "task loss"),
+    ):
+        if not by_balancer:
+            break
+        names = sorted(by_balancer, key=row_key)
+        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
+        for ax, b in zip(axes[0], names):
+            steps, curves = _mean_curves(by_balancer[b], prefix)
+            for task, ys in curves.items():
+                ax.plot(steps, ys, label=task, lw=1.2)
+            ax.set_title(b)
+            ax.set_xlabel(f"pre-training step (moving average of {max(1, len(steps) // 50)})")
+            if prefix == "loss":
+                ax.set_yscale("log")
+        axes[0][0].set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
+        fig.tight_layout()
+        path = Path(sweep_dir) / fname
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    # Figure 3 of the paper: each balancer's segmentation of the same fixed dev images (first seed)
+    with_seg = [
+        (r, label)
+        for r, label in zip(runs, row_labels(runs))
+        if (Path(r.get("_dir", "")) / "seg_pred.npy").exists()
+    ]
+    if with_seg:
+        from finetune.vision import sweep_figure
+
+        seed = min(int(r.get("seed", 0)) for r, _ in with_seg)
+        chosen = {}
+        for r, label in with_seg:
+            if int(r.get("seed", 0)) == seed:
+                chosen.setdefault(label, Path(r["_dir"]))
+        written.append(sweep_figure([chosen[k] for k in sorted(chosen)], Path(sweep_dir) / "figure3.png"))
+    tasks = [c for c in table["columns"] if c not in ("average", "worst")]
+    balancers = list(table["rows"])
+    if tasks and balancers:
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tasks) * max(1, len(balancers)) / 2), 3.6))
+        width = 0.8 / len(balancers)
+        x = np.arange(len(tasks))
+        for i, b in enumerate(balancers):
+            row = table["rows"][b]
+            means = [row[t][0] if t in row else np.nan for t in tasks]
+            stds = [row[t][1] if t in row else 0 for t in tasks]
+            ax.bar(x + (i - (len(balancers) - 1) / 2) * width, means, width, yerr=stds, label=b, capsize=2)
+        ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+        ax.set_ylabel(f"primary metric ({arrow})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(sweep_dir) / "downstream.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
