@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -45,6 +46,9 @@ class DownstreamSuite:
     the pre-trained module and returns per-task metrics; a suite's ``extra_results`` dict, if it has one,
     goes into results.json.
     """
+
+    #: what the suite adds to results.json beside the per-task metrics (a suite sets its own dict)
+    extra_results: Mapping[str, Any] = MappingProxyType({})
 
     def validate(self) -> None:
         """Check every input of the suite before pre-training; raise ``DataError`` / ``ConfigError``."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from pretrain.aggregation import LossAggregation
+from pretrain.base import PretrainingModule
 
 
-class ConvexPretraining(L.LightningModule):
+class ConvexPretraining(PretrainingModule):
     """SGD on ``theta`` with the T quadratic task losses combined by the configured balancer.
 
     Args:
@@ -24,6 +24,8 @@ class ConvexPretraining(L.LightningModule):
         average_iterates: keep the running average of the iterates theta_0..theta_{K-1} (Theorem 3.1's
             theta-bar after K steps) and hand it to the downstream stage instead of the last iterate.
     """
+
+    prepares_from_data = True  # prepare_for_finetune reads the datamodule
 
     def __init__(
         self,

@@ -13,11 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from models.multimae import MultiMAE
 from pretrain.aggregation import LossAggregation
+from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
 
 #: what export_pretrained writes into its directory
@@ -26,7 +26,7 @@ ENCODER_META = "encoder_timm.json"
 FULL_MODEL_FILE = "multimae.pth"
 
 
-class MMMAEPretraining(L.LightningModule):
+class MMMAEPretraining(PretrainingModule):
     """Lightning wrapper of :class:`~models.multimae.MultiMAE` pre-training.
 
     Args:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
 from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
 from pretrain.aggregation import LossAggregation
+from pretrain.base import PretrainingModule
 from utils.errors import ConfigError, DataError
 
 NSP_MODES = ("task", "add", "off")
@@ -36,7 +36,7 @@ def grouped_mlm_losses(
     return sums, counts
 
 
-class PosBertPretraining(L.LightningModule):
+class PosBertPretraining(PretrainingModule):
     """Pre-train :class:`models.bert.PosBert` with the POS-grouped MLM tasks (and NSP) balanced.
 
     Args:
@@ -48,6 +48,8 @@ class PosBertPretraining(L.LightningModule):
         lr, weight_decay, betas, eps: AdamW (no decay on biases and LayerNorm weights).
         warmup_steps: linear warm-up steps; then linear decay to ``min_lr_ratio * lr`` at the last step.
     """
+
+    prepares_from_data = True  # prepare_for_finetune reads the datamodule
 
     def __init__(
         self,

@@ -99,7 +99,7 @@ def restore_pretrained(cfg: DictConfig, path: str):
     """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune); with
     ``path == "random"`` keep the fresh initialisation drawn from ``seed`` (the random-init control)."""
     datamodule, module = build_pretraining(cfg)
-    if hasattr(module, "prepare_for_finetune"):  # before loading: it sizes the vocabulary to the tokenizer
+    if module.prepares_from_data:  # before loading: e.g. the vocabulary sized to the tokenizer
         datamodule.prepare_data()
         datamodule.setup("fit")
         module.prepare_for_finetune(datamodule)
@@ -107,7 +107,6 @@ def restore_pretrained(cfg: DictConfig, path: str):
         ckpt = load_checkpoint(path)
         check_matches(ckpt, module, path, cfg.experiment)
         module.load_state_dict(ckpt["state_dict"], strict=True)
-        agg = getattr(module, "aggregator", None)
-        if agg is not None and "LossAggregation" in ckpt.get("callbacks", {}):
-            agg.load_state_dict(ckpt["callbacks"]["LossAggregation"])
+        if "LossAggregation" in ckpt.get("callbacks", {}):
+            module.aggregator.load_state_dict(ckpt["callbacks"]["LossAggregation"])
     return module

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ def build_pretraining(cfg: DictConfig):
     factory = _instantiate(cfg.module, "module")
     aggregation = OmegaConf.to_container(cfg.get("aggregation") or {}, resolve=True)
     module = factory(model=model, balancer=balancer_factory(cfg), aggregation=aggregation)
+    if not isinstance(module, PretrainingModule):
+        raise ConfigError(
+            f"module._target_={cfg.module.get('_target_')} builds a {type(module).__name__}, not a "
+            "pretrain.base.PretrainingModule (the contract the runner relies on)."
+        )
     return datamodule, module
 
 

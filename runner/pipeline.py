@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from finetune.protocol import DownstreamSuite
 from runner.checkpoints import (
     RNGStateCheckpoint,
     _resolve_ckpt,
@@ -43,7 +44,6 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
 
     datamodule, module = build_pretraining(cfg)
     timer = StepTimer()
-    module.step_timer = timer
     callbacks = [
         timer,
         RNGStateCheckpoint(),
@@ -59,14 +59,11 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     ]
     from runner.throughput import Throughput
 
-    # the throughput callback's whole-run rates join the step cost in results.json
-    module.throughput = next((cb for cb in callbacks if isinstance(cb, Throughput)), None)
+    throughput = next((cb for cb in callbacks if isinstance(cb, Throughput)), None)
     trainer = build_trainer(cfg, loggers, callbacks)
     ckpt_path = _resolve_ckpt(cfg, out_dir)
     if ckpt_path is not None:
-        if hasattr(
-            module, "prepare_for_finetune"
-        ):  # size the vocabulary to the tokenizer before comparing shapes
+        if module.prepares_from_data:  # e.g. the vocabulary sized to the tokenizer, before comparing shapes
             datamodule.prepare_data()
             datamodule.setup("fit")
             module.prepare_for_finetune(datamodule)
@@ -77,9 +74,13 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
     if trainer.limit_val_batches and not trainer.interrupted:
         # the final weights, validated once: val/* at the last step and the module's upstream evaluation
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    if trainer.global_rank == 0 and hasattr(module, "export_pretrained"):
+    if trainer.global_rank == 0:
         module.export_pretrained(out_dir / "pretrained")
-    return module, trainer
+    # the step cost and the throughput callback's whole-run rates, for results.json
+    cost = (
+        {**timer.summary(), **(throughput.summary() if throughput is not None else {})} if timer.times else {}
+    )
+    return module, trainer, cost
 
 
 def restore_worker_start_method() -> None:
@@ -151,6 +152,11 @@ def run(cfg: DictConfig) -> dict | None:
         # stops the run within seconds, before any pre-training (finetune.protocol.DownstreamSuite)
         suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
         if suite is not None:
+            if not isinstance(suite, DownstreamSuite):
+                raise ConfigError(
+                    f"downstream._target_={cfg.downstream.get('_target_')} builds a {type(suite).__name__}, not a "
+                    "finetune.protocol.DownstreamSuite (the contract the runner relies on)."
+                )
             suite.validate()
         t0 = time.monotonic()
         if cfg.stage == "finetune":
@@ -159,17 +165,17 @@ def run(cfg: DictConfig) -> dict | None:
                     "stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint> "
                     "(or pretrained_ckpt=random for the random-init control)."
                 )
-            module = restore_pretrained(cfg, cfg.pretrained_ckpt)
+            module, cost = restore_pretrained(cfg, cfg.pretrained_ckpt), {}
             timings["restore"] = time.monotonic() - t0
             step = 0
         else:
-            module, trainer = pretrain(cfg, out_dir, loggers)
+            module, trainer, cost = pretrain(cfg, out_dir, loggers)
             timings["pretrain"] = time.monotonic() - t0
             if trainer.global_rank != 0:
                 return None
             step = trainer.global_step
             if cfg.stage == "pretrain":
-                return finish(_results(cfg, module, {}, None), step)
+                return finish(_results(cfg, module, {}, None, cost), step)
 
         def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
             return build_trainer(
@@ -201,6 +207,6 @@ def run(cfg: DictConfig) -> dict | None:
                 raise DataError(
                     f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
                 )
-        return finish(_results(cfg, module, downstream, suite), step)
+        return finish(_results(cfg, module, downstream, suite, cost), step)
     finally:
         _finish_loggers(loggers)

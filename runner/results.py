@@ -14,6 +14,8 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
+from finetune.protocol import DownstreamSuite
+from pretrain.base import PretrainingModule
 from runner.factories import _run_balancer, _task_overrides
 from utils.errors import ConfigError
 
@@ -122,11 +124,14 @@ def print_table(results: dict) -> None:
     Console().print(table)
 
 
-def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
-    """The results.json payload; also writes pretrain_history.csv beside it."""
+def _results(
+    cfg: DictConfig, module: PretrainingModule, downstream: dict, suite: DownstreamSuite | None, cost: dict
+) -> dict:
+    """The results.json payload (``cost``: the pre-training's step time and throughput, empty when this run
+    did not pre-train); also writes pretrain_history.csv beside it."""
     from pretrain.aggregation import weight_summary
 
-    agg = getattr(module, "aggregator", None)
+    agg = module.aggregator
     results = {
         "experiment": cfg.experiment,
         "balancer": _run_balancer(cfg),
@@ -138,18 +143,12 @@ def _results(cfg: DictConfig, module, downstream: dict, suite) -> dict:
         "downstream": downstream,
         "summary": summarise(downstream),
     }
-    upstream_eval = getattr(module, "upstream_eval", None)
-    if upstream_eval:
-        results["upstream_eval"] = upstream_eval
-    timer = getattr(module, "step_timer", None)
-    if timer is not None and timer.times:
-        results["cost"] = timer.summary()
-        throughput = getattr(module, "throughput", None)
-        if throughput is not None:
-            results["cost"].update(throughput.summary())
-    extra = getattr(suite, "extra_results", None)
-    if extra:
-        results.update(extra)
+    if module.upstream_eval:
+        results["upstream_eval"] = module.upstream_eval
+    if cost:
+        results["cost"] = cost
+    if suite is not None and suite.extra_results:
+        results.update(suite.extra_results)
     if agg is not None and agg.history:
         _write_history(Path(cfg.paths.output_dir) / "pretrain_history.csv", agg)
     return results
