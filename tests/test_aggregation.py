@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.loading import resumable_loader
-from pretrain.aggregation import LossAggregation
+from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.balancers import (
     DWA,
     RLW,
@@ -44,8 +44,11 @@ class Samples(Dataset):
 
 
 class TinyModule(L.LightningModule):
-    def __init__(self, balancer, aggregation=None, nan_at: int | None = None, dump: str | None = None):
+    def __init__(
+        self, balancer, aggregation=None, nan_at: int | None = None, dump: str | None = None, copies=False
+    ):
         super().__init__()
+        self.copies = copies  # each task's head reads its own copy of h (FeatureCopies)
         torch.manual_seed(0)
         self.shared = torch.nn.Linear(4, 8)
         self.heads = torch.nn.Linear(8, 3)
@@ -59,14 +62,20 @@ class TinyModule(L.LightningModule):
     def training_step(self, batch, i):
         x, y, has_rare = batch
         h = torch.tanh(self.shared(x))
-        err = (self.heads(h) - y) ** 2  # (n, 3)
+        features = h
+        if self.copies:
+            read = {t: h.detach().requires_grad_() for t in TASKS}
+            err = (torch.stack([self.heads(read[t])[:, k] for k, t in enumerate(TASKS)], 1) - y) ** 2
+            features = FeatureCopies(h, read)
+        else:
+            err = (self.heads(h) - y) ** 2  # (n, 3)
         mask = torch.stack([torch.ones_like(has_rare), torch.ones_like(has_rare), has_rare], 1).float()
         sums = (err * mask).sum(0)
         counts = mask.sum(0)
         if self.nan_at is not None and self.global_step == self.nan_at:
             sums = sums * torch.tensor([1.0, float("nan"), 1.0])
         losses = {t: (sums[k], counts[k]) for k, t in enumerate(TASKS)}
-        return self.aggregator(self, losses, shared_params=list(self.shared.parameters()), features=h)
+        return self.aggregator(self, losses, shared_params=list(self.shared.parameters()), features=features)
 
     def train_dataloader(self):
         data = Samples()
@@ -283,13 +292,16 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path):
-    """2 gloo processes with 2 samples each == 1 process with the same 4 samples per step."""
+@pytest.mark.parametrize("copies", [False, True], ids=["features", "copies"])
+def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path, copies):
+    """2 gloo processes with 2 samples each == 1 process with the same 4 samples per step. GradNorm on the
+    per-task gradients w.r.t. the features, from the balancer's batched backward or, with ``copies``, from one
+    backward through the heads (the step's gradient then reaches the shared layer through the returned loss)."""
     factory = GradNormFactory()
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()
     fit(
-        TinyModule(factory, dump=str(tmp_path / "ddp")),
+        TinyModule(factory, dump=str(tmp_path / "ddp"), copies=copies),
         tmp_path,
         batch_size=2,
         max_steps=3,
@@ -297,7 +309,7 @@ def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path):
         strategy="ddp_spawn",
         use_distributed_sampler=False,
     )
-    fit(TinyModule(factory, dump=str(tmp_path / "one")), tmp_path, batch_size=4, max_steps=3)
+    fit(TinyModule(factory, dump=str(tmp_path / "one"), copies=copies), tmp_path, batch_size=4, max_steps=3)
     r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
