@@ -311,7 +311,7 @@ class LossAggregation(Callback):
                     "task losses do not reach when the heads read copies of the features; use balancer.mode=features."
                 )
             params = features.params if features.params is not None else _module_params(module)
-            copied = (*_copy_gradients(features, sums, scale, params), params)
+            copied = _copy_gradients(features, sums, scale, params)
             feature_grads = copied[0][:k]
             balanced = local.detach().requires_grad_()  # the scalar's dS/dL_t, taken below
         elif isinstance(features, FeatureRows) and "features" in requires:
@@ -326,7 +326,7 @@ class LossAggregation(Callback):
         )
         loss = out.loss + balanced[k:].sum()
         if copied is not None:
-            loss = loss + _send_gradients(loss, balanced, features.shared, *copied)
+            loss = loss + _send_gradients(loss, balanced, scale, features.shared, *copied).to(loss.dtype)
 
         weights = out.weights.float().cpu()
         mean_cpu = global_mean.cpu()
@@ -405,50 +405,78 @@ def _row_gradients(features: FeatureRows, losses: Tensor) -> Tensor | None:
 
 def _copy_gradients(
     features: FeatureCopies, sums: Sequence[Tensor], scale: Tensor, params: Sequence[Tensor]
-) -> tuple[Tensor, list[list[Tensor | None]]]:
-    """Each loss's gradients, ``scale[i] * grad sums[i]``: w.r.t. ``features.shared`` through the copies,
-    ``(N, *shared.shape)`` fp32, and w.r.t. each of ``params`` (None: not reached). One ``autograd.grad`` per
-    loss; each traverses only the part of the graph that loss depends on (its head), so together they cost
-    one backward through all heads, and the parameters a loss reaches are known per loss."""
+) -> tuple[Tensor, list[tuple[Tensor, list[tuple[int, Tensor]]]]]:
+    """Each loss's gradients: ``scale[i] * grad sums[i]`` w.r.t. ``features.shared`` through the copies,
+    ``(N, *shared.shape)`` fp32, and, for each of ``params`` that some loss reaches, ``(param, [(i, grad sums[i]
+    w.r.t. it), ...])`` (not yet scaled). One ``autograd.grad`` per loss; each traverses only the part of the
+    graph that loss depends on (its head), so together they cost one backward through all heads, and which
+    loss reaches which parameter is known."""
     copies = list(features.copies.values())
     if not copies or any(not (c.is_leaf and c.requires_grad) for c in copies):
         raise ValueError("FeatureCopies: every copy must be made by shared.detach().requires_grad_().")
     inputs = [*copies, *params]
     shared = features.shared
     feature = torch.zeros((len(sums), *shared.shape), dtype=torch.float32, device=shared.device)
-    param_grads: list[list[Tensor | None]] = []
+    reached: dict[int, list[tuple[int, Tensor]]] = {}
     for i, s in enumerate(sums):
         if not s.requires_grad:
-            param_grads.append([None] * len(params))
             continue
         grads = torch.autograd.grad(s, inputs, retain_graph=True, allow_unused=True)
         for g in grads[: len(copies)]:
             if g is not None:
                 feature[i] += g.float() * scale[i]
-        param_grads.append([None if g is None else g * scale[i].to(g.dtype) for g in grads[len(copies) :]])
-    return feature, param_grads
+        for j, g in enumerate(grads[len(copies) :]):
+            if g is not None:
+                reached.setdefault(j, []).append((i, g))
+    return feature, [(params[j], terms) for j, terms in sorted(reached.items())]
 
 
 def _send_gradients(
     total: Tensor,
     losses: Tensor,
+    scale: Tensor,
     shared: Tensor,
     feature: Tensor,
-    param_grads: list[list[Tensor | None]],
-    params: Sequence[Tensor],
+    reached: list[tuple[Tensor, list[tuple[int, Tensor]]]],
 ) -> Tensor:
-    """A term of value 0 whose backward gives ``shared`` the gradient ``sum_i c_i feature[i]`` and each
-    parameter ``sum_i c_i param_grads[i]``, ``c = d total / d losses`` (the balancer's effective task
+    """A term of value 0 whose backward gives ``shared`` the gradient ``sum_i c_i feature[i]`` and each reached
+    parameter ``sum_i c_i scale_i grad sums[i]``, ``c = d total / d losses`` (the balancer's effective task
     multipliers): with it, ``total``'s backward gives every parameter exactly the gradient of ``total`` as a
     function of the model, though ``losses`` is cut from the model's graph."""
     (c,) = torch.autograd.grad(total, losses, retain_graph=True, materialize_grads=True)
     c = c.detach().float()
-    term = (shared * torch.tensordot(c, feature, dims=1).to(shared.dtype)).sum()
-    for j, p in enumerate(params):
-        grads = [(c[i], g[j]) for i, g in enumerate(param_grads) if g[j] is not None]
-        if grads:
-            term = term + (p * sum(ci.to(g.dtype) * g for ci, g in grads)).sum()
-    return term - term.detach()
+    params = [p for p, _ in reached]
+    return _SendGradients.apply(
+        c, c * scale.float(), feature, [terms for _, terms in reached], shared, *params
+    )
+
+
+class _SendGradients(torch.autograd.Function):
+    """``_SendGradients.apply(c, c_params, feature, terms, shared, *params)`` is 0; its backward with upstream
+    ``u`` (1, or Lightning's ``1 / accumulate_grad_batches``, or a grad scaler's factor) gives ``shared``
+    ``u * sum_i c[i] feature[i]`` and ``params[j]`` ``u * sum_i c_params[i] g`` over its ``terms[j]`` ``(i, g)``:
+    one multiplication per parameter, where a product ``(p * G).sum()`` would cost three."""
+
+    @staticmethod
+    def forward(ctx, c, c_params, feature, terms, shared, *params):
+        ctx.c, ctx.c_params, ctx.feature, ctx.terms = c, c_params, feature, terms
+        ctx.shared_dtype = shared.dtype
+        return shared.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        u = upstream.float()
+        grad_shared = torch.tensordot(ctx.c * u, ctx.feature, dims=1).to(ctx.shared_dtype)
+        weights = ctx.c_params * u
+        grads = []
+        for terms in ctx.terms:
+            total = None
+            for i, g in terms:
+                part = g * weights[i].to(g.dtype)
+                total = part if total is None else total + part
+            grads.append(total)
+        ctx.terms = ctx.feature = None  # the step's gradients, freed now
+        return (None, None, None, None, grad_shared, *grads)
 
 
 def weight_entropy(weights: Sequence[float]) -> float:
