@@ -291,6 +291,20 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
     assert not torch.allclose(straight.heads.weight, unbalanced.heads.weight, atol=1e-4)
 
 
+def test_copies_train_like_the_per_task_backward_with_gradient_accumulation(tmp_path):
+    """Lightning scales the returned loss by 1 / accumulate_grad_batches before its backward: the gradients the
+    FeatureCopies path sends into the model are scaled with it, so both paths take the same steps."""
+    params = []
+    for copies in (True, False):
+        module = TinyModule(GradNormFactory(), copies=copies)
+        fit(module, tmp_path, batch_size=4, max_steps=3, accumulate_grad_batches=2)
+        params.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+        params.append(module.aggregator.balancer.logits.detach().clone())
+    torch.testing.assert_close(params[0], params[2], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(params[1], params[3], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(params[1], torch.zeros(3))  # GradNorm moved its logits
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("copies", [False, True], ids=["features", "copies"])
 def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path, copies):
