@@ -791,9 +791,9 @@ class ExcessMTL(Balancer):
 
     Cost: ``shared_params``, one batched backward of the T losses through every task head to that layer;
     ``features``, about none under the loss-aggregation callback (all T gradients in one backward, see
-    :class:`GradientAggregator`); and a ``T x P`` buffer of squared-gradient sums. Absent tasks: no gradient, their last ratio stands in for the update; a task not seen yet counts
-    with ratio 1 (every task's ratio at its first step: not trained at all), so a rare task is not
-    down-weighted for being absent. Gradients are averaged over data-parallel ranks before the statistics.
+    :class:`GradientAggregator`); and a ``T x P`` buffer of squared-gradient sums. Absent tasks: no
+    gradient, their last ratio stands in for the update; a task not seen yet counts with ratio 1 (every
+    task's ratio at its first step: not trained at all), so a rare task is not down-weighted for being absent. Gradients are averaged over data-parallel ranks before the statistics.
     """
 
     lazy_buffers = ("sq_grad_sum",)
