@@ -5,7 +5,10 @@ callback against a plain training step, measured in one run (interleaved rounds,
 
 The model is a generic multi-task network (a shared MLP trunk whose output feeds T classification heads
 of 1,000 classes), so the numbers isolate the balancers' own cost; the experiment benchmarks
-(`bench_pos_bert`, `bench_mm_mae`) measure the same ratios on the real models.
+(`bench_pos_bert`, `bench_mm_mae`) measure the same ratios on the real models. For the balancers that use
+per-task gradients w.r.t. the trunk's output (`features` mode) every head reads its own copy of it
+(`FeatureCopies`: all T gradients from one backward through the heads); the `per-task backward` row hands
+the balancer the plain trunk output instead (a batched backward, one per task, through every head).
 
 Time: median over interleaved rounds (every method once per round). Peak memory ("peak MiB"): the rise
 of the peak resident set size over the RSS just after the method's network, optimizer and data are
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks import _memory, _timing
-from pretrain.aggregation import LossAggregation
+from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.balancers import (
     DBMTL,
     DWA,
@@ -48,16 +51,20 @@ BALANCERS = {
     "dwa": lambda T: DWA(T, window=10),
     "groupdro": GroupDRO,
     "stch": lambda T: STCH(T, warmup=5),
-    "gradnorm": GradNorm,
+    "gradnorm": GradNorm,  # mode=features
+    "gradnorm (shared_params)": lambda T: GradNorm(T, mode="shared_params"),
     "upgrad (features)": lambda T: GradientAggregator(T, "upgrad", "features"),
     "mgda (features)": lambda T: GradientAggregator(T, "mgda", "features"),
     "pcgrad (features)": lambda T: GradientAggregator(T, "pcgrad", "features"),
+    "upgrad (features, per-task backward)": lambda T: GradientAggregator(T, "upgrad", "features"),
     "upgrad (shared_params)": lambda T: GradientAggregator(T, "upgrad", "shared_params"),
     "famo": FAMO,
     "rlw": RLW,
     "gls": GLS,
-    "excessmtl": ExcessMTL,
-    "dbmtl": DBMTL,
+    "excessmtl": ExcessMTL,  # mode=shared_params
+    "excessmtl (features)": lambda T: ExcessMTL(T, mode="features"),
+    "dbmtl": DBMTL,  # mode=shared_params
+    "dbmtl (features)": lambda T: DBMTL(T, mode="features"),
 }
 
 
@@ -67,9 +74,12 @@ class MultiTaskNet(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
         self.heads = nn.ModuleList(nn.Linear(width, classes) for _ in range(tasks))
 
-    def forward(self, x):
+    def forward(self, x, copies: bool = False):
+        """The trunk's output and every head's logits; with ``copies`` each head reads its own detached copy
+        of the trunk's output (returned as the third value)."""
         h = self.trunk(x)
-        return h, [head(h) for head in self.heads]
+        read = [h.detach().requires_grad_() for _ in self.heads] if copies else [h] * len(self.heads)
+        return h, [head(r) for head, r in zip(self.heads, read)], read
 
 
 WARMUP = 3  # untimed steps per method before the rounds
@@ -84,7 +94,7 @@ def make_step(name: str, tasks: int, width: int, batch: int):
         opt = torch.optim.SGD(net.parameters(), lr=1e-3)
 
         def step():
-            _, logits = net(x)
+            _, logits, _ = net(x)
             loss = torch.stack([nn.functional.cross_entropy(lg, y[t]) for t, lg in enumerate(logits)]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,14 +104,17 @@ def make_step(name: str, tasks: int, width: int, batch: int):
     agg = LossAggregation(BALANCERS[name](tasks), [f"t{t}" for t in range(tasks)])
     opt = torch.optim.SGD([{"params": list(net.parameters())}, *agg.balancer_param_groups()], lr=1e-3)
     shared = list(net.trunk[2].parameters())
+    copies = agg.needs_feature_gradients and "per-task backward" not in name
+    params = list(net.parameters())
 
     def step():
-        h, logits = net(x)
+        h, logits, read = net(x, copies)
         losses = {
             f"t{t}": (nn.functional.cross_entropy(lg, y[t], reduction="sum"), batch)
             for t, lg in enumerate(logits)
         }
-        loss = agg(None, losses, shared_params=shared, features=h)
+        features = FeatureCopies(h, dict(zip(losses, read)), params) if copies else h
+        loss = agg(None, losses, shared_params=shared, features=features)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -147,10 +160,10 @@ def main() -> None:
         f"median of {args.rounds} interleaved rounds x {args.steps} steps, {_timing.describe(args)}"
     )
     print(_memory.METHOD)
-    print(f"{'method':<28}{'ms/step':>10}{'x none':>10}{'peak MiB':>10}{'mem x none':>12}")
+    print(f"{'method':<38}{'ms/step':>10}{'x none':>10}{'peak MiB':>10}{'mem x none':>12}")
     for n in names:
         print(
-            f"{n:<28}{1000 * med[n]:>10.2f}{med[n] / med['none']:>10.2f}"
+            f"{n:<38}{1000 * med[n]:>10.2f}{med[n] / med['none']:>10.2f}"
             f"{_memory.fmt_mib(mem[n]):>10}{_memory.ratio(m[n], m['none']):>12.2f}"
         )
     print(

@@ -110,15 +110,23 @@ class PosBert(nn.Module):
         masked_positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode once; return ``sequence`` (B, L, H), ``pooled`` (B, H), ``nsp_logits`` (B, 2) and, when
-        ``masked_positions`` (flat indices into B*L) is given, ``mlm_logits`` (M, V) of those positions."""
+        ``masked_positions`` (flat indices into B*L) is given, ``mlm_logits`` (M, V) of those positions and
+        ``rows`` (M + B, H): the hidden states the heads read, the M masked positions then the B [CLS]
+        positions. The MLM head reads ``rows[:M]`` and the pooler ``rows[M:]``, each row alone, so the
+        gradient of a loss w.r.t. ``rows`` is each masked word's (and NSP's) own, row by row."""
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         seq = out.last_hidden_state
-        result = {
-            "sequence": seq,
-            "pooled": out.pooler_output,
-            "nsp_logits": self.nsp_head(out.pooler_output),
-        }
-        if masked_positions is not None:
-            gathered = seq.reshape(-1, seq.shape[-1]).index_select(0, masked_positions)
-            result["mlm_logits"] = self.mlm_logits(gathered)
+        result = {"sequence": seq}
+        if masked_positions is None:
+            cls = seq[:, 0]
+        else:
+            b, length, width = seq.shape
+            starts = torch.arange(b, device=seq.device) * length
+            rows = seq.reshape(-1, width).index_select(0, torch.cat([masked_positions, starts]))
+            cls = rows[masked_positions.numel() :]
+            result["rows"] = rows
+            result["mlm_logits"] = self.mlm_logits(rows[: masked_positions.numel()])
+        pooled = self.bert.pooler(cls[:, None])  # BertPooler reads position 0: the same as out.pooler_output
+        result["pooled"] = pooled
+        result["nsp_logits"] = self.nsp_head(pooled)
         return result

@@ -153,12 +153,15 @@ class CrossAttentionDecoder(nn.Module):
 @dataclass
 class MultiMAEOutput:
     """``preds[task]`` (B, N, values per patch); ``masked[task]`` (B, N) bool, True = hidden from the
-    encoder (the loss is taken there); ``features`` (B, 1+K, D) the encoder output tokens."""
+    encoder (the loss is taken there); ``features`` (B, 1+K, D) the encoder output tokens;
+    ``task_features[task]``: with ``forward(..., detach_features=True)``, the detached copy of ``features``
+    the task's decoder read (else None)."""
 
     preds: dict[str, torch.Tensor]
     masked: dict[str, torch.Tensor]
     features: torch.Tensor
     ids_keep: torch.Tensor
+    task_features: dict[str, torch.Tensor] | None = None
 
 
 class MultiMAE(nn.Module):
@@ -332,12 +335,18 @@ class MultiMAE(nn.Module):
 
     # ----------------------------------------------------------------------------------- forward
     def forward(
-        self, inputs: Mapping[str, torch.Tensor], visible: torch.Tensor | None = None
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        visible: torch.Tensor | None = None,
+        detach_features: bool = False,
     ) -> MultiMAEOutput:
         """One encoder pass over the visible tokens of all modalities, then every task decoder.
 
         ``visible`` (B, M, N) bool overrides the Dirichlet masking; each row must keep the same
-        number of tokens."""
+        number of tokens. ``detach_features``: each decoder reads its own detached copy of the encoder output
+        (``output.task_features``), so a task's loss stops there; the caller then back-propagates into the
+        encoder itself with ``output.features.backward(gradient)`` (how every task's gradient w.r.t. the
+        features comes out of one backward through the decoders)."""
         tokens = self.tokenize(inputs, self.modalities)
         b = tokens.shape[0]
         if visible is None:
@@ -350,11 +359,13 @@ class MultiMAE(nn.Module):
         x = tokens.gather(1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
         features = self.encode(x)
         preds, masked = {}, {}
+        copies = {t: features.detach().requires_grad_() for t in self.decoders} if detach_features else None
         for t, decoder in self.decoders.items():
             i = self.modalities.index(t)
-            preds[t] = decoder(features, ids_keep, i * self.num_patches, visible[:, i])
+            read = copies[t] if copies is not None else features
+            preds[t] = decoder(read, ids_keep, i * self.num_patches, visible[:, i])
             masked[t] = ~visible[:, i]
-        return MultiMAEOutput(preds, masked, features, ids_keep)
+        return MultiMAEOutput(preds, masked, features, ids_keep, copies)
 
     # ----------------------------------------------------------------------------------- losses
     def targets(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -80,8 +80,9 @@ class Balancer(nn.Module):
     ``requires`` names what a subclass needs beyond the losses: ``"shared_params"`` (the parameters
     of the last shared layer), ``"features"`` (the shared representation the task heads read) or
     ``"counts"`` (each task's number of targets in the step).
-    ``reduce`` averages a tensor over data-parallel ranks; the loss-aggregation callback sets it, and
-    gradient-based methods apply it to the rank-local gradients they compute.
+    ``reduce`` averages a tensor over data-parallel ranks and ``world_size`` is their number; the
+    loss-aggregation callback sets both, and gradient-based methods apply them to the rank-local gradients
+    they compute.
     """
 
     requires: frozenset[str] = frozenset()
@@ -100,6 +101,7 @@ class Balancer(nn.Module):
             )
         self.num_tasks = int(num_tasks)
         self.reduce: Callable[[Tensor], Tensor] = _identity
+        self.world_size = 1
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("last_loss", torch.zeros(self.num_tasks))
         self.register_buffer("seen", torch.zeros(self.num_tasks, dtype=torch.bool))
@@ -113,6 +115,7 @@ class Balancer(nn.Module):
         shared_params: Sequence[Tensor] | None = None,
         features: Tensor | None = None,
         counts: Tensor | None = None,
+        feature_grads: Tensor | None = None,
     ) -> BalanceOutput:
         """Weigh the T losses of one step.
 
@@ -121,9 +124,13 @@ class Balancer(nn.Module):
             present: shape ``(T,)`` bool; default all true.
             shared_params: parameters of the last shared layer (GradNorm; aggregators in
                 ``shared_params`` mode).
-            features: the shared representation (aggregators in ``features`` mode).
+            features: the shared representation (``features`` mode); the balancer takes each task's
+                gradient w.r.t. it by a batched backward of the T losses (one per task: exact, costly).
             counts: shape ``(T,)``, each task's number of targets in the step, summed over ranks
                 (``vanilla``); ignored by the other balancers.
+            feature_grads: shape ``(T, ..., D)``, row t the gradient of ``losses[t]`` w.r.t. the rank's shared
+                representation (D wide), already computed by the caller (the loss-aggregation callback takes
+                all T in one backward); ``features`` mode then uses these instead of ``features``.
         """
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}")
@@ -144,6 +151,7 @@ class Balancer(nn.Module):
             "shared_params": shared_params,
             "features": features,
             "counts": counts,
+            "feature_grads": feature_grads,
         }
         weights = self.compute_weights(imputed, known, ctx).detach()
         loss = self.objective(losses, weights, present, ctx)
@@ -451,6 +459,42 @@ def _gradient_inputs(ctx: dict, mode: str) -> list[Tensor]:
     return [p for p in inputs if p.requires_grad]
 
 
+def _jacobian(ctx: dict, mode: str) -> Tensor:
+    """``(T, P)`` fp32 rank-local per-task gradients ``grad L_t`` (zeros for absent tasks).
+
+    ``features`` mode: the caller's ``feature_grads`` (flattened) when it passed them, else a batched backward
+    of the T losses to ``features``; ``shared_params`` mode: a batched backward to those parameters.
+    """
+    grads = ctx["feature_grads"] if mode == "features" else None
+    if grads is None:
+        return _per_task_grads(ctx["losses"], ctx["present"], _gradient_inputs(ctx, mode)).detach()
+    num_tasks = ctx["losses"].numel()
+    if grads.shape[0] != num_tasks:
+        raise ValueError(
+            f"feature_grads: expected {num_tasks} rows (one per task), got shape {tuple(grads.shape)}"
+        )
+    jac = grads.detach().reshape(num_tasks, -1).float()
+    return torch.where(ctx["present"][:, None], jac, torch.zeros_like(jac))
+
+
+def _feature_width(ctx: dict) -> int:
+    """D, the width of the shared representation (its last dimension)."""
+    grads = ctx["feature_grads"]
+    return (grads if grads is not None else _gradient_inputs(ctx, "features")[0]).shape[-1]
+
+
+def _gramian(balancer: Balancer, jac: Tensor, mode: str) -> Tensor:
+    """The ``T x T`` Gramian ``J J^T`` of the rank-local Jacobian ``jac``, reduced over data-parallel ranks.
+
+    ``features``: each rank holds the gradients of its local losses (``world x`` its share of the global mean,
+    see ``pretrain.aggregation``) w.r.t. its own rows of the representation, so the Gramian of the global
+    losses is the sum of the ranks' Gramians over ``world^2``: their mean over ``world``. ``shared_params``: the
+    mean of the ranks' Gramians (not the Gramian of their mean gradient).
+    """
+    gramian = balancer.reduce(jac @ jac.T)
+    return gramian / balancer.world_size if mode == "features" else gramian
+
+
 def _task_gradients(balancer: Balancer, ctx: dict, mode: str) -> Tensor:
     """``(T, P)`` fp32 per-task gradients ``grad L_t`` (zeros for absent tasks), averaged over data-parallel
     ranks, for the balancers that keep per-coordinate statistics of them across steps (ExcessMTL, DB-MTL).
@@ -458,12 +502,10 @@ def _task_gradients(balancer: Balancer, ctx: dict, mode: str) -> Tensor:
     ``shared_params``: w.r.t. the parameters of the last shared layer (P = their size). ``features``: w.r.t. the
     shared representation, summed over every leading (batch, position) dimension, so P is the representation's
     width and the rows are comparable across batches (LibMTL's treatment of representation gradients).
-    One batched backward, as for GradNorm.
     """
-    inputs = _gradient_inputs(ctx, mode)
-    grads = _per_task_grads(ctx["losses"], ctx["present"], inputs).detach()
+    grads = _jacobian(ctx, mode)
     if mode == "features":
-        grads = grads.reshape(grads.shape[0], -1, inputs[0].shape[-1]).sum(dim=1)
+        grads = grads.reshape(grads.shape[0], -1, _feature_width(ctx)).sum(dim=1)
     return balancer.reduce(grads)
 
 
@@ -477,24 +519,35 @@ class GradNorm(Balancer):
     """``gradnorm``: gradient normalisation (Chen et al., ICML 2018), asymmetry ``alpha = 1.5``.
 
     Learnable logits ``p`` with ``w = softmax(p)`` (so the weights are renormalised to sum to 1, our
-    convention; the paper's sum-to-T is the same up to the factor T). With ``W`` the parameters of the
-    **last shared layer** (the paper's choice), ``G_t = w_t ||grad_W L_t||``, ``Gbar = mean_t G_t``,
-    ``r_t = (L_t / L_t(0)) / mean_s (L_s / L_s(0))`` with ``L_t(0)`` the task's first seen loss; ``p``
-    follows the gradient of ``sum_t |G_t - stopgrad(Gbar * r_t^alpha)|`` (added to the scalar; it
-    reaches only ``p``). The model gets ``sum_t stopgrad(w_t) L_t``.
+    convention; the paper's sum-to-T is the same up to the factor T). ``G_t = w_t ||grad L_t||``,
+    ``Gbar = mean_t G_t``, ``r_t = (L_t / L_t(0)) / mean_s (L_s / L_s(0))`` with ``L_t(0)`` the task's first
+    seen loss; ``p`` follows the gradient of ``sum_t |G_t - stopgrad(Gbar * r_t^alpha)|`` (added to the
+    scalar; it reaches only ``p``). The model gets ``sum_t stopgrad(w_t) L_t``.
 
-    Cost: one batched backward of the T losses to ``W`` (not T full backward passes). Rank-local
-    gradients are averaged over data-parallel ranks before the norms.
+    ``mode`` says what ``grad L_t`` is taken with respect to:
+
+    * ``features`` (default): the shared representation ``h`` the task heads read. An approximation of the
+      paper's norms: the gradient on the layer ``W`` that produces ``h`` is ``(dh/dW)^T grad_h L_t``, with the
+      same ``dh/dW`` for every task, so the norms differ from the paper's by a task-independent linear map
+      (MGDA-UB's argument, Sener & Koltun 2018). The loss-aggregation callback computes all T gradients in
+      one backward through the task heads, so GradNorm costs about what ``none`` costs.
+    * ``shared_params``: the parameters ``W`` of the **last shared layer**, the paper's choice (exact
+      GradNorm): one batched backward of the T losses through every task head to ``W``.
+
+    Rank-local gradients are reduced over data-parallel ranks before the norms, so the norms are those of
+    the global losses' gradients.
     """
 
-    requires = frozenset({"shared_params"})
-
-    def __init__(self, num_tasks: int, asymmetry: float = 1.5, lr: float | None = 0.025) -> None:
+    def __init__(
+        self, num_tasks: int, asymmetry: float = 1.5, lr: float | None = 0.025, mode: str = "features"
+    ) -> None:
         super().__init__(num_tasks)
         if not float(asymmetry) >= 0:
             raise ConfigError(f"balancer.asymmetry must be >= 0, got {asymmetry}.")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"balancer.lr must be > 0 (or null for the optimizer's), got {lr}.")
+        self.mode = _check_mode(mode)
+        self.requires = frozenset({self.mode})
         self.asymmetry = float(asymmetry)
         self.param_lr = None if lr is None else float(lr)
         self.logits = nn.Parameter(torch.zeros(self.num_tasks))
@@ -511,12 +564,13 @@ class GradNorm(Balancer):
 
     def objective(self, losses, weights, present, ctx):
         loss = (weights.to(losses.dtype) * losses).sum()
-        params = ctx["shared_params"]
-        if not self.training or not params or not losses.requires_grad or not bool(present.any()):
+        if not self.training or not losses.requires_grad or not bool(present.any()):
             return loss
-        params = [p for p in params if p.requires_grad]
-        grads = self.reduce(_per_task_grads(losses, present, params).detach())
-        norms = grads.norm(dim=1)
+        jac = _jacobian(ctx, self.mode)
+        if self.mode == "features":  # each rank holds its own rows of h: reduce the squared norms
+            norms = _gramian(self, jac, self.mode).diagonal().clamp(min=0).sqrt()
+        else:  # the same W on every rank: average the gradients (DDP's average), then the norms
+            norms = self.reduce(jac).norm(dim=1)
         w = torch.softmax(self.logits, dim=0)
         g = w * norms
         with torch.no_grad():
@@ -663,14 +717,19 @@ class GradientAggregator(Balancer):
 
     The T x T Gramian ``G = J J^T`` of the per-task gradients is taken with respect to
 
-    * ``features`` mode (default, MGDA-UB style): the shared representation the task heads read; one
-      batched backward from the T losses to it, costing about one extra backward of the heads;
-    * ``shared_params`` mode: the parameters of the last shared layer.
+    * ``features`` mode (default, MGDA-UB style): the shared representation ``h`` the task heads read. An
+      approximation of the exact method, whose Jacobian is w.r.t. the shared parameters: their per-task
+      gradients are ``(dh/dtheta)^T grad_h L_t`` with the same ``dh/dtheta`` for every task, and the Gramian
+      of the ``grad_h L_t`` stands in for theirs (Sener & Koltun 2018). The loss-aggregation callback takes
+      all T gradients w.r.t. ``h`` in one backward through the task heads (``feature_grads``), so the method
+      costs about what ``none`` costs; given only ``features``, the balancer takes them by a batched backward;
+    * ``shared_params`` mode: the parameters of the last shared layer (exact on that layer): one batched
+      backward of the T losses through every task head to it.
 
     The weights come from torchjd's ``UPGradWeighting`` / ``MGDAWeighting`` / ``PCGradWeighting`` on that
     Gramian, renormalised to sum to 1 (our convention; the direction is torchjd's). The model then gets
-    one backward of ``sum_t w_t L_t``, whose shared-parameter gradient is ``J^T w``. Gramians of
-    data-parallel ranks are averaged before the weighting, so every rank applies identical weights.
+    the gradient of ``sum_t w_t L_t``, whose shared-parameter gradient is ``J^T w``. Gramians are reduced
+    over data-parallel ranks before the weighting, so every rank applies identical weights.
     """
 
     def __init__(self, num_tasks: int, method: str = "upgrad", mode: str = "features") -> None:
@@ -693,11 +752,9 @@ class GradientAggregator(Balancer):
 
     def compute_weights(self, values, known, ctx):
         losses, present = ctx["losses"], ctx["present"]
-        inputs = _gradient_inputs(ctx, self.mode)
         if not self.training or not losses.requires_grad:
             return torch.full_like(values, 1.0 / self.num_tasks)
-        jac = _per_task_grads(losses, present, inputs).detach()
-        gramian = self.reduce(jac @ jac.T)
+        gramian = _gramian(self, _jacobian(ctx, self.mode), self.mode)
         idx = present.nonzero().flatten()
         weights = torch.zeros_like(values)
         if idx.numel() == 0:
@@ -732,10 +789,11 @@ class ExcessMTL(Balancer):
             code takes them w.r.t. all shared parameters, T backward passes); ``features``: w.r.t. the shared
             representation, summed over the batch (LibMTL's representation-gradient variant).
 
-    Cost: one batched backward of the T losses to that tensor, and a ``T x P`` buffer of squared-gradient
-    sums. Absent tasks: no gradient, their last ratio stands in for the update; a task not seen yet counts
-    with ratio 1 (every task's ratio at its first step: not trained at all), so a rare task is not
-    down-weighted for being absent. Gradients are averaged over data-parallel ranks before the statistics.
+    Cost: ``shared_params``, one batched backward of the T losses through every task head to that layer;
+    ``features``, about none under the loss-aggregation callback (all T gradients in one backward, see
+    :class:`GradientAggregator`); and a ``T x P`` buffer of squared-gradient sums. Absent tasks: no
+    gradient, their last ratio stands in for the update; a task not seen yet counts with ratio 1 (every
+    task's ratio at its first step: not trained at all), so a rare task is not down-weighted for being absent. Gradients are averaged over data-parallel ranks before the statistics.
     """
 
     lazy_buffers = ("sq_grad_sum",)
@@ -890,7 +948,8 @@ class DBMTL(Balancer):
         mode: ``shared_params`` (default; the gradients of the last shared layer's parameters) or
             ``features`` (of the shared representation, summed over the batch).
 
-    Cost: one batched backward of the T losses to that tensor, and a ``T x P`` buffer. Absent tasks keep
+    Cost: as :class:`ExcessMTL` (``shared_params``: a batched backward through every task head; ``features``:
+    about none under the loss-aggregation callback), and a ``T x P`` buffer. Absent tasks keep
     their average; a task with none yet gets weight 0. Gradients are averaged over data-parallel ranks.
     """
 

@@ -4,6 +4,11 @@ Each step masks the batch once (Dirichlet shares of the visible-token budget acr
 the shared encoder once on the visible tokens, decodes every modality and hands the per-task losses,
 as sums and counts over the masked patches' pixels, to the shared loss-aggregation callback, which
 reduces them across ranks and applies the configured balancer.
+
+For a balancer that needs per-task gradients w.r.t. the encoder output (``features`` mode), every decoder
+reads its own detached copy of it (``FeatureCopies``): the callback back-propagates each task's loss through
+its decoder alone, computes the weights, and the step's backward sends the weighted sum of the tasks'
+gradients into the encoder once, so the step costs one backward, as with ``none``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 import torch
 
 from models.multimae import MultiMAE
-from pretrain.aggregation import LossAggregation
+from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
 
@@ -97,11 +102,11 @@ class MMMAEPretraining(PretrainingModule):
     # ------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int):
         inputs = self._inputs(batch)
-        output = self.model(inputs)
+        copies = self.aggregator.needs_feature_gradients
+        output = self.model(inputs, detach_features=copies)
         losses = self.model.losses(output, inputs)
-        return self.aggregator(
-            self, losses, shared_params=self.model.shared_params(), features=output.features
-        )
+        features = FeatureCopies(output.features, output.task_features) if copies else output.features
+        return self.aggregator(self, losses, shared_params=self.model.shared_params(), features=features)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         inputs = self._inputs(batch)

@@ -9,6 +9,10 @@ the loss-aggregation callback reduces sums and counts across ranks. Tasks:
 - ``nsp``: a balanced task (``nsp: task``), added with weight 1 (``nsp: add``) or off (``nsp: off``).
 
 Losses added with weight 1 are the callback's ``extra_tasks``: still logged as ``train/loss/<name>``.
+
+The shared representation that ``features``-mode balancers differentiate is the encoder output at the rows the
+heads read: the masked positions (each of one POS group) and the [CLS] positions (NSP). Each row belongs to
+one task, so the callback gets every task's gradient w.r.t. them from one backward (``FeatureRows``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
-from pretrain.aggregation import LossAggregation
+from pretrain.aggregation import FeatureRows, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError, DataError
 
@@ -144,7 +148,19 @@ class PosBertPretraining(PretrainingModule):
     def training_step(self, batch, batch_idx: int):
         losses, out = self._forward_losses(batch)
         shared = list(self.model.last_shared_layer().parameters())
-        return self.aggregator(self, losses, shared_params=shared, features=out["sequence"])
+        features = FeatureRows(out["rows"], self._row_tasks(batch))
+        return self.aggregator(self, losses, shared_params=shared, features=features)
+
+    def _row_tasks(self, batch) -> torch.Tensor:
+        """For each row of the model's ``rows`` (masked positions, then [CLS] positions), the index of the
+        balanced task that reads it, or -1 (a group added with weight 1, or NSP when not balanced)."""
+        index = {t: i for i, t in enumerate(self.task_names)}
+        device = batch["mlm_task"].device
+        by_group = torch.tensor([index.get(g, -1) for g in ALL_GROUPS], dtype=torch.long, device=device)
+        nsp = torch.full(
+            (batch["input_ids"].shape[0],), index.get("nsp", -1), dtype=torch.long, device=device
+        )
+        return torch.cat([by_group[batch["mlm_task"]], nsp])
 
     def on_validation_epoch_start(self) -> None:
         # per group: loss sum, reference sum, targets (rows 0-2); NSP correct / pairs in row 3 (columns 0, 1)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.loading import resumable_loader
-from pretrain.aggregation import LossAggregation
+from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.balancers import (
     DBMTL,
     DWA,
@@ -47,8 +47,11 @@ class Samples(Dataset):
 
 
 class TinyModule(L.LightningModule):
-    def __init__(self, balancer, aggregation=None, nan_at: int | None = None, dump: str | None = None):
+    def __init__(
+        self, balancer, aggregation=None, nan_at: int | None = None, dump: str | None = None, copies=False
+    ):
         super().__init__()
+        self.copies = copies  # each task's head reads its own copy of h (FeatureCopies)
         torch.manual_seed(0)
         self.shared = torch.nn.Linear(4, 8)
         self.heads = torch.nn.Linear(8, 3)
@@ -62,14 +65,20 @@ class TinyModule(L.LightningModule):
     def training_step(self, batch, i):
         x, y, has_rare = batch
         h = torch.tanh(self.shared(x))
-        err = (self.heads(h) - y) ** 2  # (n, 3)
+        features = h
+        if self.copies:
+            read = {t: h.detach().requires_grad_() for t in TASKS}
+            err = (torch.stack([self.heads(read[t])[:, k] for k, t in enumerate(TASKS)], 1) - y) ** 2
+            features = FeatureCopies(h, read)
+        else:
+            err = (self.heads(h) - y) ** 2  # (n, 3)
         mask = torch.stack([torch.ones_like(has_rare), torch.ones_like(has_rare), has_rare], 1).float()
         sums = (err * mask).sum(0)
         counts = mask.sum(0)
         if self.nan_at is not None and self.global_step == self.nan_at:
             sums = sums * torch.tensor([1.0, float("nan"), 1.0])
         losses = {t: (sums[k], counts[k]) for k, t in enumerate(TASKS)}
-        return self.aggregator(self, losses, shared_params=list(self.shared.parameters()), features=h)
+        return self.aggregator(self, losses, shared_params=list(self.shared.parameters()), features=features)
 
     def train_dataloader(self):
         data = Samples()
@@ -295,26 +304,45 @@ class BalancerFactory:
         return self.cls(num_tasks, **self.kwargs)
 
 
+def test_copies_train_like_the_per_task_backward_with_gradient_accumulation(tmp_path):
+    """Lightning scales the returned loss by 1 / accumulate_grad_batches before its backward: the gradients the
+    FeatureCopies path sends into the model are scaled with it, so both paths take the same steps."""
+    params = []
+    for copies in (True, False):
+        module = TinyModule(BalancerFactory(GradNorm), copies=copies)
+        fit(module, tmp_path, batch_size=4, max_steps=3, accumulate_grad_batches=2)
+        params.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+        params.append(module.aggregator.balancer.logits.detach().clone())
+    torch.testing.assert_close(params[0], params[2], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(params[1], params[3], rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(params[1], torch.zeros(3))  # GradNorm moved its logits
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "factory",
+    "factory, copies",
     [
-        BalancerFactory(GradNorm),  # gradients + an all-reduce of the norms
-        BalancerFactory(ExcessMTL, robust_step_size=1.0),  # gradients, AdaGrad state
-        BalancerFactory(DBMTL),  # gradients, EMA state
-        BalancerFactory(FAMO),  # learnable logits, previous losses
-        BalancerFactory(RLW, seed=3),  # random draws: the same on every rank
-        BalancerFactory(GLS),
+        (BalancerFactory(GradNorm), False),  # feature gradients + an all-reduce of the Gramian
+        (BalancerFactory(GradNorm), True),  # from one backward through per-task copies of the features
+        (
+            BalancerFactory(ExcessMTL, robust_step_size=1.0),
+            False,
+        ),  # shared-parameter gradients, AdaGrad state
+        (BalancerFactory(DBMTL), False),  # gradients, EMA state
+        (BalancerFactory(FAMO), False),  # learnable logits, previous losses
+        (BalancerFactory(RLW, seed=3), False),  # random draws: the same on every rank
+        (BalancerFactory(GLS), False),
     ],
-    ids=["gradnorm", "excessmtl", "dbmtl", "famo", "rlw", "gls"],
+    ids=["gradnorm", "gradnorm-copies", "excessmtl", "dbmtl", "famo", "rlw", "gls"],
 )
-def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path, factory):
+def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path, factory, copies):
     """2 gloo processes with 2 samples each == 1 process with the same 4 samples per step: every rank
-    applies the same weights, computed from the global mean of each task's loss."""
+    applies the same weights, computed from the global mean of each task's loss (GradNorm also from one
+    backward through the heads, the step's gradient then reaching the shared layer through the returned loss)."""
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()
     fit(
-        TinyModule(factory, dump=str(tmp_path / "ddp")),
+        TinyModule(factory, dump=str(tmp_path / "ddp"), copies=copies),
         tmp_path,
         batch_size=2,
         max_steps=3,
@@ -322,7 +350,7 @@ def test_ddp_ranks_apply_identical_weights_from_global_mean_losses(tmp_path, fac
         strategy="ddp_spawn",
         use_distributed_sampler=False,
     )
-    fit(TinyModule(factory, dump=str(tmp_path / "one")), tmp_path, batch_size=4, max_steps=3)
+    fit(TinyModule(factory, dump=str(tmp_path / "one"), copies=copies), tmp_path, batch_size=4, max_steps=3)
     r0 = json.loads((tmp_path / "ddp" / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "ddp" / "rank1.json").read_text())
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())

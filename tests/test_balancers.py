@@ -202,7 +202,7 @@ def test_stch_nadir_from_warmup_then_normalised_log_weights():
 def test_gradnorm_balances_gradient_norms_on_the_shared_layer():
     W = torch.ones(2, requires_grad=True)
     g = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # grad_W L_t = g_t, norms [3, 1]
-    b = GradNorm(2, asymmetry=1.5, lr=None)
+    b = GradNorm(2, asymmetry=1.5, lr=None, mode="shared_params")
     losses = g @ W
     out = b(losses, shared_params=[W])
     assert out.weights.tolist() == pytest.approx([0.5, 0.5])
@@ -213,7 +213,25 @@ def test_gradnorm_balances_gradient_norms_on_the_shared_layer():
     assert b.logits.grad.tolist() == pytest.approx([1.0, -1.0], rel=1e-5)
     with torch.no_grad():
         b.logits -= 0.1 * b.logits.grad
-    assert b(g @ W).weights[1] > 0.5  # the task with the smaller gradient gains weight
+    assert b(g @ W, shared_params=[W]).weights[1] > 0.5  # the task with the smaller gradient gains weight
+
+
+def test_gradnorm_features_mode_takes_the_norms_on_the_representation_or_the_callers_gradients():
+    """mode=features (the default): the norms of grad_h L_t, from the batched backward given ``features`` or
+    from the caller's ``feature_grads`` (the callback's one backward); both give the same update of p."""
+    h = torch.ones(2, 2, requires_grad=True)  # two rows of a width-2 representation
+    J = torch.tensor([[[3.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])  # grad_h L_t, norms [3, 1]
+    grads = []
+    for kwargs in ({"features": h}, {"feature_grads": J}):
+        b = GradNorm(2, asymmetry=1.5, lr=None)
+        assert b.requires == frozenset({"features"})
+        out = b((J * h).sum(dim=(1, 2)), **kwargs)
+        out.loss.backward()
+        grads.append(b.logits.grad.clone())
+    assert grads[0].tolist() == pytest.approx([1.0, -1.0], rel=1e-5)  # as on the shared layer above
+    assert grads[1].tolist() == pytest.approx(grads[0].tolist())
+    with pytest.raises(ConfigError, match="features"):
+        GradNorm(2)(torch.ones(2, requires_grad=True) * 2)
 
 
 def test_gradient_aggregators_use_torchjd_weightings():
@@ -490,7 +508,7 @@ DIRECTIONS = {
     "groupdro": (lambda n: GroupDRO(n, eta=0.5), _cumulative_losses_decide),
     "dwa": (lambda n: DWA(n, temperature=2.0, window=1), _slower_task_gains_weight),
     "uncertainty": (Uncertainty, _weights_follow_exp_minus_s),
-    "gradnorm": (lambda n: GradNorm(n, lr=None), _weighted_gradient_norms_equalise),
+    "gradnorm": (lambda n: GradNorm(n, lr=None, mode="shared_params"), _weighted_gradient_norms_equalise),
     "stch": (lambda n: STCH(n, mu=0.1, warmup=2), _relatively_worse_task_gains_weight),
     "mgda": (_agg("mgda"), _smaller_gradient_gains_weight),
     "upgrad": (_agg("upgrad"), _update_conflicts_with_no_task),

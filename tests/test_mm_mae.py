@@ -56,16 +56,17 @@ def test_training_step_balances_the_three_modality_losses_of_one_pass():
 @pytest.mark.parametrize(
     "balancer",
     [
-        partial(GradNorm),
+        partial(GradNorm, mode="shared_params"),
+        partial(GradNorm, mode="features"),
         partial(GradientAggregator, method="upgrad", mode="features"),
         partial(GradientAggregator, method="mgda", mode="features"),
     ],
-    ids=["gradnorm", "upgrad", "mgda"],
+    ids=["gradnorm-shared_params", "gradnorm-features", "upgrad", "mgda"],
 )
 def test_gradient_balancers_get_shared_params_and_features(balancer):
     """The gradient-based balancers use the per-task gradients of this step: GradNorm's update of its logits
-    is the one its equation gives for the task-gradient norms on the shared parameters (computed here by
-    hand); an aggregator's weighting sees the Gramian of the per-task gradients w.r.t. the features."""
+    is the one its equation gives for the task-gradient norms on the shared parameters or the features
+    (computed here by hand); an aggregator's weighting sees the Gramian of the per-task gradients w.r.t. the features."""
     module = make_module(balancer=balancer)
     b = module.aggregator.balancer
     seen = []
@@ -84,6 +85,7 @@ def test_gradient_balancers_get_shared_params_and_features(balancer):
     losses = [s / c for s, c in module.model.losses(out, inputs).values()]
     if isinstance(b, GradNorm):
         params = [p for p in module.model.shared_params() if p.requires_grad]
+        params = params if b.mode == "shared_params" else [out.features]
         norms = []
         for task_loss in losses:
             grads = torch.autograd.grad(task_loss, params, retain_graph=True, allow_unused=True)
