@@ -36,7 +36,16 @@ from torch.utils.data import DataLoader, default_collate
 from benchmarks import _memory, _timing
 from data.scenes import SceneDataset
 from models.multimae import MultiMAE
-from pretrain.balancers import DWA, GradientAggregator, GradNorm, Minimax, NoBalancing, Uncertainty
+from pretrain.balancers import (
+    DBMTL,
+    DWA,
+    ExcessMTL,
+    GradientAggregator,
+    GradNorm,
+    Minimax,
+    NoBalancing,
+    Uncertainty,
+)
 from pretrain.mm_mae import MMMAEPretraining
 
 TINY = dict(
@@ -60,6 +69,8 @@ METHODS = {
     "upgrad (features)": (partial(GradientAggregator, method="upgrad", mode="features"), "-"),
     "mgda (features)": (partial(GradientAggregator, method="mgda", mode="features"), "-"),
     "pcgrad (features)": (partial(GradientAggregator, method="pcgrad", mode="features"), "-"),
+    "excessmtl (features)": (partial(ExcessMTL, mode="features"), "-"),
+    "dbmtl (features)": (partial(DBMTL, mode="features"), "-"),
     "gradnorm (shared_params)": (partial(GradNorm, mode="shared_params"), "4T"),
     "upgrad (shared_params)": (partial(GradientAggregator, method="upgrad", mode="shared_params"), "-"),
 }

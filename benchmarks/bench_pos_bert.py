@@ -38,7 +38,16 @@ import torch  # noqa: E402
 from benchmarks import _memory, _timing  # noqa: E402
 from data.pos_bert import IGNORE, PosMaskingCollator  # noqa: E402
 from models.bert import PosBert  # noqa: E402
-from pretrain.balancers import DWA, GradientAggregator, GradNorm, Minimax, NoBalancing, Uncertainty  # noqa: E402
+from pretrain.balancers import (  # noqa: E402
+    DBMTL,
+    DWA,
+    ExcessMTL,
+    GradientAggregator,
+    GradNorm,
+    Minimax,
+    NoBalancing,
+    Uncertainty,
+)
 from pretrain.pos_bert import PosBertPretraining  # noqa: E402
 
 # token share of each group in the generated corpus (verb .. interjection, other)
@@ -121,6 +130,8 @@ BALANCERS = {
     "upgrad (features)": functools.partial(GradientAggregator, method="upgrad", mode="features"),
     "mgda (features)": functools.partial(GradientAggregator, method="mgda", mode="features"),
     "pcgrad (features)": functools.partial(GradientAggregator, method="pcgrad", mode="features"),
+    "excessmtl (features)": functools.partial(ExcessMTL, mode="features"),
+    "dbmtl (features)": functools.partial(DBMTL, mode="features"),
     "gradnorm (shared_params)": functools.partial(GradNorm, mode="shared_params"),
     "upgrad (shared_params)": functools.partial(GradientAggregator, method="upgrad", mode="shared_params"),
 }
