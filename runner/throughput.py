@@ -117,9 +117,9 @@ class Throughput(Callback):
     ) -> None:
         super().__init__()
         if int(warmup_steps) < 1:
-            raise ValueError(f"callbacks.runner.throughput.warmup_steps must be >= 1, got {warmup_steps}.")
+            raise ValueError(f"callbacks.pretrain.throughput.warmup_steps must be >= 1, got {warmup_steps}.")
         if int(window) < 2:
-            raise ValueError(f"callbacks.runner.throughput.window must be >= 2, got {window}.")
+            raise ValueError(f"callbacks.pretrain.throughput.window must be >= 2, got {window}.")
         self.warmup_steps, self.window, self.count_flops = int(warmup_steps), int(window), bool(count_flops)
         self.peak = float(peak_flops) if peak_flops is not None else None
         self.clock = clock

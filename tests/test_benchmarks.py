@@ -103,9 +103,9 @@ def test_gpu_script_runs_its_benchmark_on_the_cpu_with_tiny_models(tmp_path):
         assert unit_per_s > 0 and tflops >= 0
         assert row[6] == "-" and row[7] == "-"  # no MFU or GPU memory on the CPU
         assert float(row[8]) > 0  # GFLOP per step, counted
-    # gradnorm's extra backward to the shared layer costs FLOPs
+    # gradnorm (mode=features) adds one backward of the MLM head only: at most a little more than none, never less
     flops = {tuple(row[:2]): float(row[8]) for row in rows}
-    assert flops[("pos_bert", "gradnorm")] > flops[("pos_bert", "none")]
+    assert flops[("pos_bert", "none")] <= flops[("pos_bert", "gradnorm")] < 1.5 * flops[("pos_bert", "none")]
     assert re.search(r"gpu\.sh: \d+ s", r.stdout)
 
 

@@ -183,7 +183,7 @@ def test_bad_settings_name_the_key():
 @pytest.mark.parametrize("experiment, unit", [("pos_bert", "tokens"), ("mm_mae", "images")])
 def test_a_run_logs_its_throughput_and_keeps_it_in_results_json(tmp_path, experiment, unit):
     overrides = [f"experiment={experiment}", "debug=smoke", "stage=pretrain", "logger=csv", "threads=1",
-                 "trainer.max_steps=6", "callbacks.runner.throughput.peak_flops=1e9"]  # fmt: skip
+                 "trainer.max_steps=6", "callbacks.pretrain.throughput.peak_flops=1e9"]  # fmt: skip
     run_pipeline(overrides, tmp_path)
     cost = json.loads((tmp_path / "results.json").read_text())["cost"]
     assert cost["timed_steps"] == 4 and cost["flops_per_step"] > 0
