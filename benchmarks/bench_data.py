@@ -40,7 +40,7 @@ def find_tagger(nltk_data: str | None) -> bool:
     tagger is found."""
     import nltk
 
-    from data.pos_bert import NLTK_TAGGER
+    from data.pos_tagging import NLTK_TAGGER
 
     if nltk_data:
         os.environ["NLTK_DATA"] = nltk_data
@@ -57,14 +57,16 @@ def bench_tagging(args) -> list[tuple[int, float]]:
     """Sentences/s of tagging + tokenising per ``num_proc``; returns ``[(num_proc, sentences/s), ...]``."""
     import datasets
 
-    from data.pos_bert import PosBertDataModule, load_nltk_tagger
+    from data.pos_bert import PosBertDataModule
     from data.pos_grammar import generate_corpus
+    from data.pos_tagging import load_nltk_tagger
 
     if not find_tagger(args.nltk_data):
         print("POS tagging: NLTK's English tagger not found (give --nltk-data DIR or set NLTK_DATA); skipped")
         return []
     datasets.disable_progress_bars()
-    logging.getLogger("data.pos_bert").setLevel(logging.WARNING)
+    for name in ("data.pos_bert", "data.pos_tagging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
     load_nltk_tagger()  # what build_tagged does first; its forked map workers inherit the loaded tagger
     load_s = time.perf_counter() - t0

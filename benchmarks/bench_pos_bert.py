@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks import _memory, _timing  # noqa: E402
-from data.pos_bert import IGNORE, PosMaskingCollator  # noqa: E402
+from data.pos_masking import PosMaskingCollator  # noqa: E402
+from data.pos_tagging import IGNORE  # noqa: E402
 from models.bert import PosBert  # noqa: E402
 from pretrain.balancers import (  # noqa: E402
     DBMTL,

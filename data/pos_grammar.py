@@ -11,7 +11,7 @@ so the gold tag of every word is known by construction (tests check that NLTK's 
 - Each document has a tense: past, or (with probability ``present_prob``) present, where every finite verb
   agrees with its subject in number (``she chases``, ``they chase``, ``is``/``are``, ``does``). Tense is a
   second document-level signal for next-sentence prediction, and agreement a local one for masked verbs.
-- Groups follow the Penn-tag mapping of ``data.pos_bert.penn_to_group``: subordinators such as
+- Groups follow the Penn-tag mapping of ``data.pos_tagging.penn_to_group``: subordinators such as
   ``because`` are prepositions (Penn ``IN``), ``when`` is an adverb (``WRB``), possessives are pronouns
   (``PRP$``), existential ``there`` and relative ``which`` are determiners (``EX``/``WDT``), infinitival
   ``to``, numbers and punctuation are ``other``.

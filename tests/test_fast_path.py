@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from data.pos_bert import IGNORE, PosMaskingCollator
+from data.pos_masking import PosMaskingCollator
+from data.pos_tagging import IGNORE
 from models.bert import PosBert
 from models.compile import compiled
 from models.multimae import MultiMAE

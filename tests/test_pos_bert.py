@@ -166,7 +166,7 @@ def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
 
 
 def test_unigram_reference_by_hand():
-    from data.pos_bert import IGNORE, unigram_reference
+    from data.pos_tagging import IGNORE, unigram_reference
 
     log_p, ref = unigram_reference([[5, 6, 5, 2], [7, 5]], [[0, 1, 0, IGNORE], [1, 0]], vocab_size=8)
     # maskable tokens: 5 x3, 6 x1, 7 x1 (the IGNORE'd 2 does not count); add-one over 8 pieces: / (5 + 8)

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 import data.pos_bert as pb
-from data.pos_bert import IGNORE, PosBertDataModule, PosMaskingCollator, build_nsp_pairs
+import data.pos_tagging as pt
+from data.pos_bert import PosBertDataModule
+from data.pos_grammar import ALL_GROUPS
+from data.pos_masking import PosMaskingCollator, build_nsp_pairs
+from data.pos_tagging import IGNORE
+from data.text_sources import split_documents
 from utils.errors import ConfigError, DataError
 
 PAD, MASK, VOCAB, NSPECIAL = 0, 4, 1000, 5
@@ -146,7 +151,7 @@ def test_wordpieces_carry_their_words_group(smoke_dm):
     tok = smoke_dm.tokenizer
     words = ["The", "bellatroon", "sang", "."]
     groups = [3, 1, 0, 9]
-    out = pb.tag_and_tokenize({"words": [words], "groups": [groups]}, tok)
+    out = pt.tag_and_tokenize({"words": [words], "groups": [groups]}, tok)
     ids, pos = out["input_ids"][0], out["pos"][0]
     enc = tok([words], is_split_into_words=True, add_special_tokens=False)
     wid = enc.word_ids(0)
@@ -241,7 +246,7 @@ def test_real_text_documents_and_sentences(tmp_path):
         " = = Plot = = ",
         "A man ran.",
     ]
-    texts, docs = pb.split_documents(lines, "x")
+    texts, docs = split_documents(lines, "x")
     assert texts == ["It was released in 2011.", "It sold well!", "Critics liked it.", "A man ran."]
     assert docs == [0, 0, 0, 1]
     with pytest.raises(DataError, match=r"^data.hf_dataset='no-such/dataset-xyz' .* could not be loaded"):
@@ -270,7 +275,7 @@ def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
     assert len(msgs) == 1 and "interjection" in msgs[0] and "corpus.txt" in msgs[0]
     first = dm.tagged[0]
     tok = dm.tokenizer
-    names = [pb.ALL_GROUPS[g] for g in first["pos"]]
+    names = [ALL_GROUPS[g] for g in first["pos"]]
     pieces = tok.convert_ids_to_tokens(first["input_ids"])
     tagged = dict(zip(pieces, names))
     assert tagged["the"] == "determiner" and tagged["man"] == "noun" and tagged["walked"] == "verb"
@@ -284,7 +289,7 @@ def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monke
     import nltk
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nltk_data")])
-    monkeypatch.setattr(pb, "_nltk_download_tried", False)
+    monkeypatch.setattr(pt, "_nltk_download_tried", False)
     calls = []
 
     def offline(resource, **kwargs):  # what nltk.download does without a network: False, nothing installed
@@ -292,8 +297,8 @@ def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monke
         return False
 
     monkeypatch.setattr(nltk, "download", offline)
-    with caplog.at_level(logging.INFO, logger="data.pos_bert"), pytest.raises(DataError) as e:
-        pb.require_nltk_tagger()
+    with caplog.at_level(logging.INFO, logger="data.pos_tagging"), pytest.raises(DataError) as e:
+        pt.require_nltk_tagger()
     assert str(e.value) == (
         "NLTK resource 'taggers/averaged_perceptron_tagger_eng' is missing: install it with `python -m "
         "nltk.downloader averaged_perceptron_tagger_eng` or set NLTK_DATA to a folder that contains it."
@@ -303,7 +308,7 @@ def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monke
         "NLTK resource averaged_perceptron_tagger_eng is missing: downloading it once with nltk.download ..."
     ]
     with pytest.raises(DataError, match="python -m nltk.downloader"):
-        pb.require_nltk_tagger()
+        pt.require_nltk_tagger()
     assert len(calls) == 1  # once per process, not at every call
 
     def online(resource, **kwargs):  # installs the resource where NLTK looks
@@ -312,12 +317,12 @@ def test_missing_nltk_tagger_is_downloaded_once_or_named_offline(tmp_path, monke
         return True
 
     monkeypatch.setattr(nltk, "download", online)
-    monkeypatch.setattr(pb, "_nltk_download_tried", False)
-    pb.require_nltk_tagger()
+    monkeypatch.setattr(pt, "_nltk_download_tried", False)
+    pt.require_nltk_tagger()
     assert (
         len(calls) == 2 and (tmp_path / "nltk_data" / "taggers" / "averaged_perceptron_tagger_eng").is_dir()
     )
-    pb.require_nltk_tagger()  # found: no further download
+    pt.require_nltk_tagger()  # found: no further download
     assert len(calls) == 2
 
 

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from data.pos_bert import GROUP_ID, penn_to_group
 from data.pos_grammar import (
     ALL_GROUPS,
+    GROUP_ID,
     GROUPS,
     PRODUCTIONS,
     TOPIC_NOUNS,
@@ -14,6 +14,7 @@ from data.pos_grammar import (
     lexicon_words,
     plural,
 )
+from data.pos_tagging import penn_to_group
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from data.pos_bert import build_nsp_pairs
 from data.pos_grammar import GROUPS, TOPIC_NOUNS, TOPIC_VERBS, generate_corpus, plural, third_person
+from data.pos_masking import build_nsp_pairs
 
 CONF = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "pos_corpus.yaml")
 GRAMMAR = dict(topic_bias=CONF.topic_bias, present_prob=CONF.present_prob, zipf_s=CONF.zipf_s)

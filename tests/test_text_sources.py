@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import compose_config, run_pipeline
 
-from data.pos_bert import (
-    PosBertDataModule,
+from data.pos_bert import PosBertDataModule
+from data.text_sources import (
     read_disk_dataset,
     read_hub_dataset,
     read_text_dir,
@@ -119,7 +119,7 @@ def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, cap
     (tmp_path / "a.txt").write_text(DOC_A)
     (tmp_path / "blob.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
     (tmp_path / "noise.txt").write_bytes(bytes((i * 37 + 128) % 256 | 0x80 for i in range(2000)))
-    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+    with caplog.at_level(logging.WARNING, logger="data.text_sources"):
         texts, docs = read_text_dir(tmp_path)
     assert texts == ["The old man walked to the river.", "He saw a small boat and a red bird."]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -136,7 +136,7 @@ def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, cap
 
 
 def test_placeholders_are_one_token_in_no_pos_task(nltk_data, tmp_path):
-    from data.pos_bert import IGNORE, _pretokenize, tag_and_tokenize, train_wordpiece
+    from data.pos_tagging import IGNORE, _pretokenize, tag_and_tokenize, train_wordpiece
 
     marks = ("<unk>", "@-@", "@,@", "@.@")
     text = "The <unk> of the north @-@ west bank rose by 1 @,@ 200 metres in <unk> ."
@@ -181,7 +181,7 @@ def test_a_single_document_cannot_make_nsp_pairs(nltk_data, tmp_path):
 
 
 def test_a_binary_text_file_is_named_not_trained_on(tmp_path):
-    from data.pos_bert import check_text_file
+    from data.text_sources import check_text_file
 
     blob = tmp_path / "model.bin"
     blob.write_bytes(b"PK\x03\x04\x14\x00\x00\x00" + bytes(range(256)) * 16)  # a zip archive
@@ -211,7 +211,7 @@ def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_p
     (corpus / "b.txt").write_text(DOC_C + "\n" + DOC_D)
     (corpus / "c.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
     dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus), max_length=32)
-    with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
+    with caplog.at_level(logging.WARNING, logger="data.text_sources"):
         dm.validate()
         dm.setup()
     skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
@@ -227,7 +227,7 @@ def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_p
 
 
 def test_sentences_longer_than_max_length_are_split_into_chunks():
-    from data.pos_bert import split_long_sentences
+    from data.text_sources import split_long_sentences
 
     ids = [[1, 2, 3], list(range(100, 170)), [4, 5]]  # the middle "sentence" has 70 pieces
     pos = [[0, 0, 0], [k % 10 for k in range(70)], [1, 1]]

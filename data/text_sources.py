@@ -1,0 +1,284 @@
+"""Text corpora for PoS-BERT: sentences and their document index from local files, folders and datasets.
+
+- :func:`split_documents` splits lines into sentences and documents (a blank line or a ``= Title =``
+  heading ends a document); :func:`split_long_sentences` chunks over-long tokenized sentences.
+- :func:`check_encoding`, :func:`decode_error`, :func:`check_text_file`, :func:`text_dir_files`: start-up
+  checks of local text (encodings, binary files, the byte offset of a decoding error).
+- :func:`read_text_file`, :func:`read_text_dir`, :func:`read_hub_dataset` (optionally streamed),
+  :func:`read_disk_dataset` (``save_to_disk``): the readers of ``data.text_file`` / ``text_dir`` /
+  ``hf_dataset`` / ``disk_dataset``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Corpus sources
+# ---------------------------------------------------------------------------------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def split_documents(lines, where: str) -> tuple[list[str], list[int]]:
+    """Sentences and their document index from lines of text: a blank line or a WikiText heading
+    (``= Title =``) ends a document; a line holding several sentences is split after ``.``/``!``/``?``.
+    Raises ``DataError`` naming ``where`` when there is no sentence."""
+    texts, docs, doc = [], [], 0
+    for line in lines:
+        line = line.strip()
+        if not line or (line.startswith("=") and line.endswith("=")):
+            if texts and docs[-1] == doc:
+                doc += 1
+            continue
+        for sent in _SENTENCE_END.split(line):
+            texts.append(sent)
+            docs.append(doc)
+    if not texts:
+        raise DataError(f"{where} contains no sentence (empty corpus).")
+    return texts, docs
+
+
+_SNIFF_BYTES = 8192  # bytes read to tell a binary file from a text file
+_BINARY_UNDECODABLE = 0.3  # share of undecodable characters in those bytes above which a file is binary
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name (``utf-8``, ``iso8859-1``, ...); ``ConfigError`` naming ``data.encoding``."""
+    try:
+        return codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ConfigError(
+            f"data.encoding={encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)."
+        ) from None
+
+
+def decode_error(path: Path, encoding: str, key: str) -> DataError | None:
+    """The one sentence for a file that does not decode as ``encoding`` (where: byte offset and line; what to
+    set), or ``None`` when the whole file decodes. Reads the bytes in 1 MiB chunks (no text is kept)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    fed, lines = 0, 1
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            final = not chunk  # the end of the file: a cut-off character is an error too
+            state = decoder.getstate()
+            pending = state[0] if isinstance(state[0], bytes) else b""
+            try:
+                decoder.decode(chunk, final=final)
+            except UnicodeDecodeError as e:
+                data = pending + chunk
+                offset = fed - len(pending) + e.start
+                lines += data[len(pending) : max(len(pending), e.start)].count(b"\n")
+                bad = " ".join(f"0x{byte:02x}" for byte in data[e.start : e.end])
+                return DataError(
+                    f"{key}: {path} is not valid {encoding} (byte {bad} at byte offset {offset}, line {lines}); "
+                    f"set data.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
+                )
+            if final:
+                return None
+            fed += len(chunk)
+            lines += chunk.count(b"\n")
+
+
+def _decode_failure(path: Path, encoding: str, key: str) -> DataError:
+    return decode_error(path, encoding, key) or DataError(
+        f"{key}: {path} does not decode as {encoding}; set data.encoding=latin-1 (or its encoding)."
+    )
+
+
+def _binary_reason(path: Path, encoding: str) -> str | None:
+    """Why a file looks binary (NUL bytes, or mostly undecodable as ``encoding``), or ``None`` if it is text."""
+    with path.open("rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if b"\0" in head and b"\0" not in "\n".encode(encoding):  # UTF-16/32 text holds NULs
+        return "NUL bytes"
+    text = codecs.getincrementaldecoder(encoding)(errors="replace").decode(head, final=False)
+    if text and text.count("\ufffd") / len(text) > _BINARY_UNDECODABLE:
+        return f"{text.count(chr(0xFFFD)) / len(text):.0%} of its first bytes are not {encoding}"
+    return None
+
+
+def check_text_file(path: Path, encoding: str = "utf-8") -> None:
+    """``data.text_file`` at start-up, before any pre-training (bytes only: no sentence splitting, no tagging):
+    a missing file, a binary one (NUL bytes, or mostly undecodable) or one that does not decode as
+    ``encoding`` (naming the byte offset) fails with one sentence."""
+    if not path.is_file():
+        raise DataError(f"data.text_file: {path} does not exist.")
+    encoding = check_encoding(encoding)
+    reason = _binary_reason(path, encoding)
+    if reason is not None:
+        raise DataError(
+            f"data.text_file: {path} looks binary, not {encoding} text ({reason}): point data.text_file at a "
+            f"text file (or set data.encoding if it is text in another encoding, e.g. utf-16)."
+        )
+    err = decode_error(path, encoding, "data.text_file")
+    if err is not None:
+        raise err
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[int]]:
+    """Sentences and their document index from a text file in ``encoding`` (see :func:`split_documents`).
+    Raises ``DataError`` naming the file when it is missing, does not decode (with the byte offset) or has
+    no sentence."""
+    if not path.is_file():
+        raise DataError(f"data.text_file: {path} does not exist.")
+    encoding = check_encoding(encoding)
+    try:
+        with path.open(encoding=encoding) as f:
+            return split_documents(f, f"data.text_file: {path}")
+    except UnicodeDecodeError:
+        raise _decode_failure(path, encoding, "data.text_file") from None
+
+
+def text_dir_files(path: Path, encoding: str = "utf-8") -> list[Path]:
+    """The text files of a ``data.text_dir`` (``*.txt``, searched recursively, sorted). A binary file (NUL bytes,
+    or mostly undecodable as ``encoding``) is skipped with a warning naming it; ``DataError`` naming the folder
+    when it is missing or no text file is left."""
+    if not path.is_dir():
+        raise DataError(f"data.text_dir: {path} is not a folder.")
+    encoding = check_encoding(encoding)
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"data.text_dir: {path} holds no .txt file.")
+    texts = []
+    for f in files:
+        reason = _binary_reason(f, encoding)
+        if reason is None:
+            texts.append(f)
+        else:
+            log.warning("data.text_dir: skipping %s: it looks binary, not %s text (%s).", f, encoding, reason)
+    if not texts:
+        raise DataError(
+            f"data.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
+            f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.encoding."
+        )
+    return texts
+
+
+def read_text_dir(
+    path: Path, encoding: str = "utf-8", files: list[Path] | None = None
+) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a folder of ``.txt`` files in ``encoding`` (``files``: those of
+    :func:`text_dir_files`, which skips binary files with a warning). Each file is one document, or several
+    separated by blank lines (or ``= Title =`` headings). A text file that does not decode fails naming it and
+    the byte offset."""
+    encoding = check_encoding(encoding)
+    texts = text_dir_files(path, encoding) if files is None else files
+
+    def lines():
+        for f in texts:
+            try:
+                with f.open(encoding=encoding) as fh:
+                    yield from fh
+            except UnicodeDecodeError:
+                raise _decode_failure(f, encoding, "data.text_dir") from None
+            yield ""  # a file ends its last document
+
+    return split_documents(lines(), f"data.text_dir: {path}")
+
+
+def _text_column(ds, column: str, where: str) -> None:
+    names = ds.column_names or []
+    if names and column not in names:
+        raise ConfigError(f"data.text_column={column!r} is not a column of {where} ({', '.join(names)}).")
+
+
+def read_hub_dataset(
+    name: str,
+    config: str | None,
+    split: str,
+    column: str,
+    streaming: bool = False,
+    max_rows: int | None = None,
+) -> tuple[list[str], list[int]]:
+    """Sentences and document index from a ``datasets`` hub dataset's text column (e.g. WikiText).
+
+    With ``streaming`` the rows are read lazily (corpora larger than the disk) and only the first
+    ``max_rows`` are kept; each row is a document when the rows are whole documents (Wikipedia,
+    BookCorpus-style), or a line of one (WikiText, whose blank rows and headings separate documents)."""
+    import itertools
+
+    import datasets
+
+    where = f"data.hf_dataset={name!r}"
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as e:  # offline, missing, renamed: one sentence for all
+        raise DataError(
+            f"data.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
+            f"its cache ({type(e).__name__}); offline, use data.text_file=<local text file> or data.text_dir."
+        ) from None
+    _text_column(ds, column, name)
+    if streaming:
+        rows = (row[column] for row in itertools.islice(ds, max_rows))
+        return split_documents(_rows_as_lines(rows), where)
+    texts = ds[column] if max_rows is None else ds[column][:max_rows]
+    return split_documents(_rows_as_lines(texts), where)
+
+
+def read_disk_dataset(path: Path, split: str, column: str, max_rows: int | None = None):
+    """Sentences and document index from a dataset saved with ``save_to_disk`` (a Dataset or a
+    DatasetDict, whose ``split`` is used)."""
+    import datasets
+
+    if not path.exists():
+        raise DataError(f"data.disk_dataset: {path} does not exist.")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - not a saved dataset
+        raise DataError(
+            f"data.disk_dataset: {path} is not a dataset saved with save_to_disk ({type(e).__name__})."
+        ) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ConfigError(f"data.hf_split={split!r} is not a split of {path} ({', '.join(ds)}).")
+        ds = ds[split]
+    _text_column(ds, column, str(path))
+    texts = ds[column] if max_rows is None else ds[column][:max_rows]
+    return split_documents(_rows_as_lines(texts), f"data.disk_dataset: {path}")
+
+
+def _rows_as_lines(rows):
+    """Rows of text as lines; a row holding several lines (a whole document) is followed by a blank
+    line, so it stays one document."""
+    for row in rows:
+        row = row or ""
+        if "\n" in row.strip():
+            yield from row.splitlines()
+            yield ""
+        else:
+            yield row
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sentence chunking (tokenized sentences)
+# ---------------------------------------------------------------------------------------------------------
+def split_long_sentences(
+    input_ids: list[list[int]], pos: list[list[int]], docs: np.ndarray, max_length: int, chunk: int
+) -> tuple[list[list[int]], list[list[int]], np.ndarray, int, int]:
+    """Split every "sentence" longer than ``max_length`` word-pieces (a line without a sentence end, a table
+    flattened into one line, ...) into consecutive chunks of at most ``chunk`` pieces, in its document; the rest
+    stay as they are. Returns ``(input_ids, pos, docs, n_split, longest)``: ``n_split`` sentences were split,
+    the longest had ``longest`` pieces."""
+    long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
+    if not long:
+        return input_ids, pos, docs, 0, 0
+    longest = max(len(input_ids[i]) for i in long)
+    out_ids, out_pos, out_docs = [], [], []
+    for ids, groups, doc in zip(input_ids, pos, docs.tolist()):
+        step = chunk if len(ids) > max_length else max(1, len(ids))
+        for k in range(0, len(ids), step):
+            out_ids.append(ids[k : k + step])
+            out_pos.append(groups[k : k + step])
+            out_docs.append(doc)
+    return out_ids, out_pos, np.asarray(out_docs, dtype=np.int64), len(long), longest
