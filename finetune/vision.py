@@ -60,6 +60,7 @@ from finetune.protocol import (
 )
 from models.multimae import MultiMAE, unpatchify
 from utils.errors import ConfigError
+from utils.optim import decay_groups, warmup_decay_schedule
 
 log = logging.getLogger(__name__)
 
@@ -233,26 +234,18 @@ class VisionFinetune(L.LightningModule):
 
     def configure_optimizers(self):
         head = [p for p in self.head.parameters() if p.requires_grad]
-        enc_decay, enc_no_decay = [], []
-        for name, p in self.encoder.named_parameters():
-            if p.requires_grad:
-                (enc_no_decay if p.ndim < 2 or "token" in name else enc_decay).append(p)
-        enc_lr = self.lr * self.encoder_lr_scale
         groups = [{"params": head, "lr": self.lr, "weight_decay": self.weight_decay}]
-        if enc_decay:
-            groups.append({"params": enc_decay, "lr": enc_lr, "weight_decay": self.weight_decay})
-        if enc_no_decay:
-            groups.append({"params": enc_no_decay, "lr": enc_lr, "weight_decay": 0.0})
+        encoder = decay_groups(
+            self.encoder.named_parameters(),
+            self.weight_decay,
+            no_decay=("token",),
+            lr=self.lr * self.encoder_lr_scale,
+        )
+        groups += [g for g in encoder if g["params"]]  # none under a frozen encoder
         optimizer = torch.optim.AdamW(groups, lr=self.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.warmup_steps, total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # linear warm-up, cosine decay to 0 (utils/optim.py)
+        scheduler = warmup_decay_schedule(optimizer, min(self.warmup_steps, total), total, 0.0, "cosine")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
