@@ -37,6 +37,7 @@ from finetune.protocol import (
     task_seed,
 )
 from utils.errors import ConfigError, DataError
+from utils.optim import decay_groups, estimated_steps, warmup_decay_schedule
 
 log = logging.getLogger(__name__)
 
@@ -152,25 +153,11 @@ class GlueFinetune(L.LightningModule):
         self.results = results
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-        )
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
-        total = int(total) if total and total != float("inf") else 0
-        warmup = int(self.warmup_ratio * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            if total <= warmup:
-                return 1.0
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        groups = decay_groups(self.named_parameters(), self.weight_decay, no_decay=("LayerNorm",))
+        opt = torch.optim.AdamW(groups, lr=self.lr)
+        total = estimated_steps(self)
+        # linear warm-up over warmup_ratio of the steps, then linear decay to 0 (utils/optim.py)
+        sched = warmup_decay_schedule(opt, int(self.warmup_ratio * total), total, 0.0, "linear")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

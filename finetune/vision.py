@@ -10,11 +10,11 @@ default) with a light head, then evaluates on every image of the dev split in on
 * ``depth``: the same dense head predicting log-depth, trained with L1 on log-depth; ``delta_1`` (share of
   pixels with ``max(pred/gt, gt/pred) < 1.25``), ``abs_rel`` and ``rmse`` (metres), :class:`DepthMetrics`.
 
-:class:`VisionSuite` runs the enabled tasks (the ``downstream`` config group) and saves, for a few
-fixed dev images, input | this run's segmentation | ground truth as ``figure3_<balancer>.png`` with the
-raw predictions in ``seg_pred.npy`` (and the inputs, ground truth, class names and each image's aspect ratio
-in ``figure3_data.npz``) so a sweep can put every balancer side by side. A suite on other data (NYUv2)
-overrides :meth:`VisionSuite.figure_batch` and sets ``class_names`` / ``ignore_index``.
+:class:`VisionSuite` runs the enabled tasks (the ``downstream`` config group) and saves Figure 3 for a few
+fixed dev images (finetune/figures.py: input | this run's segmentation | ground truth, with the arrays a sweep
+needs to put every balancer side by side). A suite on other data (NYUv2) overrides
+:meth:`VisionSuite.figure_batch` and sets ``class_names`` / ``ignore_index``. :class:`DepthMetrics` is in
+finetune/metrics.py.
 """
 
 from __future__ import annotations
@@ -28,24 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from data.scenes import (
     CLASS_NAMES,
     NUM_CLASSES,
     NUM_OBJECT_CLASSES,
-    RGB_MEAN,
-    RGB_STD,
     SceneDataset,
     check_scene_options,
 )
+from finetune.figures import balancer_name, save_figure3
+from finetune.metrics import DepthMetrics
 from finetune.protocol import (
     CachedBatches,
     CachedItems,
@@ -62,45 +60,13 @@ from finetune.protocol import (
 )
 from models.multimae import MultiMAE, unpatchify
 from utils.errors import ConfigError
+from utils.optim import decay_groups, warmup_decay_schedule
 
 log = logging.getLogger(__name__)
 
 TASKS = ("classification", "segmentation", "depth")
 #: task -> (primary metric, higher is better)
 PRIMARY = {"classification": "top1", "segmentation": "miou", "depth": "delta_1"}
-
-
-class DepthMetrics(Metric):
-    """delta_1 (share of pixels with max(pred/gt, gt/pred) < 1.25), abs-rel and RMSE over valid pixels.
-
-    Accumulates sums over every pixel of every image (no per-image averaging), so the values are the
-    pixel-level means over the whole dev set; states reduce by summation across processes."""
-
-    full_state_update = False
-
-    def __init__(self, threshold: float = 1.25, min_depth: float = 1e-3) -> None:
-        super().__init__()
-        self.threshold, self.min_depth = threshold, min_depth
-        for name in ("n", "delta_hits", "abs_rel", "sq_err"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        pred, target = pred.detach().double().flatten(), target.detach().double().flatten()
-        valid = target > self.min_depth
-        pred, target = pred[valid].clamp(min=self.min_depth), target[valid]
-        ratio = torch.maximum(pred / target, target / pred)
-        self.n += target.numel()
-        self.delta_hits += (ratio < self.threshold).sum()
-        self.abs_rel += ((pred - target).abs() / target).sum()
-        self.sq_err += (pred - target).pow(2).sum()
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        n = self.n.clamp(min=1)
-        return {
-            "delta_1": (self.delta_hits / n).float(),
-            "abs_rel": (self.abs_rel / n).float(),
-            "rmse": (self.sq_err / n).sqrt().float(),
-        }
 
 
 class DenseHead(nn.Module):
@@ -268,26 +234,18 @@ class VisionFinetune(L.LightningModule):
 
     def configure_optimizers(self):
         head = [p for p in self.head.parameters() if p.requires_grad]
-        enc_decay, enc_no_decay = [], []
-        for name, p in self.encoder.named_parameters():
-            if p.requires_grad:
-                (enc_no_decay if p.ndim < 2 or "token" in name else enc_decay).append(p)
-        enc_lr = self.lr * self.encoder_lr_scale
         groups = [{"params": head, "lr": self.lr, "weight_decay": self.weight_decay}]
-        if enc_decay:
-            groups.append({"params": enc_decay, "lr": enc_lr, "weight_decay": self.weight_decay})
-        if enc_no_decay:
-            groups.append({"params": enc_no_decay, "lr": enc_lr, "weight_decay": 0.0})
+        encoder = decay_groups(
+            self.encoder.named_parameters(),
+            self.weight_decay,
+            no_decay=("token",),
+            lr=self.lr * self.encoder_lr_scale,
+        )
+        groups += [g for g in encoder if g["params"]]  # none under a frozen encoder
         optimizer = torch.optim.AdamW(groups, lr=self.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.warmup_steps, total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        # linear warm-up, cosine decay to 0 (utils/optim.py)
+        scheduler = warmup_decay_schedule(optimizer, min(self.warmup_steps, total), total, 0.0, "cosine")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -559,157 +517,13 @@ class VisionSuite(DownstreamSuite):
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
     def save_figure(self, module: VisionFinetune, trainer: L.Trainer, out_dir: Path, pretrained: Any) -> dict:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-
-        tag = balancer_name(pretrained)
-        batch = self.figure_batch()
-        aspect = np.asarray(batch.pop("aspect", torch.ones(len(batch["rgb"]))), dtype=np.float32)
-        module.eval()
-        with torch.no_grad():
-            pred = module({k: v.to(module.device) for k, v in batch.items()}).argmax(1).cpu().numpy()
-        rgb = (batch["rgb"].permute(0, 2, 3, 1).numpy() * RGB_STD + RGB_MEAN).clip(0, 1)
-        gt = batch["semseg"].numpy()
-        if self.ignore_index is not None:
-            gt = np.where(gt == self.ignore_index, VOID, gt)
-        names = list(self.class_names)
-        np.save(out_dir / "seg_pred.npy", pred.astype(np.uint8))
-        np.savez_compressed(
-            out_dir / "figure3_data.npz",
-            rgb=rgb.astype(np.float32),
-            gt=gt.astype(np.uint8),
-            indices=np.arange(len(gt)),
-            class_names=np.array(names),
-            aspect=aspect,
+        """Figure 3 of this run (``finetune.figures.save_figure3``) on :meth:`figure_batch`'s images."""
+        return save_figure3(
+            module,
+            self.figure_batch(),
+            out_dir,
+            balancer_name(pretrained),
+            self.class_names,
+            self.ignore_index,
+            trainer,
         )
-        cmap = segmentation_cmap(len(names))
-        shown = sorted(
-            {int(c) for c in np.unique(np.concatenate([pred.ravel(), gt.ravel()])) if c < len(names)}
-        )
-        handles = [Patch(color=cmap(c), label=names[c]) for c in shown]
-        n, legend_h = len(gt), 0.2 * math.ceil(len(handles) / 5) + 0.1  # the legend's height in inches
-        fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + legend_h), squeeze=False)
-        draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap, aspect)
-        fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, legend_h / (2 * n + legend_h), 1, 1))
-        path = out_dir / f"figure3_{tag}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        log_figure(trainer, path, tag)
-        return {
-            "png": str(path),
-            "pred": str(out_dir / "seg_pred.npy"),
-            "data": str(out_dir / "figure3_data.npz"),
-        }
-
-
-def balancer_name(pretrained: Any) -> str:
-    """The run's balancer choice (Hydra's ``balancer=...``), else the balancer's class name."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return str(HydraConfig.get().runtime.choices["balancer"])
-    except Exception:  # noqa: BLE001 - outside a Hydra app
-        agg = getattr(pretrained, "aggregator", None)
-        return type(agg.balancer).__name__.lower() if agg is not None else "unknown"
-
-
-def log_figure(trainer: L.Trainer, path: Path, tag: str) -> None:
-    """Send the PNG to every logger that takes images (wandb, TensorBoard); others are skipped."""
-    for logger in getattr(trainer, "loggers", []) or []:
-        try:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key=f"figure3/{tag}", images=[str(path)])
-            elif hasattr(getattr(logger, "experiment", None), "add_image"):
-                import matplotlib.image as mpimg
-
-                img = mpimg.imread(path)[..., :3]
-                logger.experiment.add_image(f"figure3/{tag}", img, dataformats="HWC")
-        except Exception as exc:  # noqa: BLE001 - a figure must never kill a run
-            log.warning("could not log the figure to %s: %s", type(logger).__name__, exc)
-
-
-#: class id of void pixels in figure3_data.npz's ground truth (drawn black)
-VOID = 255
-
-
-def segmentation_cmap(num_classes: int):
-    """One distinct colour per class id (tab10 up to 10 classes, then tab20 + tab20b + tab20c, then hsv);
-    void (any id >= num_classes) is drawn black."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    if num_classes <= 10:
-        colors = list(plt.get_cmap("tab10").colors[:num_classes])
-    elif num_classes <= 60:
-        colors = [c for name in ("tab20", "tab20b", "tab20c") for c in plt.get_cmap(name).colors][
-            :num_classes
-        ]
-    else:
-        colors = [plt.get_cmap("hsv")(k / num_classes) for k in range(num_classes)]
-    return ListedColormap(colors).with_extremes(bad="black")
-
-
-def draw_segmentation_grid(axes, rgb, columns, gt, cmap, aspect=None) -> None:
-    """Figure 3's grid: one row per image, columns input | each (title, predictions) | ground truth; row i is
-    drawn with height / width ``aspect[i]`` (the original image's, when the model saw it resized to a square)."""
-    for i in range(len(gt)):
-        panels = [("input", rgb[i])] + [(name, pred[i]) for name, pred in columns] + [("ground truth", gt[i])]
-        shape = gt[i].shape
-        ratio = "equal" if aspect is None else float(aspect[i]) * shape[1] / shape[0]
-        for j, (title, img) in enumerate(panels):
-            ax = axes[i, j]
-            if j == 0:
-                ax.imshow(img, aspect=ratio)
-            else:
-                ax.imshow(
-                    np.ma.masked_greater_equal(img, cmap.N),
-                    cmap=cmap,
-                    vmin=0,
-                    vmax=cmap.N - 1,
-                    interpolation="nearest",
-                    aspect=ratio,
-                )
-            ax.set_axis_off()
-            if i == 0:
-                ax.set_title(title)
-
-
-def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
-    """Figure 3 of the paper for a sweep: input | one segmentation per run (balancer) | ground truth.
-
-    Reads each run's ``seg_pred.npy``, ``figure3_data.npz`` and ``results.json`` (for the balancer name);
-    the runs must share the seed (hence the same fixed dev images)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dirs = [Path(d) for d in run_dirs]
-    if not run_dirs:
-        raise ConfigError("sweep_figure needs at least one run directory.")
-    data = np.load(run_dirs[0] / "figure3_data.npz")
-    rgb, gt = data["rgb"], data["gt"]
-    num_classes = len(data["class_names"]) if "class_names" in data else len(CLASS_NAMES)
-    aspect = data["aspect"] if "aspect" in data else None
-    columns = []
-    for d in run_dirs:
-        pred = np.load(d / "seg_pred.npy")
-        if pred.shape != gt.shape or not np.array_equal(np.load(d / "figure3_data.npz")["gt"], gt):
-            raise ConfigError(
-                f"{d}: its figure images differ from {run_dirs[0]}'s (another seed or image size)."
-            )
-        name = json.loads((d / "results.json").read_text()).get("balancer", d.name)
-        columns.append((name, pred))
-    cmap = segmentation_cmap(num_classes)
-    n, k = len(gt), len(columns) + 2
-    fig, axes = plt.subplots(n, k, figsize=(2 * k, 2 * n), squeeze=False)
-    draw_segmentation_grid(axes, rgb, columns, gt, cmap, aspect)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path

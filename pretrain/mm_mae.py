@@ -14,7 +14,6 @@ gradients into the encoder once, so the step costs one backward, as with ``none`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from models.multimae import MultiMAE
 from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
+from utils.optim import decay_groups, estimated_steps, warmup_decay_schedule
 
 #: what export_pretrained writes into its directory
 ENCODER_FILE = "encoder_timm.pth"
@@ -123,30 +123,23 @@ class MMMAEPretraining(PretrainingModule):
 
     # ------------------------------------------------------------------------------------ optim
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "token" in name else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ] + self.aggregator.balancer_param_groups()
+        model = decay_groups(self.model.named_parameters(), self.weight_decay, no_decay=("token",))
+        balancer = self.aggregator.balancer_param_groups()
+        # balancer groups with their own lr keep it (read before AdamW fills in every group's lr)
+        constant = [len(model) + i for i, g in enumerate(balancer) if "lr" in g]
         # fused CUDA kernel where the parameters are on a GPU (one launch for all of them); torch's default elsewhere
         fused = True if self.device.type == "cuda" else None
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
-        warmup, floor = min(self.warmup_steps, total), self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        # balancer groups with their own lr keep it constant (the factor applies to every group)
-        lambdas = [factor] * 2 + [lambda _s: 1.0] * (len(groups) - 2)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        optimizer = torch.optim.AdamW(model + balancer, lr=self.lr, betas=self.betas, fused=fused)
+        # linear warm-up, cosine decay to min_lr_ratio; a balancer's own lr stays constant (utils/optim.py)
+        total = estimated_steps(self)
+        scheduler = warmup_decay_schedule(
+            optimizer,
+            min(self.warmup_steps, total),
+            total,
+            self.min_lr_ratio,
+            "cosine",
+            constant_groups=constant,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def throughput_units(self, batch: dict) -> dict[str, int]:

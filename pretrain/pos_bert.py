@@ -26,6 +26,7 @@ from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
 from pretrain.aggregation import FeatureRows, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError, DataError
+from utils.optim import decay_groups, estimated_steps, warmup_decay_schedule
 
 NSP_MODES = ("task", "add", "off")
 
@@ -227,30 +228,22 @@ class PosBertPretraining(PretrainingModule):
 
     # -- optimisation ------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "bias" in name else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ] + self.aggregator.balancer_param_groups()
+        model = decay_groups(self.model.named_parameters(), self.weight_decay, no_decay=("LayerNorm", "bias"))
+        balancer = self.aggregator.balancer_param_groups()
+        # balancer groups with their own lr keep it (read before AdamW fills in every group's lr)
+        constant = [len(model) + i for i, g in enumerate(balancer) if "lr" in g]
         # fused CUDA kernel where the parameters are on a GPU (one launch for all of them); torch's default elsewhere
         fused = True if self.device.type == "cuda" else None
-        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 0
-        total = int(total) if total and total != float("inf") else 0
-        warmup, floor = max(0, self.warmup_steps), self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if warmup and step < warmup:
-                return (step + 1) / warmup
-            if total <= warmup:
-                return 1.0
-            return max(floor, 1.0 - (1.0 - floor) * (step - warmup) / max(1, total - warmup))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        opt = torch.optim.AdamW(model + balancer, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
+        # linear warm-up, linear decay to min_lr_ratio; a balancer's own lr stays constant (utils/optim.py)
+        sched = warmup_decay_schedule(
+            opt,
+            self.warmup_steps,
+            estimated_steps(self),
+            self.min_lr_ratio,
+            "linear",
+            constant_groups=constant,
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def throughput_units(self, batch) -> dict[str, int]:

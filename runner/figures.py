@@ -171,7 +171,7 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
         if (Path(r.get("_dir", "")) / "seg_pred.npy").exists()
     ]
     if with_seg:
-        from finetune.vision import sweep_figure
+        from finetune.figures import sweep_figure
 
         seed = min(int(r.get("seed", 0)) for r, _ in with_seg)
         chosen = {}

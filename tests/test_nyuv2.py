@@ -12,8 +12,8 @@ from helpers import run_pipeline
 from PIL import Image
 
 from data.nyuv2 import IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset, load_class_mapping
+from finetune.figures import sweep_figure
 from finetune.nyuv2 import NYUv2Finetune, NYUv2Suite
-from finetune.vision import sweep_figure
 from models.multimae import MultiMAE
 from utils.errors import ConfigError, DataError
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.vision import DenseHead, DepthMetrics, VisionFinetune, VisionSuite, sweep_figure
+from finetune.figures import sweep_figure
+from finetune.metrics import DepthMetrics
+from finetune.vision import DenseHead, VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
 from pretrain.balancers import Minimax
 from pretrain.mm_mae import MMMAEPretraining

@@ -1,0 +1,92 @@
+"""The one learning-rate schedule and weight-decay split of every experiment (pre-training and adaptation).
+
+* :func:`decay_groups`: two AdamW parameter groups, weight decay on matrices, none on vectors (biases, norms)
+  and on the parameters whose name contains one of ``no_decay`` (positional / global tokens, LayerNorms).
+* :func:`warmup_decay_schedule`: per optimizer step, linear warm-up ``(step + 1) / warmup`` to the base
+  learning rate, then linear or cosine decay to ``min_lr_ratio`` times it at ``total_steps``:
+
+      linear: max(r, 1 - (1 - r) * (step - warmup) / (total - warmup))
+      cosine: r + (1 - r) * (1 + cos(pi * min(1, (step - warmup) / (total - warmup)))) / 2
+
+  with a constant factor 1 after the warm-up when ``total_steps <= warmup`` (no known length: the trainer
+  has no step limit, or there is no trainer). Groups listed in ``constant_groups`` keep their learning rate
+  for the whole run. **The balancers' rule** (both pre-training experiments): a balancer parameter group with
+  its own learning rate (``balancer.lr`` set, GradNorm's 0.025 by default) is constant, its value is the
+  balancer's; one without (``balancer.lr: null``, "the optimizer's") follows the model's schedule.
+
+The callers (``configure_optimizers`` of pretrain/ and finetune/) build the optimizer (AdamW, fused on a GPU
+where they choose so) and hand it over; a learning-rate scheduler of Lightning steps it every optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+DECAYS = ("linear", "cosine")
+
+
+def decay_groups(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]],
+    weight_decay: float,
+    no_decay: Iterable[str] = (),
+    **group: Any,
+) -> list[dict[str, Any]]:
+    """``[decay, no_decay]`` parameter groups of the trainable parameters in ``named_params``: weight decay
+    ``weight_decay`` on those with two or more dimensions, 0 on vectors and scalars and on every parameter
+    whose name contains a string of ``no_decay``; ``group`` (e.g. ``lr``) goes into both groups. Either group
+    may be empty."""
+    markers = tuple(no_decay)
+    decay, other = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (other if p.ndim < 2 or any(m in name for m in markers) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": float(weight_decay), **group},
+        {"params": other, "weight_decay": 0.0, **group},
+    ]
+
+
+def estimated_steps(module: Any) -> int:
+    """The optimizer steps the module's trainer will take (``estimated_stepping_batches``), 0 without a
+    trainer or without a limit."""
+    if getattr(module, "_trainer", None) is None:
+        return 0
+    total = module.trainer.estimated_stepping_batches
+    return int(total) if total and total != float("inf") else 0
+
+
+def warmup_decay_schedule(
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float = 0.0,
+    decay: str = "linear",
+    constant_groups: Iterable[int] = (),
+) -> LambdaLR:
+    """A ``LambdaLR`` (step it once per optimizer step) multiplying each group's learning rate by the factor of
+    the module docstring: linear warm-up over ``warmup_steps`` steps, then ``decay`` (``linear`` | ``cosine``)
+    to ``min_lr_ratio`` at ``total_steps`` (and held there); the groups whose indices are in
+    ``constant_groups`` keep a factor of 1."""
+    if decay not in DECAYS:
+        raise ValueError(f"decay={decay!r} is not a schedule; choose among {', '.join(DECAYS)}.")
+    warmup, total, floor = max(0, int(warmup_steps)), int(total_steps), float(min_lr_ratio)
+    span = max(1, total - warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if total <= warmup:
+            return 1.0
+        if decay == "linear":
+            return max(floor, 1.0 - (1.0 - floor) * (step - warmup) / span)
+        progress = min((step - warmup) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    constant = set(constant_groups)
+    lambdas = [(lambda _step: 1.0) if i in constant else factor for i in range(len(optimizer.param_groups))]
+    return LambdaLR(optimizer, lambdas)
