@@ -106,6 +106,7 @@ class PosBertDataModule(LightningDataModule):
         stratify: bool = False,
         nsp_random_prob: float = 0.5,
         segment_tokens: int | None = None,
+        nsp_match_sentences: bool = False,
         num_proc: int = 1,
         num_workers: int = 0,
         placeholders: list[str] | tuple[str, ...] = (),
@@ -160,6 +161,7 @@ class PosBertDataModule(LightningDataModule):
         self.mlm_probability, self.stratify = mlm_probability, stratify
         self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
         self.nsp_random_prob = nsp_random_prob
+        self.nsp_match_sentences = bool(nsp_match_sentences)
         if segment_tokens is not None and int(segment_tokens) < 0:
             raise ConfigError(
                 f"data.segment_tokens={segment_tokens} must be >= 0 (0: one sentence per segment)."
@@ -414,7 +416,7 @@ class PosBertDataModule(LightningDataModule):
         self.n_documents = int(len(np.unique(docs)))
         lengths = np.asarray([len(x) for x in input_ids], dtype=np.int64)
         a0, a1, b0, b1, label = build_nsp_pairs(
-            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens
+            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens, self.nsp_match_sentences
         )
         if len(a0) == 0:
             raise DataError(

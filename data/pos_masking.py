@@ -29,6 +29,7 @@ def build_nsp_pairs(
     random_prob: float = 0.5,
     lengths: np.ndarray | None = None,
     segment_tokens: int = 0,
+    match_sentences: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Segment pairs for next-sentence prediction, as BERT builds them.
 
@@ -38,7 +39,10 @@ def build_nsp_pairs(
     B is the segment that follows A in the document (label 0, "is next") or, with ``random_prob``, a segment
     of as many word-pieces starting at a random sentence of another document (label 1). The next pair starts
     where A ended, so every sentence but a document's last opens a segment A once. ``segment_tokens=0``: one
-    sentence per segment (A = a sentence, B = the next one). Returns ``(a_start, a_end, b_start, b_end,
+    sentence per segment (A = a sentence, B = the next one). ``match_sentences``: a random B has as many whole
+    sentences as its pair's true B (drawn, up to 20 times, where the other document has that many left), so
+    that B's length does not tell a random B (filled to the budget) from a true one (often the short rest of
+    its document); both end at a sentence end. Returns ``(a_start, a_end, b_start, b_end,
     label)``, segments as half-open sentence ranges.
     """
     rng = np.random.default_rng(seed)
@@ -64,9 +68,14 @@ def build_nsp_pairs(
         while i < e - 1:
             j = grow(i, e - 1)  # A = [i, j), leaving >= 1 sentence for its true B
             if several and rng.random() < random_prob:
-                k = int(rng.integers(0, n - (e - s)))  # a sentence outside document d
-                k = k if k < s else k + (e - s)
-                out.append((i, j, k, grow(k, ends[doc_of[k]]), 1))
+                count = grow(j, e) - j if match_sentences else 0  # sentences of the true B
+                for _ in range(20 if match_sentences else 1):
+                    k = int(rng.integers(0, n - (e - s)))  # a sentence outside document d
+                    k = k if k < s else k + (e - s)
+                    if ends[doc_of[k]] - k >= count:
+                        break
+                end = min(k + count, ends[doc_of[k]]) if match_sentences else grow(k, ends[doc_of[k]])
+                out.append((i, j, k, end, 1))
             else:
                 out.append((i, j, j, grow(j, e), 0))
             i = j

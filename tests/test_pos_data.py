@@ -140,6 +140,37 @@ def test_nsp_segments_pack_consecutive_sentences_up_to_the_budget():
     assert 0.35 < label.mean() < 0.65
 
 
+def test_nsp_match_sentences_gives_random_b_the_true_b_sentence_count():
+    """Documents of 3-8 sentences, segments up to 30 word-pieces: a random B filled to the budget is longer than a
+    true B (the rest of its document), a cue unrelated to context; with match_sentences each random B has exactly
+    as many whole sentences as its pair's true B, from one other document, and the As are unchanged."""
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(300), rng.integers(3, 9, 300))
+    lengths = rng.integers(6, 14, len(docs))
+    plain = build_nsp_pairs(docs, seed=2, lengths=lengths, segment_tokens=30)
+    matched = build_nsp_pairs(docs, seed=2, lengths=lengths, segment_tokens=30, match_sentences=True)
+    np.testing.assert_array_equal(plain[0], matched[0])
+    np.testing.assert_array_equal(plain[1], matched[1])
+    a0, a1, b0, b1, label = matched
+    ends = np.r_[np.flatnonzero(docs[1:] != docs[:-1]) + 1, len(docs)]
+    for i in np.flatnonzero(label == 1):
+        j, e = a1[i], ends[np.searchsorted(ends, a1[i], side="right")]
+        true_end = j + 1
+        while true_end < e and lengths[j : true_end + 1].sum() <= 30:
+            true_end += 1
+        assert (
+            b1[i] - b0[i] == true_end - j
+            and len(set(docs[b0[i] : b1[i]])) == 1
+            and docs[b0[i]] != docs[a0[i]]
+        )
+
+    def mean_b(pairs, lab):
+        return np.mean([lengths[s:e].sum() for s, e, y in zip(pairs[2], pairs[3], pairs[4]) if y == lab])
+
+    assert mean_b(plain, 1) > mean_b(plain, 0) + 3  # the cue
+    assert abs(mean_b(matched, 1) - mean_b(matched, 0)) < 1.5  # gone
+
+
 @pytest.fixture
 def smoke_dm(tmp_path):
     dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=1, max_length=32)
