@@ -138,8 +138,8 @@ def _results(
         "seed": int(cfg.seed),
         "stage": str(cfg.stage),
         "overrides": _task_overrides(),
-        "upstream": agg.final_losses() if agg is not None else {},
-        "weights": weight_summary(agg.history, agg.task_names) if agg is not None else {},
+        "upstream": agg.final_losses(),
+        "weights": weight_summary(agg.history, agg.task_names),
         "downstream": downstream,
         "summary": summarise(downstream),
     }
@@ -149,7 +149,7 @@ def _results(
         results["cost"] = cost
     if suite is not None and suite.extra_results:
         results.update(suite.extra_results)
-    if agg is not None and agg.history:
+    if agg.history:
         _write_history(Path(cfg.paths.output_dir) / "pretrain_history.csv", agg)
     return results
 

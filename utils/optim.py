@@ -14,6 +14,9 @@
   its own learning rate (``balancer.lr`` set, GradNorm's 0.025 by default) is constant, its value is the
   balancer's; one without (``balancer.lr: null``, "the optimizer's") follows the model's schedule.
 
+Not transformers' ``get_wsd_schedule`` (warm-up, then linear/cosine decay to ``min_lr_ratio``): its warm-up
+starts at ``min_lr_ratio`` instead of ``1 / warmup``, which would change every existing run's learning rates.
+
 The callers (``configure_optimizers`` of pretrain/ and finetune/) build the optimizer (AdamW, fused on a GPU
 where they choose so) and hand it over; a learning-rate scheduler of Lightning steps it every optimizer step.
 """
