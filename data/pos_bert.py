@@ -93,6 +93,7 @@ class PosBertDataModule(LightningDataModule):
         max_sentences: int = 10,
         topic_bias: float = 0.75,
         present_prob: float = 0.0,
+        doc_nouns: int = 0,
         zipf_s: float = 1.0,
         tokenizer: str | None = None,
         vocab_size: int = 4096,
@@ -156,6 +157,9 @@ class PosBertDataModule(LightningDataModule):
         if not 0.0 <= float(present_prob) <= 1.0:
             raise ConfigError(f"data.present_prob={present_prob} must be a probability in [0, 1].")
         self.present_prob = float(present_prob)
+        if int(doc_nouns) < 0:
+            raise ConfigError(f"data.doc_nouns={doc_nouns} must be >= 0 (0: no per-document cast of nouns).")
+        self.doc_nouns = int(doc_nouns)
         self.tokenizer_name, self.vocab_size, self.lowercase = tokenizer, vocab_size, lowercase
         self.max_length, self.batch_size, self.val_fraction = max_length, batch_size, val_fraction
         self.mlm_probability, self.stratify = mlm_probability, stratify
@@ -262,6 +266,7 @@ class PosBertDataModule(LightningDataModule):
             "topic_bias": self.topic_bias,
             "zipf_s": self.zipf_s,
             **({"present_prob": self.present_prob} if self.present_prob else {}),
+            **({"doc_nouns": self.doc_nouns} if self.doc_nouns else {}),
         }
 
     def _raw(self) -> dict[str, list]:
@@ -299,6 +304,7 @@ class PosBertDataModule(LightningDataModule):
             topic_bias=self.topic_bias,
             zipf_s=self.zipf_s,
             present_prob=self.present_prob,
+            doc_nouns=self.doc_nouns,
         )
         words, groups, docs = [], [], []
         for d, (_topic, sents) in enumerate(corpus):

@@ -396,6 +396,10 @@ class Grammar:
         max_depth: recursion limit; deeper expansions take the first production of a nonterminal.
         present_prob: probability that a document is in the present tense (0: every document in the past,
             and the random stream of the corpus is that of a grammar without tenses).
+        doc_nouns: size of each document's cast: its on-topic nouns come from ``doc_nouns`` nouns of its topic
+            drawn (Zipf-weighted, distinct) when the document starts, so a document keeps mentioning the same
+            things, as real text does (0: every on-topic noun is drawn from the whole topic list, and the
+            random stream is that of a grammar without casts).
     """
 
     def __init__(
@@ -405,9 +409,14 @@ class Grammar:
         topic_bias: float = 0.75,
         max_depth: int = 6,
         present_prob: float = 0.0,
+        doc_nouns: int = 0,
     ):
         if not 0.0 <= present_prob <= 1.0:
             raise ValueError(f"present_prob={present_prob} must be in [0, 1]")
+        if int(doc_nouns) < 0:
+            raise ValueError(f"doc_nouns={doc_nouns} must be >= 0")
+        self.doc_nouns = int(doc_nouns)
+        self._cast: list[str] | None = None
         self.present_prob = float(present_prob)
         self.rng = random.Random(seed)
         self.zipf_s = zipf_s
@@ -438,7 +447,8 @@ class Grammar:
         topic = topic or self.rng.choice(self.topics)
         on_topic = self.rng.random() < self.topic_bias
         if category in ("N", "N_PL"):
-            noun = self._pick(TOPIC_NOUNS[topic] if on_topic else LEXICON["N_GEN"][1])
+            nouns = (self._cast or TOPIC_NOUNS[topic]) if on_topic else LEXICON["N_GEN"][1]
+            noun = self._pick(nouns)
             return (plural(noun) if category == "N_PL" else noun), "noun"
         if category in ("V_PAST", "V_BASE"):
             base, past = self._pick(TOPIC_VERBS[topic] if on_topic else TRANSITIVE)
@@ -493,7 +503,22 @@ class Grammar:
     def document(self, n_sentences: int, topic: str | None = None) -> tuple[str, list[Sentence]]:
         topic = topic or self.rng.choice(self.topics)
         tense = "present" if self.present_prob > 0 and self.rng.random() < self.present_prob else "past"
-        return topic, [self.sentence(topic, tense=tense) for _ in range(n_sentences)]
+        self._cast = self._draw_cast(topic) if self.doc_nouns else None
+        try:
+            return topic, [self.sentence(topic, tense=tense) for _ in range(n_sentences)]
+        finally:
+            self._cast = None
+
+    def _draw_cast(self, topic: str) -> list[str]:
+        """``doc_nouns`` distinct nouns of ``topic``, Zipf-weighted, in the order drawn (the first most used)."""
+        pool = list(TOPIC_NOUNS[topic])
+        weights = _zipf_weights(len(pool), self.zipf_s)
+        cast: list[str] = []
+        while pool and len(cast) < self.doc_nouns:
+            i = self.rng.choices(range(len(pool)), weights=weights, k=1)[0]
+            cast.append(pool.pop(i))
+            weights.pop(i)
+        return cast
 
     def documents(
         self, n_docs: int, min_sentences: int = 4, max_sentences: int = 10

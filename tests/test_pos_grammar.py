@@ -153,3 +153,29 @@ def test_present_tense_documents_agree_with_their_subjects():
     assert generate_corpus(30, seed=5) == generate_corpus(
         30, seed=5, present_prob=0.0
     )  # the past-only corpus
+
+
+def test_doc_nouns_gives_each_document_a_cast_of_nouns():
+    forms = {t: {w: n for n in ns for w in (n, plural(n))} for t, ns in TOPIC_NOUNS.items()}
+
+    def casts(docs):
+        return [
+            {
+                forms[topic][w]
+                for s in doc
+                for w, g in zip(s.words, s.groups)
+                if g == "noun" and w in forms[topic]
+            }
+            for topic, doc in docs
+        ]
+
+    with_cast = casts(generate_corpus(80, seed=3, doc_nouns=3))
+    assert all(len(c) <= 3 for c in with_cast)
+    assert sum(len(c) == 3 for c in with_cast) > 20  # the cast is used, not one noun per document
+    assert max(len(c) for c in casts(generate_corpus(80, seed=3))) > 5  # without it: the whole topic list
+    # documents of one topic have different casts
+    by_topic = {}
+    for (topic, _), c in zip(generate_corpus(80, seed=3, doc_nouns=3), with_cast):
+        by_topic.setdefault(topic, set()).add(frozenset(c))
+    assert max(len(v) for v in by_topic.values()) > 2
+    assert generate_corpus(30, seed=5) == generate_corpus(30, seed=5, doc_nouns=0)
