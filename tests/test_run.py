@@ -346,8 +346,11 @@ def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
 def test_tensorboard_logger_writes_event_files(tmp_path):
     from helpers import run_pipeline
 
+    from runner.figures import read_history
+
     run_pipeline(["experiment=convex", "debug=smoke", "logger=tensorboard"], tmp_path)
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert read_history(tmp_path)["step"] == [0, 1, 2, 3]  # with csv/metrics.csv: the sweep's curves
 
 
 @pytest.mark.slow
