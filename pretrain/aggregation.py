@@ -19,7 +19,9 @@ The callback
   global mean and every rank computes identical weights;
 * hands them to the balancer (``pretrain.balancers``) and returns the scalar to back-propagate;
 * logs every task's loss and weight, the worst task's loss and the weights' entropy each step;
-* keeps the balancer's state (and the per-step history used for figures) in every checkpoint;
+* keeps in every checkpoint the balancer's state, the last ``window`` steps' losses and weights (the final
+  losses and weights of results.json) and the running sum of the weights' entropy: nothing that grows with the
+  step count (the per-step history is the loggers': ``csv/metrics.csv`` feeds the sweep's figures);
 * handles tasks absent from a batch (count 0: no gradient, weight from the last known loss);
 * stops with an error naming the task and step when a loss is NaN/inf (or skips the step, by config);
 * gives a balancer that needs per-task gradients w.r.t. the shared representation (``features`` mode) all
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +106,8 @@ class LossAggregation(Callback):
             (e.g. PoS-BERT's ``other`` group or NSP when so configured).
         on_nonfinite: ``raise`` (default) stops with the task and step named; ``skip`` skips the
             optimizer step with a warning.
-        history_every: keep the reduced losses and weights of every n-th step for figures/reports.
+        window: how many of the last steps' reduced losses and weights are kept (and checkpointed) for
+            :meth:`final_losses` and :meth:`weight_summary`; the per-step history is what the loggers get.
         trace_dir: when set, every rank appends one JSON line per step to ``<trace_dir>/rank<r>.jsonl``:
             its local loss sums and counts, the global means it used and the task weights it applied (to
             check a distributed run: every rank must show the same means and weights).
@@ -115,7 +119,7 @@ class LossAggregation(Callback):
         task_names: Sequence[str],
         extra_tasks: Sequence[str] = (),
         on_nonfinite: str = "raise",
-        history_every: int = 1,
+        window: int = 20,
         trace_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -130,16 +134,19 @@ class LossAggregation(Callback):
             )
         if on_nonfinite not in ("raise", "skip"):
             raise ConfigError(f"aggregation.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
-        if int(history_every) < 1:
-            raise ConfigError(f"aggregation.history_every must be >= 1, got {history_every}.")
+        if int(window) < 1:
+            raise ConfigError(f"aggregation.window must be >= 1, got {window}.")
         if isinstance(balancer, NormalisedBalancer) and balancer.reference_from is not None:
             balancer.set_reference(reference_losses(balancer.reference_from, self.task_names))
         self.balancer = balancer
         self.on_nonfinite = on_nonfinite
-        self.history_every = int(history_every)
+        self.window = int(window)
         self.trace_dir = Path(trace_dir) if trace_dir else None
         self._trace_file: Path | None = None
-        self.history: list[dict[str, Any]] = []
+        #: the last ``window`` steps: ``{"step", "loss": {task: mean or None}, "weight": {task: w}}``
+        self.recent: deque[dict[str, Any]] = deque(maxlen=self.window)
+        self._entropy_sum = 0.0  # the weights' entropy summed over every step taken (mean_entropy)
+        self._entropy_steps = 0
         self._calls = 0
 
     def default_reference(self, values: dict[str, float], what: str) -> bool:
@@ -217,7 +224,9 @@ class LossAggregation(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "balancer": self.balancer.state_dict(),
-            "history": list(self.history),
+            "recent": list(self.recent),
+            "entropy_sum": self._entropy_sum,
+            "entropy_steps": self._entropy_steps,
             "task_names": list(self.task_names),
             "calls": self._calls,
         }
@@ -230,7 +239,15 @@ class LossAggregation(Callback):
                 "it belongs to another experiment."
             )
         self.balancer.load_state_dict(state_dict["balancer"])
-        self.history = list(state_dict.get("history", []))
+        recent = state_dict.get("recent")
+        if recent is None:  # a checkpoint from before the bounded window: every step's losses and weights
+            recent = list(state_dict.get("history", []))
+            self._entropy_sum = sum(weight_entropy([h["weight"][t] for t in self.task_names]) for h in recent)
+            self._entropy_steps = len(recent)
+        else:
+            self._entropy_sum = float(state_dict.get("entropy_sum", 0.0))
+            self._entropy_steps = int(state_dict.get("entropy_steps", 0))
+        self.recent = deque(recent, maxlen=self.window)
         self._calls = int(state_dict.get("calls", 0))
 
     # -- the call a training_step makes ------------------------------------------------------------
@@ -346,14 +363,15 @@ class LossAggregation(Callback):
         logged["train/loss_total"] = float(loss.detach())
         if trainer is not None:
             module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
-        if self._calls % self.history_every == 0:
-            self.history.append(
-                {
-                    "step": step,
-                    "loss": {n: (float(mean_cpu[i]) if pres[i] else None) for i, n in enumerate(names)},
-                    "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
-                }
-            )
+        self.recent.append(
+            {
+                "step": step,
+                "loss": {n: (float(mean_cpu[i]) if pres[i] else None) for i, n in enumerate(names)},
+                "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
+            }
+        )
+        self._entropy_sum += logged["train/weight_entropy"]
+        self._entropy_steps += 1
         if self._trace_file is not None:
             record = {
                 "step": step,
@@ -368,16 +386,30 @@ class LossAggregation(Callback):
         self._calls += 1
         return loss.to(device)
 
-    def final_losses(self, window: int = 20) -> dict[str, float]:
-        """Each task's mean reduced loss over the last ``window`` recorded steps (its final loss)."""
+    def final_losses(self) -> dict[str, float]:
+        """Each task's mean reduced loss over the last ``window`` steps (its final loss; steps where the task
+        was absent do not count)."""
         result: dict[str, float] = {}
         names = self.task_names + self.extra_tasks
         for name in names:
-            values = [h["loss"].get(name) for h in self.history[-window:]]
+            values = [h["loss"].get(name) for h in self.recent]
             values = [v for v in values if v is not None]
             if values:
                 result[name] = sum(values) / len(values)
         return result
+
+    def weight_summary(self) -> dict:
+        """How the run weighed its tasks: ``final`` (each task's mean weight over the last ``window`` steps),
+        ``mean_entropy`` (the weights' entropy in nats averaged over every step taken; ``log T`` is uniform, 0
+        one task) and ``max_entropy`` (``log T``); empty before the first step."""
+        if not self.recent or not self._entropy_steps:
+            return {}
+        n = len(self.recent)
+        return {
+            "final": {t: sum(h["weight"][t] for h in self.recent) / n for t in self.task_names},
+            "mean_entropy": self._entropy_sum / self._entropy_steps,
+            "max_entropy": math.log(len(self.task_names)),
+        }
 
 
 def _module_params(module) -> list[Tensor]:
@@ -482,21 +514,6 @@ class _SendGradients(torch.autograd.Function):
 def weight_entropy(weights: Sequence[float]) -> float:
     """Entropy of task weights in nats (``log T``: uniform; 0: all weight on one task)."""
     return -sum(v * math.log(v) for v in weights if v > 0)
-
-
-def weight_summary(history: Sequence[Mapping[str, Any]], task_names: Sequence[str], window: int = 20) -> dict:
-    """How a run weighed its tasks: ``final`` (each task's mean weight over the last ``window`` recorded
-    steps), ``mean_entropy`` (the weights' entropy in nats averaged over every recorded step; ``log T`` is
-    uniform, 0 one task) and ``max_entropy`` (``log T``)."""
-    if not history:
-        return {}
-    last = history[-window:]
-    return {
-        "final": {t: sum(h["weight"][t] for h in last) / len(last) for t in task_names},
-        "mean_entropy": sum(weight_entropy([h["weight"][t] for t in task_names]) for h in history)
-        / len(history),
-        "max_entropy": math.log(len(task_names)),
-    }
 
 
 def reference_losses(run_dir: str | Path, task_names: Sequence[str]) -> list[float]:

@@ -1,6 +1,8 @@
 """The sweep figures: ``curves.png`` (worst/average primary metric against the downstream N), ``theory.png``
 (the convex experiment), ``weights.png`` and ``upstream_losses.png`` (per balancer, over pre-training steps)
-and Figure 3 of the MM-MAE runs.
+and Figure 3 of the MM-MAE runs. The per-step curves come from each run's CSV log (``<run>/csv/metrics.csv``:
+``train/loss/<task>`` and ``train/weight/<task>``, one row every ``trainer.log_every_n_steps`` steps); a run
+without it (``logger=none``) has no curves.
 """
 
 from __future__ import annotations
@@ -59,16 +61,47 @@ def _theory_figure(path: Path, frame, settings: dict) -> Path:
     return path
 
 
+#: the CSV logger's file in a run directory (``conf/logger/csv.yaml``)
+METRICS_CSV = Path("csv") / "metrics.csv"
+_CURVES = ("train/loss/", "train/weight/")
+
+
 def read_history(run_dir: str | Path) -> dict[str, list[float]] | None:
-    """A run's ``pretrain_history.csv`` as columns (``step``, ``loss/<task>``, ``weight/<task>``)."""
-    path = Path(run_dir) / "pretrain_history.csv"
+    """A run's pre-training curves from its CSV log (``<run_dir>/csv/metrics.csv``) as columns: ``step``,
+    ``loss/<task>``, ``weight/<task>`` (NaN where a logged step has no value: a task not seen yet; at a later
+    step whose batch lacks a task, Lightning repeats that task's last logged loss). Lightning writes sparse rows (each log call its own row, other columns empty): the values are merged
+    by step, a step logged again after a resume keeps its later values, and rows without a loss or weight (the
+    downstream fits, the end-of-run numbers) are left out. None without the file or without such columns."""
+    path = Path(run_dir) / METRICS_CSV
     if not path.is_file():
         return None
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    by_step: dict[int, dict[str, float]] = {}
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys = [k for k in reader.fieldnames or [] if k.startswith(_CURVES)]
+            for row in reader:
+                values = {k: v for k in keys if math.isfinite(v := _number(row.get(k)))}
+                step = _number(row.get("step"))
+                if values and math.isfinite(step):
+                    by_step.setdefault(int(step), {}).update(values)
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("figures: %s is unreadable (%s); no curves for that run", path, exc)
         return None
-    return {k: [float(r[k]) if r[k] not in ("", None) else float("nan") for r in rows] for k in rows[0]}
+    if not by_step:
+        return None
+    steps = sorted(by_step)
+    columns = {"step": [float(s) for s in steps]}
+    for k in keys:
+        columns[k.removeprefix("train/")] = [by_step[s].get(k, math.nan) for s in steps]
+    return columns
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):  # an empty cell, or a line cut short by a killed run
+        return math.nan
 
 
 def _mean_curves(
@@ -137,10 +170,19 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     if not theory.empty:
         written.append(_theory_figure(Path(sweep_dir) / "theory.png", theory, table.get("settings") or {}))
     by_balancer: dict[str, list[dict]] = defaultdict(list)
+    without = []
     for r, label in zip(runs, row_labels(runs)):
         h = read_history(r.get("_dir", ""))
         if h is not None:
             by_balancer[label].append(h)
+        else:
+            without.append(r.get("_dir", ""))
+    if without:
+        log.warning(
+            "figures: %d of %d runs (e.g. %s) have no %s with train/loss and train/weight columns, so no "
+            "weight or loss curves for them (logger=none writes no per-step history)",
+            len(without), len(runs), without[0], METRICS_CSV,
+        )  # fmt: skip
     for prefix, fname, ylabel in (
         ("weight", "weights.png", "task weight"),
         ("loss", "upstream_losses.png", "task loss"),

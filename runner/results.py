@@ -1,5 +1,6 @@
 """A run's results: the summary over the downstream tasks, results.json (written atomically), the
-console table, the per-step history and the step timer behind the cost table.
+console table and the step timer behind the cost table. The per-step history of the task losses and weights is
+the loggers' (``csv/metrics.csv``, read by the sweep's figures).
 """
 
 from __future__ import annotations
@@ -128,9 +129,7 @@ def _results(
     cfg: DictConfig, module: PretrainingModule, downstream: dict, suite: DownstreamSuite | None, cost: dict
 ) -> dict:
     """The results.json payload (``cost``: the pre-training's step time and throughput, empty when this run
-    did not pre-train); also writes pretrain_history.csv beside it."""
-    from pretrain.aggregation import weight_summary
-
+    did not pre-train)."""
     agg = module.aggregator
     results = {
         "experiment": cfg.experiment,
@@ -139,7 +138,7 @@ def _results(
         "stage": str(cfg.stage),
         "overrides": _task_overrides(),
         "upstream": agg.final_losses(),
-        "weights": weight_summary(agg.history, agg.task_names),
+        "weights": agg.weight_summary(),
         "downstream": downstream,
         "summary": summarise(downstream),
     }
@@ -149,19 +148,4 @@ def _results(
         results["cost"] = cost
     if suite is not None and suite.extra_results:
         results.update(suite.extra_results)
-    if agg.history:
-        _write_history(Path(cfg.paths.output_dir) / "pretrain_history.csv", agg)
     return results
-
-
-def _write_history(path: Path, agg) -> None:
-    names = agg.task_names + agg.extra_tasks
-    lines = [
-        "step," + ",".join(f"loss/{n}" for n in names) + "," + ",".join(f"weight/{n}" for n in agg.task_names)
-    ]
-    for h in agg.history:
-        row = [str(h["step"])]
-        row += ["" if h["loss"].get(n) is None else f"{h['loss'][n]:.6g}" for n in names]
-        row += [f"{h['weight'][n]:.6g}" for n in agg.task_names]
-        lines.append(",".join(row))
-    path.write_text("\n".join(lines) + "\n")

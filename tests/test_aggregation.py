@@ -97,7 +97,7 @@ class TinyModule(L.LightningModule):
         if self.dump:
             path = Path(self.dump) / f"rank{self.global_rank}.json"
             params = torch.cat([p.detach().flatten() for p in self.parameters()]).tolist()
-            path.write_text(json.dumps({"history": self.aggregator.history, "params": params}))
+            path.write_text(json.dumps({"history": list(self.aggregator.recent), "params": params}))
 
 
 def fit(module, tmp_path, batch_size=4, max_steps=6, ckpt_path=None, shuffle=False, **trainer_kw):
@@ -142,7 +142,7 @@ def test_logs_every_task_loss_weight_and_the_worst_each_step(tmp_path):
 def test_task_loss_is_the_mean_over_its_targets_and_absent_tasks_are_handled(tmp_path):
     module = TinyModule(lambda num_tasks: Minimax(num_tasks, alpha=1.0))
     fit(module, tmp_path, batch_size=2, max_steps=4)  # 'rare' is present only in every second batch
-    hist = module.aggregator.history
+    hist = module.aggregator.recent
     assert [h["loss"]["rare"] is None for h in hist] == [True, False, True, False]
     assert hist[0]["weight"]["rare"] == 0.0  # never seen yet
     assert hist[2]["weight"]["rare"] > 0.0  # from its last known loss
@@ -282,13 +282,13 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, factory, check):
     torch.testing.assert_close(
         straight.aggregator.balancer.state_dict(), resumed.aggregator.balancer.state_dict()
     )
-    assert straight.aggregator.history == resumed.aggregator.history
+    assert straight.aggregator.recent == resumed.aggregator.recent
     if list(straight.aggregator.balancer.parameters()):
         assert not torch.allclose(
             next(straight.aggregator.balancer.parameters()),
             next(TinyModule(factory).aggregator.balancer.parameters()),
         )
-    check(straight.aggregator.history)
+    check(straight.aggregator.recent)
     unbalanced = TinyModule(NoBalancing)
     fit(unbalanced, tmp_path / "none", max_steps=13, shuffle=True)
     assert not torch.allclose(straight.heads.weight, unbalanced.heads.weight, atol=1e-4)
@@ -369,7 +369,7 @@ def test_vanilla_weights_follow_the_target_counts_of_the_loss_dict(tmp_path):
     vanilla's weights are [2, 2, 1] / 5 or [1/2, 1/2, 0]: the mean over all targets, not `none`'s 1/3 each."""
     module = TinyModule(Vanilla)
     fit(module, tmp_path, batch_size=2, max_steps=4)
-    weights = [x for _, w in _steps(module.aggregator.history) for x in w]
+    weights = [x for _, w in _steps(module.aggregator.recent) for x in w]
     assert weights == pytest.approx([0.5, 0.5, 0.0, 0.4, 0.4, 0.2] * 2)
     unbalanced = TinyModule(NoBalancing)
     fit(unbalanced, tmp_path / "none", batch_size=2, max_steps=4)
@@ -389,7 +389,7 @@ def test_reference_from_reads_a_finished_runs_final_losses_by_task_name(tmp_path
     module = TinyModule(partial(Minimax, alpha=2.0, normalize="reference", reference_from=str(run)))
     assert module.aggregator.balancer.reference.tolist() == [1.0, 0.5, 2.0]
     fit(module, tmp_path / "fit", max_steps=3)
-    for losses, weights in _steps(module.aggregator.history):
+    for losses, weights in _steps(module.aggregator.recent):
         assert weights == pytest.approx(_softmax([2.0 * (v - r) for v, r in zip(losses, [1.0, 0.5, 2.0])]))
     with pytest.raises(
         ConfigError, match=r"balancer\.reference_from: .*missing.*results\.json does not exist"
@@ -413,9 +413,10 @@ def test_dwa_config_default_leaves_uniform_weights_in_a_short_run():
     window = agg.balancer.window
     assert window == 100
     rates = [0.01, 0.001, 0.0]  # task a learns fast, b slowly, rare not at all
+    weights = []
     for k in range(3 * window):
         agg(None, {t: torch.tensor(8.0 * math.exp(-r * k)) for t, r in zip(TASKS, rates)})  # mean losses
-    weights = [w for _, w in _steps(agg.history)]
+        weights.append([agg.recent[-1]["weight"][t] for t in TASKS])
     assert all(w == pytest.approx([1 / 3] * 3) for w in weights[: 2 * window])
     mean = [
         [sum(8.0 * math.exp(-r * k) for k in range(e * window, (e + 1) * window)) / window for r in rates]
@@ -425,3 +426,115 @@ def test_dwa_config_default_leaves_uniform_weights_in_a_short_run():
     assert all(w == pytest.approx(expected, rel=1e-4) for w in weights[2 * window :])
     assert expected[2] > expected[1] > expected[0]  # the task whose loss fell least gains weight
     assert expected != pytest.approx([1 / 3] * 3, abs=1e-2)
+
+
+def _losses(k):
+    """Step k's (sum, count) per task: unequal, moving losses; 'rare' present only at every third step."""
+    return {
+        "a": (torch.tensor(2.0 + math.sin(k)), 1),
+        "b": (torch.tensor(1.0 + 0.5 * math.cos(0.3 * k)), 1),
+        "rare": (torch.tensor(3.0 if k % 3 == 0 else 0.0), int(k % 3 == 0)),
+    }
+
+
+def test_the_checkpointed_state_stays_bounded_and_the_summaries_are_over_every_step():
+    """200 steps: the state holds the last `window` (20) steps and a running entropy sum, the same size at
+    step 50 as at step 200; results.json's final losses and weights (means over the last 20 steps) and
+    mean_entropy (over all 200) equal those of the per-step record."""
+    import pickle
+
+    agg = LossAggregation(Minimax(3, alpha=1.0), TASKS)
+    steps, sizes = [], {}
+    for k in range(200):
+        agg(None, _losses(k))
+        steps.append(agg.recent[-1])
+        if k + 1 in (10, 50, 200):
+            sizes[k + 1] = (len(agg.state_dict()["recent"]), len(pickle.dumps(agg.state_dict())))
+    assert agg.window == 20 and sizes[10][0] == 10 and sizes[50] == sizes[200] and sizes[200][0] == 20
+    state = agg.state_dict()
+    assert [h["step"] for h in state["recent"]] == list(range(180, 200))
+    assert set(state) == {"balancer", "recent", "entropy_sum", "entropy_steps", "task_names", "calls"}
+    last = steps[-20:]
+    present = [h["loss"]["rare"] for h in last if h["loss"]["rare"] is not None]
+    assert agg.final_losses() == pytest.approx(
+        {
+            "a": sum(2.0 + math.sin(k) for k in range(180, 200)) / 20,
+            "b": sum(h["loss"]["b"] for h in last) / 20,
+            "rare": 3.0,
+        }  # fmt: skip
+    )
+    assert len(present) == 7 and agg.final_losses()["rare"] == pytest.approx(sum(present) / 7)
+    entropies = [-sum(w * math.log(w) for w in h["weight"].values() if w > 0) for h in steps]
+    summary = agg.weight_summary()
+    assert summary["final"] == pytest.approx({t: sum(h["weight"][t] for h in last) / 20 for t in TASKS})
+    assert summary["mean_entropy"] == pytest.approx(sum(entropies) / 200)
+    assert summary["mean_entropy"] != pytest.approx(sum(entropies[-20:]) / 20, rel=1e-3)  # not the window's
+    assert summary["max_entropy"] == pytest.approx(math.log(3))
+
+
+def test_a_checkpoint_from_before_the_window_loads_its_last_steps_and_mean_entropy():
+    """An old checkpoint's callback state has every step in `history`: the window keeps its last steps, the
+    mean entropy is over all of them, and the run continues from there."""
+    old = LossAggregation(Minimax(3, alpha=1.0), TASKS, window=200)
+    for k in range(30):
+        old(None, _losses(k))
+    history = list(old.recent)
+    state = {"balancer": old.balancer.state_dict(), "history": history, "task_names": TASKS, "calls": 30}
+    agg = LossAggregation(Minimax(3, alpha=1.0), TASKS, window=4)
+    agg.load_state_dict(state)
+    assert list(agg.recent) == history[-4:]
+    assert agg.weight_summary()["mean_entropy"] == pytest.approx(old.weight_summary()["mean_entropy"])
+    assert agg.weight_summary()["final"] == pytest.approx(
+        {t: sum(h["weight"][t] for h in history[-4:]) / 4 for t in TASKS}
+    )
+    assert agg.final_losses()["a"] == pytest.approx(sum(h["loss"]["a"] for h in history[-4:]) / 4)
+    agg(None, _losses(30))
+    old(None, _losses(30))
+    assert agg.state_dict()["entropy_steps"] == 31 and len(agg.recent) == 4
+    assert agg.recent[-1]["weight"] == pytest.approx(old.recent[-1]["weight"])  # the balancer's state loaded
+    assert agg.weight_summary()["mean_entropy"] == pytest.approx(old.weight_summary()["mean_entropy"])
+
+
+def test_resumed_run_keeps_the_window_and_summaries_of_the_run_left_alone(tmp_path):
+    """window = 4, 13 steps, killed at step 5 and resumed: the checkpoints at steps 5 and 10 hold 4 steps
+    each; the resumed run's final losses, final weights and mean entropy equal the uninterrupted run's, which
+    are the means over the last 4 (over all 13 for the entropy) of what the CSV logger got."""
+    import csv
+
+    import torch as T
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    factory, opts = (lambda num_tasks: Minimax(num_tasks, alpha=2.0, ema=0.8)), {"window": 4}
+    straight = TinyModule(factory, aggregation=opts)
+    logger = CSVLogger(tmp_path, name="csv", version="")
+    fit(straight, tmp_path / "a", max_steps=13, shuffle=True, logger=logger, log_every_n_steps=1)
+    first = TinyModule(factory, aggregation=opts)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=5, save_top_k=-1, filename="s{step}")
+    fit(first, tmp_path / "b", max_steps=10, callbacks=[ckpt], enable_checkpointing=True, shuffle=True)
+    states = {
+        p.stem: T.load(p, weights_only=False)["callbacks"]["LossAggregation"]
+        for p in (tmp_path / "ck").glob("*")
+    }
+    assert sorted(states) == ["sstep=10", "sstep=5"]
+    assert [h["step"] for h in states["sstep=10"]["recent"]] == [6, 7, 8, 9]
+    assert len(states["sstep=5"]["recent"]) == 4 and states["sstep=5"]["entropy_steps"] == 5
+    resumed = TinyModule(factory, aggregation=opts)
+    fit(resumed, tmp_path / "c", max_steps=13, ckpt_path=str(tmp_path / "ck" / "sstep=5.ckpt"), shuffle=True)
+
+    assert list(resumed.aggregator.recent) == list(straight.aggregator.recent)
+    assert resumed.aggregator.final_losses() == straight.aggregator.final_losses()
+    assert resumed.aggregator.weight_summary() == straight.aggregator.weight_summary()
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").read_text().splitlines()))
+    assert [int(r["step"]) for r in rows] == list(range(13))
+    summary = straight.aggregator.weight_summary()
+    entropy = [float(r["train/weight_entropy"]) for r in rows]
+    assert summary["mean_entropy"] == pytest.approx(sum(entropy) / 13, rel=1e-6)
+    final = straight.aggregator.final_losses()
+    for t in TASKS:
+        assert summary["final"][t] == pytest.approx(sum(float(r[f"train/weight/{t}"]) for r in rows[-4:]) / 4)
+    for t in ("a", "b"):
+        assert final[t] == pytest.approx(sum(float(r[f"train/loss/{t}"]) for r in rows[-4:]) / 4, rel=1e-6)
+    # 'rare' is in the batch of step 10 only of the last 4 (the logger repeats its last value at the others)
+    assert [h["loss"]["rare"] is None for h in straight.aggregator.recent] == [True, False, True, True]
+    assert final["rare"] == pytest.approx(float(rows[10]["train/loss/rare"]), rel=1e-6)

@@ -116,7 +116,7 @@ def test_bf16_mixed_pretraining_steps_are_finite_with_fp32_weights_that_sum_to_o
         assert weights.dtype == torch.float32 and torch.isfinite(weights).all()
         if name != "uncertainty" or step == 0:  # Uncertainty's exp(-s_t)/T sum to 1 only at initialisation
             assert abs(float(weights.sum()) - 1.0) < 1e-5
-    for h in agg.history:
+    for h in agg.recent:
         assert all(v is None or torch.isfinite(torch.tensor(v)) for v in h["loss"].values())
     params = dict(module.model.named_parameters())
     assert all(p.dtype == torch.float32 for p in params.values())  # mixed precision keeps fp32 master weights
@@ -173,7 +173,7 @@ def test_compiled_encoder_trains_like_the_eager_one_with_a_gradient_balancer(exp
     torch.manual_seed(1)
     fit(fast, batches, steps=2)
     assert counters["stats"]["unique_graphs"] >= 1  # the encoder did run through torch.compile
-    for a, b in zip(eager.aggregator.history, fast.aggregator.history):
+    for a, b in zip(eager.aggregator.recent, fast.aggregator.recent):
         for task, loss in a["loss"].items():
             assert loss is None or abs(loss - b["loss"][task]) < 1e-3 * max(1.0, abs(loss))
         for task, w in a["weight"].items():

@@ -76,7 +76,7 @@ def test_gradient_balancers_get_shared_params_and_features(balancer):
     loss = module.training_step(make_batch(), 0)
     assert torch.isfinite(loss)
     loss.backward()
-    weights = torch.tensor(list(module.aggregator.history[-1]["weight"].values()))
+    weights = torch.tensor(list(module.aggregator.recent[-1]["weight"].values()))
     assert torch.isclose(weights.sum(), torch.tensor(1.0)) and (weights > 0).all()
 
     torch.manual_seed(3)  # the same step again, by hand: the same token split, the same losses
@@ -124,7 +124,7 @@ def test_excess_risk_and_dual_balancing_see_this_steps_task_gradients(balancer):
     torch.manual_seed(3)
     loss = module.training_step(make_batch(), 0)
     assert torch.isfinite(loss)
-    weights = torch.tensor(list(module.aggregator.history[-1]["weight"].values()))
+    weights = torch.tensor(list(module.aggregator.recent[-1]["weight"].values()))
 
     torch.manual_seed(3)  # the same step again, by hand
     inputs = module._inputs(make_batch())

@@ -109,9 +109,7 @@ def test_pos_bert_rows_give_the_per_task_backward_gradients(name):
     ref_loss.backward()
 
     torch.testing.assert_close(loss, ref_loss)
-    assert module.aggregator.history[-1]["weight"] == pytest.approx(
-        reference.aggregator.history[-1]["weight"]
-    )
+    assert module.aggregator.recent[-1]["weight"] == pytest.approx(reference.aggregator.recent[-1]["weight"])
     _assert_same_grads(
         _grads(module, module.aggregator.balancer), _grads(reference, reference.aggregator.balancer)
     )
@@ -129,7 +127,7 @@ def test_pos_bert_rows_give_the_per_task_backward_gradients(name):
         got = torch.zeros(seq.numel() // seq.shape[-1], seq.shape[-1]).index_add(0, index, rows[t])
         torch.testing.assert_close(got, want.reshape(got.shape), rtol=1e-5, atol=1e-8)
     if name in ("upgrad", "mgda", "gradnorm"):  # the weights applied are not the uniform ones
-        weights = list(module.aggregator.history[-1]["weight"].values())
+        weights = list(module.aggregator.recent[-1]["weight"].values())
         assert max(weights) - min(weights) > 1e-3
 
 
@@ -180,9 +178,7 @@ def test_mm_mae_copies_give_the_per_task_backward_gradients(name):
     ref_loss.backward()
 
     torch.testing.assert_close(loss, ref_loss)
-    assert module.aggregator.history[-1]["weight"] == pytest.approx(
-        reference.aggregator.history[-1]["weight"]
-    )
+    assert module.aggregator.recent[-1]["weight"] == pytest.approx(reference.aggregator.recent[-1]["weight"])
     got = _grads(module, module.aggregator.balancer)
     _assert_same_grads(got, _grads(reference, reference.aggregator.balancer))
     assert (
@@ -194,7 +190,7 @@ def test_mm_mae_copies_give_the_per_task_backward_gradients(name):
     for t, want in enumerate(wants):
         torch.testing.assert_close(feature_grads[t], want, rtol=1e-5, atol=1e-8)
     if name in ("mgda", "gradnorm"):  # (UPGrad: these gradients do not conflict, so its weights are uniform)
-        weights = list(module.aggregator.history[-1]["weight"].values())
+        weights = list(module.aggregator.recent[-1]["weight"].values())
         assert max(weights) - min(weights) > 1e-3
 
 
@@ -244,7 +240,7 @@ def test_copies_are_exact_when_heads_share_parameters_and_read_several_copies(ba
         features = FeatureCopies(h, read, params=list(net.parameters())) if copies else h
         loss = agg(None, losses, features=features)
         loss.backward()
-        results.append((loss.detach(), _grads(net, agg.balancer), agg.history[-1]["weight"]))
+        results.append((loss.detach(), _grads(net, agg.balancer), agg.recent[-1]["weight"]))
     (loss, grads, weights), (ref_loss, ref_grads, ref_weights) = results
     torch.testing.assert_close(loss, ref_loss)
     assert weights == pytest.approx(ref_weights)

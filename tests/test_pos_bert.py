@@ -123,8 +123,8 @@ def test_trains_with_minimax_and_exports(tmp_path):
     trainer.fit(m, datamodule=dm)
     trainer.validate(m, datamodule=dm, verbose=False)
     assert not torch.equal(before, model.bert.encoder.layer[0].attention.self.query.weight)
-    assert len(m.aggregator.history) == 3
-    assert set(m.aggregator.history[-1]["weight"]) == set(GROUPS)
+    assert len(m.aggregator.recent) == 3
+    assert set(m.aggregator.recent[-1]["weight"]) == set(GROUPS)
     logged = trainer.callback_metrics
     assert "val/loss/noun" in logged and "val/loss/nsp" in logged and "val/loss_worst" in logged
     m.export_pretrained(tmp_path / "export")
@@ -232,7 +232,7 @@ def test_minimax_normalize_reference_defaults_to_the_context_free_reference(tmp_
     expected = [dm.context_free_reference[g] for g in GROUPS]
     torch.testing.assert_close(b.reference, torch.tensor(expected))
     # the first step's weights: the softmax of the excess losses over the groups present (0 for the others)
-    h = m.aggregator.history[0]
+    h = m.aggregator.recent[0]
     present = [g for g in GROUPS if h["loss"].get(g) is not None]
     assert len(present) >= 5
     excess = torch.tensor([h["loss"][g] - dm.context_free_reference[g] for g in present])

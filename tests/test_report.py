@@ -337,3 +337,57 @@ def test_no_per_metric_section_or_theory_png_without_report_metrics(tmp_path):
     write_summary(tmp_path)
     md = (tmp_path / "summary.md").read_text()
     assert "per metric" not in md and not (tmp_path / "theory.png").exists()
+
+
+def _metrics_csv(run_dir, text):
+    (run_dir / "csv").mkdir(parents=True)
+    (run_dir / "csv" / "metrics.csv").write_text(text)
+
+
+def test_curves_are_read_from_the_runs_csv_log_merging_its_sparse_rows_by_step(tmp_path):
+    """Lightning's metrics.csv: each log call its own row (other cells empty), downstream fits on their own step
+    axis, steps 2-3 logged again after a resume, a line cut short by a kill: one value per step and column."""
+    from runner.figures import read_history
+
+    _metrics_csv(
+        tmp_path,
+        "epoch,step,train/loss/a,train/loss/b,train/weight/a,train/weight/b,lr-SGD,downstream/t/train_loss\n"
+        "0,0,2.0,1.0,0.6,0.4,,\n"
+        "0,0,,,,,0.1,\n"
+        "0,1,1.5,,0.7,0.3,,\n"  # b absent from step 1's batch
+        "0,2,9.0,9.0,0.5,0.5,,\n"
+        "0,3,9.0,9.0,0.5,0.5,,\n"
+        "0,2,1.2,0.8,0.55,0.45,,\n"  # resumed from step 2
+        "0,3,1.1,0.7,0.5,0.5,,\n"
+        ",0,,,,,,5.0\n"  # a downstream fit: step 0 of its own trainer
+        "0,4,1.0,0.9,0.6\n"
+        "0,5,1.e",  # killed mid-line
+    )
+    h = read_history(tmp_path)
+    assert h["step"] == [0, 1, 2, 3, 4]
+    assert h["loss/a"] == [2.0, 1.5, 1.2, 1.1, 1.0] and h["loss/b"][4] == 0.9
+    assert h["loss/b"][:1] + h["loss/b"][2:4] == [1.0, 0.8, 0.7] and math.isnan(h["loss/b"][1])
+    assert h["weight/a"][:4] == [0.6, 0.7, 0.55, 0.5] and math.isnan(h["weight/b"][4])
+    assert set(h) == {"step", "loss/a", "loss/b", "weight/a", "weight/b"}
+    assert read_history(tmp_path / "missing") is None
+
+
+def test_weight_and_loss_figures_only_for_runs_with_a_csv_log(tmp_path, caplog):
+    """Runs with csv/metrics.csv get weights.png and upstream_losses.png; a sweep whose runs have none
+    (logger=none) gets neither, and one log line says why."""
+    for s in range(2):
+        _run(tmp_path / "none_logger", f"m{s}", "minimax", s, 0.5, 0.6)
+    with caplog.at_level("WARNING", logger="runner.figures"):
+        write_summary(tmp_path / "none_logger")
+    assert not (tmp_path / "none_logger" / "weights.png").exists()
+    assert not (tmp_path / "none_logger" / "upstream_losses.png").exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "runner.figures"]
+    assert "2 of 2 runs" in line and "csv/metrics.csv" in line and "logger=none" in line
+    for s in range(2):
+        d = _run(tmp_path / "csv_logger", f"m{s}", "minimax", s, 0.5, 0.6)
+        _metrics_csv(
+            d, "step,train/loss/a,train/weight/a\n" + "".join(f"{k},{1 / (k + 1)},1.0\n" for k in range(9))
+        )
+    write_summary(tmp_path / "csv_logger")
+    for fig in ("weights.png", "upstream_losses.png"):
+        assert (tmp_path / "csv_logger" / fig).stat().st_size > 5000

@@ -27,7 +27,7 @@ def test_smoke_run_writes_results_json_and_logs(tmp_path):
     logged = {k for r in rows for k, v in r.items() if v}
     assert {"train/loss/task0", "train/weight/task3", "train/loss_worst", "train/weight_entropy"} <= logged
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert (tmp_path / "pretrain_history.csv").read_text().startswith("step,loss/task0")
+    assert not (tmp_path / "pretrain_history.csv").exists()  # the per-step history is metrics.csv's
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_multirun_writes_summary_table(tmp_path):
             "-m",
             "experiment=convex",
             "debug=smoke",
-            "logger=none",
+            "logger=csv",  # the weight and loss figures read each run's csv/metrics.csv
             "balancer=none,minimax",
             "seed=0,1",
             f"hydra.sweep.dir={tmp_path}",
@@ -318,19 +318,25 @@ BALANCER_CHECKS = {
 @pytest.mark.parametrize("balancer", list(BALANCER_CHECKS))
 def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
     """Every balancer config runs the convex experiment end to end, and the weights it applied (the run's
-    pretrain_history.csv) are the ones its equation gives for the logged task losses."""
+    csv/metrics.csv, as the sweep's figures read it) are the ones its equation gives for the logged task losses;
+    results.json's final losses and weights are their means over the run's 4 steps (window 20)."""
     from helpers import run_pipeline
+
+    from runner.figures import read_history
 
     extra, check = BALANCER_CHECKS[balancer]
     res = run_pipeline(
-        ["experiment=convex", "debug=smoke", "logger=none", f"balancer={balancer}", *extra], tmp_path
+        ["experiment=convex", "debug=smoke", "logger=csv", f"balancer={balancer}", *extra], tmp_path
     )
     assert res["balancer"] == balancer
     assert len(res["downstream"]) == 8
-    rows = list(csv.DictReader((tmp_path / "pretrain_history.csv").read_text().splitlines()))
-    assert len(rows) == 4
-    L = [[float(r[f"loss/task{t}"]) for t in range(4)] for r in rows]
-    W = [[float(r[f"weight/task{t}"]) for t in range(4)] for r in rows]
+    h = read_history(tmp_path)
+    assert h["step"] == [0, 1, 2, 3]
+    L = [[h[f"loss/task{t}"][k] for t in range(4)] for k in range(4)]
+    W = [[h[f"weight/task{t}"][k] for t in range(4)] for k in range(4)]
+    for t in range(4):
+        assert res["upstream"][f"task{t}"] == pytest.approx(sum(h[f"loss/task{t}"]) / 4, rel=1e-5)
+        assert res["weights"]["final"][f"task{t}"] == pytest.approx(sum(h[f"weight/task{t}"]) / 4, rel=1e-5)
     assert L[0] != pytest.approx([L[0][0]] * 4, rel=0.05)  # unequal losses: the methods differ
     if balancer != "uncertainty":  # uncertainty's effective weights exp(-s)/T need not sum to 1
         assert all(sum(w) == pytest.approx(1.0, rel=1e-4) and min(w) >= 0 for w in W)
@@ -340,8 +346,11 @@ def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
 def test_tensorboard_logger_writes_event_files(tmp_path):
     from helpers import run_pipeline
 
+    from runner.figures import read_history
+
     run_pipeline(["experiment=convex", "debug=smoke", "logger=tensorboard"], tmp_path)
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert read_history(tmp_path)["step"] == [0, 1, 2, 3]  # with csv/metrics.csv: the sweep's curves
 
 
 @pytest.mark.slow
@@ -576,5 +585,5 @@ def test_pretraining_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, ex
     torch.testing.assert_close(a["state_dict"], b["state_dict"])
     agg_a, agg_b = a["callbacks"]["LossAggregation"], b["callbacks"]["LossAggregation"]
     torch.testing.assert_close(agg_a["balancer"], agg_b["balancer"])
-    assert agg_a["history"] == agg_b["history"] and len(agg_a["history"]) == 6
-    HISTORY_CHECKS[balancer](agg_a["history"])  # the weights applied are the method's, not `none`'s
+    assert agg_a["recent"] == agg_b["recent"] and len(agg_a["recent"]) == 6
+    HISTORY_CHECKS[balancer](agg_a["recent"])  # the weights applied are the method's, not `none`'s
