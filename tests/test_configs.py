@@ -178,7 +178,7 @@ def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
     datamodule, module, suite = build(cfg)
     assert datamodule is not None and suite is not None
     if debug == "smoke":
-        assert cfg.trainer.max_steps == 4 and cfg.downstream.smoke
+        assert cfg.trainer.max_steps == 4
         assert_smoke_values(cfg)
     # a table's sweep names existing choices: `python run.py -m experiment=<table>` starts every job
     for key, values in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():
@@ -207,8 +207,8 @@ def smoke_nodes(group: str, choice: str):
 
 
 def assert_smoke_values(cfg) -> None:
-    """``debug=smoke``: the data configs carry every value conf/debug/smoke.yaml gives them."""
-    for group in ("data",):
+    """``debug=smoke``: the data and downstream configs carry every value conf/debug/smoke.yaml gives them."""
+    for group in ("data", "downstream"):
         choice = cfg.hydra.runtime.choices[group]
         nodes = list(smoke_nodes(group, choice))
         assert nodes, (
@@ -228,9 +228,11 @@ def test_smoke_values_name_config_files():
 
 @pytest.mark.parametrize(
     "group, choice, experiment",
-    [(g, c, e) for g in ("data",) for c in FILES[g] for e in ROOTS if BELONGS[g].get(c) == e],
+    [(g, c, e) for g in ("data", "downstream") for c in FILES[g] for e in ROOTS if BELONGS[g].get(c) == e],
 )
-def test_every_data_choice_takes_its_smoke_values(tmp_path, sources, group, choice, experiment):
+def test_every_data_and_downstream_choice_takes_its_smoke_values(
+    tmp_path, sources, group, choice, experiment
+):
     extra = EXTRA.get((group, choice), []) + sources.get((group, choice), [])
     cfg = compose([f"experiment={experiment}", f"{group}={choice}", *extra, "debug=smoke"], tmp_path)
     assert_smoke_values(cfg)
