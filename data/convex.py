@@ -201,15 +201,13 @@ class ConvexDataModule(L.LightningDataModule):
         train_size: int = 4096,
         val_size: int = 512,
         seed: int = 0,
-        smoke: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
         self.tasks = make_tasks(kind, num_tasks, dim, sigma, tuple(curvature), spread, seed)
         self.batch_size = batch_size
-        self.train_size = 4 * batch_size if smoke else train_size
-        self.val_size = 2 * batch_size if smoke else val_size
+        self.train_size, self.val_size = train_size, val_size
         self.seed = seed
 
     def validate(self) -> None:

@@ -185,9 +185,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     """MM-MAE pre-training batches from an image folder and its pseudo-labels (``data=imagenet_folder``).
 
     Options mirror :class:`data.scenes.ScenesDataModule` (image_size, modalities, num_classes,
-    batch_size, num_workers, seed, smoke, samples_per_epoch, val_size). With ``<root>/<train_dir>``
-    present the splits are its sub-folders ``train_dir`` and ``val_dir``; otherwise ``val_fraction`` of the
-    images (a fixed draw per seed) are held out for validation.
+    batch_size, num_workers, seed, samples_per_epoch, val_size); ``train_size`` keeps the first training
+    images only. With ``<root>/<train_dir>`` present the splits are its sub-folders ``train_dir`` and
+    ``val_dir``; otherwise ``val_fraction`` of the images (a fixed draw per seed) are held out for validation.
     """
 
     def __init__(
@@ -200,6 +200,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         train_dir: str = "train",
         val_dir: str = "val",
         val_fraction: float = 0.01,
+        train_size: int | None = None,
         samples_per_epoch: int | None = None,
         val_size: int | None = None,
         crop_scale: Sequence[float] = (0.2, 1.0),
@@ -210,7 +211,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 4,
         seed: int = 0,
-        smoke: bool = False,
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -242,8 +242,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         self.image_size, self.modalities, self.num_classes = int(image_size), modalities, int(num_classes)
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
-        if smoke:
-            samples_per_epoch, val_size, self.batch_size, self.num_workers = 16, 8, 8, 0
+        if train_size is not None and int(train_size) < 1:
+            raise ConfigError(f"data.train_size={train_size} must be >= 1 (or null: every training image).")
 
         train_root = self.root / train_dir
         if train_dir and train_root.is_dir():
@@ -265,8 +265,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not train:
             raise DataError(f"data.root: no training images under {self.root}.")
         self.classes = classes
-        if smoke:
-            train, val = train[:16], val[:8]
+        if train_size is not None:
+            train = train[: int(train_size)]
         if val_size is not None:
             val = val[: int(val_size)]
         meta = read_meta(self.labels_root) if labels_root is not None else {}

@@ -77,7 +77,6 @@ class PosBertDataModule(LightningDataModule):
         self,
         cache_dir: str = ".cache",
         seed: int = 0,
-        smoke: bool = False,
         text_file: str | None = None,
         hf_dataset: str | None = None,
         hf_config: str | None = None,
@@ -88,6 +87,7 @@ class PosBertDataModule(LightningDataModule):
         disk_dataset: str | None = None,
         streaming: bool = False,
         max_rows: int | None = None,
+        max_text_sentences: int | None = None,
         n_docs: int = 2000,
         min_sentences: int = 4,
         max_sentences: int = 10,
@@ -113,8 +113,6 @@ class PosBertDataModule(LightningDataModule):
         placeholders: list[str] | tuple[str, ...] = (),
     ):
         super().__init__()
-        if smoke:
-            n_docs, batch_size = min(n_docs, 40), min(batch_size, 8)
         sources = [
             k
             for k, v in (
@@ -143,7 +141,10 @@ class PosBertDataModule(LightningDataModule):
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} is too short for a sentence pair (need >= 8).")
         self.cache_dir = Path(cache_dir)
-        self.seed, self.smoke = seed, smoke
+        self.seed = seed
+        if max_text_sentences is not None and int(max_text_sentences) < 1:
+            raise ConfigError(f"data.max_text_sentences={max_text_sentences} must be >= 1 (or null: all).")
+        self.max_text_sentences = None if max_text_sentences is None else int(max_text_sentences)
         self.text_file = Path(text_file) if text_file else None
         self.encoding = check_encoding(encoding)  # of text_file / text_dir
         self.hf_dataset, self.hf_config, self.hf_split, self.text_column = (
@@ -225,12 +226,16 @@ class PosBertDataModule(LightningDataModule):
             key["placeholders"] = list(self.placeholders)
         return key
 
+    def _limit_key(self) -> dict[str, Any]:
+        # without a limit, the key caches of real text had before max_text_sentences existed (still valid)
+        return {"smoke": False} if self.max_text_sentences is None else {"sentences": self.max_text_sentences}
+
     def _corpus_key(self) -> dict[str, Any]:
         if self.hf_dataset is not None:
             return {
                 "hf": [self.hf_dataset, self.hf_config, self.hf_split, self.text_column],
                 "streaming": [self.streaming, self.max_rows],
-                "smoke": self.smoke,
+                **self._limit_key(),
                 "v": CACHE_FORMAT,
             }
         # another encoding is another corpus; utf-8 (the default) keeps the keys of caches built before it
@@ -243,7 +248,7 @@ class PosBertDataModule(LightningDataModule):
                     key: str(path.resolve()),
                     "files": stamp,
                     "rows": self.max_rows,
-                    "smoke": self.smoke,
+                    **self._limit_key(),
                     "column": self.text_column,
                     "split": self.hf_split,
                     "v": CACHE_FORMAT,
@@ -255,7 +260,7 @@ class PosBertDataModule(LightningDataModule):
                 "text_file": str(self.text_file.resolve()),
                 "size": st and st.st_size,
                 "mtime": st and st.st_mtime_ns,
-                "smoke": self.smoke,
+                **self._limit_key(),
                 **enc,
             }
         return {
@@ -293,8 +298,8 @@ class PosBertDataModule(LightningDataModule):
                     self.streaming,
                     self.max_rows,
                 )
-            if self.smoke:  # a few hundred sentences are enough for a smoke run
-                texts, docs = texts[:400], docs[:400]
+            if self.max_text_sentences is not None:
+                texts, docs = texts[: self.max_text_sentences], docs[: self.max_text_sentences]
             return {"text": texts, "doc": docs}
         corpus = generate_corpus(
             self.n_docs,

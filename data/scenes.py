@@ -323,7 +323,6 @@ class ScenesDataModule(L.LightningDataModule):
         colour_mode: str = "class",
         depth_shading: float = 0.0,
         seed: int = 0,
-        smoke: bool = False,
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -344,8 +343,6 @@ class ScenesDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.train_size={train_size} and data.samples_per_epoch={samples_per_epoch} must be >= 1."
             )
-        if smoke:
-            train_size, samples_per_epoch, val_size, batch_size, num_workers = 16, 16, 8, 8, 0
         self.image_size, self.modalities, self.num_classes = int(image_size), modalities, NUM_CLASSES
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self._kw = dict(

@@ -6,10 +6,10 @@ tasks, so results.json has every task under ``downstream/<task>`` and the summar
 of them. Task names must be distinct across suites. The suites' ``extra_results`` are merged: a key the suites
 agree on (or that one suite has) is kept as it is, a key they disagree on becomes ``{suite name: value}``.
 
-The protocol keys (``protocol``, ``train_samples``, ``finetune_seeds``) and ``smoke`` sit at the top of the
-config and each suite's config refers to them (``${downstream.protocol}``), so ``downstream.protocol=...``
-changes every suite and ``downstream.suites.<name>.protocol=...`` one of them. A suite's error names its keys
-under ``downstream.suites.<name>``.
+The protocol keys (``protocol``, ``train_samples``, ``finetune_seeds``) sit at the top of the config and each
+suite's config refers to them (``${downstream.protocol}``), so ``downstream.protocol=...`` changes every suite
+and ``downstream.suites.<name>.protocol=...`` one of them. A suite's error names its keys under
+``downstream.suites.<name>``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class CombinedSuite(DownstreamSuite):
         suites: suite name -> its config (``_target_`` and options), built here, in this order.
         protocol / train_samples / finetune_seeds: the adaptation protocol every suite's config refers to
             (``finetune.protocol``); a suite may override its own.
-        smoke: ``debug=smoke``, passed on through the suites' configs.
     """
 
     def __init__(
@@ -60,7 +59,6 @@ class CombinedSuite(DownstreamSuite):
         protocol: str = "finetune",
         train_samples: Any = None,
         finetune_seeds: Any = (0,),
-        smoke: bool = False,
     ) -> None:
         from hydra.utils import instantiate
 

@@ -57,7 +57,6 @@ class ConvexDownstream(DownstreamSuite):
         delta: float = 0.1,
         eps_extra: list[float] = (),
         seed: int = 0,
-        smoke: bool = False,
     ) -> None:
         self.sample_sizes = [int(n) for n in sample_sizes]
         if self.sample_sizes != sorted(set(self.sample_sizes)) or self.sample_sizes[0] < 1:
@@ -80,7 +79,7 @@ class ConvexDownstream(DownstreamSuite):
             )
         self.primary_n, self.step_size = int(primary_n), float(step_size)
         self.steps = None if steps is None else int(steps)
-        self.repeats = 2 if smoke else int(repeats)
+        self.repeats = int(repeats)
         self.num_random, self.include_vertices, self.seed = int(num_random), bool(include_vertices), int(seed)
         self.eps, self.delta = float(eps), float(delta)
         self.eps_extra = [float(e) for e in eps_extra]

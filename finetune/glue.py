@@ -29,11 +29,11 @@ from finetune.protocol import (
     adapt,
     cache_features,
     check_protocol,
+    clip_sizes,
     nested_subset,
     parse_seeds,
     parse_train_samples,
     protocol_record,
-    smoke_sizes,
     task_seed,
 )
 from utils.errors import ConfigError, DataError
@@ -212,6 +212,8 @@ class GlueLikeSuite(DownstreamSuite):
         skip_malformed: ``source=local``: ``None`` handles malformed TSV rows as GLUE does per task (QQP skips
             them, the others fail naming ``<file>:<line>``); ``True`` / ``False`` skip / fail for every task.
         n_train, n_dev: generated examples per task and split (``generated`` only).
+        train_size, dev_size: ``local`` / ``hub``: at most the first this many training / dev rows of each
+            task (``None``: every row).
         protocol: ``finetune`` (the encoder and the head) or ``linear_probe`` (frozen encoder, features
             computed once per task, the head alone; ``probe`` sets its training), see ``finetune.protocol``.
         train_samples: ``None`` (all), N, or a list of N (a curve over nested training subsets).
@@ -221,7 +223,6 @@ class GlueLikeSuite(DownstreamSuite):
         max_steps: cap on optimizer steps per task (null: ``epochs`` only).
         max_length: truncation of the tokenized inputs (<= the encoder's positions).
         seed: seeds the generated data and the nested training subsets.
-        smoke: a few steps and a few dev batches per task.
     """
 
     def __init__(
@@ -233,6 +234,8 @@ class GlueLikeSuite(DownstreamSuite):
         skip_malformed: bool | None = None,
         n_train: int = 3000,
         n_dev: int = 500,
+        train_size: int | None = None,
+        dev_size: int | None = None,
         protocol: str = "finetune",
         train_samples: Any = None,
         finetune_seeds: Any = (0,),
@@ -246,7 +249,6 @@ class GlueLikeSuite(DownstreamSuite):
         max_steps: int | None = None,
         max_length: int = 64,
         seed: int = 0,
-        smoke: bool = False,
     ):
         tasks = list(tasks)
         if source not in ("generated", "local", "hub"):
@@ -289,11 +291,15 @@ class GlueLikeSuite(DownstreamSuite):
             raise ConfigError(
                 f"downstream.probe.{unknown[0]} is not an option; use {', '.join(PROBE_DEFAULTS)}."
             )
-        if smoke:
-            n_train, n_dev, max_steps, batch_size = min(n_train, 48), min(n_dev, 32), 3, min(batch_size, 16)
+        for key, value in (("train_size", train_size), ("dev_size", dev_size)):
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"downstream.{key}={value} must be >= 1 (or null: every row).")
         self.tasks, self.n_train, self.n_dev = tasks, int(n_train), int(n_dev)
-        if smoke:
-            self.sizes = smoke_sizes(self.sizes, self.n_train)
+        self.train_size = None if train_size is None else int(train_size)
+        self.dev_size = None if dev_size is None else int(dev_size)
+        # the training rows known before any is read: generated ones, or the train_size cap of a real task
+        available = self.n_train if source == "generated" else self.train_size
+        self.sizes = clip_sizes(self.sizes, available, "training examples")
         self.epochs, self.batch_size, self.max_steps = int(epochs), int(batch_size), max_steps
         self.hparams = {
             "lr": lr,
@@ -302,7 +308,7 @@ class GlueLikeSuite(DownstreamSuite):
             "dropout": dropout,
         }
         self.probe = probe
-        self.max_length, self.seed, self.smoke = int(max_length), int(seed), bool(smoke)
+        self.max_length, self.seed = int(max_length), int(seed)
         self.extra_results = {"protocol": protocol_record(self.protocol, self.sizes, self.curve, self.seeds)}
         self._validated: set[str] = set()  # tasks whose files validate() has parsed (and reported)
 
@@ -335,8 +341,7 @@ class GlueLikeSuite(DownstreamSuite):
             )
         else:
             data = load_hub(name, self.hub_dataset)
-        if self.smoke:
-            data.train, data.dev = data.train[: self.n_train], data.dev[: self.n_dev]
+        data.train, data.dev = data.train[: self.train_size], data.dev[: self.dev_size]
         return data
 
     def run(self, pretrained, make_trainer, out_dir: Path) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from data.image_classification import ClassFolder, class_folder_splits
-from finetune.protocol import parse_train_samples, protocol_record, smoke_sizes
 from finetune.vision import VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
 from utils.errors import ConfigError
@@ -39,8 +38,7 @@ class ImageFolderClsSuite(VisionSuite):
         eval_crop: validation images are resized so that a centre crop of ``image_size`` keeps this share of
             the shorter side (0.875: ImageNet's 224 of 256).
         train_size / dev_size: at most this many training / validation images (a fixed draw; null: all).
-        batch_size / num_workers / seed / smoke: as in :class:`VisionSuite` (smoke: 16 training and 8
-            validation images, 2 steps).
+        batch_size / num_workers / seed / max_steps: as in :class:`VisionSuite`.
     """
 
     def __init__(
@@ -60,7 +58,7 @@ class ImageFolderClsSuite(VisionSuite):
         batch_size: int = 64,
         num_workers: int = 4,
         seed: int = 0,
-        smoke: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         tasks = {k: dict(v or {}) for k, v in dict(tasks or {t: {} for t in CLS_TASKS}).items()}
         for name, opts in tasks.items():
@@ -78,10 +76,9 @@ class ImageFolderClsSuite(VisionSuite):
             num_workers=num_workers,
             figure_images=0,
             seed=seed,
-            smoke=smoke,
+            train_size=None,  # known once the images are read, below
+            max_steps=max_steps,
         )
-        if self.smoke:
-            train_size, dev_size = 16, 8
         # read here, so a missing or malformed folder fails when the suite is built (before pre-training)
         self.train_set, self.dev_set = class_folder_splits(
             root,
@@ -96,11 +93,7 @@ class ImageFolderClsSuite(VisionSuite):
         )
         self.classes = list(self.train_set.classes)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
-        if self.smoke:  # every configured N within the training images actually read
-            self.sizes = smoke_sizes(parse_train_samples(train_samples)[0], self.train_size)
-            self.extra_results["protocol"] = protocol_record(
-                self.protocol, self.sizes, self.curve, self.seeds
-            )
+        self.clip_train_samples(self.train_size)  # every configured N within the training images read
         self.extra_results["image_folder_cls"] = {
             "root": str(Path(root).expanduser()),
             "classes": len(self.classes),

@@ -27,7 +27,6 @@ from torch.utils.data import default_collate
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from data.nyuv2 import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, NYUv2Dataset
-from finetune.protocol import parse_train_samples, protocol_record, smoke_sizes
 from finetune.vision import VisionFinetune, VisionSuite
 from models.multimae import MultiMAE
 from utils.errors import ConfigError
@@ -123,7 +122,7 @@ class NYUv2Suite(VisionSuite):
         depth_unit: unit of the depth PNGs' uint16 values: ``mm`` | ``1e-4m`` | ``m`` (png format).
         train_size / dev_size: at most this many images per split (null: all).
         figure_images: the first this many test images go into Figure 3 (0: no figure).
-        batch_size / num_workers / input_modalities / seed / smoke: as in :class:`VisionSuite`.
+        batch_size / num_workers / input_modalities / seed / max_steps: as in :class:`VisionSuite`.
     """
 
     def __init__(
@@ -148,7 +147,7 @@ class NYUv2Suite(VisionSuite):
         input_modalities: Sequence[str] = ("rgb",),
         figure_images: int = 4,
         seed: int = 0,
-        smoke: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         tasks = {k: dict(v or {}) for k, v in dict(tasks or {t: {} for t in NYU_TASKS}).items()}
         for name, opts in tasks.items():
@@ -173,15 +172,14 @@ class NYUv2Suite(VisionSuite):
             input_modalities=input_modalities,
             figure_images=0,
             seed=seed,
-            smoke=smoke,
+            train_size=None,  # known once the images are read, below
+            max_steps=max_steps,
         )
         if root is None:
             raise ConfigError(
                 "downstream.root is not set: give the folder holding nyu_depth_v2_labeled.mat (with splits.mat "
                 "and classMapping40.mat) or train|test/{rgb,depth,label}/*.png."
             )
-        if self.smoke:
-            train_size, dev_size = 16, 8
         self.ignore_index = int(ignore_index)
         kw = dict(
             format=format,
@@ -197,11 +195,7 @@ class NYUv2Suite(VisionSuite):
         self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
         self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
-        if self.smoke:  # every configured N within the training images actually read
-            self.sizes = smoke_sizes(parse_train_samples(train_samples)[0], self.train_size)
-            self.extra_results["protocol"] = protocol_record(
-                self.protocol, self.sizes, self.curve, self.seeds
-            )
+        self.clip_train_samples(self.train_size)  # every configured N within the training images read
         self.figure_images = min(int(figure_images), self.dev_size)
 
     render_once = False  # random crops: a fresh crop every epoch

@@ -82,8 +82,24 @@ def parse_train_samples(value: Any) -> tuple[list[int | None], bool]:
     return sizes, is_list
 
 
-def smoke_sizes(sizes: list[int | None], available: int) -> list[int | None]:
-    """``debug=smoke`` keeps every configured N within its handful of training examples."""
+def clip_sizes(
+    sizes: list[int | None], available: int | None, what: str = "training examples"
+) -> list[int | None]:
+    """Every configured N within the ``available`` training examples: a larger N becomes ``available``, with a
+    warning naming both (results.json records the N used); the sorted distinct sizes. ``available=None`` (the
+    data's size unknown until it is read) leaves them unchanged: :func:`nested_subset` then stops on an N the
+    data cannot give."""
+    if available is None:
+        return sizes
+    too_large = [n for n in sizes if n is not None and n > available]
+    if too_large:
+        log.warning(
+            "downstream.train_samples asks for N=%s, but the task has only %d %s: using N=%d instead.",
+            ", ".join(map(str, too_large)),
+            available,
+            what,
+            available,
+        )
     return sorted({None if n is None else min(n, available) for n in sizes}, key=lambda n: n or 0)
 
 

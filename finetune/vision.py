@@ -51,11 +51,11 @@ from finetune.protocol import (
     adapt,
     cache_features,
     check_protocol,
+    clip_sizes,
     nested_subset,
     parse_seeds,
     parse_train_samples,
     protocol_record,
-    smoke_sizes,
     task_seed,
 )
 from models.multimae import MultiMAE, unpatchify
@@ -276,14 +276,15 @@ class VisionSuite(DownstreamSuite):
         finetune_seeds: each task is adapted once per seed from the same pre-trained weights.
         image_size: must equal the pre-trained model's image size.
         train_size / dev_size: fine-tuning images (split ``train``) and evaluation images (split
-            ``test``, never seen in pre-training); metrics use every dev image.
+            ``test``, never seen in pre-training); metrics use every dev image. A subclass that reads its
+            images passes ``train_size=None`` and calls :meth:`clip_train_samples` once it knows how many.
         batch_size / num_workers: loaders of both.
         input_modalities: the encoder's inputs during fine-tuning (all patches visible).
         figure_images: how many fixed dev images go into the Figure-3 PNG.
         min_objects / max_objects / noise_std / colour_mode / depth_shading: the scene generator's options (those
             of pre-training, ``data/scenes.py``).
         seed: scenes are a function of (seed, split, index).
-        smoke: a few steps and a few dev images per task.
+        max_steps: cap on optimizer steps per (task, N, seed) (``None``: the task's epochs).
     """
 
     def __init__(
@@ -293,7 +294,7 @@ class VisionSuite(DownstreamSuite):
         train_samples: Any = None,
         finetune_seeds: Any = (0,),
         image_size: int = 64,
-        train_size: int = 2048,
+        train_size: int | None = 2048,
         dev_size: int = 512,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -305,7 +306,7 @@ class VisionSuite(DownstreamSuite):
         colour_mode: str = "class",
         depth_shading: float = 0.0,
         seed: int = 0,
-        smoke: bool = False,
+        max_steps: int | None = None,
     ) -> None:
         tasks = dict(tasks or {t: {} for t in TASKS})
         unknown = [t for t in tasks if t not in TASKS]
@@ -353,17 +354,23 @@ class VisionSuite(DownstreamSuite):
         self.sizes, self.curve = parse_train_samples(train_samples)
         self.seeds = parse_seeds(finetune_seeds)
         self.data_seed = int(seed)
-        self.smoke = bool(smoke)
-        if self.smoke:
-            train_size, dev_size, batch_size, num_workers = 32, 8, 8, 0
-        self.train_size, self.dev_size = int(train_size), int(dev_size)
-        if self.smoke:
-            self.sizes = smoke_sizes(self.sizes, self.train_size)
+        if max_steps is not None and int(max_steps) < 1:
+            raise ConfigError(
+                f"downstream.max_steps={max_steps} must be >= 1 (or null: the epochs of each task)."
+            )
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.dev_size = int(dev_size)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.figure_images = min(int(figure_images), self.dev_size)
-        self.extra_results: dict[str, Any] = {
-            "protocol": protocol_record(self.protocol, self.sizes, self.curve, self.seeds)
-        }
+        self.extra_results: dict[str, Any] = {}
+        self.train_size = None if train_size is None else int(train_size)
+        self.clip_train_samples(self.train_size)
+
+    def clip_train_samples(self, available: int | None) -> None:
+        """Every N of ``train_samples`` within the ``available`` training images (a larger one is cut to it,
+        with a warning), recorded in ``extra_results``; ``None``: not known yet, left as configured."""
+        self.sizes = clip_sizes(self.sizes, available, "training images")
+        self.extra_results["protocol"] = protocol_record(self.protocol, self.sizes, self.curve, self.seeds)
 
     # ---------------------------------------------------------------------------------- data
     #: the training images are a pure function of their index (no augmentation): under ``finetune`` each
@@ -490,10 +497,7 @@ class VisionSuite(DownstreamSuite):
                 if self.render_once:  # deterministic images: render the subset once, not once per epoch
                     items = rendered.setdefault(n, [items[i] for i in range(len(items))])
                 train, dev = self.loader(items, shuffle=True, generator=g), self.loader(dev_set)
-            if self.smoke:
-                trainer = make_trainer(max_steps=2, name=name)
-            else:
-                trainer = make_trainer(max_epochs=int(opts["epochs"]), name=name)
+            trainer = make_trainer(max_epochs=int(opts["epochs"]), max_steps=self.max_steps, name=name)
             trainer.fit(module, train_dataloaders=train)
             trainer.test(module, dataloaders=dev, verbose=False)
             log.info("downstream %s (N=%s, seed %d): %s", name, n, seed, json.dumps(module.results))

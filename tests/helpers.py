@@ -2,11 +2,21 @@
 in-process or ``run.py`` in a subprocess. Fixtures live in conftest.py."""
 
 import os
+from functools import cache
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CONF_DIR = REPO_ROOT / "conf"
+
+
+@cache
+def smoke_values(group: str, config: str) -> dict:
+    """The values ``debug=smoke`` gives conf/<group>/<config>.yaml (``smoke.<group>.<config>`` of
+    conf/debug/smoke.yaml): keyword arguments that make its class smoke-sized."""
+    import yaml
+
+    return dict(yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"][group][config])
 
 
 def compose_config(overrides: list[str], output_dir: Path):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, compose_config
+from helpers import REPO_ROOT, compose_config, smoke_values
 
 import utils.atomic as atomic
 from data.pos_bert import PosBertDataModule
@@ -147,7 +147,9 @@ def test_a_killed_writer_leaves_a_temp_that_the_next_write_removes(tmp_path):
 # PoS-BERT caches
 # ---------------------------------------------------------------------------------------------------------
 def _dm(cache: Path) -> PosBertDataModule:
-    return PosBertDataModule(cache_dir=str(cache), smoke=True, seed=1, max_length=32)
+    return PosBertDataModule(
+        cache_dir=str(cache), **smoke_values("data", "pos_corpus"), seed=1, max_length=32
+    )
 
 
 def _n_sentences(cache: Path) -> int:

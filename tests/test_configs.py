@@ -178,7 +178,8 @@ def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
     datamodule, module, suite = build(cfg)
     assert datamodule is not None and suite is not None
     if debug == "smoke":
-        assert cfg.trainer.max_steps == 4 and cfg.data.smoke and cfg.downstream.smoke
+        assert cfg.trainer.max_steps == 4
+        assert_smoke_values(cfg)
     # a table's sweep names existing choices: `python run.py -m experiment=<table>` starts every job
     for key, values in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items():
         if key in FILES:
@@ -188,6 +189,53 @@ def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
             )
         else:
             assert OmegaConf.select(cfg, key) is not None, f"experiment {experiment} sweeps {key}, not a key"
+
+
+def smoke_nodes(group: str, choice: str):
+    """(package within the group's node, values) for each ``smoke.<group>.<file>`` of conf/debug/smoke.yaml that
+    conf/<group>/<choice>.yaml takes: its own, else those of the files its defaults list builds it from."""
+    smoke = yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"][group]
+    if choice in smoke:
+        yield "", smoke[choice]
+        return
+    node = yaml.safe_load((CONF_DIR / group / f"{choice}.yaml").read_text())
+    for entry in node.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            name, _, package = entry.partition("@")
+            for sub, values in smoke_nodes(group, name):
+                yield ".".join(p for p in (package, sub) if p), values
+
+
+def assert_smoke_values(cfg) -> None:
+    """``debug=smoke``: the data and downstream configs carry every value conf/debug/smoke.yaml gives them."""
+    for group in ("data", "downstream"):
+        choice = cfg.hydra.runtime.choices[group]
+        nodes = list(smoke_nodes(group, choice))
+        assert nodes, (
+            f"conf/debug/smoke.yaml has no smoke.{group}.{choice} (nor one of the files it builds on)"
+        )
+        for package, values in nodes:
+            node = OmegaConf.select(cfg[group], package) if package else cfg[group]
+            for key, value in values.items():
+                assert node[key] == value, f"debug=smoke: {group}.{package + '.' if package else ''}{key}"
+
+
+def test_smoke_values_name_config_files():
+    smoke = yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"]
+    for group, files in smoke.items():
+        assert set(files) <= set(FILES[group]), f"smoke.{group} names a file conf/{group}/ lacks"
+
+
+@pytest.mark.parametrize(
+    "group, choice, experiment",
+    [(g, c, e) for g in ("data", "downstream") for c in FILES[g] for e in ROOTS if BELONGS[g].get(c) == e],
+)
+def test_every_data_and_downstream_choice_takes_its_smoke_values(
+    tmp_path, sources, group, choice, experiment
+):
+    extra = EXTRA.get((group, choice), []) + sources.get((group, choice), [])
+    cfg = compose([f"experiment={experiment}", f"{group}={choice}", *extra, "debug=smoke"], tmp_path)
+    assert_smoke_values(cfg)
 
 
 # -- experiment-specific choices with each experiment they belong to ---------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import smoke_values
 
 from data.glue_like import TASKS, generate_task
 from data.pos_grammar import LEXICON
@@ -142,7 +143,10 @@ def test_bad_tokenizer_path_ends_in_one_sentence(tmp_path):
 
 def test_real_glue_source_loads_through_data_glue(shared_data):
     suite = GlueLikeSuite(
-        tasks=["rte", "mrpc"], source="local", data_dir=str(shared_data / "glue"), smoke=True
+        tasks=["rte", "mrpc"],
+        source="local",
+        data_dir=str(shared_data / "glue"),
+        **smoke_values("downstream", "glue_like"),
     )
     rte = suite.load("rte")
     assert rte.spec.name == "RTE" and rte.spec.pair and len(rte.train) == 48 and len(rte.dev) == 32

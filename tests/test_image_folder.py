@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config
+from helpers import compose_config, smoke_values
 from PIL import Image
 
 from data.image_folder import ImageFolderDataModule
@@ -93,7 +93,7 @@ def test_flat_folder_holds_out_val_fraction_and_standardises_depth(tmp_path):
     assert len(dm.train_set) == 8 and len(dm.val_set) == 2
     item = dm.val_set[0]
     assert abs(item["depth"].mean().item() - 4.0) < 1.0  # standardised then mapped to the model's scale
-    smoke = datamodule(tmp_path / "img", tmp_path / "lab", smoke=True)
+    smoke = datamodule(tmp_path / "img", tmp_path / "lab", **smoke_values("data", "imagenet_folder"))
     assert smoke.batch_size == 8 and smoke.samples_per_epoch <= 16
 
 

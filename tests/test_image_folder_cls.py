@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_pipeline
+from helpers import run_pipeline, smoke_values
 from PIL import Image
 from test_vision_finetune import make_trainer
 
@@ -88,7 +88,7 @@ def test_val_split_keeps_the_training_classes_and_limits_draw_across_classes(tmp
     s = suite(root, train_size=4, dev_size=None)
     assert s.dev_set.targets == [1] and s.dev_set.classes == ["blue", "red"]
     assert len(s.train_set) == 4 and set(s.train_set.targets) == {0, 1}  # a draw, not the first class
-    smoke = suite(root, smoke=True, train_samples=[64])
+    smoke = suite(root, **smoke_values("downstream", "image_folder_cls"), train_samples=[64])
     assert smoke.sizes == [8] and smoke.batch_size == 8
 
 

@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import smoke_values
 
 from data.pos_bert import PosBertDataModule
 from data.pos_grammar import ALL_GROUPS, GROUPS
@@ -115,7 +116,9 @@ def _trainer(tmp_path, steps=3):
 def test_trains_with_minimax_and_exports(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=512)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+    )
     model = PosBert(**{**TINY, "vocab_size": 512})
     m = PosBertPretraining(model, functools.partial(Minimax, alpha=1.0), warmup_steps=1)
     before = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
@@ -139,7 +142,7 @@ def test_trains_with_minimax_and_exports(tmp_path):
 
 
 def test_sequence_longer_than_positions_names_the_key(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, max_length=128)
+    dm = PosBertDataModule(cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), max_length=128)
     m = PosBertPretraining(PosBert(**TINY), NoBalancing)
     with pytest.raises(
         ConfigError, match=r"^data.max_length=128 is longer than .*model.max_position_embeddings=64"
@@ -148,14 +151,21 @@ def test_sequence_longer_than_positions_names_the_key(tmp_path):
 
 
 def test_vocab_too_small_names_the_key(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, max_length=32, vocab_size=512)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+    )
     m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": 50}), NoBalancing)
     with pytest.raises(ConfigError, match=r"^model.vocab_size=50 is smaller"):
         _trainer(tmp_path).fit(m, datamodule=dm)
 
 
 def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=4096)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "cache"),
+        **smoke_values("data", "pos_corpus"),
+        max_length=32,
+        vocab_size=4096,
+    )
     model = PosBert(**{**TINY, "vocab_size": None})
     m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
     _trainer(tmp_path, steps=1).fit(m, datamodule=dm)
@@ -179,7 +189,9 @@ def test_unigram_reference_by_hand():
 
 
 def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=512)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+    )
     model = PosBert(**{**TINY, "vocab_size": None})
     m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
     trainer = _trainer(tmp_path, steps=2)
@@ -224,7 +236,9 @@ def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path)
 
 
 def test_minimax_normalize_reference_defaults_to_the_context_free_reference(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), smoke=True, max_length=32, vocab_size=512)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+    )
     balancer = functools.partial(Minimax, alpha=1.0, normalize="reference")
     m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": None}), balancer, warmup_steps=1)
     _trainer(tmp_path, steps=2).fit(m, datamodule=dm)

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import smoke_values
 
 import data.pos_bert as pb
 import data.pos_tagging as pt
@@ -173,7 +174,9 @@ def test_nsp_match_sentences_gives_random_b_the_true_b_sentence_count():
 
 @pytest.fixture
 def smoke_dm(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=1, max_length=32)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), seed=1, max_length=32
+    )
     dm.setup()
     return dm
 
@@ -202,13 +205,17 @@ def test_datamodule_batch_and_cache_reuse(tmp_path, smoke_dm, monkeypatch):
 
     monkeypatch.setattr(pb, "train_wordpiece", boom)
     monkeypatch.setattr(pb, "generate_corpus", boom)
-    dm2 = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=1, max_length=32)
+    dm2 = PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), seed=1, max_length=32
+    )
     dm2.setup()
     assert dm2.cache_hits == {"tokenizer": True, "tagged": True}
     assert len(dm2.tagged) == len(smoke_dm.tagged)
     # another seed is another corpus: a new cache entry
     monkeypatch.undo()
-    dm3 = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=2, max_length=32)
+    dm3 = PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), seed=2, max_length=32
+    )
     dm3.setup()
     assert dm3.cache_hits == {"tokenizer": False, "tagged": False}
 
@@ -221,19 +228,23 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(datasets.Dataset, "save_to_disk", interrupted)
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True)
+    dm = PosBertDataModule(cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"))
     with pytest.raises(KeyboardInterrupt):
         dm.setup()
     assert not list((tmp_path / "pos_bert").glob("tagged-*"))
     assert not list((tmp_path / "pos_bert").glob(".tagged-*"))
     monkeypatch.undo()
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True)
+    dm = PosBertDataModule(cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"))
     dm.setup()
     assert dm.cache_hits["tagged"] is False and len(dm.tagged) > 0
 
 
 def test_unknown_tokenizer_names_the_key(tmp_path):
-    dm = PosBertDataModule(cache_dir=str(tmp_path), smoke=True, tokenizer=str(tmp_path / "no_such_tokenizer"))
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path),
+        **smoke_values("data", "pos_corpus"),
+        tokenizer=str(tmp_path / "no_such_tokenizer"),
+    )
     with pytest.raises(ConfigError) as e:
         dm.setup()
     msg = str(e.value)
@@ -365,10 +376,14 @@ def test_each_cache_logs_one_line_built_then_hit_with_its_path(tmp_path, caplog)
         caplog.clear()
         return lines
 
-    PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=3, max_length=32).setup()
+    PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), seed=3, max_length=32
+    ).setup()
     built = cache_lines()
     assert [m.split(":")[0] for m in built] == ["tokenizer cache built", "tagged corpus cache built"]
     paths = [m.split(": ", 1)[1].split(" (")[0] for m in built]
     assert "tokenizer-" in paths[0] and "tagged-" in paths[1] and all(str(tmp_path) in p for p in paths)
-    PosBertDataModule(cache_dir=str(tmp_path), smoke=True, seed=3, max_length=32).setup()
+    PosBertDataModule(
+        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), seed=3, max_length=32
+    ).setup()
     assert cache_lines() == [f"tokenizer cache hit: {paths[0]}", f"tagged corpus cache hit: {paths[1]}"]

@@ -1,13 +1,14 @@
 """Adaptation protocols (finetune/protocol.py) and what they write to results.json, end to end."""
 
 import json
+import logging
 import statistics
 
 import pytest
 import torch
 from helpers import run_pipeline
 
-from finetune.protocol import adapt, nested_subset, parse_seeds, parse_train_samples
+from finetune.protocol import adapt, clip_sizes, nested_subset, parse_seeds, parse_train_samples
 from runner.results import summarise
 from utils.errors import ConfigError
 
@@ -34,6 +35,16 @@ def test_subsets_are_nested_fixed_by_the_data_seed_and_bounded():
     assert nested_subset(5, None, seed=0) == list(range(5))
     with pytest.raises(ConfigError, match=r"N=8.*only 5"):
         nested_subset(5, 8, seed=0)
+
+
+def test_an_n_beyond_the_training_examples_is_cut_to_them_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="finetune.protocol"):
+        assert clip_sizes([8, 64, 256], 32, "training images") == [8, 32]
+    assert "N=64, 256, but the task has only 32 training images: using N=32" in caplog.text
+    caplog.clear()
+    assert clip_sizes([8, 32], 32) == [8, 32] and clip_sizes([None], 32) == [None]
+    assert clip_sizes([8, 4096], None) == [8, 4096]  # size unknown until read: nested_subset stops on N=4096
+    assert not caplog.text
 
 
 def test_adapt_runs_every_n_and_seed_and_reports_means_per_seed_and_curve():
@@ -178,7 +189,9 @@ def test_every_dev_row_of_a_real_format_glue_file_is_scored(tmp_path):
             "downstream.source=local",
             f"downstream.data_dir={tmp_path / 'glue'}",
             "downstream.tasks=[SST-2]",
-            "downstream.smoke=false",
+            "downstream.train_size=null",  # every row, as without debug=smoke
+            "downstream.dev_size=null",
+            "downstream.batch_size=32",
             "downstream.max_steps=2",
             "downstream.protocol=finetune",
             "downstream.finetune_seeds=[0]",

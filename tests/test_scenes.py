@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import smoke_values
 
 from data.scenes import (
     CLASS_NAMES,
@@ -114,8 +115,8 @@ def test_datamodule_batches_and_fresh_draw_each_epoch():
     assert len(dm.val_dataloader().dataset) == 4
 
 
-def test_smoke_shrinks_the_data():
-    dm = ScenesDataModule(smoke=True)
+def test_smoke_values_shrink_the_data():
+    dm = ScenesDataModule(**smoke_values("data", "scenes"))
     assert len(dm.train_dataloader()) == 2 and len(dm.val_dataloader()) == 1
 
 

@@ -7,6 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers import smoke_values
 
 from finetune.figures import sweep_figure
 from finetune.metrics import DepthMetrics
@@ -102,7 +103,7 @@ def make_trainer(max_epochs=None, max_steps=None, name="task"):
 
 def test_suite_runs_every_task_and_saves_the_figure(tmp_path):
     pretrained = MMMAEPretraining(tiny_backbone(), partial(Minimax), {})
-    suite = VisionSuite(smoke=True)
+    suite = VisionSuite(**smoke_values("downstream", "scenes"))
     results = suite.run(pretrained, make_trainer, tmp_path)
     assert set(results) == {"classification", "segmentation", "depth"}
     for name, r in results.items():
@@ -158,4 +159,6 @@ def test_bad_suite_options_name_the_key(kwargs, key):
 
 def test_image_size_mismatch_names_both_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"downstream\.image_size=32 differs from model\.image_size=64"):
-        VisionSuite(image_size=32, smoke=True).run(tiny_backbone(), make_trainer, tmp_path)
+        VisionSuite(image_size=32, **smoke_values("downstream", "scenes")).run(
+            tiny_backbone(), make_trainer, tmp_path
+        )
