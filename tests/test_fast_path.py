@@ -80,7 +80,7 @@ def fit(module, batches, steps: int, precision: str = "32-true") -> L.Trainer:
     return trainer
 
 
-@pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
+@pytest.mark.parametrize("experiment", ["pos_bert", pytest.param("mm_mae", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(
     "name",
     [

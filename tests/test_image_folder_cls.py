@@ -60,6 +60,7 @@ def suite(root: Path, **kw) -> ImageFolderClsSuite:
     return ImageFolderClsSuite(root=str(root), **{**opts, **kw})
 
 
+@pytest.mark.slow
 def test_top1_is_scored_on_every_image_of_the_val_split(tmp_path):
     """The probe separates red from blue; top-1 counts the 3 validation images (not the 8 training images): 1.0
     on a validation split labelled like the training one, 0.0 when its class folders hold the other colour."""

@@ -46,6 +46,7 @@ def test_the_check_sees_an_upward_import(tmp_path):
     assert (line, module.split(".")[0]) == (2, "runner") and RANK["runner"] > RANK["models"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "modules", [["models.multimae", "models.bert", "models.convex"], ["data.pos_bert", "data.nyuv2"]]
 )

@@ -216,6 +216,7 @@ def test_test_images_of_different_sizes_are_scored_at_their_own_resolution(tmp_p
     assert sweep_figure([tmp_path / "out"], tmp_path / "sweep.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_smoke_run_pretrains_on_an_image_folder_and_finetunes_on_nyuv2(tmp_path):
     from test_image_folder import NUM_CLASSES as FOLDER_CLASSES
     from test_image_folder import write_folder

@@ -154,6 +154,7 @@ def _mm_batch(batch=4):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BALANCERS))
 def test_mm_mae_copies_give_the_per_task_backward_gradients(name):
     torch.manual_seed(0)

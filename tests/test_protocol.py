@@ -135,6 +135,7 @@ def _probe_run(tmp_path, seeds):
     return sum(calls), results, unchanged
 
 
+@pytest.mark.slow
 def test_linear_probe_runs_the_frozen_encoder_once_whatever_the_seeds(tmp_path):
     """Features are computed once for every task: more fine-tuning seeds and a second task add no encoder
     pass (24 training + 8 dev images, once), and the pre-trained weights are untouched."""
