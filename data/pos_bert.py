@@ -326,7 +326,14 @@ class PosBertDataModule(LightningDataModule):
             return load_tokenizer(self.tokenizer_name)
         from transformers import PreTrainedTokenizerFast
 
-        fp = _fingerprint({"source": self._source_key(), "vocab": self.vocab_size, "lower": self.lowercase})
+        fp = _fingerprint(
+            {
+                "source": self._source_key(),
+                "vocab": self.vocab_size,
+                "lower": self.lowercase,
+                "ids": "canonical",
+            }
+        )
         path = self.cache_dir / "pos_bert" / f"tokenizer-{fp}"
         if (path / "tokenizer.json").is_file():
             self.cache_hits["tokenizer"] = True

@@ -135,17 +135,24 @@ def nltk_groups(word_lists: list[list[str]]) -> list[list[int]]:
 # Tokenizer
 # ---------------------------------------------------------------------------------------------------------
 def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True, placeholders=()):
-    """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on an iterable of strings; each of
-    ``placeholders`` (e.g. WikiText's ``<unk>``, ``@-@``) becomes one atomic token, never split."""
+    """Train a BERT-style WordPiece tokenizer with ``tokenizers`` on a sequence of strings; each of
+    ``placeholders`` (e.g. WikiText's ``<unk>``, ``@-@``) becomes one atomic token, never split.
+
+    The trained vocabulary is then made canonical (:func:`_canonical_wordpiece`): ``tokenizers``' trainer
+    breaks ties between equally frequent merges by hash-map order, so two trainings on the same text give
+    different ids and different unused pieces (huggingface/tokenizers#1794); the pieces that encode the text
+    are the same, and only they (with the specials and the alphabet) are kept, in a fixed order."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    sentences = list(sentences)
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
     tok.train_from_iterator(sentences, trainer=trainer)
+    tok = _canonical_wordpiece(tok, sentences)
     if placeholders:
         from tokenizers import AddedToken
 
@@ -165,6 +172,27 @@ def train_wordpiece(sentences, vocab_size: int, lowercase: bool = True, placehol
         mask_token="[MASK]",
         model_max_length=512,
     )
+
+
+def _canonical_wordpiece(tok, sentences: list[str]):
+    """The trained WordPiece tokenizer ``tok`` with only the specials, the alphabet (single characters and their
+    ``##`` forms, so unseen words still encode) and the pieces that encode ``sentences``, numbered in that order
+    (pieces by falling frequency, then alphabetically). WordPiece takes the longest piece in the vocabulary at
+    each position, and every piece it took is kept, so ``sentences`` encode to the same pieces as before."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models
+
+    vocab = tok.get_vocab()
+    piece = {i: t for t, i in vocab.items()}
+    counts = Counter(i for enc in tok.encode_batch(sentences, add_special_tokens=False) for i in enc.ids)
+    alphabet = sorted(t for t in vocab if len(t) == 1 or (t.startswith("##") and len(t) == 3))
+    fixed = set(SPECIAL_TOKENS) | set(alphabet)
+    used = sorted((piece[i] for i in counts if piece[i] not in fixed), key=lambda t: (-counts[vocab[t]], t))
+    order = [*SPECIAL_TOKENS, *alphabet, *used]
+    out = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(order)}, unk_token="[UNK]"))
+    out.normalizer, out.pre_tokenizer, out.decoder = tok.normalizer, tok.pre_tokenizer, tok.decoder
+    return out
 
 
 def load_tokenizer(name_or_path: str, key: str = "data.tokenizer"):

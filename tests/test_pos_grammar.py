@@ -179,3 +179,31 @@ def test_doc_nouns_gives_each_document_a_cast_of_nouns():
         by_topic.setdefault(topic, set()).add(frozenset(c))
     assert max(len(v) for v in by_topic.values()) > 2
     assert generate_corpus(30, seed=5) == generate_corpus(30, seed=5, doc_nouns=0)
+
+
+def test_trained_tokenizer_is_the_same_every_time_and_keeps_only_the_pieces_the_corpus_uses():
+    """tokenizers' WordPiece trainer breaks ties by hash-map order (huggingface/tokenizers#1794): the kept
+    vocabulary is canonical, and the corpus encodes to the same pieces as with the trainer's own vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    from data.pos_tagging import SPECIAL_TOKENS, train_wordpiece
+
+    texts = [" ".join(s.words) for _, doc in generate_corpus(300, seed=0, present_prob=0.5) for s in doc]
+    toks = [train_wordpiece(texts, 4096) for _ in range(3)]
+    vocab = toks[0].get_vocab()
+    assert toks[1].get_vocab() == vocab and toks[2].get_vocab() == vocab
+    assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:5] == SPECIAL_TOKENS
+    used = {i for ids in toks[0](texts, add_special_tokens=False)["input_ids"] for i in ids}
+    merged = [
+        t
+        for t in vocab
+        if len(t) > 1 and not (t.startswith("##") and len(t) == 3) and t not in SPECIAL_TOKENS
+    ]
+    assert len(merged) > 500 and all(vocab[t] in used for t in merged)
+    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    raw.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    raw.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=4096, special_tokens=SPECIAL_TOKENS))
+    assert raw.get_vocab_size() > len(vocab)  # the trainer's own vocabulary has pieces no word uses
+    for text in texts[:200]:
+        assert toks[0].tokenize(text) == raw.encode(text, add_special_tokens=False).tokens
