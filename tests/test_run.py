@@ -252,6 +252,23 @@ def test_same_seed_gives_the_same_results_twice(tmp_path):
 
 
 @pytest.mark.slow
+def test_pos_bert_with_fresh_caches_gives_the_same_results_twice(tmp_path):
+    """A user with an empty cache gets the numbers of another user's: the trained tokenizer, the tagged corpus,
+    the pairs and the masks are functions of the seed (tokenizers' trainer alone is not, see train_wordpiece)."""
+    from helpers import run_pipeline
+
+    runs = [
+        run_pipeline(
+            ["debug=smoke", "logger=none", "balancer=none", f"paths.cache_dir={tmp_path / k}"], tmp_path / k
+        )
+        for k in ("a", "b")
+    ]
+    for r in runs:
+        r.pop("cost"), r.pop("overrides")
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_naming_task_and_step_without_results(tmp_path):
     proc = run_cli(
         ["experiment=convex", "debug=smoke", "logger=none", "data.sigma=nan", f"hydra.run.dir={tmp_path}"]
