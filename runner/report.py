@@ -119,3 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_summary(Path(argv[0]))
     print(path.read_text())
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,9 +2,11 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
-from helpers import compose_config, run_cli
+from helpers import REPO_ROOT, compose_config, run_cli
 
 from utils.errors import ConfigError
 
@@ -127,8 +129,13 @@ def test_report_command_rebuilds_the_summary(tmp_path):
         }
         (d / "results.json").write_text(json.dumps(res))
     (tmp_path / "3").mkdir()  # an interrupted run: no results.json
-    assert main([str(tmp_path)]) == 0
+    proc = subprocess.run(  # the README's command
+        [sys.executable, "-m", "runner.report", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
     md = (tmp_path / "summary.md").read_text()
+    assert md in proc.stdout  # the table is printed too
+    assert main([str(tmp_path / "no_such_dir")]) == 2
     assert "| none | 2 | 2 +- 1.4" in md
     assert "**0.5 +- 0** (-1.5)" in md  # best (lowest) marked, difference against none
 
