@@ -282,7 +282,9 @@ def test_imagenet_folder_composes_with_the_scenes_suite(tmp_path):
 # -- run-wide choices with every root experiment -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("experiment", ROOTS)
+@pytest.mark.parametrize(  # the quick loop builds every balancer with the convex experiment; the rest are `slow`
+    "experiment", [pytest.param(e, marks=() if e == "convex" else pytest.mark.slow) for e in ROOTS]
+)
 @pytest.mark.parametrize("balancer", FILES["balancer"])
 def test_every_balancer_builds_with_every_experiment(tmp_path, balancer, experiment):
     cfg = compose([f"experiment={experiment}", f"balancer={balancer}"], tmp_path)

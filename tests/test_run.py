@@ -114,6 +114,7 @@ def test_dataloader_workers_start_inside_a_joblib_sweep_job():
     assert batches == [[0, 1], [2, 3]]
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_the_summary(tmp_path):
     from runner.report import main
 
@@ -197,6 +198,7 @@ def test_zero_tasks_and_bad_temperature_name_their_keys(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_writes_event_files(tmp_path):
     from helpers import run_pipeline
 
@@ -233,6 +235,7 @@ def test_checkpoint_that_is_not_one_or_does_not_fit_fails_with_one_sentence(tmp_
     assert not (tmp_path / "c" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
     from helpers import run_pipeline
 
@@ -246,6 +249,7 @@ def test_finetune_stage_restarts_from_a_pretraining_checkpoint(tmp_path):
     assert again["upstream"] == full["upstream"]  # balancer history restored from the checkpoint
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_results_twice(tmp_path):
     from helpers import run_pipeline
 

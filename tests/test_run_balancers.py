@@ -127,7 +127,9 @@ BALANCER_CHECKS = {
 }
 
 
-@pytest.mark.parametrize("balancer", list(BALANCER_CHECKS))
+@pytest.mark.parametrize(  # whole pipelines: all but minimax's are `slow` (the quick loop keeps one)
+    "balancer", [pytest.param(b, marks=() if b == "minimax" else pytest.mark.slow) for b in BALANCER_CHECKS]
+)
 def test_every_balancer_config_runs_the_convex_experiment(tmp_path, balancer):
     """Every balancer config runs the convex experiment end to end, and the weights it applied (the run's
     csv/metrics.csv, as the sweep's figures read it) are the ones its equation gives for the logged task losses;
