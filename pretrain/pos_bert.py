@@ -178,6 +178,8 @@ class PosBertPretraining(PretrainingModule):
         if "nsp_logits" in out:
             acc[3, 0] += (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).sum().double()
             acc[3, 1] += batch["nsp_labels"].numel()
+        if "nsp" in losses:
+            acc[3, 2] += losses["nsp"][0].detach().double()
 
     def on_validation_epoch_end(self) -> None:
         """The upstream evaluation on the held-back validation pairs (fixed masks): NSP accuracy and, per POS
@@ -197,34 +199,32 @@ class PosBertPretraining(PretrainingModule):
                 self.log(f"val/context_gain/{g}", row["context_gain"], sync_dist=False)
             groups[g] = row
         result = {"step": int(self.global_step), "groups": groups}
+        means = {g: row["loss"] for g, row in groups.items()}
         if float(acc[3, 1]) > 0:
             result["nsp_accuracy"] = float(acc[3, 0]) / float(acc[3, 1])
             result["nsp_pairs"] = int(acc[3, 1])
+            self.log("val/nsp_acc", result["nsp_accuracy"], sync_dist=False)
+            if self.nsp != "off":
+                means["nsp"] = float(acc[3, 2]) / float(acc[3, 1])
+        # the validation losses from the global sums (the one collective above, made by every rank): a loss
+        # logged with sync_dist only where a rank's shard has that group's targets would mismatch the collectives
+        for name, value in means.items():
+            self.log(f"val/loss/{name}", value, sync_dist=False)
+        balanced = [means[t] for t in self.task_names if t in means]
+        if balanced:
+            self.log("val/loss_worst", max(balanced), sync_dist=False)
+            self.log("val/loss_mean", sum(balanced) / len(balanced), sync_dist=False)
         gains = [groups[g]["context_gain"] for g in GROUPS if g in groups and "context_gain" in groups[g]]
         if gains:
             result["min_context_gain"] = min(gains)
         self.upstream_eval = result
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        """Accumulates the sums the epoch's end reduces once and logs (``on_validation_epoch_end``)."""
         losses, out = self._forward_losses(batch)
-        if self._val_acc is not None:
-            self._accumulate_upstream(batch, out, losses)
-        bsz = batch["input_ids"].shape[0]
-        means = {}
-        for name, (s, c) in losses.items():
-            c = int(c)
-            if c > 0:
-                means[name] = float(s) / c
-                self.log(f"val/loss/{name}", float(s) / c, batch_size=c, on_epoch=True, sync_dist=True)
-        balanced = [means[t] for t in self.task_names if t in means]
-        if balanced:
-            self.log("val/loss_worst", max(balanced), batch_size=bsz, on_epoch=True, sync_dist=True)
-            self.log(
-                "val/loss_mean", sum(balanced) / len(balanced), batch_size=bsz, on_epoch=True, sync_dist=True
-            )
-        if "nsp_logits" in out:
-            acc = (out["nsp_logits"].argmax(-1) == batch["nsp_labels"]).float().mean()
-            self.log("val/nsp_acc", acc, batch_size=bsz, on_epoch=True, sync_dist=True)
+        if self._val_acc is None:  # called outside a validation loop
+            self.on_validation_epoch_start()
+        self._accumulate_upstream(batch, out, losses)
 
     # -- optimisation ------------------------------------------------------------------------------------
     def configure_optimizers(self):
