@@ -102,8 +102,9 @@ class LossAggregation(Callback):
     Args:
         balancer: the balancer over ``task_names`` (in that order).
         task_names: the tasks the balancer weighs.
-        extra_tasks: further losses added to the scalar with weight 1 and logged, but not balanced
-            (e.g. PoS-BERT's ``other`` group or NSP when so configured).
+        extra_tasks: further losses added to the scalar and logged, but not balanced (e.g. PoS-BERT's
+            ``other`` group or NSP when so configured).
+        extra_weights: an extra task's fixed weight in the scalar (task -> weight; 1 where not given).
         on_nonfinite: ``raise`` (default) stops with the task and step named; ``skip`` skips the
             optimizer step with a warning.
         window: how many of the last steps' reduced losses and weights are kept (and checkpointed) for
@@ -118,6 +119,7 @@ class LossAggregation(Callback):
         balancer: Balancer,
         task_names: Sequence[str],
         extra_tasks: Sequence[str] = (),
+        extra_weights: Mapping[str, float] | None = None,
         on_nonfinite: str = "raise",
         window: int = 20,
         trace_dir: str | None = None,
@@ -125,6 +127,10 @@ class LossAggregation(Callback):
         super().__init__()
         self.task_names = list(task_names)
         self.extra_tasks = [t for t in extra_tasks if t not in self.task_names]
+        self.extra_weights = {t: float(w) for t, w in (extra_weights or {}).items()}
+        stray = sorted(set(self.extra_weights) - set(self.extra_tasks))
+        if stray:
+            raise ConfigError(f"aggregation: extra_weights for tasks that are not extra tasks: {stray}.")
         if len(set(self.task_names)) != len(self.task_names):
             raise ConfigError(f"aggregation: task names must be unique, got {self.task_names}.")
         if balancer.num_tasks != len(self.task_names):
@@ -341,7 +347,11 @@ class LossAggregation(Callback):
             counts=global_count[:k] if "counts" in requires else None,
             feature_grads=feature_grads if "features" in requires else None,
         )
-        loss = out.loss + balanced[k:].sum()
+        extra = balanced[k:]
+        if self.extra_weights:
+            fixed = [self.extra_weights.get(n, 1.0) for n in names[k:]]
+            extra = extra * torch.tensor(fixed, dtype=extra.dtype, device=extra.device)
+        loss = out.loss + extra.sum()
         if copied is not None:
             loss = loss + _send_gradients(loss, balanced, scale, features.shared, *copied).to(loss.dtype)
 

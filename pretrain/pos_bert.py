@@ -6,9 +6,10 @@ the loss-aggregation callback reduces sums and counts across ranks. Tasks:
 
 - the 9 groups of ``data.pos_grammar.GROUPS`` (always balanced);
 - ``other`` (numbers, particles, punctuation, ...): balanced when ``include_other`` else added with weight 1;
-- ``nsp``: a balanced task (``nsp: task``), added with weight 1 (``nsp: add``) or off (``nsp: off``).
+- ``nsp``: a balanced task (``nsp: task``), added with the fixed weight ``nsp_weight`` (``nsp: add``; 1 as in
+  BERT) or off (``nsp: off``).
 
-Losses added with weight 1 are the callback's ``extra_tasks``: still logged as ``train/loss/<name>``.
+Losses added with a fixed weight are the callback's ``extra_tasks``: still logged as ``train/loss/<name>``.
 
 The shared representation that ``features``-mode balancers differentiate is the encoder output at the rows the
 heads read: the masked positions (each of one POS group) and the [CLS] positions (NSP). Each row belongs to
@@ -49,7 +50,8 @@ class PosBertPretraining(PretrainingModule):
         balancer: a Balancer or a ``num_tasks -> Balancer`` factory (Hydra ``_partial_``).
         aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
         include_other: balance the ``other`` group as a tenth task (else add it with weight 1).
-        nsp: ``task`` (one more balanced task), ``add`` (weight 1) or ``off``.
+        nsp: ``task`` (one more balanced task), ``add`` (fixed weight ``nsp_weight``) or ``off``.
+        nsp_weight: NSP's weight in the scalar with ``nsp: add`` (BERT: 1).
         lr, weight_decay, betas, eps: AdamW (no decay on biases and LayerNorm weights).
         warmup_steps: linear warm-up steps; then linear decay to ``min_lr_ratio * lr`` at the last step.
     """
@@ -63,6 +65,7 @@ class PosBertPretraining(PretrainingModule):
         aggregation: dict | None = None,
         include_other: bool = False,
         nsp: str = "add",
+        nsp_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -74,6 +77,12 @@ class PosBertPretraining(PretrainingModule):
         if nsp not in NSP_MODES:
             raise ConfigError(f"module.nsp must be one of {', '.join(NSP_MODES)}, got {nsp!r}.")
         self.model = model
+        if float(nsp_weight) != 1.0 and nsp != "add":
+            raise ConfigError(
+                f"module.nsp_weight={nsp_weight} applies to module.nsp=add only (got module.nsp={nsp})."
+            )
+        if not float(nsp_weight) > 0:
+            raise ConfigError(f"module.nsp_weight must be > 0, got {nsp_weight}.")
         self.include_other, self.nsp = bool(include_other), nsp
         self.lr, self.weight_decay, self.betas, self.eps = (
             float(lr),
@@ -88,6 +97,8 @@ class PosBertPretraining(PretrainingModule):
         extra = ([] if self.include_other else [OTHER]) + (["nsp"] if nsp == "add" else [])
         options = dict(aggregation or {})
         options["extra_tasks"] = list(options.get("extra_tasks", [])) + extra
+        if nsp == "add":
+            options["extra_weights"] = {**options.get("extra_weights", {}), "nsp": float(nsp_weight)}
         self.aggregator = LossAggregation.build(balancer, self.task_names, **options)
         self.tokenizer = None
         self.reference_log_probs: torch.Tensor | None = None  # the data's context-free log p(v), (V,)

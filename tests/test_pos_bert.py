@@ -106,6 +106,23 @@ def test_loss_is_weighted_groups_plus_extras_and_absent_group_is_skipped():
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+def test_nsp_weight_scales_the_nsp_term_only():
+    """module.nsp_weight=w adds w x NSP loss (nsp=add): the scalar grows by (w - 1) x NSP, and NSP is logged unscaled."""
+    b = _batch()
+    totals = {}
+    for w in (1.0, 3.0):
+        torch.manual_seed(0)
+        m = PosBertPretraining(PosBert(**TINY), functools.partial(NoBalancing), nsp="add", nsp_weight=w)
+        losses, _ = m._forward_losses(b)
+        totals[w] = float(m.training_step(b, 0))
+        nsp = float(losses["nsp"][0]) / int(losses["nsp"][1])
+        assert m.aggregator.recent[-1]["loss"]["nsp"] == pytest.approx(nsp)
+    assert totals[3.0] - totals[1.0] == pytest.approx(2 * nsp, rel=1e-4)
+    for bad, nsp_mode in ((2.0, "task"), (0.0, "add")):
+        with pytest.raises(ConfigError, match="module.nsp_weight"):
+            PosBertPretraining(PosBert(**TINY), NoBalancing, nsp=nsp_mode, nsp_weight=bad)
+
+
 def _trainer(tmp_path, steps=3):
     return L.Trainer(
         max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
