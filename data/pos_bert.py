@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader
 
 from data.loading import resumable_loader
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, generate_corpus
-from data.pos_masking import NSPPairs, PosMaskingCollator, build_nsp_pairs, repeated_segments
+from data.pos_masking import (
+    NSP_RANDOM_B,
+    NSPPairs,
+    PosMaskingCollator,
+    build_nsp_pairs,
+    repeated_segments,
+)
 from data.pos_tagging import (
     SPECIAL_TOKENS,
     load_nltk_tagger,
@@ -107,7 +113,7 @@ class PosBertDataModule(LightningDataModule):
         stratify: bool = False,
         nsp_random_prob: float = 0.5,
         segment_tokens: int | None = None,
-        nsp_match_sentences: bool = False,
+        nsp_random_b: str = "fill",
         num_proc: int = 1,
         num_workers: int = 0,
         placeholders: list[str] | tuple[str, ...] = (),
@@ -166,7 +172,11 @@ class PosBertDataModule(LightningDataModule):
         self.mlm_probability, self.stratify = mlm_probability, stratify
         self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
         self.nsp_random_prob = nsp_random_prob
-        self.nsp_match_sentences = bool(nsp_match_sentences)
+        if nsp_random_b not in NSP_RANDOM_B:
+            raise ConfigError(
+                f"data.nsp_random_b must be one of {', '.join(NSP_RANDOM_B)}, got {nsp_random_b!r}."
+            )
+        self.nsp_random_b = nsp_random_b
         if segment_tokens is not None and int(segment_tokens) < 0:
             raise ConfigError(
                 f"data.segment_tokens={segment_tokens} must be >= 0 (0: one sentence per segment)."
@@ -434,7 +444,7 @@ class PosBertDataModule(LightningDataModule):
         self.n_documents = int(len(np.unique(docs)))
         lengths = np.asarray([len(x) for x in input_ids], dtype=np.int64)
         a0, a1, b0, b1, label = build_nsp_pairs(
-            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens, self.nsp_match_sentences
+            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens, self.nsp_random_b
         )
         if len(a0) == 0:
             raise DataError(

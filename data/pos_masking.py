@@ -19,17 +19,19 @@ from data.pos_grammar import ALL_GROUPS
 from data.pos_tagging import IGNORE, SPECIAL_TOKENS
 from utils.errors import ConfigError
 
-
 # ---------------------------------------------------------------------------------------------------------
 # NSP pairs
 # ---------------------------------------------------------------------------------------------------------
+NSP_RANDOM_B = ("fill", "sentences", "segment")
+
+
 def build_nsp_pairs(
     docs: np.ndarray,
     seed: int,
     random_prob: float = 0.5,
     lengths: np.ndarray | None = None,
     segment_tokens: int = 0,
-    match_sentences: bool = False,
+    random_b: str = "fill",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Segment pairs for next-sentence prediction, as BERT builds them.
 
@@ -39,12 +41,21 @@ def build_nsp_pairs(
     B is the segment that follows A in the document (label 0, "is next") or, with ``random_prob``, a segment
     of as many word-pieces starting at a random sentence of another document (label 1). The next pair starts
     where A ended, so every sentence but a document's last opens a segment A once. ``segment_tokens=0``: one
-    sentence per segment (A = a sentence, B = the next one). ``match_sentences``: a random B has as many whole
-    sentences as its pair's true B (drawn, up to 20 times, where the other document has that many left), so
-    that B's length does not tell a random B (filled to the budget) from a true one (often the short rest of
-    its document); both end at a sentence end. Returns ``(a_start, a_end, b_start, b_end,
-    label)``, segments as half-open sentence ranges.
+    sentence per segment (A = a sentence, B = the next one). ``random_b`` says how a random B is drawn:
+
+    - ``fill`` (BERT): from a random sentence of another document, filled to ``segment_tokens``; a true B is
+      often the short rest of its document, so B's length tells them apart.
+    - ``sentences``: as many whole sentences as its pair's true B (drawn, up to 20 times, where the other
+      document has that many left); B's word-piece count and truncation still differ (a random B of long
+      sentences overflows the pair and is cut mid-sentence).
+    - ``segment``: the true B of a random pair slot of another document, so random and true Bs are the same
+      segments, with the same lengths and ends: only whether A and B come from one document tells them apart.
+
+    Returns ``(a_start, a_end, b_start, b_end, label)``, segments as half-open sentence ranges.
     """
+    if random_b not in NSP_RANDOM_B:
+        raise ValueError(f"random_b must be one of {', '.join(NSP_RANDOM_B)}, got {random_b!r}.")
+    match_sentences = random_b == "sentences"
     rng = np.random.default_rng(seed)
     docs = np.asarray(docs)
     n = len(docs)
@@ -62,6 +73,8 @@ def build_nsp_pairs(
             j += 1
         return j
 
+    if random_b == "segment":
+        return _segment_pairs(starts, ends, grow, rng, random_prob)
     out = []
     for s, e in zip(starts, ends):
         i = s
@@ -84,6 +97,33 @@ def build_nsp_pairs(
         return empty, empty, empty, empty, empty
     a0, a1, b0, b1, label = (np.asarray(c, dtype=np.int64) for c in zip(*out))
     return a0, a1, b0, b1, label
+
+
+def _segment_pairs(starts, ends, grow, rng, random_prob: float):
+    """``random_b="segment"``: walk every document into (A, true B) slots first; then each slot keeps its
+    true B or, with ``random_prob``, takes the true B of a uniformly drawn slot of another document."""
+    slots = []  # (a_start, a_end, b_start, b_end, document)
+    for d, (s, e) in enumerate(zip(starts, ends)):
+        i = s
+        while i < e - 1:
+            j = grow(i, e - 1)
+            slots.append((i, j, j, grow(j, e), d))
+            i = j
+    if not slots:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
+    table = np.asarray(slots, dtype=np.int64)
+    slot_doc = table[:, 4]
+    first = np.searchsorted(slot_doc, np.arange(len(starts)))  # first slot of each document
+    count = np.bincount(slot_doc, minlength=len(starts))
+    b0, b1, label = table[:, 2].copy(), table[:, 3].copy(), np.zeros(len(table), dtype=np.int64)
+    for t, d in enumerate(slot_doc):
+        others = len(table) - count[d]
+        if others and rng.random() < random_prob:
+            r = int(rng.integers(0, others))
+            r = r if r < first[d] else r + count[d]
+            b0[t], b1[t], label[t] = table[r, 2], table[r, 3], 1
+    return table[:, 0].copy(), table[:, 1].copy(), b0, b1, label
 
 
 def repeated_segments(input_ids: list[list[int]], a0, a1, train_idx, val_idx) -> int:

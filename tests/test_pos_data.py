@@ -141,15 +141,15 @@ def test_nsp_segments_pack_consecutive_sentences_up_to_the_budget():
     assert 0.35 < label.mean() < 0.65
 
 
-def test_nsp_match_sentences_gives_random_b_the_true_b_sentence_count():
+def test_nsp_random_b_sentences_gives_random_b_the_true_b_sentence_count():
     """Documents of 3-8 sentences, segments up to 30 word-pieces: a random B filled to the budget is longer than a
-    true B (the rest of its document), a cue unrelated to context; with match_sentences each random B has exactly
+    true B (the rest of its document), a cue unrelated to context; with random_b=sentences each random B has exactly
     as many whole sentences as its pair's true B, from one other document, and the As are unchanged."""
     rng = np.random.default_rng(0)
     docs = np.repeat(np.arange(300), rng.integers(3, 9, 300))
     lengths = rng.integers(6, 14, len(docs))
     plain = build_nsp_pairs(docs, seed=2, lengths=lengths, segment_tokens=30)
-    matched = build_nsp_pairs(docs, seed=2, lengths=lengths, segment_tokens=30, match_sentences=True)
+    matched = build_nsp_pairs(docs, seed=2, lengths=lengths, segment_tokens=30, random_b="sentences")
     np.testing.assert_array_equal(plain[0], matched[0])
     np.testing.assert_array_equal(plain[1], matched[1])
     a0, a1, b0, b1, label = matched
@@ -170,6 +170,38 @@ def test_nsp_match_sentences_gives_random_b_the_true_b_sentence_count():
 
     assert mean_b(plain, 1) > mean_b(plain, 0) + 3  # the cue
     assert abs(mean_b(matched, 1) - mean_b(matched, 0)) < 1.5  # gone
+
+
+def test_nsp_random_b_segment_draws_another_documents_true_b():
+    """random_b=segment: the As are the walk's; a true B follows its A; a random B is exactly the true B of a pair
+    slot of another document, so random and true Bs are the same segments (same lengths, sentence counts and
+    ends) and only the document tells them apart; deterministic in the seed."""
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(300), rng.integers(3, 9, 300))
+    lengths = rng.integers(6, 14, len(docs))
+    kw = dict(seed=2, lengths=lengths, segment_tokens=30)
+    a0, a1, b0, b1, label = pairs = build_nsp_pairs(docs, **kw, random_b="segment")
+    walk = build_nsp_pairs(docs, **kw, random_prob=0.0)  # every slot with its true B
+    np.testing.assert_array_equal(walk[0], a0)
+    np.testing.assert_array_equal(walk[1], a1)
+    slot_bs = set(zip(walk[2].tolist(), walk[3].tolist()))
+    for i in range(len(a0)):
+        if label[i] == 0:
+            assert (b0[i], b1[i]) == (walk[2][i], walk[3][i])
+        else:
+            assert (b0[i], b1[i]) in slot_bs and docs[b0[i]] != docs[a0[i]]
+    assert 0.4 < label.mean() < 0.6
+
+    def stats(lab):
+        sel = label == lab
+        return np.mean([lengths[s:e].sum() for s, e in zip(b0[sel], b1[sel])]), np.mean((b1 - b0)[sel])
+
+    (len_true, n_true), (len_rand, n_rand) = stats(0), stats(1)
+    assert abs(len_true - len_rand) < 1.0 and abs(n_true - n_rand) < 0.15  # no length or count cue
+    for x, y in zip(pairs, build_nsp_pairs(docs, **kw, random_b="segment")):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="random_b"):
+        build_nsp_pairs(docs, **kw, random_b="shuffle")
 
 
 @pytest.fixture
