@@ -32,7 +32,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.loading import resumable_loader
-from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, generate_corpus
+from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, document_labels, generate_corpus
 from data.pos_masking import (
     NSP_RANDOM_B,
     NSPPairs,
@@ -196,6 +196,7 @@ class PosBertDataModule(LightningDataModule):
         self._dir_files: list[Path] | None = None
         self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
         self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
+        self.sentence_docs: np.ndarray | None = None  # document index of each sentence of the pairs (setup)
 
     # -- sources --------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -311,16 +312,7 @@ class PosBertDataModule(LightningDataModule):
             if self.max_text_sentences is not None:
                 texts, docs = texts[: self.max_text_sentences], docs[: self.max_text_sentences]
             return {"text": texts, "doc": docs}
-        corpus = generate_corpus(
-            self.n_docs,
-            self.seed,
-            self.min_sentences,
-            self.max_sentences,
-            topic_bias=self.topic_bias,
-            zipf_s=self.zipf_s,
-            present_prob=self.present_prob,
-            doc_nouns=self.doc_nouns,
-        )
+        corpus = generate_corpus(**self._generator_args())
         words, groups, docs = [], [], []
         for d, (_topic, sents) in enumerate(corpus):
             for s in sents:
@@ -328,6 +320,23 @@ class PosBertDataModule(LightningDataModule):
                 groups.append([GROUP_ID[g] for g in s.groups])
                 docs.append(d)
         return {"words": words, "groups": groups, "doc": docs}
+
+    def _generator_args(self) -> dict[str, Any]:
+        return dict(
+            n_docs=self.n_docs,
+            seed=self.seed,
+            min_sentences=self.min_sentences,
+            max_sentences=self.max_sentences,
+            topic_bias=self.topic_bias,
+            zipf_s=self.zipf_s,
+            present_prob=self.present_prob,
+            doc_nouns=self.doc_nouns,
+        )
+
+    def document_labels(self) -> list[tuple[str, str]] | None:
+        """The generated corpus's ``(topic, tense)`` per document (the ``doc`` index of its sentences); None for
+        real text."""
+        return None if self.real_text else document_labels(**self._generator_args())
 
     # -- tokenizer --------------------------------------------------------------------------------------------
     def build_tokenizer(self):
@@ -427,6 +436,7 @@ class PosBertDataModule(LightningDataModule):
                 longest,
                 chunk,
             )
+        self.sentence_docs = docs  # the document of each sentence the NSP pairs index
         flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
         counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}

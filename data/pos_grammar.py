@@ -283,6 +283,7 @@ class Grammar:
         self.topic_bias = topic_bias
         self.max_depth = max_depth
         self.topics = list(TOPICS)
+        self.tense = "past"
         self._weights: dict[int, list[float]] = {}
 
     # -- sampling helpers ---------------------------------------------------------------------------------
@@ -363,6 +364,7 @@ class Grammar:
     def document(self, n_sentences: int, topic: str | None = None) -> tuple[str, list[Sentence]]:
         topic = topic or self.rng.choice(self.topics)
         tense = "present" if self.present_prob > 0 and self.rng.random() < self.present_prob else "past"
+        self.tense = tense  # the last document's tense (document_labels reads it)
         self._cast = self._draw_cast(topic) if self.doc_nouns else None
         try:
             return topic, [self.sentence(topic, tense=tense) for _ in range(n_sentences)]
@@ -421,3 +423,11 @@ def generate_corpus(
     """``n_docs`` documents ``(topic, sentences)``; deterministic in ``seed``."""
     g = Grammar(seed=seed, **grammar_kwargs)
     return list(g.documents(n_docs, min_sentences, max_sentences))
+
+
+def document_labels(
+    n_docs: int, seed: int = 0, min_sentences: int = 4, max_sentences: int = 10, **grammar_kwargs
+) -> list[tuple[str, str]]:
+    """``(topic, tense)`` of each document that :func:`generate_corpus` makes with the same arguments."""
+    g = Grammar(seed=seed, **grammar_kwargs)
+    return [(topic, g.tense) for topic, _ in g.documents(n_docs, min_sentences, max_sentences)]

@@ -98,8 +98,14 @@ class RNGStateCheckpoint(Callback):
 def restore_pretrained(cfg: DictConfig, path: str):
     """Build the experiment's module and load a pre-training checkpoint into it (stage=finetune); with
     ``path == "random"`` keep the fresh initialisation drawn from ``seed`` (the random-init control)."""
+    return restore_with_data(cfg, path, setup=False)[1]
+
+
+def restore_with_data(cfg: DictConfig, path: str, setup: bool = True):
+    """``(datamodule, module)``: :func:`restore_pretrained` that also returns the pre-training data, set up
+    (``setup=False``: only where the module prepares from it)."""
     datamodule, module = build_pretraining(cfg)
-    if module.prepares_from_data:  # before loading: e.g. the vocabulary sized to the tokenizer
+    if setup or module.prepares_from_data:  # before loading: e.g. the vocabulary sized to the tokenizer
         datamodule.prepare_data()
         datamodule.setup("fit")
         module.prepare_for_finetune(datamodule)
@@ -109,4 +115,4 @@ def restore_pretrained(cfg: DictConfig, path: str):
         module.load_state_dict(ckpt["state_dict"], strict=True)
         if "LossAggregation" in ckpt.get("callbacks", {}):
             module.aggregator.load_state_dict(ckpt["callbacks"]["LossAggregation"])
-    return module
+    return datamodule, module
