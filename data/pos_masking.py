@@ -50,6 +50,10 @@ def build_nsp_pairs(
       sentences overflows the pair and is cut mid-sentence).
     - ``segment``: the true B of a random pair slot of another document, so random and true Bs are the same
       segments, with the same lengths and ends: only whether A and B come from one document tells them apart.
+      Its segments are packed blind: a segment takes consecutive sentences until it holds at least
+      ``segment_tokens // 2`` word-pieces, whatever the next sentence's length (packing up to ``segment_tokens``
+      makes a true B open with a sentence that did not fit in A, a length cue that a random B lacks), and a
+      pair whose A or B the document's end leaves shorter than that is dropped.
 
     Returns ``(a_start, a_end, b_start, b_end, label)``, segments as half-open sentence ranges.
     """
@@ -74,7 +78,16 @@ def build_nsp_pairs(
         return j
 
     if random_b == "segment":
-        return _segment_pairs(starts, ends, grow, rng, random_prob)
+        half = target // 2
+
+        def grow_blind(i: int, stop: int) -> int:  # adds sentences while short, never looking at the next one
+            j, tokens = i + 1, lengths[i]
+            while j < stop and tokens < half:
+                tokens += lengths[j]
+                j += 1
+            return j
+
+        return _segment_pairs(starts, ends, grow_blind, rng, random_prob, lengths, half)
     out = []
     for s, e in zip(starts, ends):
         i = s
@@ -99,15 +112,20 @@ def build_nsp_pairs(
     return a0, a1, b0, b1, label
 
 
-def _segment_pairs(starts, ends, grow, rng, random_prob: float):
-    """``random_b="segment"``: walk every document into (A, true B) slots first; then each slot keeps its
-    true B or, with ``random_prob``, takes the true B of a uniformly drawn slot of another document."""
+def _segment_pairs(starts, ends, grow, rng, random_prob: float, lengths, half: int):
+    """``random_b="segment"``: walk every document into (A, true B) slots first, keeping those whose A and B
+    both reach ``half`` word-pieces (where the document's end cuts one short, a short A comes with a short
+    B: a cue of true pairs); then each slot keeps its true B or, with ``random_prob``, takes the true B of a
+    uniformly drawn slot of another document."""
+    cum = np.concatenate([[0], np.cumsum(lengths)])
     slots = []  # (a_start, a_end, b_start, b_end, document)
     for d, (s, e) in enumerate(zip(starts, ends)):
         i = s
         while i < e - 1:
             j = grow(i, e - 1)
-            slots.append((i, j, j, grow(j, e), d))
+            k = grow(j, e)
+            if min(cum[j] - cum[i], cum[k] - cum[j]) >= half:
+                slots.append((i, j, j, k, d))
             i = j
     if not slots:
         empty = np.zeros(0, dtype=np.int64)

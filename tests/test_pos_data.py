@@ -173,35 +173,38 @@ def test_nsp_random_b_sentences_gives_random_b_the_true_b_sentence_count():
 
 
 def test_nsp_random_b_segment_draws_another_documents_true_b():
-    """random_b=segment: the As are the walk's; a true B follows its A; a random B is exactly the true B of a pair
-    slot of another document, so random and true Bs are the same segments (same lengths, sentence counts and
-    ends) and only the document tells them apart; deterministic in the seed."""
+    """random_b=segment: segments packed blind (sentences added while the segment has < 15 of the 30 word-pieces),
+    pairs with a segment cut short by the document end dropped; a true B follows its A; a random B is exactly the
+    true B of a pair of another document. So random and true Bs have the same lengths and sentence counts, and
+    B's length does not follow A's in either: only the document tells them apart. Deterministic in the seed."""
     rng = np.random.default_rng(0)
-    docs = np.repeat(np.arange(300), rng.integers(3, 9, 300))
+    docs = np.repeat(np.arange(2000), rng.integers(3, 9, 2000))
     lengths = rng.integers(6, 14, len(docs))
-    kw = dict(seed=2, lengths=lengths, segment_tokens=30)
-    a0, a1, b0, b1, label = pairs = build_nsp_pairs(docs, **kw, random_b="segment")
-    walk = build_nsp_pairs(docs, **kw, random_prob=0.0)  # every slot with its true B
+    kw = dict(seed=2, lengths=lengths, segment_tokens=30, random_b="segment")
+    a0, a1, b0, b1, label = pairs = build_nsp_pairs(docs, **kw)
+    walk = build_nsp_pairs(docs, **{**kw, "random_prob": 0.0})  # every pair with its true B
     np.testing.assert_array_equal(walk[0], a0)
     np.testing.assert_array_equal(walk[1], a1)
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    for s, e in [*zip(walk[0], walk[1]), *zip(walk[2], walk[3])]:
+        assert cum[e] - cum[s] >= 15 and cum[e - 1] - cum[s] < 15  # reached half, stopped right there
     slot_bs = set(zip(walk[2].tolist(), walk[3].tolist()))
     for i in range(len(a0)):
         if label[i] == 0:
-            assert (b0[i], b1[i]) == (walk[2][i], walk[3][i])
+            assert (b0[i], b1[i]) == (walk[2][i], walk[3][i]) and b0[i] == a1[i]
         else:
             assert (b0[i], b1[i]) in slot_bs and docs[b0[i]] != docs[a0[i]]
-    assert 0.4 < label.mean() < 0.6
-
-    def stats(lab):
+    assert 0.45 < label.mean() < 0.55
+    len_a, len_b = cum[a1] - cum[a0], cum[b1] - cum[b0]
+    for lab in (0, 1):
         sel = label == lab
-        return np.mean([lengths[s:e].sum() for s, e in zip(b0[sel], b1[sel])]), np.mean((b1 - b0)[sel])
-
-    (len_true, n_true), (len_rand, n_rand) = stats(0), stats(1)
-    assert abs(len_true - len_rand) < 1.0 and abs(n_true - n_rand) < 0.15  # no length or count cue
-    for x, y in zip(pairs, build_nsp_pairs(docs, **kw, random_b="segment")):
+        assert abs(len_b[sel].mean() - len_b[label == 0].mean()) < 0.5
+        assert abs((b1 - b0)[sel].mean() - (b1 - b0)[label == 0].mean()) < 0.05
+        assert abs(np.corrcoef(len_a[sel], len_b[sel])[0, 1]) < 0.06  # no joint length cue either
+    for x, y in zip(pairs, build_nsp_pairs(docs, **kw)):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="random_b"):
-        build_nsp_pairs(docs, **kw, random_b="shuffle")
+        build_nsp_pairs(docs, **{**kw, "random_b": "shuffle"})
 
 
 @pytest.fixture
