@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from runner.checkpoints import restore_with_data
@@ -86,7 +87,11 @@ def load_run(run_dir: Path):
         cfg.data.nsp_random_b = "sentences" if matched else "fill"
     if cfg.experiment != "pos_bert" and "pos_bert" not in str(cfg.module.get("_target_", "")):
         raise ConfigError(f"{run_dir}: runner.nsp_cues reads PoS-BERT runs, got experiment={cfg.experiment}.")
-    return restore_with_data(cfg, str(ckpt))
+    try:
+        return restore_with_data(cfg, str(ckpt))
+    except InstantiationException as exc:
+        reason = str(exc.__cause__ or exc).splitlines()[0]
+        raise ConfigError(f"{config} does not build with this version of the code: {reason}") from None
 
 
 def render(run_dir: Path, table: dict[str, tuple[int, float]]) -> str:
