@@ -458,7 +458,14 @@ class PosBertDataModule(LightningDataModule):
         )
         if len(a0) == 0:
             raise DataError(
-                f"{self.corpus_name}: no document has two sentences, so no NSP pair can be built."
+                f"{self.corpus_name}: no document has two sentences"
+                + (
+                    f" whose segments reach {self.segment_tokens // 2} word-pieces each (data.nsp_random_b="
+                    "segment drops shorter ones; set data.nsp_random_b=sentences or a smaller data.segment_tokens)"
+                    if self.nsp_random_b == "segment"
+                    else ""
+                )
+                + ", so no NSP pair can be built."
             )
         tok = self.tokenizer
         n_val = max(1, int(round(self.val_fraction * len(a0))))

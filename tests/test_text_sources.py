@@ -281,3 +281,18 @@ def test_tagging_in_two_processes_gives_the_one_process_dataset(nltk_data, tmp_p
         tagged[num_proc] = dm.build_tagged(tokenizer)
     assert len(tagged[1]) == len(tagged[2]) > 60
     assert tagged[1]["input_ids"] == tagged[2]["input_ids"] and tagged[1]["pos"] == tagged[2]["pos"]
+
+
+def test_segment_pairs_need_segments_of_half_the_budget(nltk_data, tmp_path):
+    """data.nsp_random_b=segment drops pairs whose A or B stays under segment_tokens // 2 word-pieces: a corpus
+    of short documents of short sentences fails naming the key and the ways out; `sentences` pairs it."""
+    (tmp_path / "short.txt").write_text(
+        "Dogs run.\nCats sit.\n\nBirds fly.\nFish swim.\n\nMen walk.\nKids play.\n"
+    )
+    kw = dict(cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "short.txt"), max_length=64,
+              val_fraction=0.34)  # fmt: skip
+    with pytest.raises(DataError, match=r"reach 15 word-pieces each .*data.nsp_random_b=sentences"):
+        PosBertDataModule(**kw, nsp_random_b="segment").setup()
+    dm = PosBertDataModule(**kw, nsp_random_b="sentences")
+    dm.setup()
+    assert len(dm.train_set) + len(dm.val_set) == 3  # one pair per document
