@@ -12,7 +12,9 @@ Pipeline (run once, cached under ``cache_dir``; never in the training loop):
    (``data.pos_tagging.tag_and_tokenize``); each word-piece gets its word's group through the fast
    tokenizer's ``word_ids``. The result is saved as Arrow under a fingerprint of (source, seed, size,
    tokenizer), written to a temporary name and renamed.
-4. NSP pairs (sentence A, next sentence or a sentence of another document) and the masking collator
+4. NSP pairs (segment A and the segment that follows it, or a segment of another document drawn as
+   ``nsp_random_b`` says: by default another document's own true B, so only coherence separates the two;
+   ``data.pos_masking.build_nsp_pairs``) and the masking collator
    (``data.pos_masking``), which masks word-pieces (BERT 15%, 80/10/10, optionally stratified over the
    groups) and carries the group of exactly the masked positions.
 """
