@@ -63,14 +63,15 @@ def test_nsp_by_kind_scores_each_pair_against_its_own_label(datamodule):
 
 
 @pytest.mark.slow
-def test_nsp_cues_command_on_a_smoke_run(tmp_path):
+def test_nsp_cues_command_on_a_smoke_run(tmp_path, capsys):
+    from runner.nsp_cues import main
+
     run_dir = tmp_path / "run"
     proc = run_cli(["debug=smoke", "logger=none", "stage=pretrain", f"hydra.run.dir={run_dir}",
                     f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    env = {"TRP_CACHE_DIR": str(tmp_path / "cache")}
-    proc = run_cli([str(run_dir)], module="runner.nsp_cues", env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| true (same document) |" in proc.stdout and "overall" in proc.stdout
-    bad = run_cli([str(tmp_path)], module="runner.nsp_cues", env=env)
-    assert bad.returncode == 1 and "no .hydra/config.yaml" in bad.stderr
+    assert main([str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| true (same document) |" in out and "overall" in out
+    assert main([str(tmp_path)]) == 1
+    assert "no .hydra/config.yaml" in capsys.readouterr().err
