@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m runner.nsp_cues <pre-training run dir> [...]")
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for run in argv:
         try:
             datamodule, module = load_run(Path(run))

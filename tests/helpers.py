@@ -48,15 +48,9 @@ def run_pipeline(overrides: list[str], output_dir: Path) -> dict | None:
     return run(cfg)
 
 
-def run_cli(
-    args: list[str],
-    cwd: Path = REPO_ROOT,
-    timeout: int = 300,
-    env: dict | None = None,
-    module: str | None = None,
-):
-    """``python run.py <args>`` (or ``python -m <module> <args>``) in a subprocess (wandb disabled unless ``env``
-    says otherwise); returns the CompletedProcess."""
+def run_cli(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dict | None = None):
+    """``python run.py <args>`` in a subprocess (wandb disabled unless ``env`` says otherwise); returns the
+    CompletedProcess."""
     import subprocess
     import sys
 
@@ -68,7 +62,7 @@ def run_cli(
         **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, *(["-m", module] if module else [str(REPO_ROOT / "run.py")]), *args],
+        [sys.executable, str(REPO_ROOT / "run.py"), *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -196,10 +196,10 @@ def test_nsp_random_b_segment_draws_another_documents_true_b():
             assert (b0[i], b1[i]) in slot_bs and docs[b0[i]] != docs[a0[i]]
     assert 0.45 < label.mean() < 0.55
     len_a, len_b = cum[a1] - cum[a0], cum[b1] - cum[b0]
-    for lab in (0, 1):
-        sel = label == lab
-        assert abs(len_b[sel].mean() - len_b[label == 0].mean()) < 0.5
-        assert abs((b1 - b0)[sel].mean() - (b1 - b0)[label == 0].mean()) < 0.05
+    true, rand = label == 0, label == 1
+    assert abs(len_b[rand].mean() - len_b[true].mean()) < 0.5
+    assert abs((b1 - b0)[rand].mean() - (b1 - b0)[true].mean()) < 0.05
+    for sel in (true, rand):
         assert abs(np.corrcoef(len_a[sel], len_b[sel])[0, 1]) < 0.06  # no joint length cue either
     for x, y in zip(pairs, build_nsp_pairs(docs, **kw)):
         np.testing.assert_array_equal(x, y)
