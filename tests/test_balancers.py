@@ -76,7 +76,7 @@ def test_minimax_ema_and_floor():
 
 
 def test_minimax_gradient_equals_torchjd_smooth_tchebycheff():
-    """sum_t softmax(alpha L)_t grad L_t == grad of STCH(mu=1/alpha, unit preferences) (BALANCERS.md)."""
+    """sum_t softmax(alpha L)_t grad L_t == grad of STCH(mu=1/alpha, unit preferences) (docs/balancers.md)."""
     from torchjd.scalarization import STCH as TorchJDSTCH
 
     torch.manual_seed(0)

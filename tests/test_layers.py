@@ -1,4 +1,4 @@
-"""The layers import one way: run.py -> runner -> pretrain / finetune -> models / data -> utils (DESIGN.md).
+"""The layers import one way: run.py -> runner -> pretrain / finetune -> models / data -> utils (docs/design.md).
 
 A package may import its own modules and those of a lower layer, never a layer above or beside it; the models
 are plain ``nn.Module``s that load without Hydra's config libraries."""
