@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import oracles
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -139,14 +140,39 @@ def test_logs_every_task_loss_weight_and_the_worst_each_step(tmp_path):
         )
 
 
+class Snapshots(L.Callback):
+    """The module's parameters as each training step starts."""
+
+    def __init__(self):
+        self.params = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.params.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
 def test_task_loss_is_the_mean_over_its_targets_and_absent_tasks_are_handled(tmp_path):
-    module = TinyModule(lambda num_tasks: Minimax(num_tasks, alpha=1.0))
-    fit(module, tmp_path, batch_size=2, max_steps=4)  # 'rare' is present only in every second batch
-    hist = module.aggregator.recent
-    assert [h["loss"]["rare"] is None for h in hist] == [True, False, True, False]
-    assert hist[0]["weight"]["rare"] == 0.0  # never seen yet
-    assert hist[2]["weight"]["rare"] > 0.0  # from its last known loss
-    assert all(math.isfinite(w) for h in hist for w in h["weight"].values())
+    """Batches of 2 in order: 'a' and 'b' have 2 targets each, 'rare' one in every second batch (sample 3, 7)
+    and none in the others. A task's logged loss is the mean squared error over its targets in the batch
+    (sum / count, recomputed here from the step's parameters); an absent task logs None, its head gets no
+    gradient, and its weight comes from its last known loss (0 before it is first seen)."""
+    module, seen = TinyModule(lambda num_tasks: Minimax(num_tasks, alpha=1.0)), Snapshots()
+    fit(module, tmp_path, batch_size=2, max_steps=4, callbacks=[seen])
+    hist, data = list(module.aggregator.recent), Samples()
+    assert len(hist) == len(seen.params) == 4
+    for k, (h, p) in enumerate(zip(hist, seen.params)):
+        x, y = data.x[2 * k : 2 * k + 2], data.y[2 * k : 2 * k + 2]
+        hidden = torch.tanh(x @ p["shared.weight"].T + p["shared.bias"])
+        err = ((hidden @ p["heads.weight"].T + p["heads.bias"] - y) ** 2).tolist()
+        assert h["loss"]["a"] == pytest.approx((err[0][0] + err[1][0]) / 2, rel=1e-5)
+        assert h["loss"]["b"] == pytest.approx((err[0][1] + err[1][1]) / 2, rel=1e-5)
+        assert h["loss"]["rare"] == (None if k % 2 == 0 else pytest.approx(err[1][2], rel=1e-5))
+    assert hist[0]["loss"]["a"] != pytest.approx(hist[0]["loss"]["b"], rel=1e-2)  # the tasks differ
+    steps = [[h["loss"][t] for t in TASKS] for h in hist]
+    for h, want in zip(hist, oracles.minimax_weights(steps, alpha=1.0)):
+        assert [h["weight"][t] for t in TASKS] == pytest.approx(want, rel=1e-5)
+    assert hist[0]["weight"]["rare"] == 0.0 < hist[2]["weight"]["rare"]  # unseen; then from step 1's loss
+    rows = [p["heads.weight"][2] for p in seen.params] + [module.heads.weight[2].detach()]
+    assert [torch.equal(a, b) for a, b in zip(rows, rows[1:])] == [True, False, True, False]
 
 
 def test_nonfinite_loss_stops_naming_task_and_step(tmp_path):
@@ -167,12 +193,6 @@ def test_balancer_size_must_match_tasks():
         LossAggregation(NoBalancing(2), TASKS)
 
 
-def _softmax(xs):
-    top = max(xs)
-    e = [math.exp(x - top) for x in xs]
-    return [v / sum(e) for v in e]
-
-
 def _steps(history):
     """(losses, weights) per logged step, in TASKS order; an absent task's loss is None."""
     return [([h["loss"][t] for t in TASKS], [h["weight"][t] for t in TASKS]) for h in history]
@@ -181,56 +201,43 @@ def _steps(history):
 def _check_minimax(history):
     """alpha = 2, ema = 0.8: w = softmax(2 m) over the tasks seen so far, m <- 0.8 m + 0.2 L (the first loss
     of a task starts its m; an absent task's last loss stands in for its current one)."""
-    last, m = [None] * 3, [None] * 3
-    for losses, weights in _steps(history):
-        last = [v if v is not None else u for v, u in zip(losses, last)]
-        m = [None if v is None else (v if mm is None else 0.8 * mm + 0.2 * v) for v, mm in zip(last, m)]
-        known = [t for t in range(3) if m[t] is not None]
-        expected = [0.0] * 3
-        for t, p in zip(known, _softmax([2.0 * m[t] for t in known])):
-            expected[t] = p
-        assert weights == pytest.approx(expected, rel=1e-4, abs=1e-7)
-        worst = max(known, key=lambda t: m[t])
-        assert weights[worst] == max(weights)  # the larger (smoothed) loss gets the larger weight
+    steps = _steps(history)
+    expected = oracles.minimax_weights([losses for losses, _ in steps], alpha=2.0, ema=0.8)
+    for (_, weights), want in zip(steps, expected):
+        assert weights == pytest.approx(want, rel=1e-4, abs=1e-7)
+        assert max(range(3), key=weights.__getitem__) == max(range(3), key=want.__getitem__)
 
 
 def _check_dwa(history):
     """window = 3: uniform for two windows, then softmax(r / 2) with r_t = Lbar_t(e-1) / Lbar_t(e-2), the
     window means of the unweighted losses (a task absent all window keeps its previous mean)."""
     steps = _steps(history)
-    means = []
-    for e in range(len(steps) // 3):
-        window = [losses for losses, _ in steps[3 * e : 3 * e + 3]]
-        cols = [[v for v in col if v is not None] for col in zip(*window)]
-        means.append([sum(c) / len(c) if c else means[-1][t] for t, c in enumerate(cols)])
+    losses = [v for v, _ in steps]
+    expected = oracles.dwa_weights(losses, window=3, temperature=2.0)
+    means = oracles.dwa_window_means(losses, window=3)
     for k, (_, weights) in enumerate(steps):
-        e = k // 3
-        if e < 2:
-            assert weights == pytest.approx([1 / 3] * 3)
-            continue
-        r = [a / b for a, b in zip(means[e - 1], means[e - 2])]
-        assert weights == pytest.approx(_softmax([x / 2.0 for x in r]), rel=1e-4)
-        slowest = max(range(3), key=lambda t: r[t])  # the task whose loss fell least gains weight
-        assert weights[slowest] == max(weights)
+        assert weights == pytest.approx(expected[k], rel=1e-4)
+        if k >= 6:  # the task whose loss fell least gains weight
+            r = [a / b for a, b in zip(means[k // 3 - 1], means[k // 3 - 2])]
+            assert weights[r.index(max(r))] == max(weights)
     assert len(means) >= 3  # some windows were not uniform
 
 
 def _check_uncertainty(history):
     """w_t = exp(-s_t) / T, and SGD (lr 0.1) on (1/T) sum_t (exp(-s_t) L_t + s_t) moves s_t by
     -0.1 (1 - exp(-s_t) L_t) / T for a present task: s_t rises (its weight falls) when L_t > exp(s_t)."""
-    s = [0.0] * 3
-    for losses, weights in _steps(history):
-        assert weights == pytest.approx([math.exp(-x) / 3 for x in s], rel=1e-4)
-        s = [x if v is None else x - 0.1 * (1 - math.exp(-x) * v) / 3 for x, v in zip(s, losses)]
+    steps = _steps(history)
+    expected = oracles.uncertainty_weights([losses for losses, _ in steps], lr=0.1)
+    for (_, weights), want in zip(steps, expected):
+        assert weights == pytest.approx(want, rel=1e-4)
 
 
 def _check_gradnorm(history):
     """p starts at 0 (uniform weights) and moves: the weights are softmax(p) and leave uniform after one step
     (its direction, toward equal weighted gradient norms, is tested in test_balancers.py)."""
     weights = [w for _, w in _steps(history)]
-    assert weights[0] == pytest.approx([1 / 3] * 3)
     assert all(sum(w) == pytest.approx(1.0, rel=1e-5) for w in weights)
-    assert all(w != pytest.approx([1 / 3] * 3, abs=1e-4) for w in weights[1:])
+    oracles.assert_uniform_then_moving(weights, tol=1e-4)
 
 
 def _check_excessmtl(history):
@@ -244,9 +251,9 @@ def _check_excessmtl(history):
 
 def _check_rlw(history):
     """w_k = softmax of the k-th standard-normal draw of a generator seeded 3, whether or not 'rare' is present."""
-    g = torch.Generator().manual_seed(3)
-    for _, weights in _steps(history):
-        assert weights == pytest.approx(torch.softmax(torch.randn(3, generator=g), dim=0).tolist(), rel=1e-5)
+    steps = _steps(history)
+    for (_, weights), want in zip(steps, oracles.rlw_weights(seed=3, num_tasks=3, steps=len(steps))):
+        assert weights == pytest.approx(want, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -390,7 +397,9 @@ def test_reference_from_reads_a_finished_runs_final_losses_by_task_name(tmp_path
     assert module.aggregator.balancer.reference.tolist() == [1.0, 0.5, 2.0]
     fit(module, tmp_path / "fit", max_steps=3)
     for losses, weights in _steps(module.aggregator.recent):
-        assert weights == pytest.approx(_softmax([2.0 * (v - r) for v, r in zip(losses, [1.0, 0.5, 2.0])]))
+        assert weights == pytest.approx(
+            oracles.softmax([2.0 * (v - r) for v, r in zip(losses, [1.0, 0.5, 2.0])])
+        )
     with pytest.raises(
         ConfigError, match=r"balancer\.reference_from: .*missing.*results\.json does not exist"
     ):
@@ -422,7 +431,7 @@ def test_dwa_config_default_leaves_uniform_weights_in_a_short_run():
         [sum(8.0 * math.exp(-r * k) for k in range(e * window, (e + 1) * window)) / window for r in rates]
         for e in range(2)
     ]
-    expected = _softmax([(m1 / m0) / 2.0 for m0, m1 in zip(*mean)])
+    expected = oracles.softmax([(m1 / m0) / 2.0 for m0, m1 in zip(*mean)])
     assert all(w == pytest.approx(expected, rel=1e-4) for w in weights[2 * window :])
     assert expected[2] > expected[1] > expected[0]  # the task whose loss fell least gains weight
     assert expected != pytest.approx([1 / 3] * 3, abs=1e-2)

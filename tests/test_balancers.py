@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from oracles import gradnorm_first_logit_grad, softmax
 
 from pretrain.balancers import (
     DBMTL,
@@ -22,11 +23,6 @@ from pretrain.balancers import (
     Vanilla,
 )
 from utils.errors import ConfigError
-
-
-def softmax(xs):
-    e = [math.exp(x) for x in xs]
-    return [v / sum(e) for v in e]
 
 
 def t(*xs):
@@ -76,7 +72,8 @@ def test_minimax_ema_and_floor():
 
 
 def test_minimax_gradient_equals_torchjd_smooth_tchebycheff():
-    """sum_t softmax(alpha L)_t grad L_t == grad of STCH(mu=1/alpha, unit preferences) (docs/balancers.md)."""
+    """sum_t softmax(alpha L)_t grad L_t == grad of STCH(mu=1/alpha, unit preferences): minimax is the
+    smooth Tchebycheff scalarisation."""
     from torchjd.scalarization import STCH as TorchJDSTCH
 
     torch.manual_seed(0)
@@ -210,7 +207,8 @@ def test_gradnorm_balances_gradient_norms_on_the_shared_layer():
     # model gets sum_t stopgrad(w_t) L_t
     assert W.grad.tolist() == pytest.approx([1.5, 0.5])
     # G = [1.5, 0.5], Gbar = 1, r = [1, 1] (first step): d/dp sum |w_t n_t - 1| = [1, -1]
-    assert b.logits.grad.tolist() == pytest.approx([1.0, -1.0], rel=1e-5)
+    assert b.logits.grad.tolist() == pytest.approx(gradnorm_first_logit_grad([3.0, 1.0]), rel=1e-5)
+    assert gradnorm_first_logit_grad([3.0, 1.0]) == pytest.approx([1.0, -1.0])
     with torch.no_grad():
         b.logits -= 0.1 * b.logits.grad
     assert b(g @ W, shared_params=[W]).weights[1] > 0.5  # the task with the smaller gradient gains weight

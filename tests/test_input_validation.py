@@ -135,7 +135,7 @@ def test_a_malformed_downstream_row_stops_run_py_in_seconds_with_no_step_taken(t
     )
     assert "Traceback" not in proc.stderr
     # no pre-training step, no checkpoint, no results, not even the corpus caches: it failed at start-up
-    # (the time it takes is the imports', about 10 s; not asserted, see docs/design.md)
+    # (the time it takes is the imports', about 10 s; not asserted: speed is measured in benchmarks/, not in timed tests)
     assert not (run_dir / "checkpoints").exists()
     assert not (run_dir / "results.json").exists() and not cache.exists()
     assert "pretrain step" not in proc.stdout + proc.stderr

@@ -7,18 +7,9 @@ import math
 
 import pytest
 import torch
+from oracles import normalise, softmax
 
 from pretrain.balancers import DBMTL, FAMO, GLS, RLW, ExcessMTL
-
-
-def softmax(xs):
-    top = max(xs)
-    e = [math.exp(x - top) for x in xs]
-    return [v / sum(e) for v in e]
-
-
-def normalise(xs):
-    return [x / sum(xs) for x in xs]
 
 
 def t(*xs):

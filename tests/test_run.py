@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from helpers import REPO_ROOT, compose_config, run_cli
+from oracles import assert_uniform_then_moving, dwa_weights, dwa_window_means, minimax_weights
 
 from utils.errors import ConfigError
 
@@ -363,22 +364,20 @@ def test_sweep_over_a_second_key_splits_rows_and_pretrain_stage_reports_cost(tmp
     assert "| minimax |" in (tmp_path / "b" / "summary.md").read_text().split("Cost of")[1]
 
 
+def _history_losses(history) -> tuple[list[str], list[list[float | None]]]:
+    """The balanced tasks (those with a weight) and, per step, their losses (None: absent)."""
+    names = list(history[0]["weight"])
+    return names, [[h["loss"].get(n) for n in names] for h in history]
+
+
 def _check_minimax_history(history):
     """alpha = 1 (constant, no EMA): w = softmax(L) over the tasks seen so far, an absent task's last loss
     standing in for its current one (never-seen tasks weigh 0)."""
-    import math
-
-    names = list(history[0]["weight"])
-    last = {}
-    for h in history:
-        last.update({n: h["loss"][n] for n in names if h["loss"].get(n) is not None})
-        top = max(last.values())
-        z = sum(math.exp(v - top) for v in last.values())
-        expected = [math.exp(last[n] - top) / z if n in last else 0.0 for n in names]
-        assert list(h["weight"].values()) == pytest.approx(expected, rel=1e-4, abs=1e-7)
-        worst = max(last, key=last.get)
-        assert h["weight"][worst] == max(h["weight"].values())  # the larger loss weighs more
-        known = [h["weight"][n] for n in last]
+    names, steps = _history_losses(history)
+    for h, want in zip(history, minimax_weights(steps, alpha=1.0)):
+        weights = list(h["weight"].values())
+        assert weights == pytest.approx(want, rel=1e-4, abs=1e-7)
+        known = [w for w, e in zip(weights, want) if e > 0]
         assert max(known) - min(known) > 0.01  # unequal losses, unequal weights: not `none`
 
 
@@ -386,35 +385,19 @@ def _check_dwa_history(history, window=2, temperature=2.0):
     """w = softmax(r / temperature), r_t = Lbar_t(e-1) / Lbar_t(e-2) over windows of `window` steps; uniform
     for the first two windows (a task absent a whole window keeps its previous mean; in the first window
     it gets the mean of the others' means)."""
-    import math
-
-    names = list(history[0]["weight"])
-    means = []
-    for e in range(len(history) // window):
-        rows = history[e * window : (e + 1) * window]
-        seen = {n: [h["loss"][n] for h in rows if h["loss"].get(n) is not None] for n in names}
-        mean = {n: sum(v) / len(v) for n, v in seen.items() if v}
-        for n in names:  # a task absent the whole window
-            if n not in mean:
-                mean[n] = means[-1][n] if means else sum(mean.values()) / len(mean)
-        means.append({n: mean[n] for n in names})
-    for k, h in enumerate(history):
-        e = k // window
+    _, steps = _history_losses(history)
+    means = dwa_window_means(steps, window)
+    for k, (h, want) in enumerate(zip(history, dwa_weights(steps, window, temperature))):
         weights = list(h["weight"].values())
-        if e < 2:
-            assert weights == pytest.approx([1 / len(names)] * len(names))
-            continue
-        r = [means[e - 1][n] / means[e - 2][n] for n in names]
-        z = sum(math.exp(x / temperature) for x in r)
-        assert weights == pytest.approx([math.exp(x / temperature) / z for x in r], rel=1e-4)
-        assert weights[r.index(max(r))] == max(weights)  # the task whose loss fell least weighs most
+        assert weights == pytest.approx(want, rel=1e-4)
+        if k >= 2 * window:  # the task whose loss fell least weighs most
+            r = [a / b for a, b in zip(means[k // window - 1], means[k // window - 2])]
+            assert weights[r.index(max(r))] == max(weights)
 
 
 def _check_gradnorm_history(history):
     """softmax(p) with p = 0 at the first step, then moved by GradNorm's update: not `none`."""
-    n = len(history[0]["weight"])
-    assert list(history[0]["weight"].values()) == pytest.approx([1 / n] * n)
-    assert all(list(h["weight"].values()) != pytest.approx([1 / n] * n, abs=1e-5) for h in history[1:])
+    assert_uniform_then_moving([list(h["weight"].values()) for h in history], tol=1e-5)
 
 
 HISTORY_CHECKS = {

@@ -4,30 +4,29 @@ back from the run's CSV log, are the ones its equation gives for the logged loss
 import math
 
 import pytest
-
-
-def _softmax(xs):
-
-    top = max(xs)
-    e = [math.exp(x - top) for x in xs]
-    return [v / sum(e) for v in e]
+from oracles import (
+    assert_uniform_then_moving,
+    dwa_weights,
+    minimax_weights,
+    rlw_weights,
+    softmax,
+    uncertainty_weights,
+)
 
 
 def _check_dwa(L, W):  # window=1: uniform for two windows, then softmax(r / 2), r = L(k-1) / L(k-2)
+    for w, want in zip(W, dwa_weights(L, window=1, temperature=2.0)):
+        assert w == pytest.approx(want, rel=1e-3)
     assert W[0] == W[1] == pytest.approx([0.25] * 4)
     for k in range(2, len(W)):
         r = [a / b for a, b in zip(L[k - 1], L[k - 2])]
-        assert W[k] == pytest.approx(_softmax([x / 2.0 for x in r]), rel=1e-3)
         slowest = max(range(4), key=lambda t: r[t])  # the task whose loss fell least
         assert W[k][slowest] == max(W[k])
 
 
 def _check_uncertainty(L, W):  # w_k = exp(-s_k) / T, s_{k+1} = s_k - lr (1 - exp(-s_k) L_k) / T, lr 0.05
-
-    s = [0.0] * 4
-    for k in range(len(W)):
-        assert W[k] == pytest.approx([math.exp(-x) / 4 for x in s], rel=1e-3)
-        s = [x - 0.05 * (1 - math.exp(-x) * v) / 4 for x, v in zip(s, L[k])]
+    for w, want in zip(W, uncertainty_weights(L, lr=0.05)):
+        assert w == pytest.approx(want, rel=1e-3)
     total = [sum(col) for col in zip(*L[:-1])]  # larger losses so far, larger s_t, smaller weight
     assert sorted(range(4), key=lambda t: W[-1][t]) == sorted(range(4), key=lambda t: -total[t])
 
@@ -36,16 +35,15 @@ def _check_groupdro(L, W):  # softmax of eta * cumulative losses, eta 0.01
     total = [0.0] * 4
     for k in range(len(W)):
         total = [a + b for a, b in zip(total, L[k])]
-        assert W[k] == pytest.approx(_softmax([0.01 * x for x in total]), rel=1e-3)
+        assert W[k] == pytest.approx(softmax([0.01 * x for x in total]), rel=1e-3)
     assert max(range(4), key=lambda t: W[-1][t]) == max(range(4), key=lambda t: total[t])
 
 
 def _check_stch(L, W):  # warmup=2: nadir z = mean of steps 0, 1; then w ~ softmax(log(L/z)/mu) / L, mu 0.1
-
     assert W[0] == W[1] == pytest.approx([0.25] * 4)
     z = [(a + b) / 2 for a, b in zip(L[0], L[1])]
     for k in range(2, len(W)):
-        g = [p / v for p, v in zip(_softmax([math.log(v / zt) / 0.1 for v, zt in zip(L[k], z)]), L[k])]
+        g = [p / v for p, v in zip(softmax([math.log(v / zt) / 0.1 for v, zt in zip(L[k], z)]), L[k])]
         assert W[k] == pytest.approx([x / sum(g) for x in g], rel=1e-3)
 
 
@@ -58,14 +56,13 @@ def _check_none(L, W):
 
 
 def _check_minimax(L, W):  # alpha 1, constant: w = softmax(L), the larger loss the larger weight
-    for losses, w in zip(L, W):
-        assert w == pytest.approx(_softmax(losses), rel=1e-3, abs=1e-12)
+    for losses, w, want in zip(L, W, minimax_weights(L, alpha=1.0)):
+        assert w == pytest.approx(want, rel=1e-3, abs=1e-12)
         assert max(range(4), key=lambda t: w[t]) == max(range(4), key=lambda t: losses[t])
 
 
 def _check_gradnorm(L, W):  # p = 0 at the first step, then moved by GradNorm's update
-    assert W[0] == pytest.approx([0.25] * 4)
-    _check_moves_off_uniform(L, W[1:])
+    assert_uniform_then_moving(W, tol=1e-3)
 
 
 def _check_excessmtl(L, W):  # q uniform at step 0 (every ratio E_t / E_t(0) is 1), then moved by eta r
@@ -74,28 +71,24 @@ def _check_excessmtl(L, W):  # q uniform at step 0 (every ratio E_t / E_t(0) is 
 
 
 def _check_famo(L, W):  # w ~ softmax(xi) / L; xi: Adam (lr 0.025, decay 1e-3) on J^T (log L(k-1) - log L(k))
-
     xi, m, v = [0.0] * 4, [0.0] * 4, [0.0] * 4
     for k in range(len(W)):
         if k > 0:
-            z = _softmax(xi)
+            z = softmax(xi)
             d = [math.log(a) - math.log(b) for a, b in zip(L[k - 1], L[k])]
             zd = sum(p * x for p, x in zip(z, d))
             for t in range(4):
                 g = z[t] * (d[t] - zd) + 1e-3 * xi[t]
                 m[t], v[t] = 0.9 * m[t] + 0.1 * g, 0.999 * v[t] + 0.001 * g * g
                 xi[t] -= 0.025 * (m[t] / (1 - 0.9**k)) / (math.sqrt(v[t] / (1 - 0.999**k)) + 1e-8)
-        q = [p / x for p, x in zip(_softmax(xi), L[k])]
+        q = [p / x for p, x in zip(softmax(xi), L[k])]
         assert W[k] == pytest.approx([x / sum(q) for x in q], rel=1e-3)
     assert xi != [0.0] * 4
 
 
 def _check_rlw(L, W):  # w_k = softmax of the k-th N(0, I) draw of a generator seeded with the run's seed (0)
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    for w in W:
-        assert w == pytest.approx(torch.softmax(torch.randn(4, generator=g), dim=0).tolist(), rel=1e-4)
+    for w, want in zip(W, rlw_weights(seed=0, num_tasks=4, steps=len(W))):
+        assert w == pytest.approx(want, rel=1e-4)
 
 
 def _check_gls(L, W):  # w ~ 1 / L: the direction of the geometric mean's gradient

@@ -9,7 +9,7 @@ The package exports every balancer (``pretrain.balancers.X``, the ``_target_`` o
 ``loss_based`` the other baselines computed from loss values (uncertainty, dwa, stch, famo, rlw, gls) and
 ``gradient_based`` those that need per-task gradients (gradnorm, the torchjd aggregators, excessmtl, dbmtl).
 
-Conventions shared by every method (see ``docs/balancers.md``):
+Conventions shared by every method (the user guide to the methods: ``docs/balancers.md``):
 
 * The weights ``w`` sum to 1, so ``none`` is the mean of the T losses (eq. 4) and a sweep compares
   balancers, not effective learning rates. (Uncertainty's effective weights ``exp(-s_t)/T`` sum to 1 only
