@@ -60,6 +60,7 @@ def _per_task_grads(losses: Tensor, present: Tensor, inputs: Sequence[Tensor]) -
 
 
 GRADIENT_MODES = ("shared_params", "features")
+FEATURE_NORMS = ("rows", "batch_sum")
 
 
 def _gradient_inputs(ctx: dict, mode: str) -> list[Tensor]:
@@ -150,19 +151,45 @@ class GradNorm(Balancer):
     * ``shared_params``: the parameters ``W`` of the **last shared layer**, the paper's choice (exact
       GradNorm): one batched backward of the T losses through every task head to ``W``.
 
-    Rank-local gradients are reduced over data-parallel ranks before the norms, so the norms are those of
-    the global losses' gradients.
+    ``feature_norm`` (``features`` mode only) says which norm of the ``(N, D)`` matrix ``g_t = grad_h L_t`` is
+    ``||grad L_t||``, ``N`` the rows of ``h`` (every leading batch/position dimension flattened):
+
+    * ``rows`` (default): the Frobenius norm over the rows, ``sqrt(sum_n ||g_t[n]||^2)``, the norm of the
+      whole gradient w.r.t. ``h`` (the diagonal of the Gramian :class:`GradientAggregator` uses). It is the
+      paper's norm ``||grad_W L_t||`` when the inputs of the rows to ``W`` are orthonormal; gradients of
+      different rows never cancel.
+    * ``batch_sum``: the norm of the gradient summed over the rows, ``||sum_n g_t[n]||`` (LibMTL's GradNorm
+      with ``rep_grad``, which sums over the batch dimension; on a ``(B, L, D)`` representation LibMTL keeps
+      the ``L`` positions apart, we sum them too, as :class:`ExcessMTL` / :class:`DBMTL` do). It is the
+      paper's norm when every row's input to ``W`` is the same unit vector; rows pulling ``h`` in opposite
+      directions cancel.
+
+    ``rows`` stays the default: it is what earlier runs used and it keeps GradNorm's norms consistent with
+    the aggregators' Gramian. Rank-local gradients are reduced over data-parallel ranks before the norms, so
+    the norms are those of the global losses' gradients.
     """
 
     def __init__(
-        self, num_tasks: int, asymmetry: float = 1.5, lr: float | None = 0.025, mode: str = "features"
+        self,
+        num_tasks: int,
+        asymmetry: float = 1.5,
+        lr: float | None = 0.025,
+        mode: str = "features",
+        feature_norm: str = "rows",
     ) -> None:
         super().__init__(num_tasks)
+        if feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"balancer.feature_norm must be 'rows' or 'batch_sum', got {feature_norm!r}.")
+        if feature_norm != "rows" and mode != "features":
+            raise ConfigError(
+                f"balancer.feature_norm={feature_norm!r} applies to balancer.mode=features only; with "
+                f"mode={mode!r} leave it at 'rows'."
+            )
         if not float(asymmetry) >= 0:
             raise ConfigError(f"balancer.asymmetry must be >= 0, got {asymmetry}.")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"balancer.lr must be > 0 (or null for the optimizer's), got {lr}.")
-        self.mode = _check_mode(mode)
+        self.mode, self.feature_norm = _check_mode(mode), feature_norm
         self.requires = frozenset({self.mode})
         self.asymmetry = float(asymmetry)
         self.param_lr = None if lr is None else float(lr)
@@ -182,11 +209,12 @@ class GradNorm(Balancer):
         loss = (weights.to(losses.dtype) * losses).sum()
         if not self.training or not losses.requires_grad or not bool(present.any()):
             return loss
-        jac = _jacobian(ctx, self.mode)
-        if self.mode == "features":  # each rank holds its own rows of h: reduce the squared norms
-            norms = _gramian(self, jac, self.mode).diagonal().clamp(min=0).sqrt()
-        else:  # the same W on every rank: average the gradients (DDP's average), then the norms
-            norms = self.reduce(jac).norm(dim=1)
+        if self.mode == "shared_params":  # the same W on every rank: average the gradients, then the norms
+            norms = self.reduce(_jacobian(ctx, self.mode)).norm(dim=1)
+        elif self.feature_norm == "rows":  # each rank holds its own rows of h: reduce the squared norms
+            norms = _gramian(self, _jacobian(ctx, self.mode), self.mode).diagonal().clamp(min=0).sqrt()
+        else:  # the rank-mean of the ranks' row sums is the row sum of the global gradient
+            norms = _task_gradients(self, ctx, self.mode).norm(dim=1)
         w = torch.softmax(self.logits, dim=0)
         g = w * norms
         with torch.no_grad():
