@@ -239,7 +239,7 @@ class GradientAggregator(Balancer):
     * ``shared_params`` mode: the parameters of the last shared layer (exact on that layer): one batched
       backward of the T losses through every task head to it.
 
-    The weights come from torchjd's ``UPGradWeighting`` / ``MGDAWeighting`` / ``PCGradWeighting`` on that
+    The weights come from torchjd's ``UPGradWeighting`` / ``PCGradWeighting`` (MGDA: see below) on that
     Gramian, renormalised to sum to 1 (our convention; the direction is torchjd's). The model then gets
     the gradient of ``sum_t w_t L_t``, whose shared-parameter gradient is ``J^T w``. Gramians are reduced
     over data-parallel ranks before the weighting, so every rank applies identical weights. The weighting
@@ -256,9 +256,9 @@ class GradientAggregator(Balancer):
       sublinearly: torchjd's defaults (``1e-3``, 100) leave the weights up to ~1e-2 off the exact solution;
       ``epsilon=1e-6``, ``max_iters=3000`` stay within ~3e-4 on such Gramians, at ~13x the mean time of a
       weight computation, Gramian included (the rare ill-conditioned case runs all 3000 iterations, ~0.3 s on a
-      CPU); ``qp`` takes 0.76x the time of torchjd's default there. A vertex
-      solution (``G_ii <= G_ij`` for every ``j``) is returned without iterating (torchjd's loop would run all
-      ``max_iters`` there: its step is then 1, never small).
+      CPU); ``qp`` takes 0.76x the time of torchjd's default there. A vertex solution (``G_ii <= G_ij`` for
+      every ``j``) is returned without iterating (torchjd's loop would run all ``max_iters`` there: its step
+      is then 1, never small).
     """
 
     def __init__(
