@@ -60,6 +60,7 @@ def _per_task_grads(losses: Tensor, present: Tensor, inputs: Sequence[Tensor]) -
 
 
 GRADIENT_MODES = ("shared_params", "features")
+FEATURE_NORMS = ("rows", "batch_sum")
 
 
 def _gradient_inputs(ctx: dict, mode: str) -> list[Tensor]:
@@ -150,19 +151,45 @@ class GradNorm(Balancer):
     * ``shared_params``: the parameters ``W`` of the **last shared layer**, the paper's choice (exact
       GradNorm): one batched backward of the T losses through every task head to ``W``.
 
-    Rank-local gradients are reduced over data-parallel ranks before the norms, so the norms are those of
-    the global losses' gradients.
+    ``feature_norm`` (``features`` mode only) says which norm of the ``(N, D)`` matrix ``g_t = grad_h L_t`` is
+    ``||grad L_t||``, ``N`` the rows of ``h`` (every leading batch/position dimension flattened):
+
+    * ``rows`` (default): the Frobenius norm over the rows, ``sqrt(sum_n ||g_t[n]||^2)``, the norm of the
+      whole gradient w.r.t. ``h`` (the diagonal of the Gramian :class:`GradientAggregator` uses). It is the
+      paper's norm ``||grad_W L_t||`` when the inputs of the rows to ``W`` are orthonormal; gradients of
+      different rows never cancel.
+    * ``batch_sum``: the norm of the gradient summed over the rows, ``||sum_n g_t[n]||`` (LibMTL's GradNorm
+      with ``rep_grad``, which sums over the batch dimension; on a ``(B, L, D)`` representation LibMTL keeps
+      the ``L`` positions apart, we sum them too, as :class:`ExcessMTL` / :class:`DBMTL` do). It is the
+      paper's norm when every row's input to ``W`` is the same unit vector; rows pulling ``h`` in opposite
+      directions cancel.
+
+    ``rows`` stays the default: it is what earlier runs used and it keeps GradNorm's norms consistent with
+    the aggregators' Gramian. Rank-local gradients are reduced over data-parallel ranks before the norms, so
+    the norms are those of the global losses' gradients.
     """
 
     def __init__(
-        self, num_tasks: int, asymmetry: float = 1.5, lr: float | None = 0.025, mode: str = "features"
+        self,
+        num_tasks: int,
+        asymmetry: float = 1.5,
+        lr: float | None = 0.025,
+        mode: str = "features",
+        feature_norm: str = "rows",
     ) -> None:
         super().__init__(num_tasks)
+        if feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"balancer.feature_norm must be 'rows' or 'batch_sum', got {feature_norm!r}.")
+        if feature_norm != "rows" and mode != "features":
+            raise ConfigError(
+                f"balancer.feature_norm={feature_norm!r} applies to balancer.mode=features only; with "
+                f"mode={mode!r} leave it at 'rows'."
+            )
         if not float(asymmetry) >= 0:
             raise ConfigError(f"balancer.asymmetry must be >= 0, got {asymmetry}.")
         if lr is not None and not float(lr) > 0:
             raise ConfigError(f"balancer.lr must be > 0 (or null for the optimizer's), got {lr}.")
-        self.mode = _check_mode(mode)
+        self.mode, self.feature_norm = _check_mode(mode), feature_norm
         self.requires = frozenset({self.mode})
         self.asymmetry = float(asymmetry)
         self.param_lr = None if lr is None else float(lr)
@@ -182,11 +209,12 @@ class GradNorm(Balancer):
         loss = (weights.to(losses.dtype) * losses).sum()
         if not self.training or not losses.requires_grad or not bool(present.any()):
             return loss
-        jac = _jacobian(ctx, self.mode)
-        if self.mode == "features":  # each rank holds its own rows of h: reduce the squared norms
-            norms = _gramian(self, jac, self.mode).diagonal().clamp(min=0).sqrt()
-        else:  # the same W on every rank: average the gradients (DDP's average), then the norms
-            norms = self.reduce(jac).norm(dim=1)
+        if self.mode == "shared_params":  # the same W on every rank: average the gradients, then the norms
+            norms = self.reduce(_jacobian(ctx, self.mode)).norm(dim=1)
+        elif self.feature_norm == "rows":  # each rank holds its own rows of h: reduce the squared norms
+            norms = _gramian(self, _jacobian(ctx, self.mode), self.mode).diagonal().clamp(min=0).sqrt()
+        else:  # the rank-mean of the ranks' row sums is the row sum of the global gradient
+            norms = _task_gradients(self, ctx, self.mode).norm(dim=1)
         w = torch.softmax(self.logits, dim=0)
         g = w * norms
         with torch.no_grad():
@@ -211,19 +239,48 @@ class GradientAggregator(Balancer):
     * ``shared_params`` mode: the parameters of the last shared layer (exact on that layer): one batched
       backward of the T losses through every task head to it.
 
-    The weights come from torchjd's ``UPGradWeighting`` / ``MGDAWeighting`` / ``PCGradWeighting`` on that
+    The weights come from torchjd's ``UPGradWeighting`` / ``PCGradWeighting`` (MGDA: see below) on that
     Gramian, renormalised to sum to 1 (our convention; the direction is torchjd's). The model then gets
     the gradient of ``sum_t w_t L_t``, whose shared-parameter gradient is ``J^T w``. Gramians are reduced
-    over data-parallel ranks before the weighting, so every rank applies identical weights.
+    over data-parallel ranks before the weighting, so every rank applies identical weights. The weighting
+    runs on the CPU in float64 (a T x T problem: one copy instead of a device sync per solver iteration).
+
+    ``mgda``: the min-norm point ``argmin_w w^T G w = ||J^T w||^2`` over the simplex (``w >= 0``, ``sum w = 1``).
+    ``solver`` (``mgda`` only):
+
+    * ``qp`` (default): the exact solution of that quadratic programme, by quadprog's active-set solver
+      (through qpsolvers, both installed with torchjd's ``quadprog-projector`` extra, which ``upgrad`` uses);
+      on 9-task Gramians of 100k-dimensional gradients it is within ~2e-8 of scipy's SLSQP, in ~0.05 ms.
+    * ``frank_wolfe``: torchjd's ``MGDAWeighting`` (Sener & Koltun 2018, Algorithm 2), which stops when its
+      line-search step falls below ``epsilon`` or after ``max_iters`` iterations. Frank-Wolfe converges
+      sublinearly: torchjd's defaults (``1e-3``, 100) leave the weights up to ~1e-2 off the exact solution;
+      ``epsilon=1e-6``, ``max_iters=3000`` stay within ~3e-4 on such Gramians, at ~13x the mean time of a
+      weight computation, Gramian included (the rare ill-conditioned case runs all 3000 iterations, ~0.3 s on a
+      CPU); ``qp`` takes 0.76x the time of torchjd's default there. A vertex solution (``G_ii <= G_ij`` for
+      every ``j``) is returned without iterating (torchjd's loop would run all ``max_iters`` there: its step
+      is then 1, never small).
     """
 
-    def __init__(self, num_tasks: int, method: str = "upgrad", mode: str = "features") -> None:
+    def __init__(
+        self,
+        num_tasks: int,
+        method: str = "upgrad",
+        mode: str = "features",
+        solver: str | None = None,
+        epsilon: float | None = None,
+        max_iters: int | None = None,
+    ) -> None:
         super().__init__(num_tasks)
         from torchjd import aggregation
 
+        if method != "mgda" and (solver, epsilon, max_iters) != (None, None, None):
+            raise ConfigError(
+                f"balancer.solver, balancer.epsilon and balancer.max_iters set MGDA's solver; "
+                f"balancer.method={method!r} takes none of them (leave them null)."
+            )
         weightings = {
             "upgrad": aggregation.UPGradWeighting,
-            "mgda": aggregation.MGDAWeighting,
+            "mgda": lambda: _mgda_weighting(solver, epsilon, max_iters),
             "pcgrad": aggregation.PCGradWeighting,
             "dualproj": aggregation.DualProjWeighting,
             "imtlg": aggregation.IMTLGWeighting,
@@ -244,10 +301,70 @@ class GradientAggregator(Balancer):
         weights = torch.zeros_like(values)
         if idx.numel() == 0:
             return weights
-        sub = gramian[idx][:, idx].double()
-        w = self.weighting(sub).float()
+        sub = gramian[idx][:, idx].double().cpu()
+        frank_wolfe = self.method == "mgda" and not isinstance(self.weighting, SimplexMinNorm)
+        w = _min_norm_vertex(sub) if frank_wolfe else None
+        w = (self.weighting(sub) if w is None else w).to(weights)
         weights[idx] = w / w.sum().clamp(min=1e-12) if float(w.sum()) > 0 else 1.0 / idx.numel()
         return weights
+
+
+MGDA_SOLVERS = ("qp", "frank_wolfe")
+
+
+def _mgda_weighting(solver: str | None, epsilon: float | None, max_iters: int | None) -> nn.Module:
+    """MGDA's weighting for ``balancer.solver`` (see :class:`GradientAggregator`)."""
+    solver = "qp" if solver is None else solver
+    if solver not in MGDA_SOLVERS:
+        raise ConfigError(f"balancer.solver must be 'qp' or 'frank_wolfe', got {solver!r}.")
+    if solver == "qp":
+        if (epsilon, max_iters) != (None, None):
+            raise ConfigError(
+                "balancer.epsilon and balancer.max_iters apply to balancer.solver=frank_wolfe only; "
+                "solver=qp is exact (leave them null)."
+            )
+        return SimplexMinNorm()
+    from torchjd.aggregation import MGDAWeighting
+
+    for key, value in (("epsilon", epsilon), ("max_iters", max_iters)):
+        if value is not None and not float(value) > 0:
+            raise ConfigError(f"balancer.{key} must be > 0 (or null for torchjd's default), got {value}.")
+    return MGDAWeighting(
+        epsilon=1e-3 if epsilon is None else float(epsilon),
+        max_iters=100 if max_iters is None else int(max_iters),
+    )
+
+
+class SimplexMinNorm(nn.Module):
+    """MGDA's exact weights: ``argmin_w w^T G w`` subject to ``w >= 0``, ``sum_t w_t = 1``, for a PSD Gramian
+    ``G``, by quadprog (via qpsolvers) on ``G`` scaled to a unit largest diagonal plus ``1e-10 I`` (the
+    solver needs a positive-definite matrix; the shift moves the weights by ~1e-10). Uniform weights if
+    every gradient is zero."""
+
+    def forward(self, gramian: Tensor) -> Tensor:
+        import numpy as np
+        from qpsolvers import solve_qp
+
+        num = gramian.shape[0]
+        scale = float(gramian.diagonal().max())
+        if not scale > 0:
+            return torch.full((num,), 1.0 / num, dtype=gramian.dtype, device=gramian.device)
+        matrix = (gramian / scale).detach().cpu().double().numpy() + 1e-10 * np.eye(num)
+        w = solve_qp(
+            matrix, np.zeros(num), A=np.ones((1, num)), b=np.ones(1), lb=np.zeros(num), solver="quadprog"
+        )
+        if w is None:
+            raise ValueError(f"MGDA: quadprog found no min-norm weights for the Gramian {gramian.tolist()}.")
+        return torch.from_numpy(w).to(gramian).clamp(min=0)
+
+
+def _min_norm_vertex(gramian: Tensor) -> Tensor | None:
+    """``e_i`` if the vertex ``e_i`` of the simplex minimises ``w^T G w`` there (the Frank-Wolfe gap
+    ``G_ii - min_j G_ij`` is 0: ``G_ii <= G_ij`` for every ``j``), else None."""
+    hits = (gramian >= gramian.diagonal()[:, None]).all(dim=1).nonzero().flatten()
+    if hits.numel() == 0:
+        return None
+    return torch.nn.functional.one_hot(hits[0], gramian.shape[0]).to(gramian)
 
 
 class ExcessMTL(Balancer):
