@@ -1,5 +1,6 @@
 """The statistics of the sweep report: the paired Student-t test of a row against a reference (mean difference,
-95% interval, two-sided p-value) and Holm's correction over a family of such tests."""
+95% interval, two-sided p-value), Holm's correction over a family of such tests, and the multi-task field's
+conventions beside worst and average (LibMTL's Delta_m % and the mean rank over tasks)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,30 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
+def delta_m(row: dict[str, float], ref: dict[str, float], higher: dict[str, bool]) -> float:
+    """LibMTL's ``count_improvement``: the mean over the tasks both rows have of the signed relative change
+    ``100 * s_k * (row_k - ref_k) / ref_k``, ``s_k = +1`` where higher is better, else -1 (positive = better).
+    NaN without a shared task or where a reference value is 0 (no relative change)."""
+    tasks = [t for t in row if t in ref and math.isfinite(row[t]) and math.isfinite(ref[t])]
+    if not tasks or any(ref[t] == 0 for t in tasks):
+        return math.nan
+    sign = {t: 1.0 if higher.get(t, True) else -1.0 for t in tasks}
+    return 100.0 * sum(sign[t] * (row[t] - ref[t]) / ref[t] for t in tasks) / len(tasks)
+
+
+def mean_ranks(values: dict[str, dict[str, float]], higher: dict[str, bool]) -> dict[str, float]:
+    """Per row of ``values`` ({row: {task: score}}): its rank among the rows on each task (1 = best, ties share
+    the mean of their ranks), averaged over the tasks the row has."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_dict(values, orient="index", dtype=float)
+    ranks = pd.DataFrame(
+        {t: frame[t].rank(ascending=not higher.get(t, True), method="average") for t in frame.columns},
+        index=frame.index,
+    )
+    return ranks.mean(axis=1).to_dict()
+
+
 _NAN4 = (math.nan, math.nan, math.nan, math.nan)
 
 
@@ -83,6 +108,22 @@ def adjust_families(frame: pd.DataFrame, families: dict[str, list[str]]) -> pd.D
         frame[[f"{c}_holm" for c in cols]] = adjusted
     order = [x for c in frame.columns if not c.endswith("_holm") for x in (c, f"{c}_holm") if x in frame]
     return frame[order]
+
+
+def conventions(means: dict[str, dict[str, float]], refs: dict[str, str | None], higher: dict[str, bool]):
+    """Per row of ``means`` ({row: {task: mean over seeds}}): ``delta_m_pct``, its :func:`delta_m` against the
+    row ``refs[row]`` (NaN where None), and ``mean_rank`` among all the rows (:func:`mean_ranks`)."""
+    import pandas as pd
+
+    ranks = mean_ranks(means, higher)
+    recs = {
+        b: {
+            "delta_m_pct": delta_m(means[b], means[refs[b]], higher) if refs.get(b) else math.nan,
+            "mean_rank": ranks.get(b, math.nan),
+        }
+        for b in means
+    }
+    return pd.DataFrame.from_dict(recs, orient="index", columns=["delta_m_pct", "mean_rank"])
 
 
 def families(columns, measures) -> dict[str, list[str]]:

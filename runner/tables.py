@@ -1,5 +1,5 @@
 """The sweep tables: the runs of a sweep directory, one row per balancer (and per other swept key), mean
-+- std over seeds, paired 95% Student-t intervals against
++- std over seeds, Delta_m % against ``none`` and the mean rank over tasks, paired 95% Student-t intervals against
 ``none``/``vanilla`` of its group and the ``random_init`` control (starred where the p-value Holm-adjusted over
 the table's family stays below 0.05; the statistics are :mod:`runner.statistics`'s), the fine-tuning-seed noise
 floor, the metric and upstream tables, rendered as markdown.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.statistics import ALPHA, compare_rows, families
+from runner.statistics import ALPHA, compare_rows, conventions, families
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
     """Aggregate runs by balancer: {columns, rows: {balancer: {column: (mean, std, n)}}, higher_is_better}."""
     if not runs:
         return {"columns": [], "rows": {}, "higher_is_better": True, "experiments": []}
-    primary, _ = _tasks(runs)
+    primary, task_higher = _tasks(runs)
     tasks = list(primary)
     higher = bool(runs[0].get("summary", {}).get("higher_is_better", True))
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -115,6 +115,10 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         for b, v in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
     cmp = compare(runs, list(rows))
+    if tasks and not cmp.empty:
+        reference = _reference(list(rows))
+        means = {b: {t: row[t][0] for t in tasks if t in row} for b, row in rows.items()}
+        cmp = cmp.join(conventions(means, {b: reference(b, "none") for b in rows}, task_higher))
     cost: dict[str, list[float]] = defaultdict(list)
     for r, b in zip(runs, row_labels(runs)):
         ms = (r.get("cost") or {}).get("median_step_ms")
@@ -249,20 +253,31 @@ def _num(x: Any, fmt: str) -> str:
 
 
 def _render_rows(table: dict) -> list[str]:
-    """The main table: mean +- std per column and the difference of the means to ``none`` of the group."""
+    """The main table: mean +- std per column, the difference of the means to ``none`` of the group, and the
+    field's conventions (Delta_m % against ``none``, mean rank over the tasks) where there are tasks."""
     cols = table["columns"]
     if not cols:
         return []
+    cmp = table.get("compare")
+    conv = cmp.to_dict("index") if cmp is not None and "delta_m_pct" in cmp else {}
     arrow = "higher is better" if table["higher_is_better"] else "lower is better"
     text = (
         f"Primary metric per task ({arrow}); mean +- std over the seeds with a finite value (n/a: one seed, no "
         "spread measured); **bold** = best per column; (diff vs none) in brackets."
     )
+    if conv:
+        text += (
+            " Delta_m % = mean over the tasks of 100 s_k (M_k - M_none,k) / M_none,k, M the mean over seeds, "
+            "against `none` of the row's group (s_k = +1 where the task's metric is higher-is-better, else -1, "
+            "so Delta_m > 0 is an improvement); mean rank = the row's rank among all rows of this table on each "
+            "task (1 = best), averaged over the tasks."
+        )
+    extra = ["Delta_m % vs none", "mean rank"] if conv else []
     lines = [
         text,
         "",
-        "| balancer | seeds | " + " | ".join(cols) + " |",
-        "|---|---|" + "---|" * len(cols),
+        "| balancer | seeds | " + " | ".join(cols + extra) + " |",
+        "|---|---|" + "---|" * len(cols + extra),
     ]
     for b, row in table["rows"].items():
         base = table["rows"].get(_none_of(b))
@@ -277,6 +292,8 @@ def _render_rows(table: dict) -> list[str]:
             if base is not None and base is not row and c in base:
                 text += f" ({row[c][0] - base[c][0]:+.3g})"
             cells.append(text)
+        if conv:
+            cells += [_num(conv[b].get("delta_m_pct"), "+.2f"), _num(conv[b].get("mean_rank"), ".2f")]
         lines.append(f"| {b} | {len(table['seeds'].get(b, []))} | " + " | ".join(cells) + " |")
     return lines
 

@@ -1,6 +1,6 @@
 """The sweep report's multiplicity control (Holm over each family of intervals), its edge cases (NaN seeds, one
-seed, differences without spread), pairing by seed label, the exact Student-t interval, on synthetic
-results.json against values computed here independently."""
+seed, differences without spread), pairing by seed label, the exact Student-t interval, and the multi-task
+conventions Delta_m % and mean rank, on synthetic results.json against values computed here independently."""
 
 import json
 import math
@@ -156,3 +156,38 @@ def test_a_censored_metric_with_the_same_difference_in_every_seed_gets_no_star(t
         "0 intervals in this family" in section
         and "(constant) = the same difference in every pair" in section
     )
+
+
+def _task_run(sweep, name, balancer, seed, acc, err):
+    """A run with two downstream tasks: accuracy (higher is better) and an error (lower is better)."""
+    d = _run(sweep, name, balancer, seed, min(acc, 1 - err), (acc + 1 - err) / 2)
+    res = json.loads((d / "results.json").read_text())
+    res["downstream"] = {
+        "cls": {"metrics": {"acc": acc}, "primary": "acc", "higher_is_better": True},
+        "reg": {"metrics": {"err": err}, "primary": "err", "higher_is_better": False},
+    }
+    (d / "results.json").write_text(json.dumps(res))
+
+
+def test_delta_m_and_mean_rank_follow_each_tasks_direction(tmp_path):
+    """Means over two seeds: none (acc 0.5, err 2.0), minimax (0.6, 1.5), vanilla (0.55, 2.5), gradnorm (0.6,
+    2.0). Delta_m % vs none: minimax (100 * 0.1 / 0.5 + 100 * 0.5 / 2.0) / 2 = 22.5; vanilla (10 - 25) / 2 = -7.5;
+    gradnorm (20 + 0) / 2 = 10. Ranks on acc: minimax and gradnorm tie at 1.5, vanilla 3, none 4; on err
+    (lower is better): minimax 1, none and gradnorm tie at 2.5, vanilla 4."""
+    means = {"none": (0.5, 2.0), "minimax": (0.6, 1.5), "vanilla": (0.55, 2.5), "gradnorm": (0.6, 2.0)}
+    for b, (acc, err) in means.items():
+        for s, shift in enumerate((-0.01, 0.01)):
+            _task_run(tmp_path, f"{b}{s}", b, s, acc + shift, err - shift)
+    write_summary(tmp_path, figures=False)
+    rows = _csv(tmp_path)
+    expected = {"none": ("", 3.25), "minimax": (22.5, 1.25), "vanilla": (-7.5, 3.5), "gradnorm": (10.0, 2.0)}
+    for b, (delta, rank) in expected.items():
+        if delta == "":  # none is the reference itself
+            assert rows[b]["delta_m_pct"] == ""
+        else:
+            assert float(rows[b]["delta_m_pct"]) == pytest.approx(delta)
+        assert float(rows[b]["mean_rank"]) == pytest.approx(rank)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| balancer | seeds | cls | reg | average | worst | Delta_m % vs none | mean rank |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| minimax | 2 |"))
+    assert line.endswith("| +22.50 | 1.25 |")
