@@ -1,6 +1,8 @@
 """The sweep tables: the runs of a sweep directory, one row per balancer (and per other swept key), mean
-+- std over seeds, paired 95% Student-t intervals against ``none``/``vanilla`` of its group and the
-``random_init`` control, the fine-tuning-seed noise floor, the metric and upstream tables, rendered as markdown.
++- std over seeds, Delta_m % against ``none`` and the mean rank over tasks, paired 95% Student-t intervals against
+``none``/``vanilla`` of its group and the ``random_init`` control (starred where the p-value Holm-adjusted over
+the table's family stays below 0.05; the statistics are :mod:`runner.statistics`'s), the fine-tuning-seed noise
+floor, the metric and upstream tables, rendered as markdown.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from runner.statistics import ALPHA, compare_rows, conventions, families
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +36,13 @@ def collect(sweep_dir: Path) -> list[dict]:
     return runs
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    """Mean, std (NaN for one value: no spread measured) and count of the finite ``values`` (a diverged run's
+    NaN is left out, and the count says so)."""
+    values = [v for v in values if math.isfinite(v)]
+    mean = statistics.fmean(values) if values else math.nan
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return mean, std, len(values)
 
 
 _NOT_GROUPING = (
@@ -50,9 +59,6 @@ _NOT_GROUPING = (
 
 
 _MEASURES = ("worst", "average")  # the summary values compared between rows
-
-
-_NAN3 = (math.nan, math.nan, math.nan)
 
 
 def row_labels(runs: list[dict]) -> list[str]:
@@ -90,11 +96,8 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
     """Aggregate runs by balancer: {columns, rows: {balancer: {column: (mean, std, n)}}, higher_is_better}."""
     if not runs:
         return {"columns": [], "rows": {}, "higher_is_better": True, "experiments": []}
-    tasks: list[str] = []
-    for r in runs:
-        for t in r.get("downstream", {}):
-            if t not in tasks:
-                tasks.append(t)
+    primary, task_higher = _tasks(runs)
+    tasks = list(primary)
     higher = bool(runs[0].get("summary", {}).get("higher_is_better", True))
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set] = defaultdict(set)
@@ -108,13 +111,14 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
             values[b]["worst"].append(float(s["worst"]))
     columns = tasks + ["average", "worst"] if tasks else []
     rows = {
-        b: {c: (*_stats(v[c]), len(v[c])) for c in columns if v.get(c)}
+        b: {c: _stats(v[c]) for c in columns if v.get(c)}
         for b, v in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
-    primary = {}
-    for r in runs:
-        for t, d in r.get("downstream", {}).items():
-            primary.setdefault(t, d["primary"])
+    cmp = compare(runs, list(rows))
+    if tasks and not cmp.empty:
+        reference = _reference(list(rows))
+        means = {b: {t: row[t][0] for t in tasks if t in row} for b, row in rows.items()}
+        cmp = cmp.join(conventions(means, {b: reference(b, "none") for b in rows}, task_higher))
     cost: dict[str, list[float]] = defaultdict(list)
     for r, b in zip(runs, row_labels(runs)):
         ms = (r.get("cost") or {}).get("median_step_ms")
@@ -127,12 +131,25 @@ def build_table(runs: list[dict]) -> dict[str, Any]:
         "cost": {b: statistics.median(v) for b, v in sorted(cost.items(), key=lambda kv: row_key(kv[0]))},
         "columns": columns,
         "rows": rows,
-        "compare": compare(runs, list(rows)),
+        "compare": cmp,
         "higher_is_better": higher,
         "seeds": {b: sorted(s, key=str) for b, s in seeds.items()},
         "primary": primary,
         "experiments": sorted({r.get("experiment", "?") for r in runs}),
     }
+
+
+def _tasks(runs: list[dict]) -> tuple[dict[str, str], dict[str, bool]]:
+    """The downstream tasks in order of appearance: their primary metric and whether it is higher-is-better
+    (results.json ``downstream.<task>.higher_is_better``, else the run's ``summary.higher_is_better``)."""
+    primary: dict[str, str] = {}
+    higher: dict[str, bool] = {}
+    for r in runs:
+        default = bool((r.get("summary") or {}).get("higher_is_better", True))
+        for t, d in r.get("downstream", {}).items():
+            primary.setdefault(t, d["primary"])
+            higher.setdefault(t, bool(d.get("higher_is_better", default)))
+    return primary, higher
 
 
 def report_metrics(runs: list[dict]) -> list[str]:
@@ -157,7 +174,7 @@ def metric_table(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, in
             if math.isfinite(v):
                 values[b][m].append(v)
     return {
-        b: {m: (*_stats(cols[m]), len(cols[m])) for m in metrics if cols.get(m)}
+        b: {m: _stats(cols[m]) for m in metrics if cols.get(m)}
         for b, cols in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
 
@@ -188,7 +205,7 @@ def upstream_table(runs: list[dict]) -> dict[str, dict[str, tuple[float, float, 
             if v is not None:
                 values[b][column].append(float(v))
     return {
-        b: {c: (*_stats(v), len(v)) for c, v in cols.items()}
+        b: {c: _stats(v) for c, v in cols.items()}
         for b, cols in sorted(values.items(), key=lambda kv: row_key(kv[0]))
     }
 
@@ -202,44 +219,17 @@ def _best(table: dict, column: str) -> str | None:
 
 
 def render_markdown(table: dict) -> str:
-    cols = table["columns"]
     if not table["rows"] and not table.get("cost"):
         return "No complete runs (no results.json) were found.\n"
-    arrow = "higher is better" if table["higher_is_better"] else "lower is better"
     lines = [f"# Summary: {', '.join(table['experiments'])}", ""]
-    if cols:
-        lines += [
-            f"Primary metric per task ({arrow}); mean +- std over seeds; **bold** = best per column; "
-            "(diff vs none) in brackets.",
-            "",
-            "| balancer | seeds | " + " | ".join(cols) + " |",
-            "|---|---|" + "---|" * len(cols),
-        ]
-    for b, row in table["rows"].items() if cols else ():
-        base = table["rows"].get(_none_of(b))
-        cells = []
-        for c in cols:
-            if c not in row:
-                cells.append("")
-                continue
-            mean, std, _ = row[c]
-            text = f"{mean:.4g} +- {std:.2g}"
-            if _best(table, c) == b and len(table["rows"]) > 1:
-                text = f"**{text}**"
-            if base is not None and base is not row and c in base:
-                text += f" ({mean - base[c][0]:+.3g})"
-            cells.append(text)
-        n_seeds = len(table["seeds"].get(b, []))
-        lines.append(f"| {b} | {n_seeds} | " + " | ".join(cells) + " |")
-    lines += _render_compare(table)
-    lines += _render_by_metric(table)
+    lines += _render_rows(table) + _render_compare(table) + _render_by_metric(table)
     if table.get("upstream"):
         cols_up = list(dict.fromkeys(c for row in table["upstream"].values() for c in row))
         lines += ["", "Upstream (mean +- std over seeds): NSP accuracy and the smallest context gain over the POS "
                   "groups on held-back pairs (upstream_eval), the task weights' mean entropy (nats).", ""]  # fmt: skip
         lines += ["| balancer | " + " | ".join(cols_up) + " |", "|---|" + "---|" * len(cols_up)]
         for b, row in table["upstream"].items():
-            cells = [f"{row[c][0]:.3f} +- {row[c][1]:.2g}" if c in row else "" for c in cols_up]
+            cells = [_mean_std(*row[c][:2], ".3f") if c in row else "" for c in cols_up]
             lines.append(f"| {b} | " + " | ".join(cells) + " |")
     if table.get("cost"):
         lines += ["", "Cost of a pre-training step (median over the run's steps, median over runs):", ""]
@@ -253,14 +243,99 @@ def render_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _interval(mean: float, low: float, high: float, note: str = "") -> str:
-    """``+0.12 [+0.05, +0.19]*``: the mean, its interval when there is one, * when it excludes 0."""
+def _mean_std(mean: float, std: float, fmt: str = ".4g") -> str:
+    """``0.5 +- 0.01``; ``0.5 +- n/a`` where the std is undefined (one seed)."""
+    return f"{mean:{fmt}} +- " + (f"{std:.2g}" if math.isfinite(std) else "n/a")
+
+
+def _num(x: Any, fmt: str) -> str:
+    return f"{x:{fmt}}" if x is not None and math.isfinite(x) else ""
+
+
+def _render_rows(table: dict) -> list[str]:
+    """The main table: mean +- std per column, the difference of the means to ``none`` of the group, and the
+    field's conventions (Delta_m % against ``none``, mean rank over the tasks) where there are tasks."""
+    cols = table["columns"]
+    if not cols:
+        return []
+    cmp = table.get("compare")
+    conv = cmp.to_dict("index") if cmp is not None and "delta_m_pct" in cmp else {}
+    arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+    text = (
+        f"Primary metric per task ({arrow}); mean +- std over the seeds with a finite value (n/a: one seed, no "
+        "spread measured); **bold** = best per column; (diff vs none) in brackets."
+    )
+    if conv:
+        text += (
+            " Delta_m % = mean over the tasks of 100 s_k (M_k - M_none,k) / M_none,k, M the mean over seeds, "
+            "against `none` of the row's group (s_k = +1 where the task's metric is higher-is-better, else -1, "
+            "so Delta_m > 0 is an improvement); mean rank = the row's rank among all rows of this table on each "
+            "task (1 = best), averaged over the tasks."
+        )
+    extra = ["Delta_m % vs none", "mean rank"] if conv else []
+    lines = [
+        text,
+        "",
+        "| balancer | seeds | " + " | ".join(cols + extra) + " |",
+        "|---|---|" + "---|" * len(cols + extra),
+    ]
+    for b, row in table["rows"].items():
+        base = table["rows"].get(_none_of(b))
+        cells = []
+        for c in cols:
+            if c not in row:
+                cells.append("")
+                continue
+            text = _mean_std(*row[c][:2])
+            if _best(table, c) == b and len(table["rows"]) > 1:
+                text = f"**{text}**"
+            if base is not None and base is not row and c in base:
+                text += f" ({row[c][0] - base[c][0]:+.3g})"
+            cells.append(text)
+        if conv:
+            cells += [_num(conv[b].get("delta_m_pct"), "+.2f"), _num(conv[b].get("mean_rank"), ".2f")]
+        lines.append(f"| {b} | {len(table['seeds'].get(b, []))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+_CONSTANT = " (constant)"
+
+
+def _interval(c: dict, mean_col: str, stem: str, note: str = "") -> str:
+    """``+0.12 [+0.05, +0.19]*``: the mean, its raw 95% interval when there is one, * when its Holm-adjusted
+    p-value is below ALPHA; ``+88 (constant)`` for a difference without spread (no p-value, no star)."""
+    mean, low, high = (c.get(x, math.nan) for x in (mean_col, f"{stem}_ci_low", f"{stem}_ci_high"))
     if not math.isfinite(mean):
         return ""
     text = f"{mean:+.3g}"
     if math.isfinite(low) and math.isfinite(high):
-        text += f" [{low:+.3g}, {high:+.3g}]" + ("*" if low > 0 or high < 0 else "")
+        if not math.isfinite(c.get(f"{stem}_p", math.nan)):
+            return text + _CONSTANT + note
+        text += f" [{low:+.3g}, {high:+.3g}]" + ("*" if c.get(f"{stem}_p_holm", math.nan) < ALPHA else "")
     return text + note
+
+
+def _rule(table: dict, families_text: str, body: list[str]) -> str:
+    """The text under a paired table: the pairing, the interval, the family and its correction, the sign."""
+    better = "positive = better" if table["higher_is_better"] else "negative = better"
+    text = (
+        "paired by pre-training seed; [raw 95% Student-t interval over the paired differences]; "
+        f"{families_text}; * = Holm-adjusted p < {ALPHA:g} within its family; {better}."
+    )
+    if any(_CONSTANT in line for line in body):
+        text += (
+            f" {_CONSTANT.strip()} = the same difference in every pair: no spread, so no p-value and no star."
+        )
+    return text
+
+
+def _family_size(table: dict, family: str) -> int:
+    cmp = table["compare"]
+    return int(np.isfinite(cmp[families(cmp.columns, _MEASURES)[family]].to_numpy(dtype=float)).sum())
+
+
+def _pairs(x: float) -> str:
+    return "" if math.isnan(x) else str(int(x))
 
 
 def _render_compare(table: dict) -> list[str]:
@@ -268,65 +343,56 @@ def _render_compare(table: dict) -> list[str]:
     cmp = table.get("compare")
     if cmp is None or cmp.empty:
         return []
-    better = "positive = better" if table["higher_is_better"] else "negative = better"
-    rule = (
-        "paired by pre-training seed; 95% Student-t interval over the paired differences; "
-        f"* = interval excludes 0; {better}"
-    )
-
-    def diff(c: dict, p: str, m: str) -> str:
-        return _interval(c[f"{p}{m}_diff"], c[f"{p}{m}_ci_low"], c[f"{p}{m}_ci_high"])
-
-    def gap(c: dict, m: str, note: str) -> str:
-        g = f"{m}_gap_random_init"
-        return _interval(c[g], c[f"{g}_ci_low"], c[f"{g}_ci_high"], note)
-
-    def pairs(x: float) -> str:
-        return "" if math.isnan(x) else str(int(x))
-
     rows = cmp.to_dict("index")
     control = any(not math.isnan(c["random_init_pairs"]) for c in rows.values())
     head = ["balancer", "pairs", "worst diff vs none", "average diff vs none", "ft std (worst / average)"]
     head += ["worst gap to random_init", "average gap to random_init"] if control else []
     body, unpaired = [], False
     for b, c in rows.items():
-        cells = [diff(c, "", m) for m in _MEASURES]
+        cells = [_interval(c, f"{m}_diff", m) for m in _MEASURES]
         cells.append(
-            " / ".join(f"{c[f'{m}_ft_std']:.2g}" for m in _MEASURES if math.isfinite(c[f"{m}_ft_std"]))
+            " / ".join(_num(c[f"{m}_ft_std"], ".2g") for m in _MEASURES if math.isfinite(c[f"{m}_ft_std"]))
         )
         if control:
             note = " (unpaired)" if c["random_init_pairs"] == 0 else ""
             unpaired |= bool(note)
-            cells += [gap(c, m, note) for m in _MEASURES]
+            cells += [_interval(c, f"{m}_gap_random_init", f"{m}_gap_random_init", note) for m in _MEASURES]
         if any(cells):
-            body.append(f"| {b} | {pairs(c['pairs'])} | " + " | ".join(cells) + " |")
+            body.append(f"| {b} | {_pairs(c['pairs'])} | " + " | ".join(cells) + " |")
     lines = []
     if body:
+        fams = f"{_family_size(table, 'none')} intervals in this family"
+        if control:
+            fams = (
+                f"two families: the {_family_size(table, 'none')} intervals vs `none` and the "
+                f"{_family_size(table, 'random_init')} gaps to random_init"
+            )
         text = (
             f"Row minus `none` of its group{' (and minus the random-init control)' if control else ''}: "
-            f"{rule}. ft std = std over fine-tuning seeds, mean over the row's runs (the noise floor)."
+            f"{_rule(table, fams, body)} ft std = std over fine-tuning seeds, mean over the row's runs (the noise "
+            "floor)."
         )
         if unpaired:
             text += " (unpaired) = no pre-training seed shared with random_init: difference of means."
         lines += _md_section("Paired differences", text, head, body)
     vanilla = [
-        f"| {b} | {pairs(c['vanilla_pairs'])} | "
-        + " | ".join(diff(c, "vanilla_", m) for m in _MEASURES)
+        f"| {b} | {_pairs(c['vanilla_pairs'])} | "
+        + " | ".join(_interval(c, f"vanilla_{m}_diff", f"vanilla_{m}") for m in _MEASURES)
         + " |"
         for b, c in rows.items()
         if not math.isnan(c.get("vanilla_pairs", math.nan))
     ]
     if vanilla:
+        fams = f"{_family_size(table, 'vanilla')} intervals in this family"
         head = ["balancer", "pairs", "worst diff vs vanilla", "average diff vs vanilla"]
-        lines += _md_section(
-            "Paired differences vs vanilla", f"Row minus `vanilla` of its group: {rule}.", head, vanilla
-        )
+        text = f"Row minus `vanilla` of its group: {_rule(table, fams, vanilla)}"
+        lines += _md_section("Paired differences vs vanilla", text, head, vanilla)
     return lines
 
 
 def _render_by_metric(table: dict) -> list[str]:
     """The worst case over the downstream tasks of every report metric (mean +- std over seeds), and its paired
-    difference to ``none`` of the row's group, through the same pairing and t-interval as the table above."""
+    difference to ``none`` of the row's group, through the same pairing and t-test as the table above."""
     rows = table.get("by_metric") or {}
     metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
     if not metrics:
@@ -334,7 +400,7 @@ def _render_by_metric(table: dict) -> list[str]:
     head = ["balancer", "seeds", *metrics]
     body = [
         f"| {b} | {len(table['seeds'].get(b, []))} | "
-        + " | ".join(f"{row[m][0]:.4g} +- {row[m][1]:.2g}" if m in row else "" for m in metrics)
+        + " | ".join(_mean_std(*row[m][:2]) if m in row else "" for m in metrics)
         + " |"
         for b, row in rows.items()
     ]
@@ -349,28 +415,17 @@ def _render_by_metric(table: dict) -> list[str]:
         )
     lines = _md_section("Worst case per metric", text, head, body)
     cmp = table.get("compare")
-    if cmp is None or cmp.empty:
+    if cmp is None or cmp.empty or "metric_pairs" not in cmp:
         return lines
-    better = "positive = better" if table["higher_is_better"] else "negative = better"
     paired = []
     for b, c in cmp.to_dict("index").items():
-        cells = [
-            _interval(c.get(f"{m}_worst_diff", math.nan), c.get(f"{m}_worst_ci_low", math.nan),
-                      c.get(f"{m}_worst_ci_high", math.nan))
-            for m in metrics
-        ]  # fmt: skip
+        cells = [_interval(c, f"{m}_worst_diff", f"{m}_worst") for m in metrics]
         if any(cells):
-            paired.append(
-                f"| {b} | {'' if math.isnan(c['pairs']) else int(c['pairs'])} | " + " | ".join(cells) + " |"
-            )
+            paired.append(f"| {b} | {_pairs(c['metric_pairs'])} | " + " | ".join(cells) + " |")
     if paired:
-        lines += _md_section(
-            "Paired differences per metric",
-            "Worst case of each metric, row minus `none` of its group: paired by pre-training seed; 95% Student-t "
-            f"interval over the paired differences; * = interval excludes 0; {better}.",
-            ["balancer", "pairs", *metrics],
-            paired,
-        )
+        fams = f"{_family_size(table, 'by_metric')} intervals in this family"
+        text = f"Worst case of each metric, row minus `none` of its group: {_rule(table, fams, paired)}"
+        lines += _md_section("Paired differences per metric", text, ["balancer", "pairs", *metrics], paired)
     return lines
 
 
@@ -409,50 +464,13 @@ def _run_frame(runs: list[dict]):
     return pd.DataFrame(recs)
 
 
-def _t_interval(d) -> tuple[float, float, float]:
-    """Mean of the differences ``d`` and its 95% Student-t interval (NaN bounds with fewer than 2)."""
-    from scipy import stats
-
-    d = d.dropna()
-    n = len(d)
-    if n < 2:
-        return (float(d.mean()) if n else math.nan), math.nan, math.nan
-    half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
-
-
-def _paired(df, row: str, ref: str, unpaired_fallback: bool = False, measures=_MEASURES) -> dict:
-    """``row - ref`` per measure over the pre-training seeds both rows have (runs of one seed averaged):
-    {pairs, worst: (mean, low, high), average: ...}. With no shared seed and ``unpaired_fallback``, the
-    difference of the two rows' means (pairs 0, no interval)."""
-    a, b = (df[df["row"] == x].groupby("seed")[list(measures)].mean() for x in (row, ref))
-    shared = a.index.intersection(b.index)
-    if not len(shared) and unpaired_fallback:
-        return {"pairs": 0, **{m: (a[m].mean() - b[m].mean(), math.nan, math.nan) for m in measures}}
-    d = a.loc[shared] - b.loc[shared]
-    return {"pairs": len(shared), **{m: _t_interval(d[m]) for m in measures}}
-
-
-def compare(runs: list[dict], labels: list[str]):
-    """The paired statistics of each row in ``labels`` (a DataFrame indexed by row; the extra columns of
-    summary.csv): ``pairs, worst_diff, worst_ci_low, worst_ci_high, average_diff, ...`` against ``none`` of
-    the row's group, the same prefixed ``vanilla_`` when the sweep has a ``vanilla`` row, the fine-tuning
-    noise floor ``<worst|average|task>_ft_std`` (mean over the row's runs), and ``random_init_pairs,
-    <worst|average>_gap_random_init[_ci_low|_ci_high]`` against the random-init control, falling back to
-    the difference of means when no seed is shared. With report metrics (results.json ``report_metrics``),
-    also ``<metric>_worst_diff, <metric>_worst_ci_low, <metric>_worst_ci_high``: the same pairing against
-    ``none`` for the worst case of each metric."""
-    import pandas as pd
-
-    if not labels:
-        return pd.DataFrame()
-    df = _run_frame(runs)
-    metric_cols = [f"{m}_worst" for m in report_metrics(runs)]
+def _reference(labels: list[str]):
+    """``reference(label, ref)``: the ``ref`` row of the label's group; the random-init control lacks the
+    pre-training overrides that group the other rows, so it is compared with the sweep's only ``ref`` row (or
+    they with the only control). None for a ``ref`` row itself or without such a row."""
     base = {label: label.partition(" (")[0] for label in labels}
 
     def reference(label: str, ref: str) -> str | None:
-        """``ref`` of the label's group; the random-init control lacks the pre-training overrides that group
-        the other rows, so it is compared with the sweep's only ``ref`` row (or they with the only control)."""
         if base[label] == ref:
             return None
         if _ref_of(label, ref) in labels:
@@ -460,29 +478,20 @@ def compare(runs: list[dict], labels: list[str]):
         only = [x for x in labels if base[x] == ref]
         return only[0] if len(only) == 1 and "random_init" in (ref, base[label]) else None
 
-    refs = {"none": ""} | ({"vanilla": "vanilla_"} if "vanilla" in base.values() else {})
-    out = {}
-    for label in labels:
-        rec: dict[str, Any] = {}
-        for ref, p in refs.items():
-            other = reference(label, ref)
-            res = _paired(df, label, other) if other else {}
-            rec[f"{p}pairs"] = res.get("pairs", math.nan)
-            for m in _MEASURES:
-                rec[f"{p}{m}_diff"], rec[f"{p}{m}_ci_low"], rec[f"{p}{m}_ci_high"] = res.get(m, _NAN3)
-        other = reference(label, "none")
-        res = _paired(df, label, other, measures=metric_cols) if other and metric_cols else {}
-        for m in metric_cols:
-            rec[f"{m}_diff"], rec[f"{m}_ci_low"], rec[f"{m}_ci_high"] = res.get(m, _NAN3)
-        rec.update(df[df["row"] == label].filter(like="_ft_std").mean())
-        control = reference(label, "random_init")
-        res = _paired(df, label, control, unpaired_fallback=True) if control else {}
-        rec["random_init_pairs"] = res.get("pairs", math.nan)
-        for m in _MEASURES:
-            g = f"{m}_gap_random_init"
-            rec[g], rec[f"{g}_ci_low"], rec[f"{g}_ci_high"] = res.get(m, _NAN3)
-        out[label] = rec
-    return pd.DataFrame.from_dict(out, orient="index")
+    return reference
+
+
+def compare(runs: list[dict], labels: list[str]):
+    """The paired statistics of each row in ``labels`` against ``none``/``vanilla`` of its group, the
+    random-init control and, with report metrics (results.json ``report_metrics``), of the worst case of each
+    metric against ``none``: a DataFrame indexed by row, the extra columns of summary.csv
+    (:func:`runner.statistics.compare_rows`)."""
+    import pandas as pd
+
+    if not labels:
+        return pd.DataFrame()
+    metric_cols = [f"{m}_worst" for m in report_metrics(runs)]
+    return compare_rows(_run_frame(runs), labels, _reference(labels), _MEASURES, metric_cols)
 
 
 def curve_frame(runs: list[dict]):

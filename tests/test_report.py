@@ -62,9 +62,17 @@ def test_paired_difference_vs_none_pairs_by_seed_with_a_t_interval(tmp_path):
         assert float(row[f"{m}_ci_high"]) == pytest.approx(high)
     assert float(row["worst_ci_low"]) > 0 and float(row["average_ci_low"]) < 0 < float(row["average_ci_high"])
     assert _csv(tmp_path)["none"]["worst_diff"] == "" and _csv(tmp_path)["none"]["pairs"] == ""
+    p_worst = stats.ttest_rel(mmx_w, none_w).pvalue
+    p_average = stats.ttest_rel(mmx_a, none_a).pvalue
+    assert float(row["worst_p"]) == pytest.approx(p_worst) and float(row["average_p"]) == pytest.approx(
+        p_average
+    )
+    # a family of two (none has no difference): Holm doubles the smaller p, the larger keeps its own
+    assert float(row["worst_p_holm"]) == pytest.approx(2 * p_worst) and 2 * p_worst < 0.05
+    assert float(row["average_p_holm"]) == pytest.approx(max(2 * p_worst, p_average))
     md = (tmp_path / "summary.md").read_text()
-    assert "paired by pre-training seed; 95% Student-t interval over the paired differences" in md
-    assert "* = interval excludes 0; positive = better" in md
+    assert "paired by pre-training seed; [raw 95% Student-t interval over the paired differences]" in md
+    assert "2 intervals in this family; * = Holm-adjusted p < 0.05 within its family; positive = better" in md
     worst_cell, average_cell = _cells(md, "minimax")[2:4]
     mean, low, high = _t([x - y for x, y in zip(mmx_w, none_w)])
     assert worst_cell == f"{mean:+.3g} [{low:+.3g}, {high:+.3g}]*"
@@ -228,10 +236,14 @@ def test_lower_is_better_convex_sweep_gets_the_columns_and_curves_from_by_metric
     assert float(row["worst_diff"]) == pytest.approx(-0.5) and float(row["average_diff"]) == pytest.approx(
         0.0
     )
-    assert row["worst_ci_low"] == row["worst_ci_high"] == "-0.5"  # three equal differences: no spread
+    # three equal differences: no spread, so the raw interval is the point and the p-value is undefined
+    assert (
+        row["worst_ci_low"] == row["worst_ci_high"] == "-0.5" and row["worst_p"] == row["worst_p_holm"] == ""
+    )
     md = (tmp_path / "summary.md").read_text()
     assert "negative = better" in md and "positive = better" not in md
-    assert _cells(md, "minimax")[2] == "-0.5 [-0.5, -0.5]*"
+    assert _cells(md, "minimax")[2] == "-0.5 (constant)"  # no zero-width interval, no star
+    assert "(constant) = the same difference in every pair: no spread, so no p-value and no star." in md
     assert (tmp_path / "curves.png").stat().st_size > 0 and "![curves](curves.png)" in md
     curves = curve_frame(collect(tmp_path)).set_index(["row", "measure", "N"])
     none8 = curves.loc[("none", "worst", 8)]
