@@ -151,23 +151,28 @@ def test_theorem_3_1_averaged_iterate_gap_is_within_2_R0_Lprime_over_sqrt_K(inst
 
 
 def test_convex_run_reports_excess_risk_curves_against_N(tmp_path):
+    """results.json has, for every downstream task, the excess risk at each N of the grid, and the summary's
+    curves are their worst case (max) and average (mean) over the tasks; more samples, less excess risk."""
     res = run_pipeline(["experiment=convex", "logger=none", "debug=smoke"], tmp_path)
-    curves = res["summary"]["by_metric"]
     sizes = [8, 32, 128, 512]
-    worst = [curves[f"excess_risk@N={n}"]["worst"] for n in sizes]
-    average = [curves[f"excess_risk@N={n}"]["average"] for n in sizes]
-    assert all(w >= a for w, a in zip(worst, average))
-    assert worst[0] > worst[-1]  # more samples, less excess risk
-    assert set(res["downstream"]) == {
-        "vertex0",
-        "vertex1",
-        "vertex2",
-        "vertex3",
-        "mix0",
-        "mix1",
-        "mix2",
-        "mix3",
-    }
+    assert res["downstream_settings"]["sample_sizes"] == sizes
+    tasks = res["downstream"]
+    assert set(tasks) == {f"vertex{t}" for t in range(4)} | {f"mix{i}" for i in range(4)}
+    curves = res["summary"]["by_metric"]
+    grid = sorted(f"excess_risk@N={n}" for n in sizes)
+    assert sorted(m for m in curves if m.startswith("excess_risk@")) == grid
+    for m in ["initial_risk", *(f"excess_risk@N={n}" for n in sizes)]:
+        per_task = [r["metrics"][m] for r in tasks.values()]
+        assert curves[m]["worst"] == max(per_task)
+        assert curves[m]["average"] == pytest.approx(sum(per_task) / len(per_task), rel=1e-12)
+    for name, r in tasks.items():
+        curve = [r["metrics"][f"excess_risk@N={n}"] for n in sizes]
+        assert 0 < curve[-1] < curve[0] < r["metrics"]["initial_risk"], name  # adaptation helps, more with N
+        assert r["metrics"]["excess_risk"] == r["metrics"]["excess_risk@N=32"]  # primary_n = 32
+    for key in ("worst", "average"):
+        curve = [curves[f"excess_risk@N={n}"][key] for n in sizes]
+        assert curve == sorted(curve, reverse=True) and curve[0] > curve[-1], (key, curve)
+    assert res["summary"]["worst"] == curves["excess_risk@N=32"]["worst"]
     assert res["summary"]["higher_is_better"] is False
 
 
