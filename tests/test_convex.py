@@ -354,6 +354,31 @@ def test_regression_samples_have_the_quadratic_expected_risk():
     assert torch.equal(tasks.B[0], tasks.B[2])  # one design for every task
 
 
+def test_downstream_least_squares_is_the_mixture_of_the_upstream_sample_losses_and_risks():
+    """The downstream ERM of kind=underdetermined (finetune/convex.py) minimises ``(1/2n) ||X theta - y||^2``
+    from ``least_squares``. Per sample it is eq. 9's ``sum_t lambda_t l_t(theta, z)`` (the upstream sample
+    losses) up to a constant in theta; its expectation is ``R_lambda(theta) = sum_t lambda_t R_t(theta)`` up to
+    the constant ``sigma^2 / 2 - min R_lambda`` (Monte Carlo on 200 000 samples, fixed seed)."""
+    tasks = make_tasks("underdetermined", num_tasks=3, dim=5, sigma=0.7, curvature=(2.0, 4.0), seed=0)
+    tasks = tasks.to(torch.float64)
+    lam = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200_000, 6, generator=g, dtype=torch.float64)
+    X, y = tasks.least_squares(lam, z)
+    thetas = 2 * torch.randn(4, 5, generator=g, dtype=torch.float64)
+    _, min_risk = tasks.mixture_optimum(lam)
+    gaps = []
+    for theta in thetas:
+        squares = 0.5 * (X @ theta - y) ** 2  # (n,) the empirical risk's terms
+        gaps.append(squares - tasks.sample_losses(theta, z) @ lam)
+        # E 0.5 r^2 for r ~ N(0, s^2) is s^2 / 2, with sd s^2 / sqrt(2) per sample: over 2e5 samples the
+        # relative standard error is 1 / sqrt(1e5) = 0.32%; rtol 2% is six of them
+        expected = float(lam @ tasks.risks(theta) - min_risk) + 0.5 * tasks.sigma**2
+        assert float(squares.mean()) == pytest.approx(expected, rel=0.02)
+    for gap in gaps[1:]:  # the same constant per sample at every theta
+        torch.testing.assert_close(gap, gaps[0])
+
+
 def test_sample_complexity_is_the_smallest_grid_n_from_which_on_enough_draws_meet_eps():
     from finetune.convex import ConvexDownstream
 
