@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import run_pipeline
 
-from data.convex import make_tasks
+from data.convex import QuadraticTasks, make_tasks
 from pretrain.balancers import Minimax, NoBalancing
 
 
@@ -34,6 +34,16 @@ def test_proposition_5_1_minimax_has_lower_worst_case_downstream_initial_risk(tm
     # and the average of the upstream risks is what `none` minimises
     assert sum(avg["pretrained"]["upstream_risks"]) < sum(mmx["pretrained"]["upstream_risks"])
     assert (tmp_path / "minimax" / "results.json").exists()
+    # what went downstream is Theorem 3.1's averaged iterate of the 600 steps (module.average_iterates=true),
+    # not the last iterate: the export is the checkpoint's running average, and the reported risks are its own
+    ckpt = torch.load(tmp_path / "minimax" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    exported = torch.load(tmp_path / "minimax" / "pretrained" / "theta.pt")
+    assert int(ckpt["n_avg"]) == 600
+    torch.testing.assert_close(exported["theta"], ckpt["theta_avg"])
+    assert (ckpt["theta_avg"] - ckpt["model.theta"]).norm() > 0.1
+    tasks = QuadraticTasks(B=exported["B"], c=exported["c"], sigma=1.0).to(torch.float64)
+    risks = tasks.risks(exported["theta"].double()).tolist()
+    assert mmx["pretrained"]["upstream_risks"] == pytest.approx(risks, rel=1e-9)
 
 
 def algorithm_1(tasks, balancer, steps: int, lr: float, theta0: torch.Tensor, loss_fn=None, tail: int = 0):
