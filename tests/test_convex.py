@@ -389,6 +389,33 @@ def test_downstream_least_squares_is_the_mixture_of_the_upstream_sample_losses_a
         torch.testing.assert_close(gap, gaps[0])
 
 
+@pytest.mark.parametrize("kind", ["underdetermined", "random"])
+def test_downstream_erm_above_d_has_the_closed_form_expected_excess_risk(kind):
+    """The downstream ERM (steps=null) on N = 16 > d = 5 samples of task lambda, measured by the upstream risks
+    ``R_lambda - min R_lambda``, has the textbook mean excess risk of its sample model: least squares on
+    Gaussian rows x = B^T u: ``sigma^2 d / (2 (N - d - 1))``; full rank, the noise z_t ~ N(0, sigma^2 I) of every
+    task: ``sigma^2 / (2N) tr(A_lambda^-1 sum_t lambda_t^2 A_t)``. Mean of 4000 draws within 4 standard
+    errors."""
+    import statistics
+
+    from finetune.convex import ConvexDownstream
+
+    tasks = make_tasks(kind, num_tasks=3, dim=5, sigma=0.7, curvature=(2.0, 4.0), seed=0).to(torch.float64)
+    lam = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    n, d, var = 16, 5, tasks.sigma**2
+    if kind == "underdetermined":
+        expected = var * d / (2 * (n - d - 1))
+    else:
+        A_lam = torch.einsum("t,tij->ij", lam, tasks.A)
+        noise = torch.einsum("t,tij->ij", lam**2, tasks.A)
+        expected = var / (2 * n) * float(torch.trace(torch.linalg.solve(A_lam, noise)))
+    suite = ConvexDownstream(steps=None, repeats=4000)
+    theta0 = torch.zeros(d, dtype=torch.float64)
+    draws = suite.erm_excess_draws(tasks, lam, theta0, n, torch.Generator().manual_seed(0))
+    se = statistics.stdev(draws) / math.sqrt(len(draws))
+    assert abs(statistics.fmean(draws) - expected) < 4 * se, (statistics.fmean(draws), expected, se)
+
+
 def test_sample_complexity_is_the_smallest_grid_n_from_which_on_enough_draws_meet_eps():
     from finetune.convex import ConvexDownstream
 
