@@ -49,7 +49,7 @@ _NOT_GROUPING = (
 )
 
 
-_MEASURES = ("worst", "average")  # the summary values compared between rows
+MEASURES = ("worst", "average")  # the summary values compared between rows
 
 
 _NAN3 = (math.nan, math.nan, math.nan)
@@ -290,14 +290,14 @@ def _render_compare(table: dict) -> list[str]:
     head += ["worst gap to random_init", "average gap to random_init"] if control else []
     body, unpaired = [], False
     for b, c in rows.items():
-        cells = [diff(c, "", m) for m in _MEASURES]
+        cells = [diff(c, "", m) for m in MEASURES]
         cells.append(
-            " / ".join(f"{c[f'{m}_ft_std']:.2g}" for m in _MEASURES if math.isfinite(c[f"{m}_ft_std"]))
+            " / ".join(f"{c[f'{m}_ft_std']:.2g}" for m in MEASURES if math.isfinite(c[f"{m}_ft_std"]))
         )
         if control:
             note = " (unpaired)" if c["random_init_pairs"] == 0 else ""
             unpaired |= bool(note)
-            cells += [gap(c, m, note) for m in _MEASURES]
+            cells += [gap(c, m, note) for m in MEASURES]
         if any(cells):
             body.append(f"| {b} | {pairs(c['pairs'])} | " + " | ".join(cells) + " |")
     lines = []
@@ -311,7 +311,7 @@ def _render_compare(table: dict) -> list[str]:
         lines += _md_section("Paired differences", text, head, body)
     vanilla = [
         f"| {b} | {pairs(c['vanilla_pairs'])} | "
-        + " | ".join(diff(c, "vanilla_", m) for m in _MEASURES)
+        + " | ".join(diff(c, "vanilla_", m) for m in MEASURES)
         + " |"
         for b, c in rows.items()
         if not math.isnan(c.get("vanilla_pairs", math.nan))
@@ -401,15 +401,15 @@ def _run_frame(runs: list[dict]):
     for r, label in zip(runs, row_labels(runs)):
         s = r.get("summary") or {}
         rec = {"row": label, "seed": r.get("seed")}
-        rec.update({m: float(s.get(m, math.nan)) for m in _MEASURES})
-        rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in _MEASURES})
+        rec.update({m: float(s.get(m, math.nan)) for m in MEASURES})
+        rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in MEASURES})
         rec.update({f"{t}_ft_std": ft_std(d.get("per_seed")) for t, d in r.get("downstream", {}).items()})
         rec.update({f"{m}_worst": _worst_of(r, m) for m in metrics})
         recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def _t_interval(d) -> tuple[float, float, float]:
+def t_interval(d) -> tuple[float, float, float]:
     """Mean of the differences ``d`` and its 95% Student-t interval (NaN bounds with fewer than 2)."""
     from scipy import stats
 
@@ -421,7 +421,7 @@ def _t_interval(d) -> tuple[float, float, float]:
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def _paired(df, row: str, ref: str, unpaired_fallback: bool = False, measures=_MEASURES) -> dict:
+def _paired(df, row: str, ref: str, unpaired_fallback: bool = False, measures=MEASURES) -> dict:
     """``row - ref`` per measure over the pre-training seeds both rows have (runs of one seed averaged):
     {pairs, worst: (mean, low, high), average: ...}. With no shared seed and ``unpaired_fallback``, the
     difference of the two rows' means (pairs 0, no interval)."""
@@ -430,7 +430,7 @@ def _paired(df, row: str, ref: str, unpaired_fallback: bool = False, measures=_M
     if not len(shared) and unpaired_fallback:
         return {"pairs": 0, **{m: (a[m].mean() - b[m].mean(), math.nan, math.nan) for m in measures}}
     d = a.loc[shared] - b.loc[shared]
-    return {"pairs": len(shared), **{m: _t_interval(d[m]) for m in measures}}
+    return {"pairs": len(shared), **{m: t_interval(d[m]) for m in measures}}
 
 
 def compare(runs: list[dict], labels: list[str]):
@@ -468,7 +468,7 @@ def compare(runs: list[dict], labels: list[str]):
             other = reference(label, ref)
             res = _paired(df, label, other) if other else {}
             rec[f"{p}pairs"] = res.get("pairs", math.nan)
-            for m in _MEASURES:
+            for m in MEASURES:
                 rec[f"{p}{m}_diff"], rec[f"{p}{m}_ci_low"], rec[f"{p}{m}_ci_high"] = res.get(m, _NAN3)
         other = reference(label, "none")
         res = _paired(df, label, other, measures=metric_cols) if other and metric_cols else {}
@@ -478,7 +478,7 @@ def compare(runs: list[dict], labels: list[str]):
         control = reference(label, "random_init")
         res = _paired(df, label, control, unpaired_fallback=True) if control else {}
         rec["random_init_pairs"] = res.get("pairs", math.nan)
-        for m in _MEASURES:
+        for m in MEASURES:
             g = f"{m}_gap_random_init"
             rec[g], rec[f"{g}_ci_low"], rec[f"{g}_ci_high"] = res.get(m, _NAN3)
         out[label] = rec
@@ -504,7 +504,7 @@ def curve_frame(runs: list[dict]):
         for n, v in curve.items():
             recs += [
                 {"row": label, "measure": m, "N": int(n), "seed": r.get("seed"), "value": v[m]}
-                for m in _MEASURES
+                for m in MEASURES
             ]
     if not recs:
         return pd.DataFrame(columns=["row", "measure", "N", "mean", "half", "seeds"])

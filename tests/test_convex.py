@@ -268,7 +268,7 @@ def _paired_worst(kind: str, dim: int, downstream: dict, seeds=range(6)) -> dict
     import pandas as pd
 
     from finetune.convex import ConvexDownstream
-    from runner.tables import _t_interval
+    from runner.tables import t_interval
 
     diffs = []
     for seed in seeds:
@@ -280,7 +280,7 @@ def _paired_worst(kind: str, dim: int, downstream: dict, seeds=range(6)) -> dict
             worst[name] = {m: max(r["metrics"][m] for r in res.values()) for m in res["vertex0"]["metrics"]}
         diffs.append({m: worst["minimax"][m] - worst["none"][m] for m in worst["none"]})
     frame = pd.DataFrame(diffs)
-    return {m: _t_interval(frame[m]) for m in frame}
+    return {m: t_interval(frame[m]) for m in frame}
 
 
 @pytest.mark.slow
