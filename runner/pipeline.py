@@ -1,4 +1,6 @@
-"""The run behind ``python run.py``: pre-train -> export -> fine-tune every downstream task -> results.json.
+"""The run behind ``python run.py``: one function per ``stage`` (:data:`STAGES`). The training stages pre-train ->
+export -> fine-tune every downstream task -> results.json; the others label an image folder, save the wandb
+dashboard, rebuild a sweep's report, or read what a PoS-BERT's NSP relies on.
 
 Everything is built from the composed Hydra config with ``hydra.utils.instantiate``; see ``conf/``.
 """
@@ -9,6 +11,9 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,29 +22,37 @@ from omegaconf import DictConfig, OmegaConf
 from finetune.protocol import DownstreamSuite
 from runner.checkpoints import (
     RNGStateCheckpoint,
-    _resolve_ckpt,
     check_matches,
     load_checkpoint,
+    resolve_ckpt,
     restore_pretrained,
 )
 from runner.factories import (
     RANDOM_INIT,
-    _choices,
-    _finish_loggers,
-    _instantiate,
-    _run_balancer,
     build_callbacks,
     build_loggers,
     build_pretraining,
     build_trainer,
+    config_choices,
+    finish_loggers,
+    instantiate_node,
+    run_balancer,
+    task_overrides,
 )
-from runner.results import StepTimer, _results, print_table, write_json_atomic
+from runner.results import StepTimer, build_results, print_table, write_json_atomic
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
+def shows_progress_bar(cfg: DictConfig) -> bool:
+    """``trainer.enable_progress_bar``: whether the progress-bar callback is kept."""
+    return bool(cfg.trainer.get("enable_progress_bar", True))
+
+
 def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
+    """Pre-train (resuming from ``ckpt_path``), validate the final weights once and export them: ``(module,
+    trainer, cost)``."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     datamodule, module = build_pretraining(cfg)
@@ -55,13 +68,13 @@ def pretrain(cfg: DictConfig, out_dir: Path, loggers: list):
             save_top_k=-1 if cfg.checkpoint.every_n_train_steps else 0,
             auto_insert_metric_name=False,
         ),
-        *build_callbacks(cfg, "pretrain", loggers),
+        *build_callbacks(cfg.get("callbacks"), "pretrain", loggers, shows_progress_bar(cfg)),
     ]
     from runner.throughput import Throughput
 
     throughput = next((cb for cb in callbacks if isinstance(cb, Throughput)), None)
-    trainer = build_trainer(cfg, loggers, callbacks)
-    ckpt_path = _resolve_ckpt(cfg, out_dir)
+    trainer = build_trainer(cfg.trainer, loggers, callbacks)
+    ckpt_path = resolve_ckpt(cfg.get("ckpt_path"), out_dir)
     if ckpt_path is not None:
         if module.prepares_from_data:  # e.g. the vocabulary sized to the tokenizer, before comparing shapes
             datamodule.prepare_data()
@@ -93,120 +106,213 @@ def restore_worker_start_method() -> None:
         multiprocessing.set_start_method(multiprocessing.get_all_start_methods()[0], force=True)
 
 
-def run(cfg: DictConfig) -> dict | None:
-    """Run the configured stage; returns the results dict (stage all/finetune/pretrain) or None."""
+@dataclass
+class TrainingRun:
+    """What the training stages share: where the run writes, who it is (the head of results.json), its loggers
+    and its wall time per step of the stage."""
+
+    out_dir: Path
+    head: dict
+    loggers: list
+    print_table: bool = True
+    started: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - t0
+
+    def finish(self, results: dict, step: int) -> dict:
+        """Write results.json, log its numbers at ``step``, print the table and the wall times."""
+        from runner.console import format_seconds
+        from runner.loggers import log_results
+
+        self.timings["total"] = time.monotonic() - self.started
+        write_json_atomic(self.out_dir / "results.json", results)
+        log_results(self.loggers, results, step, self.timings)
+        if results["downstream"] and self.print_table:
+            print_table(results)
+        log.info("wall time: %s", ", ".join(f"{k} {format_seconds(v)}" for k, v in self.timings.items()))
+        return results
+
+
+@contextmanager
+def training_run(cfg: DictConfig, out_dir: Path) -> Iterator[TrainingRun]:
+    """Seed and set up the process, read the run's identity once, start its loggers (finished on the way out,
+    whatever happens) and log the config to them."""
     import lightning as L
 
-    from runner.console import format_seconds, quiet_console
-    from runner.loggers import log_results
+    from runner.loggers import run_identity
 
-    quiet_console()
     started = time.monotonic()
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = out_dir / "results.json"
-    if results_path.exists():
-        results_path.unlink()  # never leave an earlier run's results beside a new run's failure
-    if cfg.stage not in ("pretrain", "finetune", "all", "pseudo_label", "dashboard"):
-        raise ConfigError(
-            f"stage must be pretrain, finetune, all, pseudo_label or dashboard, got {cfg.stage!r}."
-        )
-    if cfg.get("pretrained_ckpt") == RANDOM_INIT and cfg.stage != "finetune":
-        raise ConfigError(
-            f"pretrained_ckpt=random (the random-init control, balancer=random_init) needs stage=finetune, got stage={cfg.stage}."
-        )
-    if cfg.stage == "pseudo_label":  # writes depth/semantic maps for an image folder (data/pseudo_labels.py)
-        _instantiate(cfg.get("pseudo_label"), "pseudo_label").run()
-        return None
-    if cfg.stage == "dashboard":  # saves the wandb workspace of the project (runner/dashboard.py)
-        from runner.dashboard import save
-
-        log.info("wandb workspace saved: %s", save(cfg))
-        return None
     restore_worker_start_method()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.set_float32_matmul_precision("high")
-    loggers = build_loggers(cfg)
+    balancer, overrides = run_balancer(cfg), task_overrides()
+    head = {  # the run's identity, first in results.json
+        "experiment": cfg.experiment,
+        "balancer": balancer,
+        "seed": int(cfg.seed),
+        "stage": str(cfg.stage),
+        "overrides": overrides,
+    }
+    resume = cfg.get("ckpt_path") if cfg.stage in ("all", "pretrain") else None
+    loggers = build_loggers(cfg.get("logger"), out_dir, run_identity(cfg, balancer, overrides), resume)
     params = OmegaConf.to_container(cfg, resolve=True)
-    params["choices"] = {**_choices(), "balancer": _run_balancer(cfg)}  # what the dashboard groups runs by
+    params["choices"] = {**config_choices(), "balancer": balancer}  # what the dashboard groups runs by
     for lg in loggers:
         try:
             lg.log_hyperparams(params)
         except Exception:  # noqa: BLE001 - hyper-parameter logging is best effort
             pass
-    timings: dict[str, float] = {}  # wall time per stage, printed at the end and logged
-
-    def finish(results: dict, step: int) -> dict:
-        timings["total"] = time.monotonic() - started
-        write_json_atomic(results_path, results)
-        log_results(loggers, results, step, timings)
-        if results["downstream"] and cfg.get("print_table", True):
-            print_table(results)
-        log.info("wall time: %s", ", ".join(f"{k} {format_seconds(v)}" for k, v in timings.items()))
-        return results
-
     try:
-        # build and validate the downstream suite first: a missing file, a malformed row or an unreachable hub
-        # stops the run within seconds, before any pre-training (finetune.protocol.DownstreamSuite)
-        suite = _instantiate(cfg.downstream, "downstream") if cfg.stage != "pretrain" else None
-        if suite is not None:
-            if not isinstance(suite, DownstreamSuite):
-                raise ConfigError(
-                    f"downstream._target_={cfg.downstream.get('_target_')} builds a {type(suite).__name__}, not a "
-                    "finetune.protocol.DownstreamSuite (the contract the runner relies on)."
-                )
-            suite.validate()
-        t0 = time.monotonic()
-        if cfg.stage == "finetune":
-            if not cfg.get("pretrained_ckpt"):
-                raise ConfigError(
-                    "stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint> "
-                    "(or pretrained_ckpt=random for the random-init control)."
-                )
-            module, cost = restore_pretrained(cfg, cfg.pretrained_ckpt), {}
-            timings["restore"] = time.monotonic() - t0
-            step = 0
-        else:
-            module, trainer, cost = pretrain(cfg, out_dir, loggers)
-            timings["pretrain"] = time.monotonic() - t0
-            if trainer.global_rank != 0:
-                return None
-            step = trainer.global_step
-            if cfg.stage == "pretrain":
-                return finish(_results(cfg, module, {}, None, cost), step)
-
-        def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
-            return build_trainer(
-                cfg,
-                loggers,
-                build_callbacks(cfg, "downstream", loggers, label=name),
-                max_epochs=max_epochs if max_epochs is not None else -1,
-                max_steps=max_steps if max_steps is not None else -1,
-                enable_checkpointing=False,
-                strategy="auto",
-                devices=1,
-                num_nodes=1,
-                # adaptation never inherits pre-training limits: every training batch, every dev row
-                val_check_interval=None,
-                check_val_every_n_epoch=1,
-                limit_train_batches=None,
-                limit_val_batches=None,
-                limit_test_batches=None,
-                num_sanity_val_steps=0,
-                accumulate_grad_batches=1,
-            )
-
-        t0 = time.monotonic()
-        downstream = suite.run(module, make_trainer, out_dir)
-        timings["downstream"] = time.monotonic() - t0
-        for name, r in downstream.items():
-            bad = {k: v for k, v in r["metrics"].items() if not math.isfinite(float(v))}
-            if bad:
-                raise DataError(
-                    f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
-                )
-        return finish(_results(cfg, module, downstream, suite, cost), step)
+        yield TrainingRun(out_dir, head, loggers, bool(cfg.get("print_table", True)), started)
     finally:
-        _finish_loggers(loggers)
+        finish_loggers(loggers)
+
+
+def downstream_suite(cfg: DictConfig) -> DownstreamSuite:
+    """The downstream suite, built and validated first: a missing file, a malformed row or an unreachable hub
+    stops the run within seconds, before any pre-training (finetune.protocol.DownstreamSuite)."""
+    suite = instantiate_node(cfg.downstream, "downstream")
+    if not isinstance(suite, DownstreamSuite):
+        raise ConfigError(
+            f"downstream._target_={cfg.downstream.get('_target_')} builds a {type(suite).__name__}, not a "
+            "finetune.protocol.DownstreamSuite (the contract the runner relies on)."
+        )
+    suite.validate()
+    return suite
+
+
+def adapt(cfg: DictConfig, run: TrainingRun, suite: DownstreamSuite, module, cost: dict) -> dict:
+    """Fine-tune (or probe) every downstream task from ``module``; the results.json payload."""
+    trainer_node, callbacks, progress_bar = cfg.trainer, cfg.get("callbacks"), shows_progress_bar(cfg)
+
+    def make_trainer(max_epochs: int | None = None, max_steps: int | None = None, name: str = "finetune"):
+        return build_trainer(
+            trainer_node,
+            run.loggers,
+            build_callbacks(callbacks, "downstream", run.loggers, progress_bar, label=name),
+            max_epochs=max_epochs if max_epochs is not None else -1,
+            max_steps=max_steps if max_steps is not None else -1,
+            enable_checkpointing=False,
+            strategy="auto",
+            devices=1,
+            num_nodes=1,
+            # adaptation never inherits pre-training limits: every training batch, every dev row
+            val_check_interval=None,
+            check_val_every_n_epoch=1,
+            limit_train_batches=None,
+            limit_val_batches=None,
+            limit_test_batches=None,
+            num_sanity_val_steps=0,
+            accumulate_grad_batches=1,
+        )
+
+    with run.timed("downstream"):
+        downstream = suite.run(module, make_trainer, run.out_dir)
+    for name, r in downstream.items():
+        bad = {k: v for k, v in r["metrics"].items() if not math.isfinite(float(v))}
+        if bad:
+            raise DataError(
+                f"downstream task '{name}' produced non-finite metrics {bad}; no results written."
+            )
+    return build_results(run.head, module, downstream, suite, cost)
+
+
+def run_all(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """``stage=all``: pre-train, then fine-tune every downstream task from the result."""
+    with training_run(cfg, out_dir) as run:
+        suite = downstream_suite(cfg)
+        with run.timed("pretrain"):
+            module, trainer, cost = pretrain(cfg, out_dir, run.loggers)
+        if trainer.global_rank != 0:
+            return None
+        return run.finish(adapt(cfg, run, suite, module, cost), trainer.global_step)
+
+
+def run_pretrain(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """``stage=pretrain``: pre-train and export; results.json without downstream results."""
+    with training_run(cfg, out_dir) as run:
+        with run.timed("pretrain"):
+            module, trainer, cost = pretrain(cfg, out_dir, run.loggers)
+        if trainer.global_rank != 0:
+            return None
+        return run.finish(build_results(run.head, module, {}, None, cost), trainer.global_step)
+
+
+def run_finetune(cfg: DictConfig, out_dir: Path) -> dict:
+    """``stage=finetune``: fine-tune every downstream task from ``pretrained_ckpt`` (``random``: the random-init
+    control)."""
+    with training_run(cfg, out_dir) as run:
+        suite = downstream_suite(cfg)
+        if not cfg.get("pretrained_ckpt"):
+            raise ConfigError(
+                "stage=finetune needs pretrained_ckpt=<path to a pre-training checkpoint> "
+                "(or pretrained_ckpt=random for the random-init control)."
+            )
+        with run.timed("restore"):
+            module = restore_pretrained(cfg, cfg.pretrained_ckpt)
+        return run.finish(adapt(cfg, run, suite, module, {}), 0)
+
+
+def run_pseudo_label(cfg: DictConfig, out_dir: Path) -> None:
+    """``stage=pseudo_label``: write depth/semantic maps for an image folder (data/pseudo_labels.py)."""
+    instantiate_node(cfg.get("pseudo_label"), "pseudo_label").run()
+
+
+def run_dashboard(cfg: DictConfig, out_dir: Path) -> None:
+    """``stage=dashboard``: save the wandb workspace of the project (runner/dashboard.py)."""
+    from runner.dashboard import save
+
+    log.info("wandb workspace saved: %s", save(cfg))
+
+
+def run_report(cfg: DictConfig, out_dir: Path) -> None:
+    """``stage=report``: rebuild summary.md, summary.csv and the figures of ``report.sweep_dir``."""
+    from runner.report import print_summary
+
+    print_summary(OmegaConf.select(cfg, "report.sweep_dir"))
+
+
+def run_nsp_cues(cfg: DictConfig, out_dir: Path) -> None:
+    """``stage=nsp_cues``: a PoS-BERT's NSP accuracy by kind of validation pair, for each of ``nsp_cues.runs``."""
+    from runner.nsp_cues import print_cues
+
+    print_cues(OmegaConf.select(cfg, "nsp_cues.runs"))
+
+
+#: ``stage=<name>`` -> the function that runs it (``cfg``, the run directory) and returns results.json or None
+STAGES: dict[str, Callable[[DictConfig, Path], dict | None]] = {
+    "all": run_all,
+    "pretrain": run_pretrain,
+    "finetune": run_finetune,
+    "pseudo_label": run_pseudo_label,
+    "dashboard": run_dashboard,
+    "report": run_report,
+    "nsp_cues": run_nsp_cues,
+}
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """Run the configured stage; returns the results dict (stage all/finetune/pretrain) or None."""
+    from runner.console import quiet_console
+
+    quiet_console()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    if results_path.exists():
+        results_path.unlink()  # never leave an earlier run's results beside a new run's failure
+    stage = STAGES.get(str(cfg.stage))
+    if stage is None:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got stage={cfg.stage}.")
+    if cfg.get("pretrained_ckpt") == RANDOM_INIT and cfg.stage != "finetune":
+        raise ConfigError(
+            f"pretrained_ckpt=random (the random-init control, balancer=random_init) needs stage=finetune, got stage={cfg.stage}."
+        )
+    return stage(cfg, out_dir)
