@@ -11,7 +11,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -135,6 +134,8 @@ def build_trainer(trainer: Any, loggers: list, callbacks: list | None = None, **
 def build_pretraining(cfg: DictConfig):
     """(datamodule, LightningModule) for the configured experiment; the datamodule's ``validate()`` has checked
     its inputs (a local corpus that does not decode, ...) before anything is trained."""
+    from pretrain.base import PretrainingModule  # torch and Lightning: only for the training stages
+
     datamodule = instantiate_node(cfg.data, "data")
     datamodule.validate()
     model = instantiate_node(cfg.model, "model")

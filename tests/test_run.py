@@ -93,7 +93,7 @@ def _loader_in_a_loky_job() -> list | str:
 
     from torch.utils.data import DataLoader
 
-    from runner.pipeline import restore_worker_start_method
+    from runner.training import restore_worker_start_method
 
     multiprocessing.set_start_method("loky", force=True)  # what a job of hydra/launcher=joblib starts with
     restore_worker_start_method()
