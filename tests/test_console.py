@@ -193,6 +193,8 @@ def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_pat
         "job_type": "all",
         "tags": ["mm_mae", "dwa", "linear_probe"],
     }
+    cfg.downstream = None  # an experiment without a downstream suite: the run fails later, naming the key
+    assert run_identity(cfg, "dwa", [])["tags"] == ["mm_mae", "dwa"]
 
 
 def test_sweep_summary_and_figures_go_to_wandb_as_one_artifact(tmp_path, fake_wandb):
