@@ -6,8 +6,10 @@ Examples::
     python run.py experiment=convex balancer=none   # section 5 of the paper with average pre-training
     python run.py -m experiment=convex balancer=none,minimax seed=0,1,2   # a sweep + summary.md
     python run.py experiment=convex debug=smoke     # every stage on a few batches, in seconds
+    python run.py stage=report report.sweep_dir=multirun/convex/<time>   # rebuild a sweep's summary.md
 
-See README.md for each config group.
+Every tool is a stage (``stage=`` in conf/config.yaml: all, pretrain, finetune, pseudo_label, dashboard, report,
+nsp_cues). See README.md for each config group.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ from omegaconf import OmegaConf
 from utils.errors import ConfigError
 
 
-def _required(key: str):
+def required_value(key: str):
     raise ConfigError(f"{key} is required by this config choice: set {key}=<value> on the command line.")
 
 
 if not OmegaConf.has_resolver("required"):
     # `key: ${required:data.text_dir}` in a config file: a value the user must give (unlike `???`, it
     # survives being merged over a parent config's default).
-    OmegaConf.register_new_resolver("required", _required)
+    OmegaConf.register_new_resolver("required", required_value)

@@ -18,8 +18,8 @@ from utils.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
-    path = cfg.get("ckpt_path")
+def resolve_ckpt(path: str | None, out_dir: Path) -> str | None:
+    """The checkpoint file ``ckpt_path=path`` names (``last``: this run's last.ckpt), or None without one."""
     if path is None:
         return None
     if path == "last":

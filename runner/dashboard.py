@@ -16,7 +16,7 @@ from typing import Any
 
 from utils.errors import ConfigError, UserError
 
-#: the config key the runs are grouped by (the balancer's choice; pipeline.run logs it in ``choices``)
+#: the config key the runs are grouped by (the balancer's choice; pipeline.training_run logs it in ``choices``)
 BALANCER_KEY = "choices.balancer"
 
 

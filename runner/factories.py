@@ -1,18 +1,16 @@
-"""What a run is built from: the configured loggers, callbacks, trainer, balancer and pre-training
-(datamodule, LightningModule), each instantiated from the composed Hydra config; the run's identity
-(balancer name, task overrides) read from Hydra.
+"""What a run is built from: the configured loggers, callbacks, trainer and pre-training (datamodule, balancer,
+LightningModule), each instantiated from its node of the composed Hydra config; the run's identity (balancer
+name, config choices, task overrides) read from Hydra.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -22,7 +20,9 @@ log = logging.getLogger(__name__)
 RANDOM_INIT = "random"
 
 
-def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+def instantiate_node(node: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node)``; an unset node or a user error inside it ends in one sentence naming
+    ``key``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
@@ -45,39 +45,34 @@ def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
         raise
 
 
-def _resuming(cfg: DictConfig) -> bool:
-    """Pre-training resumes from a checkpoint: the loggers continue the earlier run's logs."""
-    return cfg.get("ckpt_path") is not None and cfg.stage in ("all", "pretrain")
-
-
-def _resume_dirs(cfg: DictConfig, out_dir: Path) -> list[Path]:
-    """Run directories whose wandb run a resumed pre-training continues: the checkpoint's, then this one."""
-    path = cfg.get("ckpt_path")
-    dirs = [] if path in (None, "last") else [Path(path).resolve().parent.parent]  # <run>/checkpoints/x.ckpt
+def _resume_dirs(ckpt_path: str, out_dir: Path) -> list[Path]:
+    """Run directories whose wandb run a resumed pre-training continues: the checkpoint's (``<run>/checkpoints/
+    x.ckpt``), then this one."""
+    dirs = [] if ckpt_path == "last" else [Path(ckpt_path).resolve().parent.parent]
     return [*dirs, out_dir]
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """The loggers of ``conf/logger``; wandb gets this run's name, group, job_type, tags and run id (the earlier
-    run's id when pre-training resumes), and the CSV logger appends to metrics.csv on a resume."""
+def build_loggers(nodes: Any, out_dir: Path, identity: dict[str, Any], resume: str | None = None) -> list:
+    """The loggers of ``conf/logger`` (``nodes``: name -> node) writing under ``out_dir``; wandb gets the run's
+    ``identity`` (name, group, job_type, tags: :func:`runner.loggers.run_identity`) and run id (the earlier run's
+    id when pre-training resumes from the checkpoint ``resume``), and the CSV logger appends to metrics.csv on a
+    resume."""
     from hydra.utils import get_class, instantiate
     from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
-    from runner.loggers import CSVLogger, new_run_id, read_run_id, run_identity, store_run_id
+    from runner.loggers import CSVLogger, new_run_id, read_run_id, store_run_id
 
-    out_dir = Path(cfg.paths.output_dir)
-    resuming = _resuming(cfg)
+    resuming = resume is not None
     loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for name, node in (nodes or {}).items():
         if node is None or "_target_" not in node:
             continue
         try:
             cls = get_class(node._target_)
             extra: dict[str, Any] = {}
             if issubclass(cls, LightningWandbLogger):
-                identity = run_identity(cfg, _run_balancer(cfg), _task_overrides())
                 extra = {k: v for k, v in identity.items() if node.get(k) is None}
-                run_id = node.get("id") or (read_run_id(*_resume_dirs(cfg, out_dir)) if resuming else None)
+                run_id = node.get("id") or (read_run_id(*_resume_dirs(resume, out_dir)) if resuming else None)
                 extra["id"] = run_id or new_run_id()
                 store_run_id(out_dir, extra["id"])  # a later ckpt_path=... resume continues this wandb run
             elif issubclass(cls, CSVLogger):
@@ -88,23 +83,26 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig, stage: str, loggers: list, label: str | None = None) -> list:
-    """The callbacks of ``conf/callbacks`` for the pre-training Trainer (``stage="pretrain"``) or a downstream
-    fit (``stage="downstream"``, ``label`` names the task in its progress line). The learning-rate monitor needs
-    a logger and the progress bar ``trainer.enable_progress_bar``: without them they are left out."""
+def build_callbacks(
+    nodes: Any, stage: str, loggers: list, progress_bar: bool = True, label: str | None = None
+) -> list:
+    """The callbacks of ``conf/callbacks`` (``nodes``) for the pre-training Trainer (``stage="pretrain"``) or a
+    downstream fit (``stage="downstream"``, ``label`` names the task in its progress line). The learning-rate
+    monitor needs a logger and the progress bar ``progress_bar`` (``trainer.enable_progress_bar``): without them
+    they are left out."""
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.callbacks.progress import ProgressBar
 
     from runner.console import StepProgress
 
     callbacks = []
-    for key, node in (OmegaConf.select(cfg, f"callbacks.{stage}") or {}).items():
+    for key, node in ((nodes or {}).get(stage) or {}).items():
         if node is None or "_target_" not in node:
             continue
-        cb = _instantiate(node, f"callbacks.{stage}.{key}")
+        cb = instantiate_node(node, f"callbacks.{stage}.{key}")
         if isinstance(cb, LearningRateMonitor) and not loggers:
             continue
-        if isinstance(cb, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
+        if isinstance(cb, ProgressBar) and not progress_bar:
             continue
         if label and isinstance(cb, StepProgress):
             cb.label = f"{cb.label} {label}"
@@ -122,29 +120,29 @@ _NONE_OVERRIDES = (
 )
 
 
-def build_trainer(cfg: DictConfig, loggers: list, callbacks: list | None = None, **overrides: Any):
+def build_trainer(trainer: Any, loggers: list, callbacks: list | None = None, **overrides: Any):
+    """The Lightning Trainer of the ``trainer`` node (``conf/trainer``) with ``overrides`` on top."""
     from hydra.utils import instantiate
 
-    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    node = OmegaConf.to_container(trainer, resolve=True)
     node.update({k: v for k, v in overrides.items() if v is not None or k in _NONE_OVERRIDES})
     if node.get("max_steps") is None:
         node["max_steps"] = -1
     return instantiate(node, logger=loggers or False, callbacks=callbacks or [])
 
 
-def balancer_factory(cfg: DictConfig) -> Callable:
-    return _instantiate(cfg.balancer, "balancer")
-
-
 def build_pretraining(cfg: DictConfig):
     """(datamodule, LightningModule) for the configured experiment; the datamodule's ``validate()`` has checked
     its inputs (a local corpus that does not decode, ...) before anything is trained."""
-    datamodule = _instantiate(cfg.data, "data")
+    from pretrain.base import PretrainingModule  # torch and Lightning: only for the training stages
+
+    datamodule = instantiate_node(cfg.data, "data")
     datamodule.validate()
-    model = _instantiate(cfg.model, "model")
-    factory = _instantiate(cfg.module, "module")
+    model = instantiate_node(cfg.model, "model")
+    factory = instantiate_node(cfg.module, "module")
     aggregation = OmegaConf.to_container(cfg.get("aggregation") or {}, resolve=True)
-    module = factory(model=model, balancer=balancer_factory(cfg), aggregation=aggregation)
+    balancer = instantiate_node(cfg.balancer, "balancer")  # a factory: balancer(num_tasks)
+    module = factory(model=model, balancer=balancer, aggregation=aggregation)
     if not isinstance(module, PretrainingModule):
         raise ConfigError(
             f"module._target_={cfg.module.get('_target_')} builds a {type(module).__name__}, not a "
@@ -153,7 +151,8 @@ def build_pretraining(cfg: DictConfig):
     return datamodule, module
 
 
-def _task_overrides() -> list[str]:
+def task_overrides() -> list[str]:
+    """The command line's overrides of the run's config (not where it writes)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -163,14 +162,14 @@ def _task_overrides() -> list[str]:
         return []
 
 
-def _run_balancer(cfg: DictConfig) -> str:
+def run_balancer(cfg: DictConfig) -> str:
     """The balancer a run reports: ``random_init`` for the random-init control, else the balancer choice."""
     if cfg.stage == "finetune" and cfg.get("pretrained_ckpt") == RANDOM_INIT:
         return "random_init"
     return _balancer_name(cfg)
 
 
-def _choices() -> dict[str, str]:
+def config_choices() -> dict[str, str]:
     """The config group choices of this run (experiment, balancer, model, ...), from Hydra's runtime."""
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -190,7 +189,8 @@ def _balancer_name(cfg: DictConfig) -> str:
         return str(cfg.balancer.get("_target_", "?")).rsplit(".", 1)[-1].lower()
 
 
-def _finish_loggers(loggers: list) -> None:
+def finish_loggers(loggers: list) -> None:
+    """Close every logger (and the process's wandb run, which would otherwise leak into a sweep's next job)."""
     for lg in loggers:
         try:
             lg.finalize("success")

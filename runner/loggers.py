@@ -76,7 +76,7 @@ def run_identity(cfg, balancer: str, overrides: list[str]) -> dict[str, Any]:
     if hc is not None and _is_multirun(hc):
         group = Path(str(hc.sweep.dir)).name  # the sweep: every job of it shares the group
     tags = [experiment, balancer]
-    protocol = cfg.get("downstream", {}).get("protocol") if cfg.stage != "pretrain" else None
+    protocol = (cfg.get("downstream") or {}).get("protocol") if cfg.stage != "pretrain" else None
     if protocol:
         tags.append(str(protocol))
     return {"name": name, "group": group, "job_type": str(cfg.stage), "tags": tags}

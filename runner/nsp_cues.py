@@ -1,6 +1,6 @@
 """Which cue a PoS-BERT's next-sentence prediction reads, on the generated corpus::
 
-    python -m runner.nsp_cues <run dir> [<run dir> ...]
+    python run.py stage=nsp_cues nsp_cues.runs=[<run dir>,<run dir>,...]
 
 For each pre-training run (its ``.hydra/config.yaml`` and ``checkpoints/last.ckpt``) this rebuilds the data,
 classifies the held-back validation pairs and prints the NSP accuracy by kind of pair: true pairs (A and B
@@ -14,7 +14,6 @@ length or truncation of B (how ``data.nsp_random_b=sentences`` was found to be l
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def pair_kinds(datamodule) -> list[int]:
     labels = datamodule.document_labels()
     if labels is None:
         raise ConfigError(
-            f"runner.nsp_cues needs the generated corpus (its documents' topics and tenses); the run read "
+            f"stage=nsp_cues needs the generated corpus (its documents' topics and tenses); the run read "
             f"{datamodule.corpus_name}."
         )
     docs, pairs = datamodule.sentence_docs, datamodule.val_set
@@ -86,7 +85,7 @@ def load_run(run_dir: Path):
         matched = cfg.data.pop("nsp_match_sentences")
         cfg.data.nsp_random_b = "sentences" if matched else "fill"
     if cfg.experiment != "pos_bert" and "pos_bert" not in str(cfg.module.get("_target_", "")):
-        raise ConfigError(f"{run_dir}: runner.nsp_cues reads PoS-BERT runs, got experiment={cfg.experiment}.")
+        raise ConfigError(f"{run_dir}: stage=nsp_cues reads PoS-BERT runs, got experiment={cfg.experiment}.")
     try:
         return restore_with_data(cfg, str(ckpt))
     except InstantiationException as exc:
@@ -105,21 +104,12 @@ def render(run_dir: Path, table: dict[str, tuple[int, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m runner.nsp_cues <pre-training run dir> [...]")
-        return 2
-    for run in argv:
-        try:
-            datamodule, module = load_run(Path(run))
-            table = nsp_by_kind(datamodule, module.model)
-        except (ConfigError, DataError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(render(Path(run), table))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def print_cues(runs) -> None:
+    """``stage=nsp_cues``: print the table of each pre-training run folder of ``runs`` (``nsp_cues.runs``, a
+    list or one folder)."""
+    runs = [runs] if isinstance(runs, str) else list(runs or [])
+    if not runs:
+        raise ConfigError("stage=nsp_cues needs nsp_cues.runs=[<pre-training run dir>,...].")
+    for run in runs:
+        datamodule, module = load_run(Path(run))
+        print(render(Path(run), nsp_by_kind(datamodule, module.model)))

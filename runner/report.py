@@ -8,20 +8,20 @@ worst and average primary metric against the downstream N; ``theory.png``: the c
 worst-case excess risk and sample complexity against the worst-case initial risk).
 
 Used at the end of every multirun (``SummaryCallback``, configured in ``conf/hydra/default.yaml``) and
-as a command that rebuilds the table from the run directories of an interrupted/resumed sweep::
+as a stage that rebuilds the table from the run directories of an interrupted/resumed sweep::
 
-    python -m runner.report multirun/convex/2026-11-27_10-00-00
+    python run.py stage=report report.sweep_dir=multirun/convex/2026-11-27_10-00-00
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import sys
 from pathlib import Path
 
 from runner.figures import write_figures
 from runner.tables import build_table, collect, render_markdown
+from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,13 @@ class SummaryCallback(_HydraCallback):
                     log.warning("could not log the sweep summary to wandb: %s", exc)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m runner.report <sweep_dir>  (a directory holding the runs' results.json)")
-        return 2
-    path = write_summary(Path(argv[0]))
+def print_summary(sweep_dir: str | Path | None) -> Path:
+    """``stage=report``: write summary.md, summary.csv and the figures of the sweep folder ``sweep_dir``
+    (``report.sweep_dir``) from its runs' results.json, print the table and return summary.md's path."""
+    if not sweep_dir or not Path(sweep_dir).is_dir():
+        raise ConfigError(
+            f"stage=report needs report.sweep_dir=<a sweep folder holding the runs' results.json>, got {sweep_dir}."
+        )
+    path = write_summary(Path(sweep_dir))
     print(path.read_text())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return path

@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
-from omegaconf import DictConfig
 
 from finetune.protocol import DownstreamSuite
 from pretrain.base import PretrainingModule
-from runner.factories import _run_balancer, _task_overrides
 from utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -125,18 +123,15 @@ def print_table(results: dict) -> None:
     Console().print(table)
 
 
-def _results(
-    cfg: DictConfig, module: PretrainingModule, downstream: dict, suite: DownstreamSuite | None, cost: dict
+def build_results(
+    head: dict, module: PretrainingModule, downstream: dict, suite: DownstreamSuite | None, cost: dict
 ) -> dict:
-    """The results.json payload (``cost``: the pre-training's step time and throughput, empty when this run
-    did not pre-train)."""
+    """The results.json payload: ``head`` (the run's experiment, balancer, seed, stage and overrides), then the
+    module's upstream losses and weights, the downstream results and their summary (``cost``: the pre-training's
+    step time and throughput, empty when this run did not pre-train)."""
     agg = module.aggregator
     results = {
-        "experiment": cfg.experiment,
-        "balancer": _run_balancer(cfg),
-        "seed": int(cfg.seed),
-        "stage": str(cfg.stage),
-        "overrides": _task_overrides(),
+        **head,
         "upstream": agg.final_losses(),
         "weights": agg.weight_summary(),
         "downstream": downstream,

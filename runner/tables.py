@@ -58,7 +58,7 @@ _NOT_GROUPING = (
 )
 
 
-_MEASURES = ("worst", "average")  # the summary values compared between rows
+MEASURES = ("worst", "average")  # the summary values compared between rows
 
 
 def row_labels(runs: list[dict]) -> list[str]:
@@ -331,7 +331,7 @@ def _rule(table: dict, families_text: str, body: list[str]) -> str:
 
 def _family_size(table: dict, family: str) -> int:
     cmp = table["compare"]
-    return int(np.isfinite(cmp[families(cmp.columns, _MEASURES)[family]].to_numpy(dtype=float)).sum())
+    return int(np.isfinite(cmp[families(cmp.columns, MEASURES)[family]].to_numpy(dtype=float)).sum())
 
 
 def _pairs(x: float) -> str:
@@ -349,14 +349,14 @@ def _render_compare(table: dict) -> list[str]:
     head += ["worst gap to random_init", "average gap to random_init"] if control else []
     body, unpaired = [], False
     for b, c in rows.items():
-        cells = [_interval(c, f"{m}_diff", m) for m in _MEASURES]
+        cells = [_interval(c, f"{m}_diff", m) for m in MEASURES]
         cells.append(
-            " / ".join(_num(c[f"{m}_ft_std"], ".2g") for m in _MEASURES if math.isfinite(c[f"{m}_ft_std"]))
+            " / ".join(_num(c[f"{m}_ft_std"], ".2g") for m in MEASURES if math.isfinite(c[f"{m}_ft_std"]))
         )
         if control:
             note = " (unpaired)" if c["random_init_pairs"] == 0 else ""
             unpaired |= bool(note)
-            cells += [_interval(c, f"{m}_gap_random_init", f"{m}_gap_random_init", note) for m in _MEASURES]
+            cells += [_interval(c, f"{m}_gap_random_init", f"{m}_gap_random_init", note) for m in MEASURES]
         if any(cells):
             body.append(f"| {b} | {_pairs(c['pairs'])} | " + " | ".join(cells) + " |")
     lines = []
@@ -377,7 +377,7 @@ def _render_compare(table: dict) -> list[str]:
         lines += _md_section("Paired differences", text, head, body)
     vanilla = [
         f"| {b} | {_pairs(c['vanilla_pairs'])} | "
-        + " | ".join(_interval(c, f"vanilla_{m}_diff", f"vanilla_{m}") for m in _MEASURES)
+        + " | ".join(_interval(c, f"vanilla_{m}_diff", f"vanilla_{m}") for m in MEASURES)
         + " |"
         for b, c in rows.items()
         if not math.isnan(c.get("vanilla_pairs", math.nan))
@@ -456,8 +456,8 @@ def _run_frame(runs: list[dict]):
     for r, label in zip(runs, row_labels(runs)):
         s = r.get("summary") or {}
         rec = {"row": label, "seed": r.get("seed")}
-        rec.update({m: float(s.get(m, math.nan)) for m in _MEASURES})
-        rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in _MEASURES})
+        rec.update({m: float(s.get(m, math.nan)) for m in MEASURES})
+        rec.update({f"{m}_ft_std": ft_std((s.get("per_seed") or {}).get(m)) for m in MEASURES})
         rec.update({f"{t}_ft_std": ft_std(d.get("per_seed")) for t, d in r.get("downstream", {}).items()})
         rec.update({f"{m}_worst": _worst_of(r, m) for m in metrics})
         recs.append(rec)
@@ -491,7 +491,7 @@ def compare(runs: list[dict], labels: list[str]):
     if not labels:
         return pd.DataFrame()
     metric_cols = [f"{m}_worst" for m in report_metrics(runs)]
-    return compare_rows(_run_frame(runs), labels, _reference(labels), _MEASURES, metric_cols)
+    return compare_rows(_run_frame(runs), labels, _reference(labels), MEASURES, metric_cols)
 
 
 def curve_frame(runs: list[dict]):
@@ -513,7 +513,7 @@ def curve_frame(runs: list[dict]):
         for n, v in curve.items():
             recs += [
                 {"row": label, "measure": m, "N": int(n), "seed": r.get("seed"), "value": v[m]}
-                for m in _MEASURES
+                for m in MEASURES
             ]
     if not recs:
         return pd.DataFrame(columns=["row", "measure", "N", "mean", "half", "seeds"])

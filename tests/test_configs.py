@@ -139,17 +139,19 @@ def compose(overrides: list[str], out_dir: Path):
 def build(cfg, skip: dict[str, set[str]] | None = None):
     """What ``run.py`` builds before training: (data module, pre-training module, downstream suite); a group
     whose choice is in ``skip`` only has its ``_target_`` imported."""
-    from runner.factories import _instantiate, balancer_factory, build_pretraining
+    from runner.factories import build_pretraining, instantiate_node
 
     skip = skip or {}
     choices = cfg.hydra.runtime.choices
     if choices.data in skip.get("data", ()):
         assert get_class(cfg.data._target_)
         datamodule = None
-        factory = _instantiate(cfg.module, "module")
+        factory = instantiate_node(cfg.module, "module")
         aggregation = OmegaConf.to_container(cfg.aggregation, resolve=True)
         module = factory(
-            model=_instantiate(cfg.model, "model"), balancer=balancer_factory(cfg), aggregation=aggregation
+            model=instantiate_node(cfg.model, "model"),
+            balancer=instantiate_node(cfg.balancer, "balancer"),
+            aggregation=aggregation,
         )
     else:
         datamodule, module = build_pretraining(cfg)
@@ -159,7 +161,7 @@ def build(cfg, skip: dict[str, set[str]] | None = None):
     else:
         from finetune.protocol import DownstreamSuite
 
-        suite = _instantiate(cfg.downstream, "downstream")
+        suite = instantiate_node(cfg.downstream, "downstream")
         assert isinstance(suite, DownstreamSuite)  # the pipeline calls its validate() before pre-training
     balancer = module.aggregator.balancer
     assert isinstance(balancer, get_class(cfg.balancer._target_))
@@ -306,6 +308,7 @@ def _run_wide_cases():
 @pytest.mark.parametrize("picked, experiment", list(_run_wide_cases()))
 def test_run_wide_choices_compose_and_build_with_every_experiment(tmp_path, picked, experiment):
     from runner.factories import build_loggers, build_trainer
+    from runner.loggers import run_identity
 
     overrides = [f"{g}={c}" for g, c in picked.items()]
     extra = [o for g, c in picked.items() for o in EXTRA.get((g, c), [])]
@@ -314,12 +317,15 @@ def test_run_wide_choices_compose_and_build_with_every_experiment(tmp_path, pick
     _, module, _ = build(cfg)
     assert module.aggregator.on_nonfinite == cfg.aggregation.on_nonfinite
     if cfg.trainer.accelerator == "cpu":
-        trainer = build_trainer(cfg, [])
+        trainer = build_trainer(cfg.trainer, [])
         assert trainer.num_devices == cfg.trainer.devices
     else:  # needs a GPU: the class only
         assert get_class(cfg.trainer._target_)
     nodes = [n for n in cfg.logger.values() if n and "_target_" in n]
-    loggers = build_loggers(cfg)  # a logger that cannot start is left out with a warning: compare them
+    identity = run_identity(cfg, cfg.hydra.runtime.choices.balancer, [])
+    loggers = build_loggers(
+        cfg.logger, tmp_path, identity
+    )  # a logger that cannot start is left out with a warning: compare them
     assert [type(lg) for lg in loggers] == [get_class(n._target_) for n in nodes]
     for stage in ("pretrain", "downstream"):
         for node in cfg.callbacks[stage].values():

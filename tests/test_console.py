@@ -174,7 +174,7 @@ def test_dashboard_stage_names_the_missing_keys(tmp_path):
 def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_path):
     from helpers import compose_config
 
-    from runner.factories import _run_balancer, _task_overrides
+    from runner.factories import run_balancer, task_overrides
     from runner.loggers import run_identity
 
     sweep = "hydra.sweep.dir=multirun/mm_mae/2026-12-01_10-00-00"
@@ -187,12 +187,14 @@ def test_a_sweep_job_is_grouped_by_its_sweep_and_named_by_its_swept_keys(tmp_pat
         sweep,
     ]
     cfg = compose_config(args, tmp_path)
-    assert run_identity(cfg, _run_balancer(cfg), _task_overrides()) == {
+    assert run_identity(cfg, run_balancer(cfg), task_overrides()) == {
         "name": "mm_mae-dwa-s2-trainer.max_steps=600",
         "group": "2026-12-01_10-00-00",
         "job_type": "all",
         "tags": ["mm_mae", "dwa", "linear_probe"],
     }
+    cfg.downstream = None  # an experiment without a downstream suite: the run fails later, naming the key
+    assert run_identity(cfg, "dwa", [])["tags"] == ["mm_mae", "dwa"]
 
 
 def test_sweep_summary_and_figures_go_to_wandb_as_one_artifact(tmp_path, fake_wandb):

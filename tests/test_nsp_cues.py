@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import run_cli, smoke_values
+from helpers import run_cli, run_pipeline, smoke_values
 
 from data.pos_bert import PosBertDataModule
 from data.pos_grammar import document_labels, generate_corpus
@@ -63,15 +63,15 @@ def test_nsp_by_kind_scores_each_pair_against_its_own_label(datamodule):
 
 
 @pytest.mark.slow
-def test_nsp_cues_command_on_a_smoke_run(tmp_path, capsys):
-    from runner.nsp_cues import main
+def test_nsp_cues_stage_on_a_smoke_run(tmp_path, capsys):
+    from utils.errors import DataError
 
     run_dir = tmp_path / "run"
     proc = run_cli(["debug=smoke", "logger=none", "stage=pretrain", f"hydra.run.dir={run_dir}",
                     f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert main([str(run_dir)]) == 0
+    assert run_pipeline(["stage=nsp_cues", f"nsp_cues.runs=[{run_dir}]"], tmp_path / "cues") is None
     out = capsys.readouterr().out
-    assert "| true (same document) |" in out and "overall" in out
-    assert main([str(tmp_path)]) == 1
-    assert "no .hydra/config.yaml" in capsys.readouterr().err
+    assert f"## {run_dir}" in out and "| true (same document) |" in out and "overall" in out
+    with pytest.raises(DataError, match="no .hydra/config.yaml"):
+        run_pipeline(["stage=nsp_cues", f"nsp_cues.runs={tmp_path}"], tmp_path / "cues")

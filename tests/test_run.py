@@ -2,11 +2,9 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers import REPO_ROOT, compose_config, run_cli
+from helpers import compose_config, run_cli
 from oracles import assert_uniform_then_moving, dwa_weights, dwa_window_means, minimax_weights
 
 from utils.errors import ConfigError
@@ -96,7 +94,7 @@ def _loader_in_a_loky_job() -> list | str:
 
     from torch.utils.data import DataLoader
 
-    from runner.pipeline import restore_worker_start_method
+    from runner.training import restore_worker_start_method
 
     multiprocessing.set_start_method("loky", force=True)  # what a job of hydra/launcher=joblib starts with
     restore_worker_start_method()
@@ -115,13 +113,34 @@ def test_dataloader_workers_start_inside_a_joblib_sweep_job():
     assert batches == [[0, 1], [2, 3]]
 
 
-@pytest.mark.slow
-def test_report_command_rebuilds_the_summary(tmp_path):
-    from runner.report import main
+def test_an_unknown_stage_names_every_stage(tmp_path):
+    from helpers import run_pipeline
 
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(["experiment=convex", "stage=evaluate"], tmp_path)
+    assert str(err.value) == (
+        "stage must be one of all, pretrain, finetune, pseudo_label, dashboard, report, nsp_cues; got stage=evaluate."
+    )
+
+
+@pytest.mark.parametrize("sweep_dir", [None, "no_such_folder"])
+def test_report_stage_without_a_sweep_folder_names_the_key(tmp_path, sweep_dir):
+    from helpers import run_pipeline
+
+    with pytest.raises(
+        ConfigError, match=r"stage=report needs report\.sweep_dir=.*, got (None|.*no_such_folder)\.$"
+    ):
+        run_pipeline(
+            ["stage=report", f"report.sweep_dir={tmp_path / sweep_dir if sweep_dir else 'null'}"], tmp_path
+        )
+
+
+@pytest.mark.slow
+def test_report_stage_rebuilds_the_summary(tmp_path):
+    sweep = tmp_path / "sweep"
     for i, (b, seed, worst) in enumerate([("none", 0, 1.0), ("none", 1, 3.0), ("minimax", 0, 0.5)]):
-        d = tmp_path / str(i)
-        d.mkdir()
+        d = sweep / str(i)
+        d.mkdir(parents=True)
         res = {
             "experiment": "x",
             "balancer": b,
@@ -130,14 +149,12 @@ def test_report_command_rebuilds_the_summary(tmp_path):
             "summary": {"worst": worst, "average": worst, "higher_is_better": False},
         }
         (d / "results.json").write_text(json.dumps(res))
-    (tmp_path / "3").mkdir()  # an interrupted run: no results.json
-    proc = subprocess.run(  # the README's command
-        [sys.executable, "-m", "runner.report", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True
-    )
+    (sweep / "3").mkdir()  # an interrupted run: no results.json
+    # the README's command
+    proc = run_cli(["stage=report", f"report.sweep_dir={sweep}", f"hydra.run.dir={tmp_path / 'out'}"])
     assert proc.returncode == 0, proc.stderr
-    md = (tmp_path / "summary.md").read_text()
+    md = (sweep / "summary.md").read_text()
     assert md in proc.stdout  # the table is printed too
-    assert main([str(tmp_path / "no_such_dir")]) == 2
     assert "| none | 2 | 2 +- 1.4" in md
     assert "**0.5 +- n/a** (-1.5)" in md  # best (lowest) marked, difference against none; one seed: no std
 
