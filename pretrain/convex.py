@@ -3,12 +3,16 @@ deep experiments: per-task minibatch risks from one evaluation, the balancer's w
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from pretrain.aggregation import LossAggregation
 from pretrain.base import PretrainingModule
+
+#: the optimizer of a module built from Python without one (conf/module/optimizer/sgd.yaml holds the same)
+SGD = partial(torch.optim.SGD, lr=0.05, momentum=0.0)
 
 
 class ConvexPretraining(PretrainingModule):
@@ -19,8 +23,8 @@ class ConvexPretraining(PretrainingModule):
         balancer: a Balancer or a ``num_tasks -> Balancer`` factory.
         aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
         num_tasks: T (must match the data).
-        lr: constant SGD step size eta.
-        momentum: SGD momentum (0 is Algorithm 1 exactly).
+        optimizer, scheduler: see :class:`~pretrain.base.PretrainingModule`; by default SGD with the constant
+            step size eta = 0.05 and no momentum (Algorithm 1 exactly), no schedule.
         average_iterates: keep the running average of the iterates theta_0..theta_{K-1} (Theorem 3.1's
             theta-bar after K steps) and hand it to the downstream stage instead of the last iterate.
     """
@@ -33,21 +37,18 @@ class ConvexPretraining(PretrainingModule):
         balancer,
         aggregation: dict | None = None,
         num_tasks: int = 4,
-        lr: float = 0.05,
-        momentum: float = 0.0,
+        optimizer=SGD,
+        scheduler=None,
         average_iterates: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         self.model = model
-        self.lr, self.momentum, self.average_iterates = float(lr), float(momentum), bool(average_iterates)
+        self.average_iterates = bool(average_iterates)
         self.task_names = [f"task{t}" for t in range(int(num_tasks))]
         self.aggregator = LossAggregation.build(balancer, self.task_names, **(aggregation or {}))
         self.register_buffer("theta_avg", model.theta.detach().clone())
         self.register_buffer("n_avg", torch.zeros((), dtype=torch.long))
         self.tasks = None
-
-    def configure_callbacks(self):
-        return [self.aggregator]
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -86,10 +87,6 @@ class ConvexPretraining(PretrainingModule):
             {f"val/risk/{n}": risks[t] for t, n in enumerate(self.task_names)}, batch_size=z.shape[0]
         )
         self.log("val/risk_worst", risks.max(), batch_size=z.shape[0])
-
-    def configure_optimizers(self):
-        groups = [{"params": list(self.model.parameters())}] + self.aggregator.balancer_param_groups()
-        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
 
     def pretrained_theta(self) -> torch.Tensor:
         """The pre-trained parameter: the averaged iterate if ``average_iterates`` else the last one."""

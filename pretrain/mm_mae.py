@@ -14,6 +14,7 @@ gradients into the encoder once, so the step costs one backward, as with ``none`
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ from models.multimae import MultiMAE
 from pretrain.aggregation import FeatureCopies, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError
-from utils.optim import decay_groups, estimated_steps, warmup_decay_schedule
+from utils.optim import warmup_decay_schedule
 
 #: what export_pretrained writes into its directory
 ENCODER_FILE = "encoder_timm.pth"
 ENCODER_META = "encoder_timm.json"
 FULL_MODEL_FILE = "multimae.pth"
+#: the optimizer and schedule of a module built from Python without them (conf/module/scheduler/warmup_cosine.yaml
+#: holds the same schedule, conf/module/optimizer/adamw_mae.yaml the same AdamW with lr 2e-3)
+ADAMW = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+SCHEDULE = partial(
+    warmup_decay_schedule, warmup_steps=50, min_lr_ratio=0.05, decay="cosine", clip_warmup=True
+)
 
 
 class MMMAEPretraining(PretrainingModule):
@@ -38,39 +45,29 @@ class MMMAEPretraining(PretrainingModule):
         model: the MultiMAE (its ``tasks`` are the balanced upstream tasks).
         balancer: ``num_tasks -> Balancer`` (Hydra partial).
         aggregation: options of :class:`~pretrain.aggregation.LossAggregation`.
-        lr: peak AdamW learning rate; weight_decay on matrices only (not biases, norms, tokens).
-        betas: AdamW betas (MAE: 0.9, 0.95).
-        warmup_steps: linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step.
+        optimizer, scheduler: see :class:`~pretrain.base.PretrainingModule` (default: :data:`ADAMW`, MAE's
+            betas, weight decay on matrices only, not biases, norms or tokens; :data:`SCHEDULE`, linear
+            warm-up, then cosine decay).
         val_mask_seed: validation masks are drawn from this seed (same masks every validation).
     """
+
+    no_decay = ("token",)
 
     def __init__(
         self,
         model: MultiMAE,
         balancer: Any,
         aggregation: dict | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_steps: int = 50,
-        min_lr_ratio: float = 0.05,
+        optimizer=ADAMW,
+        scheduler=SCHEDULE,
         val_mask_seed: int = 1234,
     ) -> None:
-        super().__init__()
-        if not lr > 0:
-            raise ConfigError(f"module.lr={lr} must be positive.")
-        if warmup_steps < 0:
-            raise ConfigError(f"module.warmup_steps={warmup_steps} must be >= 0.")
-        self.save_hyperparameters(ignore=["model", "balancer", "aggregation"])
+        super().__init__(optimizer, scheduler)
+        self.save_hyperparameters(ignore=["model", "balancer", "aggregation", "optimizer", "scheduler"])
         self.model = model
         self.aggregator = LossAggregation.build(balancer, task_names=list(model.tasks), **(aggregation or {}))
-        self.lr, self.weight_decay, self.betas = float(lr), float(weight_decay), tuple(betas)
-        self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
         self.val_mask_seed = int(val_mask_seed)
         self.exported_dir: Path | None = None
-
-    def configure_callbacks(self):
-        return [self.aggregator]
 
     # ------------------------------------------------------------------------------------ checks
     def on_fit_start(self) -> None:
@@ -121,27 +118,7 @@ class MMMAEPretraining(PretrainingModule):
             # weighting each batch's mean by its element count gives the mean over all elements
             self.log(f"val/loss/{task}", means[task], batch_size=max(int(count), 1), sync_dist=True)
 
-    # ------------------------------------------------------------------------------------ optim
-    def configure_optimizers(self):
-        model = decay_groups(self.model.named_parameters(), self.weight_decay, no_decay=("token",))
-        balancer = self.aggregator.balancer_param_groups()
-        # balancer groups with their own lr keep it (read before AdamW fills in every group's lr)
-        constant = [len(model) + i for i, g in enumerate(balancer) if "lr" in g]
-        # fused CUDA kernel where the parameters are on a GPU (one launch for all of them); torch's default elsewhere
-        fused = True if self.device.type == "cuda" else None
-        optimizer = torch.optim.AdamW(model + balancer, lr=self.lr, betas=self.betas, fused=fused)
-        # linear warm-up, cosine decay to min_lr_ratio; a balancer's own lr stays constant (utils/optim.py)
-        total = estimated_steps(self)
-        scheduler = warmup_decay_schedule(
-            optimizer,
-            min(self.warmup_steps, total),
-            total,
-            self.min_lr_ratio,
-            "cosine",
-            constant_groups=constant,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
+    # ------------------------------------------------------------------------------------ throughput
     def throughput_units(self, batch: dict) -> dict[str, int]:
         """What a training batch holds, for the throughput callback: its scenes (samples = images, each with
         every modality)."""

@@ -18,6 +18,7 @@ one task, so the callback gets every task's gradient w.r.t. them from one backwa
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,9 +28,13 @@ from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
 from pretrain.aggregation import FeatureRows, LossAggregation
 from pretrain.base import PretrainingModule
 from utils.errors import ConfigError, DataError
-from utils.optim import decay_groups, estimated_steps, warmup_decay_schedule
+from utils.optim import warmup_decay_schedule
 
 NSP_MODES = ("task", "add", "off")
+#: the optimizer and schedule of a module built from Python without them (conf/module/optimizer/adamw_bert.yaml
+#: and conf/module/scheduler/warmup_linear.yaml hold the same values)
+ADAMW = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6)
+SCHEDULE = partial(warmup_decay_schedule, warmup_steps=50, min_lr_ratio=0.1, decay="linear")
 
 
 def grouped_mlm_losses(
@@ -52,11 +57,12 @@ class PosBertPretraining(PretrainingModule):
         include_other: balance the ``other`` group as a tenth task (else add it with weight 1).
         nsp: ``task`` (one more balanced task), ``add`` (fixed weight ``nsp_weight``) or ``off``.
         nsp_weight: NSP's weight in the scalar with ``nsp: add`` (BERT: 1).
-        lr, weight_decay, betas, eps: AdamW (no decay on biases and LayerNorm weights).
-        warmup_steps: linear warm-up steps; then linear decay to ``min_lr_ratio * lr`` at the last step.
+        optimizer, scheduler: see :class:`~pretrain.base.PretrainingModule` (default: :data:`ADAMW`, no
+            decay on biases and LayerNorm weights, and :data:`SCHEDULE`, linear warm-up then linear decay).
     """
 
     prepares_from_data = True  # prepare_for_finetune reads the datamodule
+    no_decay = ("LayerNorm", "bias")
 
     def __init__(
         self,
@@ -66,14 +72,10 @@ class PosBertPretraining(PretrainingModule):
         include_other: bool = False,
         nsp: str = "add",
         nsp_weight: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        warmup_steps: int = 50,
-        min_lr_ratio: float = 0.1,
+        optimizer=ADAMW,
+        scheduler=SCHEDULE,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if nsp not in NSP_MODES:
             raise ConfigError(f"module.nsp must be one of {', '.join(NSP_MODES)}, got {nsp!r}.")
         self.model = model
@@ -84,13 +86,6 @@ class PosBertPretraining(PretrainingModule):
         if not float(nsp_weight) > 0:
             raise ConfigError(f"module.nsp_weight must be > 0, got {nsp_weight}.")
         self.include_other, self.nsp = bool(include_other), nsp
-        self.lr, self.weight_decay, self.betas, self.eps = (
-            float(lr),
-            float(weight_decay),
-            tuple(betas),
-            float(eps),
-        )
-        self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
         self.task_names = (
             list(GROUPS) + ([OTHER] if self.include_other else []) + (["nsp"] if nsp == "task" else [])
         )
@@ -106,9 +101,6 @@ class PosBertPretraining(PretrainingModule):
         self._val_acc: torch.Tensor | None = None
 
     # -- wiring ------------------------------------------------------------------------------------------
-    def configure_callbacks(self):
-        return [self.aggregator]
-
     def setup(self, stage: str) -> None:
         self.prepare_for_finetune(self.trainer.datamodule)
 
@@ -237,26 +229,7 @@ class PosBertPretraining(PretrainingModule):
             self.on_validation_epoch_start()
         self._accumulate_upstream(batch, out, losses)
 
-    # -- optimisation ------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        model = decay_groups(self.model.named_parameters(), self.weight_decay, no_decay=("LayerNorm", "bias"))
-        balancer = self.aggregator.balancer_param_groups()
-        # balancer groups with their own lr keep it (read before AdamW fills in every group's lr)
-        constant = [len(model) + i for i, g in enumerate(balancer) if "lr" in g]
-        # fused CUDA kernel where the parameters are on a GPU (one launch for all of them); torch's default elsewhere
-        fused = True if self.device.type == "cuda" else None
-        opt = torch.optim.AdamW(model + balancer, lr=self.lr, betas=self.betas, eps=self.eps, fused=fused)
-        # linear warm-up, linear decay to min_lr_ratio; a balancer's own lr stays constant (utils/optim.py)
-        sched = warmup_decay_schedule(
-            opt,
-            self.warmup_steps,
-            estimated_steps(self),
-            self.min_lr_ratio,
-            "linear",
-            constant_groups=constant,
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
+    # -- throughput -------------------------------------------------------------------------------------
     def throughput_units(self, batch) -> dict[str, int]:
         """What a training batch holds, for the throughput callback: NSP pairs (samples) and their non-padding
         word-pieces (tokens)."""

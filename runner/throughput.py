@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback
 
+from pretrain.base import default_units
+
 #: Dense (no sparsity) bf16 tensor-core peak FLOP/s of one GPU, from NVIDIA's datasheets (their "with sparsity"
 #: figures are twice these). :func:`peak_flops` matches ``torch.cuda.get_device_name()`` against the keys in this
 #: order (lower case, first key contained in the name): specific names before their prefixes (``a100``
@@ -77,18 +79,6 @@ def step_flop_counter():
     return counter
 
 
-def default_units(batch: Any) -> dict[str, int]:
-    """``{"samples": n}`` with n the leading size of the batch's first tensor (a module without
-    ``throughput_units``)."""
-    tensors = (
-        batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
-    )
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.ndim > 0:
-            return {"samples": int(t.shape[0])}
-    return {"samples": 1}
-
-
 class Throughput(Callback):
     """Logs ``perf/steps_per_s``, ``perf/samples_per_s``, ``perf/<unit>_per_s`` for every further unit the
     module counts (``tokens``: PoS-BERT; ``images``: MM-MAE), ``perf/tflops_per_s`` and, on a GPU of the peak
@@ -96,7 +86,8 @@ class Throughput(Callback):
     the whole run's rates for results.json (:meth:`summary`, merged into its ``cost``).
 
     The module says what a batch holds with ``throughput_units(batch) -> {"samples": n, "tokens": m, ...}``
-    (else the leading size of the batch's first tensor counts as samples). The first ``warmup_steps`` steps
+    (``PretrainingModule``'s default, and the rule for a LightningModule without the method: the leading size of
+    the batch's first tensor counts as samples). The first ``warmup_steps`` steps
     (compilation, the FLOP count, the allocator's first allocations) are not timed, nor is validation.
 
     Args:
@@ -163,6 +154,7 @@ class Throughput(Callback):
         if self._batches <= self.warmup_steps or self._last is None:
             self._last = now
             return
+        # every PretrainingModule declares throughput_units (pretrain/base.py); another module may not
         units_of = getattr(pl_module, "throughput_units", None)
         units = units_of(batch) if units_of is not None else default_units(batch)
         duration = now - self._last

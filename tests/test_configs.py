@@ -48,6 +48,8 @@ RUN_WIDE = [
     "callbacks",
     "aggregation",
     "pseudo_label",
+    "module/optimizer",  # nested under module: swapped with module/optimizer=<file>
+    "module/scheduler",
     "hydra/launcher",
     "hydra/sweeper",
 ]
@@ -77,6 +79,8 @@ EXTRA = {
         "pseudo_label.out_root=/data/labels",
     ],
     ("hydra/sweeper", "minimax_optuna"): ["balancer=minimax"],
+    # no schedule under an experiment that sets part of it (pos_bert's warmup_steps) takes the null as well
+    ("module/scheduler", "none"): ["module.scheduler=null"],
 }
 #: what reads a dataset on disk when constructed: composed and resolved, its class imported, not built
 NOT_CONSTRUCTED = {"data": {"imagenet_folder"}, "downstream": {"nyuv2", "image_folder_cls", "table2_real"}}

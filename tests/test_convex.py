@@ -202,7 +202,12 @@ def _convex_module(balancer=NoBalancing):
     from pretrain.convex import ConvexPretraining
 
     dm = ConvexDataModule(num_tasks=3, dim=4, sigma=0.5, batch_size=4, train_size=16, seed=0)
-    module = ConvexPretraining(ParameterVector(4, init_scale=3.0), partial(balancer), num_tasks=3, lr=0.2)
+    module = ConvexPretraining(
+        ParameterVector(4, init_scale=3.0),
+        partial(balancer),
+        num_tasks=3,
+        optimizer=partial(torch.optim.SGD, lr=0.2),
+    )
     return dm, module
 
 

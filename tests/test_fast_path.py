@@ -1,5 +1,5 @@
 """The GPU fast path, checked on the CPU: bf16 mixed precision for both experiments and every kind of balancer,
-``model.compile=true``, and fused AdamW where the parameters are on a GPU."""
+``model.compile=true``, and a fused optimizer where the parameters are on a GPU."""
 
 import copy
 import functools
@@ -17,6 +17,7 @@ from data.pos_tagging import IGNORE
 from models.bert import PosBert
 from models.compile import compiled
 from models.multimae import MultiMAE
+from pretrain import mm_mae, pos_bert
 from pretrain.balancers import GradNorm
 from pretrain.mm_mae import MMMAEPretraining
 from pretrain.pos_bert import PosBertPretraining
@@ -65,9 +66,11 @@ def mae_batches(n: int = 3, bsz: int = 4) -> list[dict]:
 def make(experiment: str, factory, **model_kwargs):
     torch.manual_seed(0)
     if experiment == "pos_bert":
-        module = PosBertPretraining(PosBert(**{**BERT, **model_kwargs}), factory, warmup_steps=1)
+        one_step = functools.partial(pos_bert.SCHEDULE, warmup_steps=1)
+        module = PosBertPretraining(PosBert(**{**BERT, **model_kwargs}), factory, scheduler=one_step)
         return module, pos_batches()
-    module = MMMAEPretraining(MultiMAE(**{**MAE, **model_kwargs}), factory, warmup_steps=1)
+    one_step = functools.partial(mm_mae.SCHEDULE, warmup_steps=1)
+    module = MMMAEPretraining(MultiMAE(**{**MAE, **model_kwargs}), factory, scheduler=one_step)
     return module, mae_batches()
 
 
@@ -124,15 +127,17 @@ def test_bf16_mixed_pretraining_steps_are_finite_with_fp32_weights_that_sum_to_o
 
 
 @pytest.mark.parametrize("experiment", ["pos_bert", "mm_mae"])
-def test_adamw_is_fused_where_the_parameters_are_on_a_gpu_only(experiment, monkeypatch):
+def test_the_optimizer_is_fused_where_the_parameters_are_on_a_gpu_only(experiment, monkeypatch):
     module, _ = make(experiment, GradNorm)
-    real, asked = torch.optim.AdamW, []
+    asked = []
 
-    def adamw(*args, **kwargs):  # records the request; builds it unfused (this machine has no CUDA)
-        asked.append(kwargs.get("fused"))
-        return real(*args, **{**kwargs, "fused": None})
+    def adamw(
+        params, fused=None, **kwargs
+    ):  # records the request; builds it unfused (this machine has no CUDA)
+        asked.append(fused)
+        return torch.optim.AdamW(params, **kwargs)
 
-    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    module.make_optimizer = functools.partial(adamw, lr=1e-3)
     cpu = module.configure_optimizers()["optimizer"]
     monkeypatch.setattr(
         module, "_device", torch.device("cuda", 0)
@@ -140,6 +145,13 @@ def test_adamw_is_fused_where_the_parameters_are_on_a_gpu_only(experiment, monke
     module.configure_optimizers()
     assert asked == [None, True]  # torch's default on the CPU, the fused kernel on a GPU
     assert len(cpu.param_groups) == 3  # decay, no decay, GradNorm's logits
+    module.make_optimizer = functools.partial(adamw, lr=1e-3, foreach=False)  # the config's own choice stays
+    module.configure_optimizers()
+    module.make_optimizer = functools.partial(
+        torch.optim.RAdam, lr=1e-3
+    )  # no fused kernel: not asked for one
+    assert type(module.configure_optimizers()["optimizer"]) is torch.optim.RAdam
+    assert asked == [None, True, None]
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from test_fast_path import BERT, MAE
 
 from models.bert import PosBert
 from models.multimae import MultiMAE
+from pretrain import mm_mae, pos_bert
 from pretrain.balancers import GradNorm, Uncertainty
 from pretrain.mm_mae import MMMAEPretraining
 from pretrain.pos_bert import PosBertPretraining
@@ -71,14 +72,13 @@ def test_pos_bert_schedule(warmup, total):
 
 @pytest.mark.parametrize("warmup_steps, total", [(4, 30), (0, 9), (3, 4), (50, 7)])
 def test_mm_mae_schedule(warmup_steps, total):
-    warmup = min(warmup_steps, total)
-    got = first_group(total, warmup_steps=warmup, total_steps=total, min_lr_ratio=0.05, decay="cosine")
+    warmup = min(warmup_steps, total)  # what clip_warmup does (conf/module/scheduler/warmup_cosine.yaml)
+    options = {"warmup_steps": warmup_steps, "min_lr_ratio": 0.05, "decay": "cosine", "clip_warmup": True}
+    got = first_group(total, total_steps=total, **options)
     expected = [former_mm_mae(s, warmup, total, 0.05) for s in range(total)]
     assert got == pytest.approx(expected, rel=1e-12)
     if total > warmup:  # held at the floor after the last step, as before
-        later = first_group(
-            total + 5, warmup_steps=warmup, total_steps=total, min_lr_ratio=0.05, decay="cosine"
-        )
+        later = first_group(total + 5, total_steps=total, **options)
         assert later[total:] == pytest.approx(
             [former_mm_mae(s, warmup, total, 0.05) for s in range(total, total + 5)]
         )
@@ -143,18 +143,21 @@ def test_a_balancers_own_learning_rate_stays_constant_in_both_experiments(
     """The rule of utils/optim.py: a balancer group with its own lr keeps it; one without follows the model."""
     torch.manual_seed(0)
     if experiment == "pos_bert":
-        module = PosBertPretraining(PosBert(**BERT), balancer, warmup_steps=4)
+        schedule = functools.partial(pos_bert.SCHEDULE, warmup_steps=4)
+        module = PosBertPretraining(PosBert(**BERT), balancer, scheduler=schedule)
     else:
-        module = MMMAEPretraining(MultiMAE(**MAE), balancer, warmup_steps=4)
+        schedule = functools.partial(mm_mae.SCHEDULE, warmup_steps=4)
+        module = MMMAEPretraining(MultiMAE(**MAE), balancer, scheduler=schedule)
     monkeypatch.setattr(module, "_trainer", SimpleNamespace(estimated_stepping_batches=20))
     config = module.configure_optimizers()
     opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
     (own,) = module.aggregator.balancer_param_groups()
+    lr = module.make_optimizer.keywords["lr"]
     first = [g["lr"] for g in opt.param_groups]
-    assert first[0] == first[1] == pytest.approx(module.lr / 4)  # warm-up step 0 of 4
-    assert first[2] == pytest.approx(own["lr"] if constant else module.lr / 4)
+    assert first[0] == first[1] == pytest.approx(lr / 4)  # warm-up step 0 of 4
+    assert first[2] == pytest.approx(own["lr"] if constant else lr / 4)
     for _ in range(2):
         opt.step()
         sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(3 * module.lr / 4)
-    assert opt.param_groups[2]["lr"] == pytest.approx(own["lr"] if constant else 3 * module.lr / 4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(3 * lr / 4)
+    assert opt.param_groups[2]["lr"] == pytest.approx(own["lr"] if constant else 3 * lr / 4)

@@ -12,8 +12,10 @@ from data.pos_bert import PosBertDataModule
 from data.pos_grammar import ALL_GROUPS, GROUPS
 from models.bert import PosBert
 from pretrain.balancers import Minimax, NoBalancing
-from pretrain.pos_bert import PosBertPretraining, grouped_mlm_losses
+from pretrain.pos_bert import SCHEDULE, PosBertPretraining, grouped_mlm_losses
 from utils.errors import ConfigError
+
+ONE_STEP_WARMUP = functools.partial(SCHEDULE, warmup_steps=1)  # the full learning rate from the first step
 
 TINY = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
@@ -137,7 +139,7 @@ def test_trains_with_minimax_and_exports(tmp_path):
         cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
     )
     model = PosBert(**{**TINY, "vocab_size": 512})
-    m = PosBertPretraining(model, functools.partial(Minimax, alpha=1.0), warmup_steps=1)
+    m = PosBertPretraining(model, functools.partial(Minimax, alpha=1.0), scheduler=ONE_STEP_WARMUP)
     before = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
     trainer = _trainer(tmp_path, steps=3)
     trainer.fit(m, datamodule=dm)
@@ -184,7 +186,7 @@ def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
         vocab_size=4096,
     )
     model = PosBert(**{**TINY, "vocab_size": None})
-    m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
+    m = PosBertPretraining(model, NoBalancing, scheduler=ONE_STEP_WARMUP)
     _trainer(tmp_path, steps=1).fit(m, datamodule=dm)
     n = len(dm.tokenizer)
     assert n < 4096  # the smoke corpus has fewer pieces than asked for
@@ -210,7 +212,7 @@ def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path)
         cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
     )
     model = PosBert(**{**TINY, "vocab_size": None})
-    m = PosBertPretraining(model, NoBalancing, warmup_steps=1)
+    m = PosBertPretraining(model, NoBalancing, scheduler=ONE_STEP_WARMUP)
     trainer = _trainer(tmp_path, steps=2)
     trainer.fit(m, datamodule=dm)
     trainer.validate(m, datamodule=dm, verbose=False)
@@ -257,7 +259,7 @@ def test_minimax_normalize_reference_defaults_to_the_context_free_reference(tmp_
         cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
     )
     balancer = functools.partial(Minimax, alpha=1.0, normalize="reference")
-    m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": None}), balancer, warmup_steps=1)
+    m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": None}), balancer, scheduler=ONE_STEP_WARMUP)
     _trainer(tmp_path, steps=2).fit(m, datamodule=dm)
     b = m.aggregator.balancer
     expected = [dm.context_free_reference[g] for g in GROUPS]

@@ -101,7 +101,7 @@ BALANCER_CHECKS = {
     "none": ([], _check_none),
     "vanilla": ([], _check_none),  # every convex task has one target per sample: equal counts, equal weights
     "minimax": ([], _check_minimax),
-    "uncertainty": (["module.lr=0.05"], _check_uncertainty),
+    "uncertainty": (["module.optimizer.lr=0.05"], _check_uncertainty),
     "gradnorm": ([], _check_gradnorm),
     "dwa": (["balancer.window=1"], _check_dwa),
     "groupdro": ([], _check_groupdro),

@@ -17,8 +17,10 @@
 Not transformers' ``get_wsd_schedule`` (warm-up, then linear/cosine decay to ``min_lr_ratio``): its warm-up
 starts at ``min_lr_ratio`` instead of ``1 / warmup``, which would change every existing run's learning rates.
 
-The callers (``configure_optimizers`` of pretrain/ and finetune/) build the optimizer (AdamW, fused on a GPU
-where they choose so) and hand it over; a learning-rate scheduler of Lightning steps it every optimizer step.
+The callers hand the optimizer over: ``PretrainingModule.configure_optimizers`` (pretrain/base.py) builds the
+configured optimizer over these groups and the schedule from a partial such as
+``partial(warmup_decay_schedule, warmup_steps=50, min_lr_ratio=0.1, decay="linear")`` (conf/module/scheduler/),
+finetune/ its AdamW; a learning-rate scheduler of Lightning steps it every optimizer step.
 """
 
 from __future__ import annotations
@@ -35,23 +37,21 @@ DECAYS = ("linear", "cosine")
 
 def decay_groups(
     named_params: Iterable[tuple[str, torch.nn.Parameter]],
-    weight_decay: float,
+    weight_decay: float | None,
     no_decay: Iterable[str] = (),
     **group: Any,
 ) -> list[dict[str, Any]]:
     """``[decay, no_decay]`` parameter groups of the trainable parameters in ``named_params``: weight decay
-    ``weight_decay`` on those with two or more dimensions, 0 on vectors and scalars and on every parameter
-    whose name contains a string of ``no_decay``; ``group`` (e.g. ``lr``) goes into both groups. Either group
-    may be empty."""
+    ``weight_decay`` on those with two or more dimensions (None: the optimizer's own ``weight_decay``), 0 on
+    vectors and scalars and on every parameter whose name contains a string of ``no_decay``; ``group`` (e.g.
+    ``lr``) goes into both groups. Either group may be empty."""
     markers = tuple(no_decay)
     decay, other = [], []
     for name, p in named_params:
         if p.requires_grad:
             (other if p.ndim < 2 or any(m in name for m in markers) else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": float(weight_decay), **group},
-        {"params": other, "weight_decay": 0.0, **group},
-    ]
+    own = {} if weight_decay is None else {"weight_decay": float(weight_decay)}
+    return [{"params": decay, **own, **group}, {"params": other, "weight_decay": 0.0, **group}]
 
 
 def estimated_steps(module: Any) -> int:
@@ -70,14 +70,17 @@ def warmup_decay_schedule(
     min_lr_ratio: float = 0.0,
     decay: str = "linear",
     constant_groups: Iterable[int] = (),
+    clip_warmup: bool = False,
 ) -> LambdaLR:
     """A ``LambdaLR`` (step it once per optimizer step) multiplying each group's learning rate by the factor of
     the module docstring: linear warm-up over ``warmup_steps`` steps, then ``decay`` (``linear`` | ``cosine``)
     to ``min_lr_ratio`` at ``total_steps`` (and held there); the groups whose indices are in
-    ``constant_groups`` keep a factor of 1."""
+    ``constant_groups`` keep a factor of 1. ``clip_warmup``: the warm-up lasts ``min(warmup_steps,
+    total_steps)`` steps (a shorter run still reaches the peak; none when the length is unknown)."""
     if decay not in DECAYS:
         raise ValueError(f"decay={decay!r} is not a schedule; choose among {', '.join(DECAYS)}.")
-    warmup, total, floor = max(0, int(warmup_steps)), int(total_steps), float(min_lr_ratio)
+    total, floor = int(total_steps), float(min_lr_ratio)
+    warmup = max(0, min(int(warmup_steps), total) if clip_warmup else int(warmup_steps))
     span = max(1, total - warmup)
 
     def factor(step: int) -> float:
