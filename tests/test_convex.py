@@ -308,7 +308,7 @@ def test_underdetermined_minimax_lowers_the_worst_case_excess_risk_at_small_n(tm
     carries over to a lower worst-case excess risk, paired over 6 seeds with a 95% interval below 0. At
     N = 512 > d the empirical minimiser is unique: theta_0 is forgotten and the difference is 0."""
     downstream = ["downstream.sample_sizes=[8,16,512]", "downstream.repeats=8"]
-    d = _paired_worst(["data.kind=underdetermined", "module.lr=0.3", *downstream], tmp_path)
+    d = _paired_worst(["data.kind=underdetermined", "module.optimizer.lr=0.3", *downstream], tmp_path)
     for m in ("initial_risk", "excess_risk@N=8", "excess_risk@N=16"):
         mean, low, high = d[m]
         assert high < 0, (m, d[m])
@@ -321,7 +321,7 @@ def test_full_rank_minimax_lowers_the_initial_risk_but_not_significantly_the_exc
     """The default regime (d = 8, full-rank Hessian per sample, 10 GD steps): the same 6 seeds show
     Proposition 5.1 (worst-case initial risk lower, interval below 0) but no difference in the worst-case excess
     risk at any N: every interval contains 0 (the downstream ERM has one minimiser whatever theta_0)."""
-    d = _paired_worst(["module.lr=0.4", "downstream.repeats=20"], tmp_path)
+    d = _paired_worst(["module.optimizer.lr=0.4", "downstream.repeats=20"], tmp_path)
     (mean, low, high), none_worst = d["initial_risk"], d["none_worst"]["initial_risk"]
     assert high < 0 and mean < -0.05 * none_worst, (d["initial_risk"], none_worst)
     for n in (8, 32, 128, 512):
