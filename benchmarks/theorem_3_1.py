@@ -100,8 +100,8 @@ class _Iterates(L.Callback):
 
 class UnloggedConvexPretraining(ConvexPretraining):
     """``ConvexPretraining`` whose ``log_dict`` does nothing. The loss-aggregation callback logs 2 T + 6 metrics
-    a step through Lightning's ``self.log`` (about 0.4 ms each on one core: 80% of a T = 4 step, 95% of a
-    T = 64 one); the iterates, weights and average do not depend on it."""
+    a step through Lightning's ``self.log`` (about 0.4 ms each on one core: three quarters of a T = 4 step,
+    measured, and most of a T = 64 one); the iterates, weights and average do not depend on it."""
 
     def log_dict(self, *args, **kwargs) -> None:
         pass
