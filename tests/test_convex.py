@@ -1,4 +1,4 @@
-"""Section 5 of the paper as tests: Proposition 5.1, Remark 5.2 and Theorem 3.1."""
+"""Section 5 of the paper as tests: Proposition 5.1 and Remark 5.2 (Theorem 3.1: tests/test_theorem_3_1.py)."""
 
 import math
 from functools import partial
@@ -89,75 +89,6 @@ def test_remark_5_2_ratio_of_worst_case_risks_grows_linearly_in_T():
         assert ratios[T] == pytest.approx((math.sqrt(T - 1) + 1) ** 2 / 4, rel=0.05)
         assert ratios[T] >= 0.95 * T / 4  # at least linear in T
     assert ratios[16] / ratios[4] > 2.5
-
-
-def minimax_optimum(centres: torch.Tensor, slopes: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``argmin`` and ``min`` over theta of ``max_t a_t ||theta - c_t||``, solved numerically (SLSQP on the
-    epigraph form ``min s  s.t.  a_t^2 ||theta - c_t||^2 <= s``)."""
-    import numpy as np
-    from scipy.optimize import minimize
-
-    C, a = centres.numpy(), slopes.numpy()
-    res = minimize(
-        lambda x: x[-1],
-        x0=np.r_[C.mean(0), 1.0 + (a**2 * ((C - C.mean(0)) ** 2).sum(1)).max()],
-        method="SLSQP",
-        constraints=[{"type": "ineq", "fun": lambda x: x[-1] - a**2 * ((x[:-1] - C) ** 2).sum(1)}],
-        options={"ftol": 1e-12, "maxiter": 1000},
-    )
-    assert res.success, res.message
-    return torch.tensor(res.x[:-1], dtype=torch.float64), math.sqrt(res.x[-1])
-
-
-LOPSIDED = {
-    # three centres clustered on one side, one far centre: the average-loss minimiser (a geometric median)
-    # stays in the cluster, the minimax point is the centre of the smallest enclosing circle
-    "cluster_and_far_centre": ([[0.0, 0.3], [0.0, -0.3], [-0.2, 0.0], [4.0, 0.0]], [1.0, 1.0, 1.0, 1.0]),
-    # three shallow tasks (slope 1/2) near the origin, one steep far task: the average is minimised in
-    # the cluster, where the steep task's loss is ~3; the minimax value is ~1
-    "different_slopes": ([[0.0, 0.2], [0.0, -0.2], [0.2, 0.0], [3.0, 0.0]], [0.5, 0.5, 0.5, 1.0]),
-}
-
-
-@pytest.mark.parametrize("instance", list(LOPSIDED))
-def test_theorem_3_1_averaged_iterate_gap_is_within_2_R0_Lprime_over_sqrt_K(instance):
-    """Theorem 3.1 on convex L'-Lipschitz tasks ``l_t = a_t ||theta - c_t||`` (L' = max a_t) whose average-loss
-    minimiser is far from the minimax point, so that the bound tells minimax from averaging.
-
-    With the theorem's eta = R0 / (L' sqrt K) and alpha_k = alpha_0 sqrt(k+1), alpha_0 large enough for
-    ``alpha_k >= 4 sqrt(k+1) / (R0 L') log(4 T B sqrt(k+1) / (R0 L'))`` at every k < K, the average of
-    theta_0..theta_{K-1} has ``max_t l_t(theta_bar) - min_theta max_t l_t <= 2 R0 L' / sqrt K``; the same
-    steps with `none` (w = 1/T) do not meet it. The minimax value is computed numerically."""
-    centres = torch.tensor(LOPSIDED[instance][0], dtype=torch.float64)
-    slopes = torch.tensor(LOPSIDED[instance][1], dtype=torch.float64)
-    T = len(centres)
-    theta_star, opt = minimax_optimum(centres, slopes)
-    R0, lip = 2.0, float(slopes.max())
-    theta0 = theta_star + R0 * torch.tensor([0.0, 1.0], dtype=torch.float64)  # ||theta_0 - theta*|| = R0
-    bound_B = opt + 3 * R0 * lip  # B: bounds every loss within 3 R0 of theta*, the region the runs visit
-
-    def loss_fn(theta):
-        return slopes * (theta - centres).norm(dim=1)
-
-    # SLSQP's point attains its value (and no averaged iterate below does better: gap >= 0)
-    assert float(loss_fn(theta_star).max()) == pytest.approx(opt, rel=1e-6)
-    avg_optimum = centres[:-1].mean(0)  # the cluster, where the average loss is minimised: lopsided
-    assert float(loss_fn(avg_optimum).max()) - opt > 1.0
-
-    for K in (100, 400, 1600):
-        alpha0 = 4 / (R0 * lip) * math.log(4 * T * bound_B * math.sqrt(K) / (R0 * lip))
-        eta = R0 / (lip * math.sqrt(K))
-        bound = 2 * R0 * lip / math.sqrt(K)
-        mmx, largest_mmx = _algorithm_1(
-            None, Minimax(T, alpha=alpha0, schedule="sqrt"), K, eta, theta0, loss_fn
-        )
-        avg, largest_avg = _algorithm_1(None, NoBalancing(T), K, eta, theta0, loss_fn)
-        assert max(largest_mmx, largest_avg) <= bound_B  # the theorem's boundedness holds where we went
-        gap_mmx = float(loss_fn(mmx).max()) - opt
-        gap_avg = float(loss_fn(avg).max()) - opt
-        assert -1e-9 <= gap_mmx <= bound, (K, gap_mmx, bound)
-        assert gap_avg > bound, (K, gap_avg, bound)  # averaging violates the bound
-        assert gap_avg > 1.0
 
 
 def test_convex_run_reports_excess_risk_curves_against_N(tmp_path):
