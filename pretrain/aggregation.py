@@ -26,17 +26,9 @@ The callback
 * stops with an error naming the task and step when a loss is NaN/inf (or skips the step, by config);
 * gives a balancer that needs per-task gradients w.r.t. the shared representation (``features`` mode) all
   T of them from one backward through the task heads, when the module says how the heads read it:
-
-  - :class:`FeatureRows`: each row of the representation is read by one task (PoS-BERT: a masked position
-    belongs to one POS group). One ``autograd.grad`` of the sum of the losses to the rows gives every task's
-    gradient, row by row; the model then gets the usual backward of the balancer's scalar (the task heads
-    are back-propagated twice: once for the rows' gradients, once for the parameters).
-  - :class:`FeatureCopies`: each task head reads its own detached copy of the representation (MM-MAE's
-    decoders). Each task's gradients at the copies and w.r.t. the parameters it reaches (its head) are taken
-    by a backward through that head alone; the weights are computed; the returned scalar's backward sends
-    ``sum_t c_t g_t`` into the encoder and ``c_t`` times each head's gradients into its parameters, with
-    ``c_t = dS/dL_t`` of the balancer's scalar ``S``: every parameter gets exactly the gradient of ``S``,
-    and the heads and the encoder are each back-propagated once.
+  :class:`~pretrain.feature_gradients.FeatureRows` (each row of the representation read by one task:
+  PoS-BERT) or :class:`~pretrain.feature_gradients.FeatureCopies` (each head reads its own detached copy:
+  MM-MAE's decoders); ``pretrain/feature_gradients.py`` says how.
 
   Given a plain tensor as ``features``, the balancer takes the T gradients itself by a batched backward
   (one per task through the heads: exact, and what the two layouts above are tested against).
@@ -49,7 +41,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,41 +50,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from pretrain.balancers import Balancer, NormalisedBalancer
+from pretrain.feature_gradients import (
+    FeatureCopies,
+    FeatureRows,
+    copy_gradients,
+    copy_params,
+    row_gradients,
+    send_gradients,
+)
 from utils.errors import ConfigError, NonFiniteLossError
+from utils.trainer import trainer_of
 
 log = logging.getLogger(__name__)
 
 LossValue = Tensor | tuple[Tensor, Tensor | int | float]
-
-
-@dataclass(frozen=True)
-class FeatureRows:
-    """The shared representation as rows that each belong to one task.
-
-    ``rows`` (R, D) is a tensor of the autograd graph that the task heads read row by row (no head mixes rows);
-    ``task`` (R,) long gives the index, in the callback's ``task_names``, of the one balanced task whose loss
-    reads row r, or -1 where no balanced task reads it. The gradient of the sum of the balanced losses w.r.t.
-    ``rows`` is then, row by row, each task's own gradient (zero on the other tasks' rows): one backward gives
-    all T, and their Gramian is block-diagonal.
-    """
-
-    rows: Tensor
-    task: Tensor
-
-
-@dataclass(frozen=True)
-class FeatureCopies:
-    """The shared representation ``shared`` and the detached copies of it that the task heads read.
-
-    ``copies`` maps each task to the copy its head reads, made by ``shared.detach().requires_grad_()``, so no
-    task loss reaches ``shared`` itself. ``params``: the parameters a task loss may reach beyond the copies
-    (default: the training module's; those it does not reach cost nothing). A task's gradient w.r.t.
-    ``shared`` is the sum of its gradients at all copies, so a head may read several of them.
-    """
-
-    shared: Tensor
-    copies: Mapping[str, Tensor]
-    params: Sequence[Tensor] | None = None
 
 
 class LossAggregation(Callback):
@@ -286,7 +256,7 @@ class LossAggregation(Callback):
         local_count = torch.stack(counts)
         device = local_sum.device
 
-        trainer = getattr(module, "_trainer", None)
+        trainer = trainer_of(module)
         world = trainer.world_size if trainer is not None else 1
         stats = torch.stack([local_sum.detach().float(), local_count.float()])
         if world > 1:
@@ -333,12 +303,11 @@ class LossAggregation(Callback):
                     f"balancer {type(self.balancer).__name__} needs gradients of shared parameters, which the "
                     "task losses do not reach when the heads read copies of the features; use balancer.mode=features."
                 )
-            params = features.params if features.params is not None else _module_params(module)
-            copied = _copy_gradients(features, sums, scale, params)
+            copied = copy_gradients(features, sums, scale, copy_params(features, module))
             feature_grads = copied[0][:k]
             balanced = local.detach().requires_grad_()  # the scalar's dS/dL_t, taken below
         elif isinstance(features, FeatureRows) and "features" in requires:
-            feature_grads = _row_gradients(features, local[:k])
+            feature_grads = row_gradients(features, local[:k])
         out = self.balancer(
             balanced[:k],
             present[:k],
@@ -353,7 +322,7 @@ class LossAggregation(Callback):
             extra = extra * torch.tensor(fixed, dtype=extra.dtype, device=extra.device)
         loss = out.loss + extra.sum()
         if copied is not None:
-            loss = loss + _send_gradients(loss, balanced, scale, features.shared, *copied).to(loss.dtype)
+            loss = loss + send_gradients(loss, balanced, scale, features.shared, *copied).to(loss.dtype)
 
         weights = out.weights.float().cpu()
         mean_cpu = global_mean.cpu()
@@ -420,105 +389,6 @@ class LossAggregation(Callback):
             "mean_entropy": self._entropy_sum / self._entropy_steps,
             "max_entropy": math.log(len(self.task_names)),
         }
-
-
-def _module_params(module) -> list[Tensor]:
-    if module is None:
-        raise ValueError("FeatureCopies without a module: pass FeatureCopies(..., params=[...]).")
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def _row_gradients(features: FeatureRows, losses: Tensor) -> Tensor | None:
-    """``(T, R, D)``: task t's gradient w.r.t. ``features.rows`` (its own rows; zeros elsewhere), from one
-    backward of ``losses.sum()`` through the heads; None when no loss has a gradient."""
-    rows, task = features.rows, features.task.to(features.rows.device)
-    if task.shape != rows.shape[:1]:
-        raise ValueError(f"FeatureRows: task has shape {tuple(task.shape)}, expected ({rows.shape[0]},)")
-    total = losses.sum()
-    if not total.requires_grad:
-        return None
-    (grad,) = torch.autograd.grad(total, rows, retain_graph=True, allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(rows)
-    own = task[None, :] == torch.arange(losses.numel(), device=rows.device)[:, None]  # (T, R)
-    own = own.reshape(*own.shape, *([1] * (rows.dim() - 1)))
-    return torch.where(own, grad.float()[None], torch.zeros((), device=rows.device))
-
-
-def _copy_gradients(
-    features: FeatureCopies, sums: Sequence[Tensor], scale: Tensor, params: Sequence[Tensor]
-) -> tuple[Tensor, list[tuple[Tensor, list[tuple[int, Tensor]]]]]:
-    """Each loss's gradients: ``scale[i] * grad sums[i]`` w.r.t. ``features.shared`` through the copies,
-    ``(N, *shared.shape)`` fp32, and, for each of ``params`` that some loss reaches, ``(param, [(i, grad sums[i]
-    w.r.t. it), ...])`` (not yet scaled). One ``autograd.grad`` per loss; each traverses only the part of the
-    graph that loss depends on (its head), so together they cost one backward through all heads, and which
-    loss reaches which parameter is known."""
-    copies = list(features.copies.values())
-    if not copies or any(not (c.is_leaf and c.requires_grad) for c in copies):
-        raise ValueError("FeatureCopies: every copy must be made by shared.detach().requires_grad_().")
-    inputs = [*copies, *params]
-    shared = features.shared
-    feature = torch.zeros((len(sums), *shared.shape), dtype=torch.float32, device=shared.device)
-    reached: dict[int, list[tuple[int, Tensor]]] = {}
-    for i, s in enumerate(sums):
-        if not s.requires_grad:
-            continue
-        grads = torch.autograd.grad(s, inputs, retain_graph=True, allow_unused=True)
-        for g in grads[: len(copies)]:
-            if g is not None:
-                feature[i] += g.float() * scale[i]
-        for j, g in enumerate(grads[len(copies) :]):
-            if g is not None:
-                reached.setdefault(j, []).append((i, g))
-    return feature, [(params[j], terms) for j, terms in sorted(reached.items())]
-
-
-def _send_gradients(
-    total: Tensor,
-    losses: Tensor,
-    scale: Tensor,
-    shared: Tensor,
-    feature: Tensor,
-    reached: list[tuple[Tensor, list[tuple[int, Tensor]]]],
-) -> Tensor:
-    """A term of value 0 whose backward gives ``shared`` the gradient ``sum_i c_i feature[i]`` and each reached
-    parameter ``sum_i c_i scale_i grad sums[i]``, ``c = d total / d losses`` (the balancer's effective task
-    multipliers): with it, ``total``'s backward gives every parameter exactly the gradient of ``total`` as a
-    function of the model, though ``losses`` is cut from the model's graph."""
-    (c,) = torch.autograd.grad(total, losses, retain_graph=True, materialize_grads=True)
-    c = c.detach().float()
-    params = [p for p, _ in reached]
-    return _SendGradients.apply(
-        c, c * scale.float(), feature, [terms for _, terms in reached], shared, *params
-    )
-
-
-class _SendGradients(torch.autograd.Function):
-    """``_SendGradients.apply(c, c_params, feature, terms, shared, *params)`` is 0; its backward with upstream
-    ``u`` (1, or Lightning's ``1 / accumulate_grad_batches``, or a grad scaler's factor) gives ``shared``
-    ``u * sum_i c[i] feature[i]`` and ``params[j]`` ``u * sum_i c_params[i] g`` over its ``terms[j]`` ``(i, g)``:
-    one multiplication per parameter, where a product ``(p * G).sum()`` would cost three."""
-
-    @staticmethod
-    def forward(ctx, c, c_params, feature, terms, shared, *params):
-        ctx.c, ctx.c_params, ctx.feature, ctx.terms = c, c_params, feature, terms
-        ctx.shared_dtype = shared.dtype
-        return shared.new_zeros((), dtype=torch.float32)
-
-    @staticmethod
-    def backward(ctx, upstream):
-        u = upstream.float()
-        grad_shared = torch.tensordot(ctx.c * u, ctx.feature, dims=1).to(ctx.shared_dtype)
-        weights = ctx.c_params * u
-        grads = []
-        for terms in ctx.terms:
-            total = None
-            for i, g in terms:
-                part = g * weights[i].to(g.dtype)
-                total = part if total is None else total + part
-            grads.append(total)
-        ctx.terms = ctx.feature = None  # the step's gradients, freed now
-        return (None, None, None, None, grad_shared, *grads)
 
 
 def weight_entropy(weights: Sequence[float]) -> float:
