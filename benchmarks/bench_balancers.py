@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks import _memory, _timing
-from pretrain.aggregation import FeatureCopies, LossAggregation
+from pretrain.aggregation import LossAggregation
 from pretrain.balancers import (
     DBMTL,
     DWA,
@@ -42,6 +42,7 @@ from pretrain.balancers import (
     NoBalancing,
     Uncertainty,
 )
+from pretrain.feature_gradients import FeatureCopies
 
 BALANCERS = {
     "none": NoBalancing,

@@ -26,20 +26,17 @@ The callback
 * stops with an error naming the task and step when a loss is NaN/inf (or skips the step, by config);
 * gives a balancer that needs per-task gradients w.r.t. the shared representation (``features`` mode) all
   T of them from one backward through the task heads, when the module says how the heads read it:
-
-  - :class:`FeatureRows`: each row of the representation is read by one task (PoS-BERT: a masked position
-    belongs to one POS group). One ``autograd.grad`` of the sum of the losses to the rows gives every task's
-    gradient, row by row; the model then gets the usual backward of the balancer's scalar (the task heads
-    are back-propagated twice: once for the rows' gradients, once for the parameters).
-  - :class:`FeatureCopies`: each task head reads its own detached copy of the representation (MM-MAE's
-    decoders). Each task's gradients at the copies and w.r.t. the parameters it reaches (its head) are taken
-    by a backward through that head alone; the weights are computed; the returned scalar's backward sends
-    ``sum_t c_t g_t`` into the encoder and ``c_t`` times each head's gradients into its parameters, with
-    ``c_t = dS/dL_t`` of the balancer's scalar ``S``: every parameter gets exactly the gradient of ``S``,
-    and the heads and the encoder are each back-propagated once.
+  :class:`~pretrain.feature_gradients.FeatureRows` (each row of the representation read by one task:
+  PoS-BERT) or :class:`~pretrain.feature_gradients.FeatureCopies` (each head reads its own detached copy:
+  MM-MAE's decoders); ``pretrain/feature_gradients.py`` says how.
 
   Given a plain tensor as ``features``, the balancer takes the T gradients itself by a batched backward
   (one per task through the heads: exact, and what the two layouts above are tested against).
+
+Each call takes named steps: :meth:`LossAggregation._reduce` (sums and counts across ranks),
+:meth:`~LossAggregation._check_finite`, :meth:`~LossAggregation._balance` (the balancer, given the feature
+gradients), :meth:`~LossAggregation._apply` (the scalar to back-propagate) and
+:meth:`~LossAggregation._record` (logs, the window, the trace).
 """
 
 from __future__ import annotations
@@ -58,8 +55,18 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from pretrain.balancers import Balancer, NormalisedBalancer
+from pretrain.balancers import BalanceOutput, Balancer, NormalisedBalancer
+from pretrain.feature_gradients import (
+    FeatureCopies,
+    FeatureRows,
+    Reached,
+    copy_gradients,
+    copy_params,
+    row_gradients,
+    send_gradients,
+)
 from utils.errors import ConfigError, NonFiniteLossError
+from utils.trainer import trainer_of
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +74,18 @@ LossValue = Tensor | tuple[Tensor, Tensor | int | float]
 
 
 @dataclass(frozen=True)
-class FeatureRows:
-    """The shared representation as rows that each belong to one task.
+class ReducedLosses:
+    """One step's task losses reduced across the data-parallel ranks. Index i of every vector is task
+    ``names[i]``: the balanced tasks in order, then the extra tasks present in the step's loss dict."""
 
-    ``rows`` (R, D) is a tensor of the autograd graph that the task heads read row by row (no head mixes rows);
-    ``task`` (R,) long gives the index, in the callback's ``task_names``, of the one balanced task whose loss
-    reads row r, or -1 where no balanced task reads it. The gradient of the sum of the balanced losses w.r.t.
-    ``rows`` is then, row by row, each task's own gradient (zero on the other tasks' rows): one backward gives
-    all T, and their Gramian is block-diagonal.
-    """
-
-    rows: Tensor
-    task: Tensor
-
-
-@dataclass(frozen=True)
-class FeatureCopies:
-    """The shared representation ``shared`` and the detached copies of it that the task heads read.
-
-    ``copies`` maps each task to the copy its head reads, made by ``shared.detach().requires_grad_()``, so no
-    task loss reaches ``shared`` itself. ``params``: the parameters a task loss may reach beyond the copies
-    (default: the training module's; those it does not reach cost nothing). A task's gradient w.r.t.
-    ``shared`` is the sum of its gradients at all copies, so a head may read several of them.
-    """
-
-    shared: Tensor
-    copies: Mapping[str, Tensor]
-    params: Sequence[Tensor] | None = None
+    names: list[str]
+    sums: list[Tensor]  # this rank's loss sum of each task, in the model's graph
+    local_sum: Tensor  # (N,) the sums, stacked
+    local_count: Tensor  # (N,) fp32: this rank's count of each task
+    count: Tensor  # (N,) fp32: the global count (all ranks)
+    mean: Tensor  # (N,) fp32: the global mean loss, 0 where the task is absent (count 0)
+    present: Tensor  # (N,) bool: count > 0
+    scale: Tensor  # (N,) fp32: world / count (0 where absent), the factor of this rank's sum in the scalar
 
 
 class LossAggregation(Callback):
@@ -267,134 +259,172 @@ class LossAggregation(Callback):
         """The scalar to back-propagate for this step's ``losses`` (task -> loss or (sum, count)); None when
         the step is skipped. ``shared_params``: the last shared layer's parameters; ``features``: the shared
         representation, as a tensor, :class:`FeatureRows` or :class:`FeatureCopies` (see the module
-        docstring)."""
+        docstring). ``module``: the training LightningModule (or None outside one)."""
+        trainer = trainer_of(module)
+        reduced = self._reduce(trainer, losses)
+        step = int(trainer.global_step) if trainer is not None else self._calls
+        if not self._check_finite(reduced, step):
+            self._calls += 1
+            return None
+        if trainer is not None:
+            self.balancer.set_epoch(trainer.current_epoch)
+        balanced, out, copied = self._balance(module, reduced, shared_params, features)
+        loss = self._apply(reduced, balanced, out.loss, copied, features)
+        self._record(module, trainer, step, reduced, out.weights, loss)
+        self._calls += 1
+        return loss.to(reduced.local_sum.device)
+
+    def _reduce(self, trainer, losses: Mapping[str, LossValue]) -> ReducedLosses:
+        """This rank's ``losses`` as sums and counts, summed across the data-parallel ranks of ``trainer``
+        (None: one process): every task's global mean loss and count."""
         names = self.task_names + [t for t in self.extra_tasks if t in losses]
         missing = [t for t in self.task_names if t not in losses]
         unknown = [t for t in losses if t not in self.task_names and t not in self.extra_tasks]
         if missing or unknown:
             raise KeyError(f"loss dict: missing tasks {missing}, unknown tasks {unknown}")
-        sums, counts = [], []
-        for name in names:
-            value = losses[name]
-            if isinstance(value, tuple):
-                s, c = value
-            else:
-                s, c = value, 1.0
-            sums.append(s.reshape(()))
-            counts.append(torch.as_tensor(c, dtype=torch.float32, device=s.device).reshape(()))
+        sums, counts = _sums_and_counts([losses[name] for name in names])
         local_sum = torch.stack(sums)
         local_count = torch.stack(counts)
-        device = local_sum.device
-
-        trainer = getattr(module, "_trainer", None)
         world = trainer.world_size if trainer is not None else 1
         stats = torch.stack([local_sum.detach().float(), local_count.float()])
         if world > 1:
             stats = trainer.strategy.reduce(stats, reduce_op="sum")
-        global_sum, global_count = stats[0], stats[1]
-        present = global_count > 0
-        global_mean = torch.where(
-            present, global_sum / global_count.clamp(min=1), torch.zeros_like(global_sum)
-        )
+        global_sum, count = stats[0], stats[1]
+        present = count > 0
+        mean = torch.where(present, global_sum / count.clamp(min=1), torch.zeros_like(global_sum))
+        # A rank's sum times world / global count back-propagates, averaged by DDP over ranks, the gradient
+        # of the global mean.
+        scale = torch.where(present, world / count.clamp(min=1), torch.zeros_like(count))
+        return ReducedLosses(names, sums, local_sum, local_count, count, mean, present, scale)
 
-        step = int(trainer.global_step) if trainer is not None else self._calls
-        bad = [
-            n
-            for n, ok, p in zip(names, torch.isfinite(global_mean).tolist(), present.tolist())
-            if p and not ok
-        ]
-        if bad:
-            values = {n: float(global_mean[names.index(n)]) for n in bad}
-            msg = ", ".join(f"task '{n}' loss is {v}" for n, v in values.items()) + f" at step {step}"
-            if self.on_nonfinite == "raise":
-                raise NonFiniteLossError(
-                    f"{msg} (set aggregation.on_nonfinite=skip to skip such steps instead)."
-                )
-            rank_zero_warn(f"{msg}; skipping this step (aggregation.on_nonfinite=skip).")
-            self._calls += 1
-            return None
+    def _check_finite(self, reduced: ReducedLosses, step: int) -> bool:
+        """Whether every present task's global mean loss is finite. If not, raise
+        :class:`~utils.errors.NonFiniteLossError` naming the tasks and the step, or, with
+        ``on_nonfinite=skip``, warn and return False (the step is skipped)."""
+        finite = torch.isfinite(reduced.mean).tolist()
+        bad = [n for n, ok, p in zip(reduced.names, finite, reduced.present.tolist()) if p and not ok]
+        if not bad:
+            return True
+        values = {n: float(reduced.mean[reduced.names.index(n)]) for n in bad}
+        msg = ", ".join(f"task '{n}' loss is {v}" for n, v in values.items()) + f" at step {step}"
+        if self.on_nonfinite == "raise":
+            raise NonFiniteLossError(f"{msg} (set aggregation.on_nonfinite=skip to skip such steps instead).")
+        rank_zero_warn(f"{msg}; skipping this step (aggregation.on_nonfinite=skip).")
+        return False
 
-        # Differentiable local loss whose *value* is the global mean and whose gradient, averaged by
-        # DDP over ranks, is the gradient of the global mean: world * local_sum / global_count.
-        scale = torch.where(present, world / global_count.clamp(min=1), torch.zeros_like(global_count))
-        local = local_sum * scale.to(local_sum.dtype)
-        local = local + (global_mean.to(local.dtype) - local).detach()
-        local = torch.where(present, local, torch.zeros_like(local))
-
+    def _balance(
+        self, module, reduced: ReducedLosses, shared_params, features
+    ) -> tuple[Tensor, BalanceOutput, tuple[Tensor, Reached] | None]:
+        """The balancer's output on the balanced tasks; the loss vector of every task it was given (values
+        the global means, gradients those of :meth:`_reduce`'s scale; with :class:`FeatureCopies`, a leaf cut
+        from the model's graph); and, with :class:`FeatureCopies`, the losses' gradients at the copies and
+        parameters (:func:`~pretrain.feature_gradients.copy_gradients`)."""
+        local = reduced.local_sum * reduced.scale.to(reduced.local_sum.dtype)
+        local = local + (reduced.mean.to(local.dtype) - local).detach()
+        local = torch.where(reduced.present, local, torch.zeros_like(local))
         k = len(self.task_names)
-        if trainer is not None:
-            self.balancer.set_epoch(trainer.current_epoch)
         requires = self.balancer.requires
-        feature_grads, copied = None, None
-        balanced = local
+        feature_grads, copied, balanced = None, None, local
         if isinstance(features, FeatureCopies):
             if "shared_params" in requires:
                 raise ConfigError(
                     f"balancer {type(self.balancer).__name__} needs gradients of shared parameters, which the "
                     "task losses do not reach when the heads read copies of the features; use balancer.mode=features."
                 )
-            params = features.params if features.params is not None else _module_params(module)
-            copied = _copy_gradients(features, sums, scale, params)
+            copied = copy_gradients(features, reduced.sums, reduced.scale, copy_params(features, module))
             feature_grads = copied[0][:k]
-            balanced = local.detach().requires_grad_()  # the scalar's dS/dL_t, taken below
+            balanced = local.detach().requires_grad_()  # the scalar's dS/dL_t, taken in _apply
         elif isinstance(features, FeatureRows) and "features" in requires:
-            feature_grads = _row_gradients(features, local[:k])
+            feature_grads = row_gradients(features, local[:k])
         out = self.balancer(
             balanced[:k],
-            present[:k],
+            reduced.present[:k],
             shared_params=shared_params if "shared_params" in requires else None,
             features=features if "features" in requires and isinstance(features, Tensor) else None,
-            counts=global_count[:k] if "counts" in requires else None,
+            counts=reduced.count[:k] if "counts" in requires else None,
             feature_grads=feature_grads if "features" in requires else None,
         )
+        return balanced, out, copied
+
+    def _apply(
+        self,
+        reduced: ReducedLosses,
+        balanced: Tensor,
+        balanced_loss: Tensor,
+        copied: tuple[Tensor, Reached] | None,
+        features,
+    ) -> Tensor:
+        """The scalar to back-propagate: the balancer's ``balanced_loss`` plus the extra tasks' losses (from
+        ``balanced``) at their fixed weights; with :class:`FeatureCopies` (``copied``), plus the zero-valued
+        term whose backward sends the copies' and heads' gradients into the model."""
+        k = len(self.task_names)
         extra = balanced[k:]
         if self.extra_weights:
-            fixed = [self.extra_weights.get(n, 1.0) for n in names[k:]]
+            fixed = [self.extra_weights.get(n, 1.0) for n in reduced.names[k:]]
             extra = extra * torch.tensor(fixed, dtype=extra.dtype, device=extra.device)
-        loss = out.loss + extra.sum()
+        loss = balanced_loss + extra.sum()
         if copied is not None:
-            loss = loss + _send_gradients(loss, balanced, scale, features.shared, *copied).to(loss.dtype)
+            sent = send_gradients(loss, balanced, reduced.scale, features.shared, *copied)
+            loss = loss + sent.to(loss.dtype)
+        return loss
 
-        weights = out.weights.float().cpu()
-        mean_cpu = global_mean.cpu()
-        pres = present.cpu()
-        logged: dict[str, float] = {}
-        for i, name in enumerate(names):
-            if pres[i]:
-                logged[f"train/loss/{name}"] = float(mean_cpu[i])
-        for i, name in enumerate(self.task_names):
-            logged[f"train/weight/{name}"] = float(weights[i])
-        balanced_present = pres[:k]
-        if bool(balanced_present.any()):
-            worst = mean_cpu[:k].masked_fill(~balanced_present, -math.inf)
-            logged["train/loss_worst"] = float(worst.max())
-            logged["train/loss_mean"] = float(mean_cpu[:k][balanced_present].mean())
-        logged["train/weight_entropy"] = weight_entropy(weights.tolist())
-        logged["train/loss_total"] = float(loss.detach())
+    def _record(
+        self, module, trainer, step: int, reduced: ReducedLosses, weights: Tensor, loss: Tensor
+    ) -> None:
+        """Log the step's values (with a trainer), keep its losses and weights in the window, add its weights'
+        entropy to the running sum, and append its trace line (``trace_dir``)."""
+        weights = weights.float().cpu()
+        mean, present = reduced.mean.cpu(), reduced.present.cpu()
+        logged = self._logged(reduced.names, mean, present, weights, loss)
         if trainer is not None:
             module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1, sync_dist=False)
         self.recent.append(
             {
                 "step": step,
-                "loss": {n: (float(mean_cpu[i]) if pres[i] else None) for i, n in enumerate(names)},
+                "loss": {n: (float(mean[i]) if present[i] else None) for i, n in enumerate(reduced.names)},
                 "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
             }
         )
         self._entropy_sum += logged["train/weight_entropy"]
         self._entropy_steps += 1
         if self._trace_file is not None:
-            record = {
-                "step": step,
-                "rank": int(trainer.global_rank) if trainer is not None else 0,
-                "local_sum": {n: float(v) for n, v in zip(names, local_sum.detach().float().cpu())},
-                "local_count": {n: float(v) for n, v in zip(names, local_count.cpu())},
-                "loss": {n: float(mean_cpu[i]) for i, n in enumerate(names)},
-                "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
-            }
-            with self._trace_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        self._calls += 1
-        return loss.to(device)
+            self._trace(trainer, step, reduced, mean, weights)
+
+    def _logged(
+        self, names: list[str], mean: Tensor, present: Tensor, weights: Tensor, loss: Tensor
+    ) -> dict[str, float]:
+        """What the loggers get each step: every present task's global mean loss, every balanced task's
+        weight, the worst and the mean present balanced loss, the weights' entropy and the total loss."""
+        logged: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if present[i]:
+                logged[f"train/loss/{name}"] = float(mean[i])
+        for i, name in enumerate(self.task_names):
+            logged[f"train/weight/{name}"] = float(weights[i])
+        k = len(self.task_names)
+        balanced_present = present[:k]
+        if bool(balanced_present.any()):
+            worst = mean[:k].masked_fill(~balanced_present, -math.inf)
+            logged["train/loss_worst"] = float(worst.max())
+            logged["train/loss_mean"] = float(mean[:k][balanced_present].mean())
+        logged["train/weight_entropy"] = weight_entropy(weights.tolist())
+        logged["train/loss_total"] = float(loss.detach())
+        return logged
+
+    def _trace(self, trainer, step: int, reduced: ReducedLosses, mean: Tensor, weights: Tensor) -> None:
+        """Append the step's line to this rank's trace file: its local sums and counts, the global means and
+        the weights it applied."""
+        names = reduced.names
+        record = {
+            "step": step,
+            "rank": int(trainer.global_rank) if trainer is not None else 0,
+            "local_sum": {n: float(v) for n, v in zip(names, reduced.local_sum.detach().float().cpu())},
+            "local_count": {n: float(v) for n, v in zip(names, reduced.local_count.cpu())},
+            "loss": {n: float(mean[i]) for i, n in enumerate(names)},
+            "weight": {n: float(weights[i]) for i, n in enumerate(self.task_names)},
+        }
+        with self._trace_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def final_losses(self) -> dict[str, float]:
         """Each task's mean reduced loss over the last ``window`` steps (its final loss; steps where the task
@@ -422,103 +452,17 @@ class LossAggregation(Callback):
         }
 
 
-def _module_params(module) -> list[Tensor]:
-    if module is None:
-        raise ValueError("FeatureCopies without a module: pass FeatureCopies(..., params=[...]).")
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def _row_gradients(features: FeatureRows, losses: Tensor) -> Tensor | None:
-    """``(T, R, D)``: task t's gradient w.r.t. ``features.rows`` (its own rows; zeros elsewhere), from one
-    backward of ``losses.sum()`` through the heads; None when no loss has a gradient."""
-    rows, task = features.rows, features.task.to(features.rows.device)
-    if task.shape != rows.shape[:1]:
-        raise ValueError(f"FeatureRows: task has shape {tuple(task.shape)}, expected ({rows.shape[0]},)")
-    total = losses.sum()
-    if not total.requires_grad:
-        return None
-    (grad,) = torch.autograd.grad(total, rows, retain_graph=True, allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(rows)
-    own = task[None, :] == torch.arange(losses.numel(), device=rows.device)[:, None]  # (T, R)
-    own = own.reshape(*own.shape, *([1] * (rows.dim() - 1)))
-    return torch.where(own, grad.float()[None], torch.zeros((), device=rows.device))
-
-
-def _copy_gradients(
-    features: FeatureCopies, sums: Sequence[Tensor], scale: Tensor, params: Sequence[Tensor]
-) -> tuple[Tensor, list[tuple[Tensor, list[tuple[int, Tensor]]]]]:
-    """Each loss's gradients: ``scale[i] * grad sums[i]`` w.r.t. ``features.shared`` through the copies,
-    ``(N, *shared.shape)`` fp32, and, for each of ``params`` that some loss reaches, ``(param, [(i, grad sums[i]
-    w.r.t. it), ...])`` (not yet scaled). One ``autograd.grad`` per loss; each traverses only the part of the
-    graph that loss depends on (its head), so together they cost one backward through all heads, and which
-    loss reaches which parameter is known."""
-    copies = list(features.copies.values())
-    if not copies or any(not (c.is_leaf and c.requires_grad) for c in copies):
-        raise ValueError("FeatureCopies: every copy must be made by shared.detach().requires_grad_().")
-    inputs = [*copies, *params]
-    shared = features.shared
-    feature = torch.zeros((len(sums), *shared.shape), dtype=torch.float32, device=shared.device)
-    reached: dict[int, list[tuple[int, Tensor]]] = {}
-    for i, s in enumerate(sums):
-        if not s.requires_grad:
-            continue
-        grads = torch.autograd.grad(s, inputs, retain_graph=True, allow_unused=True)
-        for g in grads[: len(copies)]:
-            if g is not None:
-                feature[i] += g.float() * scale[i]
-        for j, g in enumerate(grads[len(copies) :]):
-            if g is not None:
-                reached.setdefault(j, []).append((i, g))
-    return feature, [(params[j], terms) for j, terms in sorted(reached.items())]
-
-
-def _send_gradients(
-    total: Tensor,
-    losses: Tensor,
-    scale: Tensor,
-    shared: Tensor,
-    feature: Tensor,
-    reached: list[tuple[Tensor, list[tuple[int, Tensor]]]],
-) -> Tensor:
-    """A term of value 0 whose backward gives ``shared`` the gradient ``sum_i c_i feature[i]`` and each reached
-    parameter ``sum_i c_i scale_i grad sums[i]``, ``c = d total / d losses`` (the balancer's effective task
-    multipliers): with it, ``total``'s backward gives every parameter exactly the gradient of ``total`` as a
-    function of the model, though ``losses`` is cut from the model's graph."""
-    (c,) = torch.autograd.grad(total, losses, retain_graph=True, materialize_grads=True)
-    c = c.detach().float()
-    params = [p for p, _ in reached]
-    return _SendGradients.apply(
-        c, c * scale.float(), feature, [terms for _, terms in reached], shared, *params
-    )
-
-
-class _SendGradients(torch.autograd.Function):
-    """``_SendGradients.apply(c, c_params, feature, terms, shared, *params)`` is 0; its backward with upstream
-    ``u`` (1, or Lightning's ``1 / accumulate_grad_batches``, or a grad scaler's factor) gives ``shared``
-    ``u * sum_i c[i] feature[i]`` and ``params[j]`` ``u * sum_i c_params[i] g`` over its ``terms[j]`` ``(i, g)``:
-    one multiplication per parameter, where a product ``(p * G).sum()`` would cost three."""
-
-    @staticmethod
-    def forward(ctx, c, c_params, feature, terms, shared, *params):
-        ctx.c, ctx.c_params, ctx.feature, ctx.terms = c, c_params, feature, terms
-        ctx.shared_dtype = shared.dtype
-        return shared.new_zeros((), dtype=torch.float32)
-
-    @staticmethod
-    def backward(ctx, upstream):
-        u = upstream.float()
-        grad_shared = torch.tensordot(ctx.c * u, ctx.feature, dims=1).to(ctx.shared_dtype)
-        weights = ctx.c_params * u
-        grads = []
-        for terms in ctx.terms:
-            total = None
-            for i, g in terms:
-                part = g * weights[i].to(g.dtype)
-                total = part if total is None else total + part
-            grads.append(total)
-        ctx.terms = ctx.feature = None  # the step's gradients, freed now
-        return (None, None, None, None, grad_shared, *grads)
+def _sums_and_counts(values: Sequence[LossValue]) -> tuple[list[Tensor], list[Tensor]]:
+    """Each loss value as a 0-d sum and a 0-d fp32 count (a plain loss counts 1)."""
+    sums, counts = [], []
+    for value in values:
+        if isinstance(value, tuple):
+            s, c = value
+        else:
+            s, c = value, 1.0
+        sums.append(s.reshape(()))
+        counts.append(torch.as_tensor(c, dtype=torch.float32, device=s.device).reshape(()))
+    return sums, counts
 
 
 def weight_entropy(weights: Sequence[float]) -> float:

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from models.multimae import MultiMAE
-from pretrain.aggregation import FeatureCopies, LossAggregation
+from pretrain.aggregation import LossAggregation
 from pretrain.base import PretrainingModule
+from pretrain.feature_gradients import FeatureCopies
 from utils.errors import ConfigError
 from utils.optim import warmup_decay_schedule
 

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from data.pos_grammar import ALL_GROUPS, GROUPS, OTHER
-from pretrain.aggregation import FeatureRows, LossAggregation
+from pretrain.aggregation import LossAggregation
 from pretrain.base import PretrainingModule
+from pretrain.feature_gradients import FeatureRows
 from utils.errors import ConfigError, DataError
 from utils.optim import warmup_decay_schedule
 

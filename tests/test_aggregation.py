@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data.loading import resumable_loader
-from pretrain.aggregation import FeatureCopies, LossAggregation
+from pretrain.aggregation import LossAggregation
 from pretrain.balancers import (
     DBMTL,
     DWA,
@@ -26,6 +26,7 @@ from pretrain.balancers import (
     Uncertainty,
     Vanilla,
 )
+from pretrain.feature_gradients import FeatureCopies
 from utils.errors import ConfigError, NonFiniteLossError
 
 TASKS = ["a", "b", "rare"]

@@ -17,8 +17,9 @@ from torch import nn
 from data.pos_grammar import ALL_GROUPS
 from models.bert import PosBert
 from models.multimae import MultiMAE
-from pretrain.aggregation import FeatureCopies, LossAggregation
+from pretrain.aggregation import LossAggregation
 from pretrain.balancers import DBMTL, ExcessMTL, GradientAggregator, GradNorm, NoBalancing, Uncertainty
+from pretrain.feature_gradients import FeatureCopies
 from pretrain.mm_mae import MMMAEPretraining
 from pretrain.pos_bert import PosBertPretraining
 

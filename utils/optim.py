@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from utils.trainer import trainer_of
+
 DECAYS = ("linear", "cosine")
 
 
@@ -57,9 +59,10 @@ def decay_groups(
 def estimated_steps(module: Any) -> int:
     """The optimizer steps the module's trainer will take (``estimated_stepping_batches``), 0 without a
     trainer or without a limit."""
-    if getattr(module, "_trainer", None) is None:
+    trainer = trainer_of(module)
+    if trainer is None:
         return 0
-    total = module.trainer.estimated_stepping_batches
+    total = trainer.estimated_stepping_batches
     return int(total) if total and total != float("inf") else 0
 
 
