@@ -11,6 +11,11 @@ Used at the end of every multirun (``SummaryCallback``, configured in ``conf/hyd
 as a command that rebuilds the table from the run directories of an interrupted/resumed sweep::
 
     python -m runner.report multirun/convex/2026-11-27_10-00-00
+
+Both also write ``provenance.json`` (runner/provenance.py: commit, command, machine, versions, wall time). The same
+command stores a finished sweep under ``results/<name>/`` (``--store <name>``, ``--force`` to replace one) and
+renders the docs' result blocks from ``results/`` (``--docs``; ``--docs --check`` exits 1 when they are out of
+date): runner/docs_render.py.
 """
 
 from __future__ import annotations
@@ -21,12 +26,28 @@ import sys
 from pathlib import Path
 
 from runner.figures import write_figures
+from runner.provenance import write_provenance
 from runner.tables import build_table, collect, render_markdown
 
 log = logging.getLogger(__name__)
 
 
-def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
+#: the sweep figures summary.md links, in order (runner/figures.py writes them)
+FIGURES = ("curves.png", "theory.png", "weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+
+
+def summary_markdown(table: dict, folder: Path) -> str:
+    """summary.md: the rendered table and a link to every figure present in ``folder``."""
+    text = render_markdown(table)
+    figs = [f for f in FIGURES if (Path(folder) / f).exists()]
+    if figs:
+        text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
+    return text
+
+
+def write_summary(sweep_dir: Path, figures: bool = True, argv: list[str] | None = None) -> Path:
+    """summary.md, summary.csv, the figures and provenance.json of the runs below ``sweep_dir`` (``argv``: the
+    multirun's command line, when called at its end)."""
     sweep_dir = Path(sweep_dir)
     runs = collect(sweep_dir)
     table = build_table(runs)
@@ -36,23 +57,12 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the table
             log.warning("sweep figures failed: %s", exc)
     md = sweep_dir / "summary.md"
-    text = render_markdown(table)
-    figs = [
-        f
-        for f in (
-            "curves.png",
-            "theory.png",
-            "weights.png",
-            "upstream_losses.png",
-            "downstream.png",
-            "figure3.png",
-        )
-        if (sweep_dir / f).exists()
-    ]
-    if figs:
-        text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
-    md.write_text(text)
+    md.write_text(summary_markdown(table, sweep_dir))
     write_csv(sweep_dir / "summary.csv", table)
+    try:
+        write_provenance(sweep_dir, runs, argv)
+    except Exception as exc:  # noqa: BLE001 - provenance must never cost the table
+        log.warning("provenance.json failed: %s", exc)
     return md
 
 
@@ -97,7 +107,7 @@ class SummaryCallback(_HydraCallback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            path = write_summary(sweep_dir)
+            path = write_summary(sweep_dir, argv=sys.argv)
             log.info("sweep summary written to %s", path)
             print(path.read_text())
             wandb_cfg = (config.get("logger") or {}).get("wandb")
@@ -111,13 +121,49 @@ class SummaryCallback(_HydraCallback):
                     log.warning("could not log the sweep summary to wandb: %s", exc)
 
 
+def _parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m runner.report",
+        description="Write a sweep's summary (and store it under results/<name>), or render the docs from results/.",
+    )
+    p.add_argument("sweep_dir", nargs="?", type=Path, help="a directory holding the runs' results.json")
+    p.add_argument("--store", metavar="NAME", help="copy the finished sweep into results/NAME/")
+    p.add_argument("--force", action="store_true", help="with --store: replace an existing results/NAME/")
+    p.add_argument(
+        "--docs", action="store_true", help="rebuild results/*/summary.* and the docs' results blocks"
+    )
+    p.add_argument("--check", action="store_true", help="with --docs: change nothing, exit 1 if out of date")
+    p.add_argument("--root", type=Path, default=None, help="the repository root (default: this checkout)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m runner.report <sweep_dir>  (a directory holding the runs' results.json)")
+    from runner import docs_render
+
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    root = args.root or docs_render.REPO
+    if args.docs:
+        stale = docs_render.render_all(root, check=args.check)
+        for path in stale:
+            print(f"out of date: {path}" if args.check else f"rewritten: {path}")
+        if args.check and stale:
+            print("the docs or results/ are out of date: run `python -m runner.report --docs`")
+        return 1 if args.check and stale else 0
+    if args.sweep_dir is None or not args.sweep_dir.is_dir():
+        print("usage: python -m runner.report <sweep_dir> [--store NAME [--force]] | --docs [--check]"
+              "  (sweep_dir: a directory holding the runs' results.json)")  # fmt: skip
         return 2
-    path = write_summary(Path(argv[0]))
+    path = write_summary(args.sweep_dir)
     print(path.read_text())
+    if args.store:
+        try:
+            dest = docs_render.store(args.sweep_dir, args.store, root, force=args.force)
+        except docs_render.StoreError as exc:
+            print(exc)
+            return 2
+        print(f"stored in {dest}; render the docs with `python -m runner.report --docs`")
     return 0
 
 
