@@ -56,22 +56,30 @@ def store(sweep_dir: Path, name: str, root: Path = REPO, force: bool = False) ->
         raise StoreError(f"{dest} exists already: pass --force to replace it.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
-    (tmp / "runs").mkdir()
-    for run in runs:
-        shutil.copyfile(
-            Path(run["_dir"]) / "results.json", tmp / "runs" / f"{_run_name(run['_dir'], sweep_dir)}.json"
-        )
-    for f in ["summary.md", "summary.csv", PROVENANCE, *sorted(p.name for p in sweep_dir.glob("*.png"))]:
-        if (sweep_dir / f).is_file():
-            shutil.copyfile(sweep_dir / f, tmp / f)
-    if rebuilt_summary(tmp)["summary.md"] != (tmp / "summary.md").read_text():
-        log.warning(
-            "summary.md rebuilt from the stored runs differs from the sweep's: `--docs` will rewrite it"
-        )
+    try:
+        _copy_sweep(sweep_dir, runs, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
     return dest
+
+
+def _copy_sweep(sweep_dir: Path, runs: list[dict], tmp: Path) -> None:
+    (tmp / "runs").mkdir()
+    for run in runs:
+        name = _run_name(run["_dir"], sweep_dir)
+        shutil.copyfile(Path(run["_dir"]) / "results.json", tmp / "runs" / f"{name}.json")
+    for f in ["summary.md", "summary.csv", PROVENANCE, *sorted(p.name for p in sweep_dir.glob("*.png"))]:
+        if (sweep_dir / f).is_file():
+            shutil.copyfile(sweep_dir / f, tmp / f)
+    stored = tmp / "summary.md"
+    if not stored.is_file() or rebuilt_summary(tmp)["summary.md"] != stored.read_text():
+        log.warning(
+            "summary.md rebuilt from the stored runs differs from the sweep's: `--docs` will rewrite it"
+        )
 
 
 def stored_runs(result_dir: Path) -> list[dict]:
@@ -195,7 +203,9 @@ def render_all(root: Path = REPO, check: bool = False) -> list[Path]:
     README.md and docs/*.md; return the files that were (``check``: would be) changed."""
     root = Path(root)
     stale: list[Path] = []
-    stored = sorted(p for p in (root / RESULTS).glob("*") if (p / "runs").is_dir())
+    stored = sorted(
+        p for p in (root / RESULTS).glob("*") if _NAME.fullmatch(p.name) and (p / "runs").is_dir()
+    )
     summaries = {}
     for result_dir in stored:
         rebuilt = rebuilt_summary(result_dir)
