@@ -149,7 +149,8 @@ def _headline(root: Path, page: Path) -> str:
     cmp = table["compare"].to_dict("index") if not table["compare"].empty else {}
     arrow = "higher is better" if table["higher_is_better"] else "lower is better"
     lines = [
-        f"`results/{name}` ({', '.join(table['experiments'])}; {arrow}; mean +- std over seeds, paired 95% "
+        f"`results/{name}` ({', '.join(table['experiments'])}: the worst and average over the downstream tasks of "
+        f"{', '.join(sorted(set(table['primary'].values())))}, {arrow}; mean +- std over seeds, paired 95% "
         f"interval vs `none`, * = excludes 0). All tables, figures and provenance: {link}.",
         "",
         "| row | seeds | worst | average | worst - none |",
