@@ -142,7 +142,12 @@ def _parser():
 def main(argv: list[str] | None = None) -> int:
     from runner import docs_render
 
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.check and not args.docs or args.force and not args.store:
+        parser.error("--check goes with --docs, and --force with --store NAME")
+    if args.docs and (args.store or args.sweep_dir):
+        parser.error("--docs renders from results/: give it no sweep directory and no --store")
     root = args.root or docs_render.REPO
     if args.docs:
         stale = docs_render.render_all(root, check=args.check)

@@ -108,6 +108,9 @@ def test_store_copies_the_runs_summaries_provenance_and_figures_and_nothing_else
     assert (dest / "summary.md").read_text() == (sweep / "summary.md").read_text()
     with pytest.raises(StoreError, match="letters, digits"):
         store(sweep, "../elsewhere", root=tmp_path / "repo")
+    for wrong in (["--check"], [str(sweep), "--force"], [str(sweep), "--docs"]):
+        with pytest.raises(SystemExit):  # argparse's usage error: exit status 2
+            main(wrong)
 
 
 def _site(root: Path, sweep: Path) -> Path:
