@@ -58,10 +58,11 @@ def run_dashboard(cfg: DictConfig, out_dir: Path) -> None:
 
 
 def run_report(cfg: DictConfig, out_dir: Path) -> None:
-    """``stage=report``: rebuild summary.md, summary.csv and the figures of ``report.sweep_dir``."""
-    from runner.report import print_summary
+    """``stage=report``: rebuild summary.md, summary.csv and the figures of ``report.sweep_dir`` (and store it
+    under ``results/<report.store>``), or render the docs from ``results/`` (``report.docs``)."""
+    from runner.report import report_stage
 
-    print_summary(OmegaConf.select(cfg, "report.sweep_dir"))
+    report_stage(**OmegaConf.to_container(cfg.report))
 
 
 def run_nsp_cues(cfg: DictConfig, out_dir: Path) -> None:

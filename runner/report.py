@@ -11,22 +11,44 @@ Used at the end of every multirun (``SummaryCallback``, configured in ``conf/hyd
 as a stage that rebuilds the table from the run directories of an interrupted/resumed sweep::
 
     python run.py stage=report report.sweep_dir=multirun/convex/2026-11-27_10-00-00
+
+Both also write ``provenance.json`` (runner/provenance.py: commit, command, machine, versions, wall time). The same
+stage stores a finished sweep under ``results/<name>/`` (``report.store=<name>``, ``report.force=true`` to
+replace one) and renders the docs' result blocks from ``results/`` (``report.docs=true``; with
+``report.check=true`` it changes nothing and fails when they are out of date): runner/docs_render.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 from runner.figures import write_figures
+from runner.provenance import write_provenance
 from runner.tables import build_table, collect, render_markdown
-from utils.errors import ConfigError
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 
-def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
+#: the sweep figures summary.md links, in order (runner/figures.py writes them)
+FIGURES = ("curves.png", "theory.png", "weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+
+
+def summary_markdown(table: dict, folder: Path) -> str:
+    """summary.md: the rendered table and a link to every figure present in ``folder``."""
+    text = render_markdown(table)
+    figs = [f for f in FIGURES if (Path(folder) / f).exists()]
+    if figs:
+        text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
+    return text
+
+
+def write_summary(sweep_dir: Path, figures: bool = True, argv: list[str] | None = None) -> Path:
+    """summary.md, summary.csv, the figures and provenance.json of the runs below ``sweep_dir`` (``argv``: the
+    multirun's command line, when called at its end)."""
     sweep_dir = Path(sweep_dir)
     runs = collect(sweep_dir)
     table = build_table(runs)
@@ -36,23 +58,12 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the table
             log.warning("sweep figures failed: %s", exc)
     md = sweep_dir / "summary.md"
-    text = render_markdown(table)
-    figs = [
-        f
-        for f in (
-            "curves.png",
-            "theory.png",
-            "weights.png",
-            "upstream_losses.png",
-            "downstream.png",
-            "figure3.png",
-        )
-        if (sweep_dir / f).exists()
-    ]
-    if figs:
-        text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
-    md.write_text(text)
+    md.write_text(summary_markdown(table, sweep_dir))
     write_csv(sweep_dir / "summary.csv", table)
+    try:
+        write_provenance(sweep_dir, runs, argv)
+    except Exception as exc:  # noqa: BLE001 - provenance must never cost the table
+        log.warning("provenance.json failed: %s", exc)
     return md
 
 
@@ -97,7 +108,7 @@ class SummaryCallback(_HydraCallback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            path = write_summary(sweep_dir)
+            path = write_summary(sweep_dir, argv=sys.argv)
             log.info("sweep summary written to %s", path)
             print(path.read_text())
             wandb_cfg = (config.get("logger") or {}).get("wandb")
@@ -111,13 +122,45 @@ class SummaryCallback(_HydraCallback):
                     log.warning("could not log the sweep summary to wandb: %s", exc)
 
 
-def print_summary(sweep_dir: str | Path | None) -> Path:
-    """``stage=report``: write summary.md, summary.csv and the figures of the sweep folder ``sweep_dir``
-    (``report.sweep_dir``) from its runs' results.json, print the table and return summary.md's path."""
+def report_stage(
+    sweep_dir: str | Path | None = None,
+    store: str | None = None,
+    force: bool = False,
+    docs: bool = False,
+    check: bool = False,
+    root: Path | None = None,
+) -> Path | None:
+    """``stage=report`` (the ``report.*`` keys): write summary.md, summary.csv, the figures and provenance.json of
+    the sweep folder ``sweep_dir`` from its runs' results.json and print the table, then with ``store`` copy it
+    into ``results/<store>/``; or, with ``docs``, rebuild every stored summary and the docs' result blocks from
+    ``results/`` (``check``: change nothing, fail naming what is out of date). Returns summary.md's path."""
+    from runner import docs_render
+
+    root = Path(root) if root else docs_render.REPO
+    if docs:
+        if sweep_dir or store:
+            raise ConfigError("report.docs=true renders from results/: leave report.sweep_dir and report.store unset.")
+        stale = docs_render.render_all(root, check=check)
+        if check and stale:
+            raise DataError(
+                f"out of date with results/: {', '.join(str(p.relative_to(root)) for p in stale)}; render them with "
+                "`python run.py stage=report report.docs=true`."
+            )
+        for path in stale:
+            print(f"rewritten: {path}")
+        return None
+    if check or (force and not store):
+        raise ConfigError("report.check goes with report.docs=true, and report.force with report.store=<name>.")
     if not sweep_dir or not Path(sweep_dir).is_dir():
         raise ConfigError(
             f"stage=report needs report.sweep_dir=<a sweep folder holding the runs' results.json>, got {sweep_dir}."
         )
     path = write_summary(Path(sweep_dir))
     print(path.read_text())
+    if store:
+        try:
+            dest = docs_render.store(Path(sweep_dir), store, root, force=force)
+        except docs_render.StoreError as exc:
+            raise DataError(str(exc)) from None
+        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
     return path

@@ -1,0 +1,199 @@
+"""Stored results and the docs rendered from them: provenance.json, ``report.store``, ``report.docs`` and
+``report.docs=true report.check=true`` (a number in the docs changes only together with the stored runs it comes
+from)."""
+
+import json
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+from runner import docs_render
+from runner.docs_render import StoreError, render_all, store
+from runner.report import report_stage, write_summary
+from utils.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(sweep: Path, name: str, balancer: str, seed: int, worst: float, log=None) -> Path:
+    d = sweep / name
+    d.mkdir(parents=True)
+    res = {
+        "experiment": "convex",
+        "balancer": balancer,
+        "seed": seed,
+        "overrides": [f"balancer={balancer}", f"seed={seed}"],
+        "downstream": {"t": {"metrics": {"m": worst}, "primary": "m", "higher_is_better": False}},
+        "summary": {"worst": worst, "average": worst / 2, "higher_is_better": False},
+    }
+    (d / "results.json").write_text(json.dumps(res))
+    if log:  # Hydra's job log: the first and the last line give the run's span
+        (d / "run.log").write_text("".join(f"[2026-12-01 {t},123][runner][INFO] - x\n" for t in log))
+    return d
+
+
+def _sweep(path: Path) -> Path:
+    _run(path, "0_none_seed0", "none", 0, 0.40, log=("10:00:00", "10:00:30"))
+    _run(path, "1_none_seed1", "none", 1, 0.60, log=("10:00:40", "10:01:10"))
+    _run(path, "2_minimax_seed0", "minimax", 0, 0.30)
+    _run(path, "3_minimax_seed1", "minimax", 1, 0.35)
+    (path / "multirun.yaml").write_text(
+        "hydra:\n  job: {name: run}\n  overrides:\n    hydra: [hydra.mode=MULTIRUN]\n"
+        "    task: [experiment=convex, 'balancer=none,minimax', 'seed=0,1']\n"
+    )
+    return path
+
+
+def test_provenance_records_commit_command_machine_versions_and_wall_time(tmp_path):
+    sweep = _sweep(tmp_path / "sweep")
+    write_summary(sweep, figures=False)
+    prov = json.loads((sweep / "provenance.json").read_text())
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    assert prov["commit"] == head and isinstance(prov["dirty"], bool)
+    assert prov["command"] == "python run.py -m experiment=convex balancer=none,minimax seed=0,1"
+    assert prov["runs"] == 4
+    assert prov["wall_seconds"] == 70  # 10:00:00 (first run's start) to 10:01:10 (last run's end)
+    assert prov["started"] == "2026-12-01T10:00:00"
+    assert prov["versions"]["python"] == platform.python_version()
+    assert prov["versions"]["torch"] != "unknown" and prov["machine"]["cores"] >= 1
+    # rebuilding the report later (e.g. after a resumed run) keeps the producer and recounts the runs
+    prov["commit"] = "0" * 40
+    (sweep / "provenance.json").write_text(json.dumps(prov))
+    _run(sweep, "4_minimax_seed2", "minimax", 2, 0.5)
+    write_summary(sweep, figures=False)
+    again = json.loads((sweep / "provenance.json").read_text())
+    assert again["commit"] == "0" * 40 and again["runs"] == 5
+
+
+def test_provenance_without_git_says_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no_bin"))  # no git (nor nvidia-smi) to be found
+    sweep = _sweep(tmp_path / "sweep")
+    write_summary(sweep, figures=False)
+    prov = json.loads((sweep / "provenance.json").read_text())
+    assert prov["commit"] == "unknown" and prov["dirty"] == "unknown"
+    assert "commit `unknown`" in docs_render.describe(prov)
+
+
+def test_store_copies_the_runs_summaries_provenance_and_figures_and_nothing_else(tmp_path):
+    sweep = _sweep(tmp_path / "sweep")
+    (sweep / "0_none_seed0" / "checkpoints").mkdir()
+    (sweep / "0_none_seed0" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (sweep / "curves.png").write_bytes(b"\x89PNG figure")
+    (sweep / "notes.txt").write_text("not a result")
+    write_summary(sweep, figures=False)
+    dest = store(sweep, "demo", root=tmp_path / "repo")
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == [
+        "curves.png",
+        "provenance.json",
+        "runs/0_none_seed0.json",
+        "runs/1_none_seed1.json",
+        "runs/2_minimax_seed0.json",
+        "runs/3_minimax_seed1.json",
+        "summary.csv",
+        "summary.md",
+    ]
+    assert (dest / "runs" / "1_none_seed1.json").read_text() == (
+        sweep / "1_none_seed1" / "results.json"
+    ).read_text()
+    with pytest.raises(StoreError, match="report.force=true"):
+        store(sweep, "demo", root=tmp_path / "repo")
+    (dest / "summary.md").write_text("edited")
+    store(sweep, "demo", root=tmp_path / "repo", force=True)
+    assert (dest / "summary.md").read_text() == (sweep / "summary.md").read_text()
+    with pytest.raises(StoreError, match="letters, digits"):
+        store(sweep, "../elsewhere", root=tmp_path / "repo")
+    for wrong in ({"check": True}, {"sweep_dir": sweep, "force": True}, {"sweep_dir": sweep, "docs": True}):
+        with pytest.raises(ConfigError, match="report\\."):  # one sentence naming the report.* keys
+            report_stage(**wrong, root=tmp_path / "repo")
+
+
+def _site(root: Path, sweep: Path) -> Path:
+    """A repository with one stored result (demo) and the markers of it, of a missing one and the headline."""
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "results.md").write_text(
+        "# Results\n\n<!-- results:demo -->\nhand-typed 0.123\n<!-- /results:demo -->\n\n"
+        "<!-- results:table1 -->\n<!-- /results:table1 -->\n"
+    )
+    (root / "README.md").write_text("# x\n\n<!-- results:headline -->\n<!-- /results:headline -->\n")
+    write_summary(sweep, figures=False)
+    store(sweep, "demo", root=root)
+    return root
+
+
+def test_docs_are_rendered_from_results_and_the_check_catches_a_hand_edit(tmp_path, monkeypatch):
+    monkeypatch.setattr(docs_render, "HEADLINE_SOURCES", ("table1", "demo"))
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "curves.png").write_bytes(b"\x89PNG figure")
+    root = _site(tmp_path / "repo", _sweep(tmp_path / "sweep"))
+    assert render_all(root, check=True)  # the blocks are not rendered yet
+    render_all(root)
+    page = (root / "docs" / "results.md").read_text()
+    assert "hand-typed" not in page
+    assert "| none | 2 | 0.5 +- 0.14 |" in page  # worst over seeds 0.4, 0.6: mean 0.5, std 0.14
+    assert "| minimax | 2 | **0.325 +- 0.035** (-0.175) |" in page  # best of the column, minus none
+    assert "![curves](results/demo/curves.png)" in page
+    assert (root / "docs" / "results" / "demo" / "curves.png").read_bytes() == b"\x89PNG figure"
+    assert "*Stored in `results/demo/`: commit `" in page and ", 4 runs.*" in page
+    assert re.search(r"<!-- results:table1 -->\n\*Not stored yet: no `results/table1/`", page)
+    readme = (root / "README.md").read_text()
+    assert (
+        "| minimax | 2 | 0.325 +- 0.035 | 0.162 +- 0.018 | -0.175 [-1.13, +0.778] |" in readme
+    )  # t(1) = 12.7
+    assert "[docs/results.md](docs/results.md)" in readme
+    assert render_all(root, check=True) == []
+    report_stage(docs=True, check=True, root=root)  # up to date: no error
+
+    summary = root / "results" / "demo" / "summary.md"
+    summary.write_text(
+        summary.read_text().replace("0.325 +- 0.035", "0.315 +- 0.035")
+    )  # a number typed by hand
+    assert render_all(root, check=True) == [summary]
+    with pytest.raises(DataError, match="out of date with results/: results/demo/summary.md"):
+        report_stage(docs=True, check=True, root=root)
+    render_all(root)  # re-rendered from the runs: the hand edit is gone
+    assert "0.325 +- 0.035" in summary.read_text() and render_all(root, check=True) == []
+
+    (root / "docs" / "results.md").write_text(
+        page.replace("**0.325 +- 0.035** (-0.175)", "**0.3 +- 0.035** (-0.2)")
+    )
+    assert render_all(root, check=True) == [root / "docs" / "results.md"]
+    render_all(root)
+
+    run = root / "results" / "demo" / "runs" / "3_minimax_seed1.json"
+    run.write_text(
+        run.read_text().replace('"worst": 0.35', '"worst": 0.45')
+    )  # the runs change: the docs follow
+    assert root / "docs" / "results.md" in render_all(root)
+    assert "| **0.375 +- 0.11** (-0.125) |" in (root / "docs" / "results.md").read_text()  # the worst column
+
+
+def test_the_repository_docs_match_its_stored_results():
+    """Every results/<name>/summary.* is what the report code rebuilds from results/<name>/runs/, and every
+    results block of README.md and docs/ is rendered from them."""
+    stored = sorted(p.name for p in (REPO / "results").glob("*") if (p / "runs").is_dir())
+    assert "convex_regimes" in stored
+    assert render_all(REPO, check=True) == [], "run `python run.py stage=report report.docs=true`"
+
+
+def test_the_check_command_fails_on_a_hand_edited_stored_number(tmp_path):
+    root = tmp_path / "repo"
+    for part in ("results", "docs"):
+        shutil.copytree(REPO / part, root / part)
+    shutil.copyfile(REPO / "README.md", root / "README.md")
+    summary = root / "results" / "convex_regimes" / "summary.md"
+    text = summary.read_text()
+    number = re.search(r"\| (\d\.\d+) \+- ", text)[1]
+    summary.write_text(text.replace(f"| {number} +- ", f"| {float(number) * 1.01:.4g} +- ", 1))
+    args = ["stage=report", "report.docs=true", "report.check=true", f"report.root={root}", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "out of date with results/: results/convex_regimes/summary.md" in proc.stderr
