@@ -129,46 +129,45 @@ def _mean_curves(
         }
 
 
-def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
-    """curves.png (worst and average primary metric against the downstream N, mean over pre-training seeds
-    with a 95% t-interval band), theory.png (convex: worst-case excess risk and sample complexity against the
-    worst-case initial risk, ``_theory_figure``), weights.png, upstream_losses.png (per balancer, over pre-training steps,
-    mean over seeds) and downstream.png (each downstream task's primary metric per balancer, mean +- std
-    over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    written: list[Path] = []
-    curves = curve_frame(runs)
-    if not curves.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
-        ns = sorted(curves["N"].unique())
-        for ax, m in zip(axes, _MEASURES):
-            for label in sorted(curves["row"].unique(), key=row_key):
-                c = curves[(curves["row"] == label) & (curves["measure"] == m)].sort_values("N")
-                (line,) = ax.plot(c["N"], c["mean"], marker="o", ms=3, lw=1.2, label=label)
-                if c["half"].notna().any():  # 95% t-interval over pre-training seeds
-                    lo, hi = c["mean"] - c["half"], c["mean"] + c["half"]
-                    ax.fill_between(c["N"], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-            ax.set_xscale("log")
-            ax.set_xticks(ns, [str(n) for n in ns])
-            ax.minorticks_off()
-            ax.set_xlabel("downstream training samples N")
-            ax.set_title("worst task" if m == "worst" else "average over tasks")
-        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
-        axes[0].set_ylabel(f"primary metric ({arrow})")
-        axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(sweep_dir) / "curves.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    theory = theory_frame(runs)
-    if not theory.empty:
-        written.append(_theory_figure(Path(sweep_dir) / "theory.png", theory, table.get("settings") or {}))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _arrow(table: dict) -> str:
+    return "higher is better" if table["higher_is_better"] else "lower is better"
+
+
+def _curves_figure(path: Path, curves, table: dict) -> Path:
+    """curves.png: worst and average primary metric against the downstream N, mean over pre-training seeds with
+    a 95% t-interval band."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    ns = sorted(curves["N"].unique())
+    for ax, m in zip(axes, _MEASURES):
+        for label in sorted(curves["row"].unique(), key=row_key):
+            c = curves[(curves["row"] == label) & (curves["measure"] == m)].sort_values("N")
+            (line,) = ax.plot(c["N"], c["mean"], marker="o", ms=3, lw=1.2, label=label)
+            if c["half"].notna().any():  # 95% t-interval over pre-training seeds
+                lo, hi = c["mean"] - c["half"], c["mean"] + c["half"]
+                ax.fill_between(c["N"], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("downstream training samples N")
+        ax.set_title("worst task" if m == "worst" else "average over tasks")
+    axes[0].set_ylabel(f"primary metric ({_arrow(table)})")
+    axes[1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _histories(runs: list[dict]) -> dict[str, list[dict]]:
+    """Each row's (balancer's) pre-training curves, one per run that has a CSV log; a warning for the others."""
     by_balancer: dict[str, list[dict]] = defaultdict(list)
     without = []
     for r, label in zip(runs, row_labels(runs)):
@@ -183,62 +182,92 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
             "weight or loss curves for them (logger=none writes no per-step history)",
             len(without), len(runs), without[0], METRICS_CSV,
         )  # fmt: skip
-    for prefix, fname, ylabel in (
-        ("weight", "weights.png", "task weight"),
-        ("loss", "upstream_losses.png", "task loss"),
-    ):
-        if not by_balancer:
-            break
-        names = sorted(by_balancer, key=row_key)
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
-        for ax, b in zip(axes[0], names):
-            steps, curves = _mean_curves(by_balancer[b], prefix)
-            for task, ys in curves.items():
-                ax.plot(steps, ys, label=task, lw=1.2)
-            ax.set_title(b)
-            ax.set_xlabel(f"pre-training step (moving average of {max(1, len(steps) // 50)})")
-            if prefix == "loss":
-                ax.set_yscale("log")
-        axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
-        fig.tight_layout()
-        path = Path(sweep_dir) / fname
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    # Figure 3 of the paper: each balancer's segmentation of the same fixed dev images (first seed)
+    return by_balancer
+
+
+def _steps_figure(path: Path, by_balancer: dict[str, list[dict]], prefix: str, ylabel: str) -> Path:
+    """weights.png (``prefix`` weight) or upstream_losses.png (loss): one panel per balancer, each task's curve
+    over pre-training steps, mean over seeds."""
+    import matplotlib.pyplot as plt
+
+    names = sorted(by_balancer, key=row_key)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
+    for ax, b in zip(axes[0], names):
+        steps, curves = _mean_curves(by_balancer[b], prefix)
+        for task, ys in curves.items():
+            ax.plot(steps, ys, label=task, lw=1.2)
+        ax.set_title(b)
+        ax.set_xlabel(f"pre-training step (moving average of {max(1, len(steps) // 50)})")
+        if prefix == "loss":
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
+    return _save(fig, path)
+
+
+def _figure3(path: Path, runs: list[dict]) -> Path | None:
+    """Figure 3 of the paper: each balancer's segmentation of the same fixed dev images (first seed); None
+    without a run that saved them."""
     with_seg = [
         (r, label)
         for r, label in zip(runs, row_labels(runs))
         if (Path(r.get("_dir", "")) / "seg_pred.npy").exists()
     ]
-    if with_seg:
-        from finetune.figures import sweep_figure
+    if not with_seg:
+        return None
+    from finetune.figures import sweep_figure
 
-        seed = min(int(r.get("seed", 0)) for r, _ in with_seg)
-        chosen = {}
-        for r, label in with_seg:
-            if int(r.get("seed", 0)) == seed:
-                chosen.setdefault(label, Path(r["_dir"]))
-        written.append(sweep_figure([chosen[k] for k in sorted(chosen)], Path(sweep_dir) / "figure3.png"))
+    seed = min(int(r.get("seed", 0)) for r, _ in with_seg)
+    chosen = {}
+    for r, label in with_seg:
+        if int(r.get("seed", 0)) == seed:
+            chosen.setdefault(label, Path(r["_dir"]))
+    return sweep_figure([chosen[k] for k in sorted(chosen)], path)
+
+
+def _downstream_figure(path: Path, table: dict) -> Path | None:
+    """downstream.png: each downstream task's primary metric per balancer, mean +- std over seeds; None without
+    tasks or rows."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     tasks = [c for c in table["columns"] if c not in ("average", "worst")]
     balancers = list(table["rows"])
-    if tasks and balancers:
-        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tasks) * max(1, len(balancers)) / 2), 3.6))
-        width = 0.8 / len(balancers)
-        x = np.arange(len(tasks))
-        for i, b in enumerate(balancers):
-            row = table["rows"][b]
-            means = [row[t][0] if t in row else np.nan for t in tasks]
-            stds = [row[t][1] if t in row else 0 for t in tasks]
-            ax.bar(x + (i - (len(balancers) - 1) / 2) * width, means, width, yerr=stds, label=b, capsize=2)
-        ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
-        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
-        ax.set_ylabel(f"primary metric ({arrow})")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(sweep_dir) / "downstream.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+    if not (tasks and balancers):
+        return None
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tasks) * max(1, len(balancers)) / 2), 3.6))
+    width = 0.8 / len(balancers)
+    x = np.arange(len(tasks))
+    for i, b in enumerate(balancers):
+        row = table["rows"][b]
+        means = [row[t][0] if t in row else np.nan for t in tasks]
+        stds = [row[t][1] if t in row else 0 for t in tasks]
+        ax.bar(x + (i - (len(balancers) - 1) / 2) * width, means, width, yerr=stds, label=b, capsize=2)
+    ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"primary metric ({_arrow(table)})")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
+    """curves.png (``_curves_figure``), theory.png (convex: ``_theory_figure``), weights.png and
+    upstream_losses.png (``_steps_figure``), figure3.png (``_figure3``) and downstream.png
+    (``_downstream_figure``), each where the runs have what it draws; the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    sweep_dir = Path(sweep_dir)
+    written: list[Path | None] = []
+    curves = curve_frame(runs)
+    if not curves.empty:
+        written.append(_curves_figure(sweep_dir / "curves.png", curves, table))
+    theory = theory_frame(runs)
+    if not theory.empty:
+        written.append(_theory_figure(sweep_dir / "theory.png", theory, table.get("settings") or {}))
+    by_balancer = _histories(runs)
+    if by_balancer:
+        written.append(_steps_figure(sweep_dir / "weights.png", by_balancer, "weight", "task weight"))
+        written.append(_steps_figure(sweep_dir / "upstream_losses.png", by_balancer, "loss", "task loss"))
+    written.append(_figure3(sweep_dir / "figure3.png", runs))
+    written.append(_downstream_figure(sweep_dir / "downstream.png", table))
+    return [p for p in written if p is not None]
