@@ -404,7 +404,9 @@ def test_write_figures_draws_each_figure_the_runs_have_data_for(tmp_path, caplog
             d = _run(tmp_path / "sweep", f"{b}{s}", b, s, 0.4, 0.5, curve=curve)
             (d / "csv").mkdir()
             rows = [f"{i},{1 / (i + 1)},{0.5 + 0.01 * i}" for i in range(60)]
-            (d / "csv" / "metrics.csv").write_text("\n".join(["step,train/loss/a,train/weight/a", *rows]) + "\n")
+            (d / "csv" / "metrics.csv").write_text(
+                "\n".join(["step,train/loss/a,train/weight/a", *rows]) + "\n"
+            )
     _run(tmp_path / "sweep", "bare", "none", 2, 0.4, 0.5)
     runs = collect(tmp_path / "sweep")
     with caplog.at_level("WARNING", logger="runner.figures"):
