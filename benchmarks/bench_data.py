@@ -80,10 +80,11 @@ def bench_tagging(args) -> list[tuple[int, float]]:
         text.write_text("\n".join(lines) + "\n")
         n = sum(1 for x in lines if x)
         words = sum(len(x.split()) for x in lines)
-        make = functools.partial(PosBertDataModule, text_file=str(text), vocab_size=4096)
+        make = functools.partial(PosBertDataModule, tokenizer={"vocab_size": 4096})
+        corpus = {"text_file": str(text)}
         first = tmp / f"cache{args.num_proc[0]}"
         tokenizer = make(
-            cache_dir=str(first)
+            cache_dir=str(first), corpus=corpus
         ).build_tokenizer()  # cached there: the cached run below finds it
         print(
             f"POS tagging: NLTK pos_tag_sents + tokenize + align (datasets.map), {n} generated sentences "
@@ -91,7 +92,7 @@ def bench_tagging(args) -> list[tuple[int, float]]:
         )
         cpu = {}  # num_proc -> (CPU s of this process, CPU s of its worker processes)
         for num_proc in args.num_proc:
-            dm = make(cache_dir=str(tmp / f"cache{num_proc}"), num_proc=num_proc)
+            dm = make(cache_dir=str(tmp / f"cache{num_proc}"), corpus={**corpus, "num_proc": num_proc})
             c0, t0 = cpu_seconds(), time.perf_counter()
             dm.build_tagged(tokenizer)
             dt, c1 = time.perf_counter() - t0, cpu_seconds()
@@ -101,7 +102,7 @@ def bench_tagging(args) -> list[tuple[int, float]]:
                 f"  num_proc={num_proc}: {dt:6.2f} s  {n / dt:8.0f} sentences/s  {words / dt:9.0f} words/s  "
                 f"(CPU s: main process {cpu[num_proc][0]:.2f}, map workers {cpu[num_proc][1]:.2f})"
             )
-        dm = make(cache_dir=str(first))
+        dm = make(cache_dir=str(first), corpus=corpus)
         t0 = time.perf_counter()
         dm.setup()
         assert dm.cache_hits == {"tokenizer": True, "tagged": True}, dm.cache_hits

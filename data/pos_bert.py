@@ -13,7 +13,7 @@ Pipeline (run once, cached under ``cache_dir``; never in the training loop):
    tokenizer's ``word_ids``. The result is saved as Arrow under a fingerprint of (source, seed, size,
    tokenizer), written to a temporary name and renamed.
 4. NSP pairs (segment A and the segment that follows it, or a segment of another document drawn as
-   ``nsp_random_b`` says: by default another document's own true B, so only coherence separates the two;
+   ``data.nsp.random_b`` says: by default another document's own true B, so only coherence separates the two;
    ``data.pos_masking.build_nsp_pairs``) and the masking collator
    (``data.pos_masking``), which masks word-pieces (BERT 15%, 80/10/10, optionally stratified over the
    groups) and carries the group of exactly the masked positions.
@@ -25,6 +25,8 @@ import hashlib
 import json
 import logging
 import warnings
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,19 @@ from torch.utils.data import DataLoader
 from data.loading import resumable_loader
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, document_labels, generate_corpus
 from data.pos_masking import (
-    NSP_RANDOM_B,
     NSPPairs,
     PosMaskingCollator,
     build_nsp_pairs,
     repeated_segments,
+)
+from data.pos_options import (
+    CorpusOptions,
+    LoaderOptions,
+    MaskingOptions,
+    NSPOptions,
+    TokenizerOptions,
+    moved_key_error,
+    section,
 )
 from data.pos_tagging import (
     SPECIAL_TOKENS,
@@ -78,123 +88,56 @@ def _fingerprint(obj: Any) -> str:
 class PosBertDataModule(LightningDataModule):
     """NSP pairs with POS-grouped masked word-pieces for PoS-BERT pre-training. See the module docstring.
 
-    The tokenizer, the tagged Arrow dataset and their fingerprints live under ``cache_dir``.
+    Options: ``cache_dir``, ``seed``, ``max_length`` (of a pair) and the sections ``corpus``, ``tokenizer``,
+    ``nsp``, ``masking`` and ``loader`` (:mod:`data.pos_options`), each its dataclass or a mapping of its keys
+    (what Hydra passes from conf/data/pos_corpus.yaml). The tokenizer, the tagged Arrow dataset and their
+    fingerprints live under ``cache_dir``.
     """
 
     def __init__(
         self,
         cache_dir: str = ".cache",
         seed: int = 0,
-        text_file: str | None = None,
-        hf_dataset: str | None = None,
-        hf_config: str | None = None,
-        hf_split: str = "train",
-        text_column: str = "text",
-        text_dir: str | None = None,
-        encoding: str = "utf-8",
-        disk_dataset: str | None = None,
-        streaming: bool = False,
-        max_rows: int | None = None,
-        max_text_sentences: int | None = None,
-        n_docs: int = 2000,
-        min_sentences: int = 4,
-        max_sentences: int = 10,
-        topic_bias: float = 0.75,
-        present_prob: float = 0.0,
-        doc_nouns: int = 0,
-        zipf_s: float = 1.0,
-        tokenizer: str | None = None,
-        vocab_size: int = 4096,
-        lowercase: bool = True,
         max_length: int = 64,
-        batch_size: int = 32,
-        val_fraction: float = 0.05,
-        mlm_probability: float = 0.15,
-        mask_replace_prob: float = 0.8,
-        random_replace_prob: float = 0.1,
-        stratify: bool = False,
-        nsp_random_prob: float = 0.5,
-        segment_tokens: int | None = None,
-        nsp_random_b: str = "fill",
-        num_proc: int = 1,
-        num_workers: int = 0,
-        placeholders: list[str] | tuple[str, ...] = (),
+        corpus: CorpusOptions | Mapping[str, Any] | None = None,
+        tokenizer: TokenizerOptions | Mapping[str, Any] | None = None,
+        nsp: NSPOptions | Mapping[str, Any] | None = None,
+        masking: MaskingOptions | Mapping[str, Any] | None = None,
+        loader: LoaderOptions | Mapping[str, Any] | None = None,
+        **unknown: Any,
     ):
         super().__init__()
-        sources = [
-            k
-            for k, v in (
-                ("text_file", text_file),
-                ("text_dir", text_dir),
-                ("hf_dataset", hf_dataset),
-                ("disk_dataset", disk_dataset),
-            )
-            if v
-        ]
-        if len(sources) > 1:
-            raise ConfigError(f"data: choose one text source, got {', '.join('data.' + k for k in sources)}.")
-        self.text_dir = Path(text_dir) if text_dir else None
-        self.disk_dataset = Path(disk_dataset) if disk_dataset else None
-        self.streaming, self.max_rows = bool(streaming), (int(max_rows) if max_rows else None)
-        if self.streaming and not hf_dataset:
-            raise ConfigError("data.streaming=true reads a hub dataset: set data.hf_dataset too.")
-        if self.text_dir is not None and not self.text_dir.is_dir():
-            raise DataError(f"data.text_dir: {self.text_dir} is not a folder.")
-        if self.disk_dataset is not None and not self.disk_dataset.exists():
-            raise DataError(f"data.disk_dataset: {self.disk_dataset} does not exist.")
-        if text_file and not Path(text_file).is_file():
-            raise DataError(f"data.text_file: {text_file} does not exist.")
-        if n_docs <= 0 and not sources:
-            raise DataError(f"data.n_docs={n_docs}: the generated corpus is empty; set it to at least 2.")
+        if unknown:
+            raise moved_key_error(unknown)
         if max_length < 8:
             raise ConfigError(f"data.max_length={max_length} is too short for a sentence pair (need >= 8).")
-        self.cache_dir = Path(cache_dir)
-        self.seed = seed
-        if max_text_sentences is not None and int(max_text_sentences) < 1:
-            raise ConfigError(f"data.max_text_sentences={max_text_sentences} must be >= 1 (or null: all).")
-        self.max_text_sentences = None if max_text_sentences is None else int(max_text_sentences)
-        self.text_file = Path(text_file) if text_file else None
-        self.encoding = check_encoding(encoding)  # of text_file / text_dir
-        self.hf_dataset, self.hf_config, self.hf_split, self.text_column = (
-            hf_dataset,
-            hf_config,
-            hf_split,
-            text_column,
-        )
-        self.n_docs, self.min_sentences, self.max_sentences = n_docs, min_sentences, max_sentences
-        self.topic_bias, self.zipf_s = topic_bias, zipf_s
-        if not 0.0 <= float(present_prob) <= 1.0:
-            raise ConfigError(f"data.present_prob={present_prob} must be a probability in [0, 1].")
-        self.present_prob = float(present_prob)
-        if int(doc_nouns) < 0:
-            raise ConfigError(f"data.doc_nouns={doc_nouns} must be >= 0 (0: no per-document cast of nouns).")
-        self.doc_nouns = int(doc_nouns)
-        self.tokenizer_name, self.vocab_size, self.lowercase = tokenizer, vocab_size, lowercase
-        self.max_length, self.batch_size, self.val_fraction = max_length, batch_size, val_fraction
-        self.mlm_probability, self.stratify = mlm_probability, stratify
-        self.mask_replace_prob, self.random_replace_prob = mask_replace_prob, random_replace_prob
-        self.nsp_random_prob = nsp_random_prob
-        if nsp_random_b not in NSP_RANDOM_B:
-            raise ConfigError(
-                f"data.nsp_random_b must be one of {', '.join(NSP_RANDOM_B)}, got {nsp_random_b!r}."
-            )
-        self.nsp_random_b = nsp_random_b
-        if segment_tokens is not None and int(segment_tokens) < 0:
-            raise ConfigError(
-                f"data.segment_tokens={segment_tokens} must be >= 0 (0: one sentence per segment)."
-            )
+        self.cache_dir, self.seed, self.max_length = Path(cache_dir), seed, max_length
+        self.corpus = section(CorpusOptions, corpus, "corpus")
+        self.tokenizer_options = section(TokenizerOptions, tokenizer, "tokenizer")
+        self.nsp = section(NSPOptions, nsp, "nsp")
+        self.masking = section(MaskingOptions, masking, "masking")
+        self.loader = section(LoaderOptions, loader, "loader")
+        c = self.corpus
+        self.text_file = Path(c.text_file) if c.text_file else None
+        self.text_dir = Path(c.text_dir) if c.text_dir else None
+        self.disk_dataset = Path(c.disk_dataset) if c.disk_dataset else None
+        self.hf_dataset = c.hf_dataset or None
+        if self.text_dir is not None and not self.text_dir.is_dir():
+            raise DataError(f"data.corpus.text_dir: {self.text_dir} is not a folder.")
+        if self.disk_dataset is not None and not self.disk_dataset.exists():
+            raise DataError(f"data.corpus.disk_dataset: {self.disk_dataset} does not exist.")
+        if self.text_file is not None and not self.text_file.is_file():
+            raise DataError(f"data.corpus.text_file: {self.text_file} does not exist.")
+        self.encoding = check_encoding(c.encoding)  # of text_file / text_dir
         # null: A and B share the pair's budget, as BERT fills its sequences
-        self.segment_tokens = (max_length - 3) // 2 if segment_tokens is None else int(segment_tokens)
-        self.num_proc, self.num_workers = max(1, num_proc), num_workers
-        if isinstance(placeholders, str) or not all(isinstance(p, str) and p.strip() for p in placeholders):
-            raise ConfigError(f"data.placeholders must be a list of non-empty strings, got {placeholders!r}.")
-        self.placeholders = tuple(placeholders)
+        seg = self.nsp.segment_tokens
+        self.segment_tokens = (max_length - 3) // 2 if seg is None else int(seg)
         self.tokenizer = None
         self.tagged = None
         self.group_counts: dict[str, int] = {}
         self.n_documents = 0  # documents of the corpus (setup); NSP needs at least 2
         self.cache_hits: dict[str, bool] = {}
-        # data.text_dir's text files, once validate() has listed them (and warned about binary ones)
+        # data.corpus.text_dir's text files, once validate() has listed them (and warned about binary ones)
         self._dir_files: list[Path] | None = None
         self.unigram_log_probs: torch.Tensor | None = None  # (V,) context-free log-frequencies (setup)
         self.context_free_reference: dict[str, float] = {}  # per group: their cross-entropy (setup)
@@ -203,8 +146,8 @@ class PosBertDataModule(LightningDataModule):
     # -- sources --------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Start-up check of a local corpus, before any pre-training (bytes only, seconds even for gigabytes: no
-        sentence splitting, no tagging): ``data.text_file`` must be text that decodes as ``data.encoding``;
-        ``data.text_dir`` must hold a text file (binary ones are skipped with a warning, here, once) and each
+        sentence splitting, no tagging): ``data.corpus.text_file`` must be text that decodes as
+        ``data.corpus.encoding``; ``data.corpus.text_dir`` must hold a text file (binary ones are skipped with a warning, here, once) and each
         must decode. A hub or saved dataset is read in ``setup`` (when no cache holds it), before the first
         step."""
         if self.text_file is not None:
@@ -212,7 +155,7 @@ class PosBertDataModule(LightningDataModule):
         elif self.text_dir is not None:
             self._dir_files = text_dir_files(self.text_dir, self.encoding)
             for f in self._dir_files:
-                err = decode_error(f, self.encoding, "data.text_dir")
+                err = decode_error(f, self.encoding, "data.corpus.text_dir")
                 if err is not None:
                     raise err
 
@@ -226,8 +169,8 @@ class PosBertDataModule(LightningDataModule):
             ("disk_dataset", self.disk_dataset),
         ):
             if value is not None:
-                return f"data.{key}={value}"
-        return f"the generated corpus (data.n_docs={self.n_docs})"
+                return f"data.corpus.{key}={value}"
+        return f"the generated corpus (data.corpus.n_docs={self.corpus.n_docs})"
 
     @property
     def real_text(self) -> bool:
@@ -235,19 +178,20 @@ class PosBertDataModule(LightningDataModule):
 
     def _source_key(self) -> dict[str, Any]:
         key = self._corpus_key()
-        if self.real_text and self.placeholders:  # they change the tokenizer and the tags
-            key["placeholders"] = list(self.placeholders)
+        if self.real_text and self.corpus.placeholders:  # they change the tokenizer and the tags
+            key["placeholders"] = list(self.corpus.placeholders)
         return key
 
     def _limit_key(self) -> dict[str, Any]:
         # without a limit, the key caches of real text had before max_text_sentences existed (still valid)
-        return {"smoke": False} if self.max_text_sentences is None else {"sentences": self.max_text_sentences}
+        limit = self.corpus.max_text_sentences
+        return {"smoke": False} if limit is None else {"sentences": limit}
 
     def _corpus_key(self) -> dict[str, Any]:
         if self.hf_dataset is not None:
             return {
-                "hf": [self.hf_dataset, self.hf_config, self.hf_split, self.text_column],
-                "streaming": [self.streaming, self.max_rows],
+                "hf": [self.hf_dataset, self.corpus.hf_config, self.corpus.hf_split, self.corpus.text_column],
+                "streaming": [self.corpus.streaming, self.corpus.max_rows],
                 **self._limit_key(),
                 "v": CACHE_FORMAT,
             }
@@ -260,10 +204,10 @@ class PosBertDataModule(LightningDataModule):
                 return {
                     key: str(path.resolve()),
                     "files": stamp,
-                    "rows": self.max_rows,
+                    "rows": self.corpus.max_rows,
                     **self._limit_key(),
-                    "column": self.text_column,
-                    "split": self.hf_split,
+                    "column": self.corpus.text_column,
+                    "split": self.corpus.hf_split,
                     "v": CACHE_FORMAT,
                     **(enc if key == "text_dir" else {}),
                 }
@@ -279,12 +223,12 @@ class PosBertDataModule(LightningDataModule):
         return {
             "generated": CACHE_FORMAT,
             "seed": self.seed,
-            "n_docs": self.n_docs,
-            "sentences": [self.min_sentences, self.max_sentences],
-            "topic_bias": self.topic_bias,
-            "zipf_s": self.zipf_s,
-            **({"present_prob": self.present_prob} if self.present_prob else {}),
-            **({"doc_nouns": self.doc_nouns} if self.doc_nouns else {}),
+            "n_docs": self.corpus.n_docs,
+            "sentences": [self.corpus.min_sentences, self.corpus.max_sentences],
+            "topic_bias": self.corpus.topic_bias,
+            "zipf_s": self.corpus.zipf_s,
+            **({"present_prob": self.corpus.present_prob} if self.corpus.present_prob else {}),
+            **({"doc_nouns": self.corpus.doc_nouns} if self.corpus.doc_nouns else {}),
         }
 
     def _raw(self) -> dict[str, list]:
@@ -300,19 +244,19 @@ class PosBertDataModule(LightningDataModule):
                 texts, docs = read_text_dir(self.text_dir, self.encoding, self._dir_files)
             elif self.disk_dataset is not None:
                 texts, docs = read_disk_dataset(
-                    self.disk_dataset, self.hf_split, self.text_column, self.max_rows
+                    self.disk_dataset, self.corpus.hf_split, self.corpus.text_column, self.corpus.max_rows
                 )
             else:
                 texts, docs = read_hub_dataset(
                     self.hf_dataset,
-                    self.hf_config,
-                    self.hf_split,
-                    self.text_column,
-                    self.streaming,
-                    self.max_rows,
+                    self.corpus.hf_config,
+                    self.corpus.hf_split,
+                    self.corpus.text_column,
+                    self.corpus.streaming,
+                    self.corpus.max_rows,
                 )
-            if self.max_text_sentences is not None:
-                texts, docs = texts[: self.max_text_sentences], docs[: self.max_text_sentences]
+            if self.corpus.max_text_sentences is not None:
+                texts, docs = texts[: self.corpus.max_text_sentences], docs[: self.corpus.max_text_sentences]
             return {"text": texts, "doc": docs}
         corpus = generate_corpus(**self._generator_args())
         words, groups, docs = [], [], []
@@ -325,14 +269,14 @@ class PosBertDataModule(LightningDataModule):
 
     def _generator_args(self) -> dict[str, Any]:
         return dict(
-            n_docs=self.n_docs,
+            n_docs=self.corpus.n_docs,
             seed=self.seed,
-            min_sentences=self.min_sentences,
-            max_sentences=self.max_sentences,
-            topic_bias=self.topic_bias,
-            zipf_s=self.zipf_s,
-            present_prob=self.present_prob,
-            doc_nouns=self.doc_nouns,
+            min_sentences=self.corpus.min_sentences,
+            max_sentences=self.corpus.max_sentences,
+            topic_bias=self.corpus.topic_bias,
+            zipf_s=self.corpus.zipf_s,
+            present_prob=self.corpus.present_prob,
+            doc_nouns=self.corpus.doc_nouns,
         )
 
     def document_labels(self) -> list[tuple[str, str]] | None:
@@ -343,15 +287,15 @@ class PosBertDataModule(LightningDataModule):
     # -- tokenizer --------------------------------------------------------------------------------------------
     def build_tokenizer(self):
         """The named tokenizer, or the cached / freshly trained WordPiece tokenizer of this corpus."""
-        if self.tokenizer_name:
-            return load_tokenizer(self.tokenizer_name)
+        if self.tokenizer_options.name:
+            return load_tokenizer(self.tokenizer_options.name)
         from transformers import PreTrainedTokenizerFast
 
         fp = _fingerprint(
             {
                 "source": self._source_key(),
-                "vocab": self.vocab_size,
-                "lower": self.lowercase,
+                "vocab": self.tokenizer_options.vocab_size,
+                "lower": self.tokenizer_options.lowercase,
                 "ids": "canonical",
             }
         )
@@ -363,8 +307,10 @@ class PosBertDataModule(LightningDataModule):
         self.cache_hits["tokenizer"] = False
         raw = self._raw()
         texts = raw["text"] if "text" in raw else [" ".join(w) for w in raw["words"]]
-        marks = self.placeholders if self.real_text else ()
-        tok = train_wordpiece(texts, self.vocab_size, self.lowercase, marks)
+        marks = self.corpus.placeholders if self.real_text else ()
+        tok = train_wordpiece(
+            texts, self.tokenizer_options.vocab_size, self.tokenizer_options.lowercase, marks
+        )
         remove_stale_temps(path.parent)  # left by killed runs; never read as a cache
         atomic_write(path, lambda tmp: tok.save_pretrained(str(tmp)), what="tokenizer cache")
         log.info("tokenizer cache built: %s (a trained WordPiece tokenizer, %d pieces)", path, len(tok))
@@ -397,11 +343,13 @@ class PosBertDataModule(LightningDataModule):
                 batched=True,
                 batch_size=256,
                 # num_proc=1 in this process (datasets would start a pool of one worker)
-                num_proc=self.num_proc if self.num_proc > 1 and len(ds) >= 2 * self.num_proc else None,
+                num_proc=self.corpus.num_proc
+                if self.corpus.num_proc > 1 and len(ds) >= 2 * self.corpus.num_proc
+                else None,
                 remove_columns=remove,
                 fn_kwargs={
                     "tokenizer": tokenizer,
-                    "placeholders": self.placeholders if self.real_text else (),
+                    "placeholders": self.corpus.placeholders if self.real_text else (),
                 },
                 desc="POS tagging + tokenizing",
                 new_fingerprint=fp,
@@ -413,11 +361,40 @@ class PosBertDataModule(LightningDataModule):
         return datasets.load_from_disk(str(path))
 
     def setup(self, stage: str | None = None) -> None:
+        """Tokenizer, tagged corpus, NSP pairs split into train / val, masking collators (once)."""
         if self.tagged is not None:
             return
         self.tokenizer = self.build_tokenizer()
         self.tagged = self.build_tagged(self.tokenizer)
         self._raw_cache = None
+        input_ids, pos, docs = self._sentences()
+        self._count_groups(input_ids, pos)
+        self.sentence_docs = docs  # the document of each sentence the NSP pairs index
+        self.n_documents = int(len(np.unique(docs)))
+        a0, a1, b0, b1, label = self._pairs(input_ids, docs)
+        train_idx, val_idx = self._split(input_ids, a0, a1)
+        tok = self.tokenizer
+
+        def subset(idx):
+            return NSPPairs(
+                input_ids, pos, a0[idx], a1[idx], b0[idx], b1[idx], label[idx],
+                tok.cls_token_id, tok.sep_token_id, self.max_length,
+            )  # fmt: skip
+
+        self.train_set, self.val_set = subset(train_idx), subset(val_idx)
+        self._make_collators()
+        log.info(
+            "PoS-BERT data: %d sentences, %d train / %d val pairs, vocab %d, group tokens %s",
+            len(self.tagged),
+            len(self.train_set),
+            len(self.val_set),
+            len(tok),
+            self.group_counts,
+        )
+
+    def _sentences(self) -> tuple[list, list, np.ndarray]:
+        """``(input_ids, pos, doc)`` per sentence of the tagged corpus, a sentence longer than a pair's half
+        split into chunks (with one warning)."""
         if len(self.tagged) == 0:
             raise DataError(f"{self.corpus_name}: the corpus has no token after tokenization (empty corpus).")
         table = self.tagged.data
@@ -438,7 +415,10 @@ class PosBertDataModule(LightningDataModule):
                 longest,
                 chunk,
             )
-        self.sentence_docs = docs  # the document of each sentence the NSP pairs index
+        return input_ids, pos, docs
+
+    def _count_groups(self, input_ids: list, pos: list) -> None:
+        """Tokens per POS group and the context-free reference; a warning for a group without a token."""
         flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
         counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
@@ -451,31 +431,38 @@ class PosBertDataModule(LightningDataModule):
             warnings.warn(
                 f"{where} has no token of POS group(s) {', '.join(missing)}: their losses are skipped "
                 f"(count 0) and the other groups still train.",
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.n_documents = int(len(np.unique(docs)))
+
+    def _pairs(self, input_ids: list, docs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The NSP pairs ``(a0, a1, b0, b1, label)`` of ``data.nsp``; none at all stops."""
         lengths = np.asarray([len(x) for x in input_ids], dtype=np.int64)
-        a0, a1, b0, b1, label = build_nsp_pairs(
-            docs, self.seed, self.nsp_random_prob, lengths, self.segment_tokens, self.nsp_random_b
+        pairs = build_nsp_pairs(
+            docs, self.seed, self.nsp.random_prob, lengths, self.segment_tokens, self.nsp.random_b
         )
-        if len(a0) == 0:
+        if len(pairs[0]) == 0:
             raise DataError(
                 f"{self.corpus_name}: no document has two sentences"
                 + (
-                    f" whose segments reach {self.segment_tokens // 2} word-pieces each (data.nsp_random_b="
-                    "segment drops shorter ones; set data.nsp_random_b=sentences or a smaller data.segment_tokens)"
-                    if self.nsp_random_b == "segment"
+                    f" whose segments reach {self.segment_tokens // 2} word-pieces each (data.nsp.random_b="
+                    "segment drops shorter ones; set data.nsp.random_b=sentences or a smaller "
+                    "data.nsp.segment_tokens)"
+                    if self.nsp.random_b == "segment"
                     else ""
                 )
                 + ", so no NSP pair can be built."
             )
-        tok = self.tokenizer
-        n_val = max(1, int(round(self.val_fraction * len(a0))))
+        return pairs
+
+    def _split(self, input_ids: list, a0: np.ndarray, a1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(train, val)`` pair indices: ``data.nsp.val_fraction`` held out by a seeded permutation; too few
+        training pairs, or validation pairs that mostly repeat training ones, stop."""
+        n_val = max(1, int(round(self.nsp.val_fraction * len(a0))))
         if len(a0) - n_val < 2:
             raise DataError(
                 f"{self.corpus_name}: the corpus yields {len(a0)} NSP pair(s) ({len(input_ids)} sentences in "
-                f"{self.n_documents} document(s)), {n_val} of them for validation (data.val_fraction="
-                f"{self.val_fraction}); pre-training needs at least 2 training pairs and 1 validation pair: "
+                f"{self.n_documents} document(s)), {n_val} of them for validation (data.nsp.val_fraction="
+                f"{self.nsp.val_fraction}); pre-training needs at least 2 training pairs and 1 validation pair: "
                 "give it more text."
             )
         perm = np.random.default_rng(self.seed + 1).permutation(len(a0))
@@ -487,61 +474,38 @@ class PosBertDataModule(LightningDataModule):
                 "a training pair's (the text repeats itself), so validation would measure memorisation: "
                 "give it text that does not repeat."
             )
+        return train_idx, val_idx
 
-        def subset(idx):
-            return NSPPairs(
-                input_ids,
-                pos,
-                a0[idx],
-                a1[idx],
-                b0[idx],
-                b1[idx],
-                label[idx],
-                tok.cls_token_id,
-                tok.sep_token_id,
-                self.max_length,
-            )
-
-        self.train_set, self.val_set = subset(train_idx), subset(val_idx)
+    def _make_collators(self) -> None:
+        tok = self.tokenizer
         kw = dict(
             pad_id=tok.pad_token_id,
             mask_id=tok.mask_token_id,
             vocab_size=len(tok),
-            num_special=len(SPECIAL_TOKENS) if not self.tokenizer_name else 0,
-            mlm_probability=self.mlm_probability,
-            mask_replace_prob=self.mask_replace_prob,
-            random_replace_prob=self.random_replace_prob,
-            stratify=self.stratify,
+            num_special=len(SPECIAL_TOKENS) if not self.tokenizer_options.name else 0,
+            **asdict(self.masking),
         )
         # both deterministic: training masks from (seed, the batch's example indices), see PosMaskingCollator
         self.train_collator = PosMaskingCollator(**kw, seed=self.seed + 7_919)
         self.val_collator = PosMaskingCollator(**kw, seed=self.seed)
-        log.info(
-            "PoS-BERT data: %d sentences, %d train / %d val pairs, vocab %d, group tokens %s",
-            len(self.tagged),
-            len(self.train_set),
-            len(self.val_set),
-            len(tok),
-            self.group_counts,
-        )
 
     def train_dataloader(self):
         # resumable: the epoch-seeded order and the position within the epoch ride in the checkpoint
         return resumable_loader(
             self.train_set,
-            batch_size=self.batch_size,
+            batch_size=self.loader.batch_size,
             shuffle=True,
             seed=self.seed,
-            drop_last=len(self.train_set) > self.batch_size,
+            drop_last=len(self.train_set) > self.loader.batch_size,
             collate_fn=self.train_collator,
-            num_workers=self.num_workers,
+            num_workers=self.loader.num_workers,
         )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             self.val_set,
-            batch_size=self.batch_size,
+            batch_size=self.loader.batch_size,
             shuffle=False,
             collate_fn=self.val_collator,
-            num_workers=self.num_workers,
+            num_workers=self.loader.num_workers,
         )

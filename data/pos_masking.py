@@ -235,10 +235,10 @@ class PosMaskingCollator:
         seed: int | None = None,
     ):
         if not 0.0 < mlm_probability <= 1.0:
-            raise ConfigError(f"data.mlm_probability={mlm_probability} must be in (0, 1].")
+            raise ConfigError(f"data.masking.mlm_probability={mlm_probability} must be in (0, 1].")
         if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
             raise ConfigError(
-                "data.mask_replace_prob + data.random_replace_prob must be non-negative and sum to at most 1."
+                "data.masking.mask_replace_prob + data.masking.random_replace_prob must be non-negative and sum to at most 1."
             )
         self.pad_id, self.mask_id, self.vocab_size, self.num_special = (
             pad_id,

@@ -81,7 +81,7 @@ def require_nltk_tagger() -> None:
     try:
         import nltk
     except ImportError as e:  # pragma: no cover - nltk is a dependency
-        raise DataError("data.text_file needs the nltk package: pip install nltk.") from e
+        raise DataError("data.corpus.text_file needs the nltk package: pip install nltk.") from e
     resource = f"taggers/{NLTK_TAGGER}/"
     try:
         nltk.data.find(resource)
@@ -195,7 +195,7 @@ def _canonical_wordpiece(tok, sentences: list[str]):
     return out
 
 
-def load_tokenizer(name_or_path: str, key: str = "data.tokenizer"):
+def load_tokenizer(name_or_path: str, key: str = "data.tokenizer.name"):
     """A fast tokenizer from a local folder or the hub; one sentence naming ``key`` when it fails."""
     from transformers import AutoTokenizer
 

@@ -5,7 +5,7 @@
 - :func:`check_encoding`, :func:`decode_error`, :func:`check_text_file`, :func:`text_dir_files`: start-up
   checks of local text (encodings, binary files, the byte offset of a decoding error).
 - :func:`read_text_file`, :func:`read_text_dir`, :func:`read_hub_dataset` (optionally streamed),
-  :func:`read_disk_dataset` (``save_to_disk``): the readers of ``data.text_file`` / ``text_dir`` /
+  :func:`read_disk_dataset` (``save_to_disk``): the readers of ``data.corpus.text_file`` / ``text_dir`` /
   ``hf_dataset`` / ``disk_dataset``.
 """
 
@@ -53,12 +53,12 @@ _BINARY_UNDECODABLE = 0.3  # share of undecodable characters in those bytes abov
 
 
 def check_encoding(encoding: str) -> str:
-    """The codec's canonical name (``utf-8``, ``iso8859-1``, ...); ``ConfigError`` naming ``data.encoding``."""
+    """The codec's canonical name (``utf-8``, ``iso8859-1``, ...); ``ConfigError`` naming ``data.corpus.encoding``."""
     try:
         return codecs.lookup(encoding).name
     except (LookupError, TypeError):
         raise ConfigError(
-            f"data.encoding={encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)."
+            f"data.corpus.encoding={encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)."
         ) from None
 
 
@@ -82,7 +82,7 @@ def decode_error(path: Path, encoding: str, key: str) -> DataError | None:
                 bad = " ".join(f"0x{byte:02x}" for byte in data[e.start : e.end])
                 return DataError(
                     f"{key}: {path} is not valid {encoding} (byte {bad} at byte offset {offset}, line {lines}); "
-                    f"set data.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
+                    f"set data.corpus.encoding=latin-1 (or the file's encoding, e.g. cp1252)."
                 )
             if final:
                 return None
@@ -92,7 +92,7 @@ def decode_error(path: Path, encoding: str, key: str) -> DataError | None:
 
 def _decode_failure(path: Path, encoding: str, key: str) -> DataError:
     return decode_error(path, encoding, key) or DataError(
-        f"{key}: {path} does not decode as {encoding}; set data.encoding=latin-1 (or its encoding)."
+        f"{key}: {path} does not decode as {encoding}; set data.corpus.encoding=latin-1 (or its encoding)."
     )
 
 
@@ -109,19 +109,19 @@ def _binary_reason(path: Path, encoding: str) -> str | None:
 
 
 def check_text_file(path: Path, encoding: str = "utf-8") -> None:
-    """``data.text_file`` at start-up, before any pre-training (bytes only: no sentence splitting, no tagging):
+    """``data.corpus.text_file`` at start-up, before any pre-training (bytes only: no sentence splitting, no tagging):
     a missing file, a binary one (NUL bytes, or mostly undecodable) or one that does not decode as
     ``encoding`` (naming the byte offset) fails with one sentence."""
     if not path.is_file():
-        raise DataError(f"data.text_file: {path} does not exist.")
+        raise DataError(f"data.corpus.text_file: {path} does not exist.")
     encoding = check_encoding(encoding)
     reason = _binary_reason(path, encoding)
     if reason is not None:
         raise DataError(
-            f"data.text_file: {path} looks binary, not {encoding} text ({reason}): point data.text_file at a "
-            f"text file (or set data.encoding if it is text in another encoding, e.g. utf-16)."
+            f"data.corpus.text_file: {path} looks binary, not {encoding} text ({reason}): point data.corpus.text_file at a "
+            f"text file (or set data.corpus.encoding if it is text in another encoding, e.g. utf-16)."
         )
-    err = decode_error(path, encoding, "data.text_file")
+    err = decode_error(path, encoding, "data.corpus.text_file")
     if err is not None:
         raise err
 
@@ -131,36 +131,38 @@ def read_text_file(path: Path, encoding: str = "utf-8") -> tuple[list[str], list
     Raises ``DataError`` naming the file when it is missing, does not decode (with the byte offset) or has
     no sentence."""
     if not path.is_file():
-        raise DataError(f"data.text_file: {path} does not exist.")
+        raise DataError(f"data.corpus.text_file: {path} does not exist.")
     encoding = check_encoding(encoding)
     try:
         with path.open(encoding=encoding) as f:
-            return split_documents(f, f"data.text_file: {path}")
+            return split_documents(f, f"data.corpus.text_file: {path}")
     except UnicodeDecodeError:
-        raise _decode_failure(path, encoding, "data.text_file") from None
+        raise _decode_failure(path, encoding, "data.corpus.text_file") from None
 
 
 def text_dir_files(path: Path, encoding: str = "utf-8") -> list[Path]:
-    """The text files of a ``data.text_dir`` (``*.txt``, searched recursively, sorted). A binary file (NUL bytes,
+    """The text files of a ``data.corpus.text_dir`` (``*.txt``, searched recursively, sorted). A binary file (NUL bytes,
     or mostly undecodable as ``encoding``) is skipped with a warning naming it; ``DataError`` naming the folder
     when it is missing or no text file is left."""
     if not path.is_dir():
-        raise DataError(f"data.text_dir: {path} is not a folder.")
+        raise DataError(f"data.corpus.text_dir: {path} is not a folder.")
     encoding = check_encoding(encoding)
     files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     if not files:
-        raise DataError(f"data.text_dir: {path} holds no .txt file.")
+        raise DataError(f"data.corpus.text_dir: {path} holds no .txt file.")
     texts = []
     for f in files:
         reason = _binary_reason(f, encoding)
         if reason is None:
             texts.append(f)
         else:
-            log.warning("data.text_dir: skipping %s: it looks binary, not %s text (%s).", f, encoding, reason)
+            log.warning(
+                "data.corpus.text_dir: skipping %s: it looks binary, not %s text (%s).", f, encoding, reason
+            )
     if not texts:
         raise DataError(
-            f"data.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
-            f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.encoding."
+            f"data.corpus.text_dir: {path} holds no text file: its {len(files)} .txt file(s) all look binary "
+            f"(NUL bytes or mostly undecodable as {encoding}); if they are text, set data.corpus.encoding."
         )
     return texts
 
@@ -181,16 +183,18 @@ def read_text_dir(
                 with f.open(encoding=encoding) as fh:
                     yield from fh
             except UnicodeDecodeError:
-                raise _decode_failure(f, encoding, "data.text_dir") from None
+                raise _decode_failure(f, encoding, "data.corpus.text_dir") from None
             yield ""  # a file ends its last document
 
-    return split_documents(lines(), f"data.text_dir: {path}")
+    return split_documents(lines(), f"data.corpus.text_dir: {path}")
 
 
 def _text_column(ds, column: str, where: str) -> None:
     names = ds.column_names or []
     if names and column not in names:
-        raise ConfigError(f"data.text_column={column!r} is not a column of {where} ({', '.join(names)}).")
+        raise ConfigError(
+            f"data.corpus.text_column={column!r} is not a column of {where} ({', '.join(names)})."
+        )
 
 
 def read_hub_dataset(
@@ -210,13 +214,13 @@ def read_hub_dataset(
 
     import datasets
 
-    where = f"data.hf_dataset={name!r}"
+    where = f"data.corpus.hf_dataset={name!r}"
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
     except Exception as e:  # offline, missing, renamed: one sentence for all
         raise DataError(
-            f"data.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
-            f"its cache ({type(e).__name__}); offline, use data.text_file=<local text file> or data.text_dir."
+            f"data.corpus.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
+            f"its cache ({type(e).__name__}); offline, use data.corpus.text_file=<local text file> or data.corpus.text_dir."
         ) from None
     _text_column(ds, column, name)
     if streaming:
@@ -232,20 +236,20 @@ def read_disk_dataset(path: Path, split: str, column: str, max_rows: int | None 
     import datasets
 
     if not path.exists():
-        raise DataError(f"data.disk_dataset: {path} does not exist.")
+        raise DataError(f"data.corpus.disk_dataset: {path} does not exist.")
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - not a saved dataset
         raise DataError(
-            f"data.disk_dataset: {path} is not a dataset saved with save_to_disk ({type(e).__name__})."
+            f"data.corpus.disk_dataset: {path} is not a dataset saved with save_to_disk ({type(e).__name__})."
         ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise ConfigError(f"data.hf_split={split!r} is not a split of {path} ({', '.join(ds)}).")
+            raise ConfigError(f"data.corpus.hf_split={split!r} is not a split of {path} ({', '.join(ds)}).")
         ds = ds[split]
     _text_column(ds, column, str(path))
     texts = ds[column] if max_rows is None else ds[column][:max_rows]
-    return split_documents(_rows_as_lines(texts), f"data.disk_dataset: {path}")
+    return split_documents(_rows_as_lines(texts), f"data.corpus.disk_dataset: {path}")
 
 
 def _rows_as_lines(rows):

@@ -170,12 +170,15 @@ def run_balancer(cfg: DictConfig) -> str:
 
 
 def config_choices() -> dict[str, str]:
-    """The config group choices of this run (experiment, balancer, model, ...), from Hydra's runtime."""
+    """The config group choices of this run (experiment, balancer, model, ...), from Hydra's runtime; not Hydra's
+    own, and not the smoke values ``debug=smoke`` merges into data and downstream (``debug@data``)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         choices = HydraConfig.get().runtime.choices
-        return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra")}
+        return {
+            k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra") and "@" not in k
+        }
     except Exception:  # noqa: BLE001 - outside a Hydra app
         return {}
 

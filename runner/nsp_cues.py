@@ -8,7 +8,8 @@ from one document, so one topic and one tense) and random pairs split by whether
 and tense. A model that compares A with B gets random pairs of another topic or tense right far more often than
 random pairs of the same topic and tense (which only the document's nouns can tell apart). Equal accuracies
 over the random kinds mean the model reads something else: a cue the pair construction leaves, such as the
-length or truncation of B (how ``data.nsp_random_b=sentences`` was found to be leaky).
+length or truncation of B (how ``data.nsp.random_b=sentences`` was found to be leaky). A run directory written
+before the data options were grouped (``data.nsp_random_b``, ...) is read into the sections.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
+from data.pos_options import nest_flat_options
 from runner.checkpoints import restore_with_data
 from utils.errors import ConfigError, DataError
 
@@ -84,6 +86,8 @@ def load_run(run_dir: Path):
     if "nsp_match_sentences" in cfg.data:  # runs before data.nsp_random_b
         matched = cfg.data.pop("nsp_match_sentences")
         cfg.data.nsp_random_b = "sentences" if matched else "fill"
+    if "pos_bert" in str(cfg.data.get("_target_", "")):
+        nest_flat_options(cfg.data)  # runs before the data.corpus / nsp / ... sections
     if cfg.experiment != "pos_bert" and "pos_bert" not in str(cfg.module.get("_target_", "")):
         raise ConfigError(f"{run_dir}: stage=nsp_cues reads PoS-BERT runs, got experiment={cfg.experiment}.")
     try:

@@ -10,13 +10,31 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 CONF_DIR = REPO_ROOT / "conf"
 
 
-@cache
-def smoke_values(group: str, config: str) -> dict:
-    """The values ``debug=smoke`` gives conf/<group>/<config>.yaml (``smoke.<group>.<config>`` of
-    conf/debug/smoke.yaml): keyword arguments that make its class smoke-sized."""
-    import yaml
+def smoke_values(group: str, config: str, **overrides) -> dict:
+    """The values ``debug=smoke`` gives conf/<group>/<config>.yaml (conf/debug/smoke/<group>/<config>.yaml, the
+    files its defaults list names merged in), with ``overrides`` merged over them (a section's dict key by key):
+    keyword arguments that make its class smoke-sized."""
+    from omegaconf import OmegaConf
 
-    return dict(yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"][group][config])
+    merged = OmegaConf.merge(_smoke_file(group, config), overrides)
+    return OmegaConf.to_container(merged)
+
+
+@cache
+def _smoke_file(group: str, config: str):
+    import yaml
+    from omegaconf import OmegaConf
+
+    node = yaml.safe_load((CONF_DIR / "debug" / "smoke" / group / f"{config}.yaml").read_text()) or {}
+    merged = OmegaConf.create()
+    for entry in node.pop("defaults", []):  # smoke/<group>/<file>@<package>
+        path, _, package = entry.partition("@")
+        _, sub_group, name = path.split("/")
+        values = _smoke_file(sub_group, name)
+        for key in reversed([] if package in ("", "_here_") else package.split(".")):
+            values = {key: values}
+        merged = OmegaConf.merge(merged, values)
+    return OmegaConf.merge(merged, node)
 
 
 def compose_config(overrides: list[str], output_dir: Path):

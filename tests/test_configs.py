@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import CONF_DIR, compose_config
+from helpers import CONF_DIR, compose_config, smoke_values
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
@@ -108,6 +108,8 @@ def family(experiment: str) -> str:
 
 
 FILES = config_files()
+#: the smoke values of each data and downstream file (merged over it under debug=smoke)
+SMOKE_GROUPS = ("debug/smoke/data", "debug/smoke/downstream")
 EXPERIMENTS = FILES["experiment"]
 ROOTS = sorted({family(e) for e in EXPERIMENTS})
 
@@ -124,9 +126,9 @@ def sources(tmp_path_factory) -> dict[tuple[str, str], list[str]]:
 
     Dataset.from_dict({"text": text.split("\n\n")}).save_to_disk(str(root / "saved"))
     return {
-        ("data", "text_file"): [f"data.text_file={root / 'corpus.txt'}"],
-        ("data", "text_folder"): [f"data.text_dir={root / 'docs'}"],
-        ("data", "disk_dataset"): [f"data.disk_dataset={root / 'saved'}"],
+        ("data", "text_file"): [f"data.corpus.text_file={root / 'corpus.txt'}"],
+        ("data", "text_folder"): [f"data.corpus.text_dir={root / 'docs'}"],
+        ("data", "disk_dataset"): [f"data.corpus.disk_dataset={root / 'saved'}"],
     }
 
 
@@ -197,39 +199,52 @@ def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
             assert OmegaConf.select(cfg, key) is not None, f"experiment {experiment} sweeps {key}, not a key"
 
 
-def smoke_nodes(group: str, choice: str):
-    """(package within the group's node, values) for each ``smoke.<group>.<file>`` of conf/debug/smoke.yaml that
-    conf/<group>/<choice>.yaml takes: its own, else those of the files its defaults list builds it from."""
-    smoke = yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"][group]
-    if choice in smoke:
-        yield "", smoke[choice]
-        return
-    node = yaml.safe_load((CONF_DIR / group / f"{choice}.yaml").read_text())
-    for entry in node.get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            name, _, package = entry.partition("@")
-            for sub, values in smoke_nodes(group, name):
-                yield ".".join(p for p in (package, sub) if p), values
+def dotted(values: dict, prefix: str = ""):
+    """``(dotted key, value)`` of every leaf of a nested dict."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def assert_smoke_values(cfg) -> None:
-    """``debug=smoke``: the data and downstream configs carry every value conf/debug/smoke.yaml gives them."""
+    """``debug=smoke``: the data and downstream configs carry every value of their file in conf/debug/smoke/."""
     for group in ("data", "downstream"):
         choice = cfg.hydra.runtime.choices[group]
-        nodes = list(smoke_nodes(group, choice))
-        assert nodes, (
-            f"conf/debug/smoke.yaml has no smoke.{group}.{choice} (nor one of the files it builds on)"
+        assert (CONF_DIR / "debug" / "smoke" / group / f"{choice}.yaml").is_file(), (
+            f"conf/{group}/{choice}.yaml has no smoke values: add conf/debug/smoke/{group}/{choice}.yaml"
         )
-        for package, values in nodes:
-            node = OmegaConf.select(cfg[group], package) if package else cfg[group]
-            for key, value in values.items():
-                assert node[key] == value, f"debug=smoke: {group}.{package + '.' if package else ''}{key}"
+        for key, value in dotted(smoke_values(group, choice)):
+            assert OmegaConf.select(cfg[group], key) == value, f"debug=smoke: {group}.{key}"
 
 
-def test_smoke_values_name_config_files():
-    smoke = yaml.safe_load((CONF_DIR / "debug" / "smoke.yaml").read_text())["smoke"]
-    for group, files in smoke.items():
-        assert set(files) <= set(FILES[group]), f"smoke.{group} names a file conf/{group}/ lacks"
+def test_smoke_files_name_config_files():
+    for group in ("data", "downstream"):
+        assert set(FILES[f"debug/smoke/{group}"]) == set(FILES[group]), (
+            f"conf/debug/smoke/{group}/ vs conf/{group}/"
+        )
+
+
+def test_smoke_values_are_plain_defaults_that_the_command_line_overrides(tmp_path):
+    """A data file shows its real default; debug=smoke merges its smoke file over it; the command line wins."""
+    plain = compose(["experiment=pos_bert"], tmp_path)
+    assert (plain.data.corpus.n_docs, plain.data.loader.batch_size) == (20000, 32)
+    smoke = compose(["experiment=pos_bert", "debug=smoke"], tmp_path)
+    assert (smoke.data.corpus.n_docs, smoke.data.loader.batch_size) == (40, 8)
+    mine = compose(["experiment=pos_bert", "debug=smoke", "data.corpus.n_docs=100"], tmp_path)
+    assert (mine.data.corpus.n_docs, mine.data.loader.batch_size) == (100, 8)
+    # over an experiment's own value too: experiment=convex sets downstream.repeats per data.kind
+    convex = compose(["experiment=convex", "data.kind=underdetermined", "debug=smoke"], tmp_path)
+    assert convex.downstream.repeats == 2 and convex.data.dim == 64
+    for text in glob_text(CONF_DIR / "data", CONF_DIR / "downstream", CONF_DIR / "experiment"):
+        assert "smoke" not in text.split("#")[0], text  # no value of a config file reads the smoke values
+
+
+def glob_text(*folders: Path):
+    for folder in folders:
+        for path in sorted(folder.glob("*.yaml")):
+            yield from (f"{path.name}: {line}" for line in path.read_text().splitlines())
 
 
 @pytest.mark.parametrize(
@@ -348,8 +363,15 @@ def test_run_wide_choices_compose_and_build_with_every_experiment(tmp_path, pick
 def test_every_config_file_is_covered():
     covered = set(ALWAYS)
     covered |= {("experiment", e) for e in EXPERIMENTS} | {("debug", d) for d in FILES["debug"]}
+    covered |= {(g, c) for g in SMOKE_GROUPS for c in FILES[g]}  # test_smoke_files_name_config_files
     covered |= {(g, c) for g in BELONGS for c, f in BELONGS[g].items() if f in ROOTS}
     covered |= {(g, c) for g in RUN_WIDE for c in FILES.get(g, [])}
     files = {(g, c) for g, choices in FILES.items() for c in choices}
     assert files - covered == set(), "config files no test composes: add them to BELONGS or RUN_WIDE"
-    assert set(FILES) - set(BELONGS) - set(RUN_WIDE) <= {"experiment", "debug", "hydra", "paths"}
+    assert set(FILES) - set(BELONGS) - set(RUN_WIDE) <= {
+        "experiment",
+        "debug",
+        "hydra",
+        "paths",
+        *SMOKE_GROUPS,
+    }

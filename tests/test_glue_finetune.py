@@ -107,7 +107,7 @@ def _run(tmp_path, *overrides):
 
 @pytest.mark.slow
 def test_end_to_end_smoke(tmp_path):
-    proc = _run(tmp_path, "balancer=minimax", "data.stratify=true")
+    proc = _run(tmp_path, "balancer=minimax", "data.masking.stratify=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["experiment"] == "pos_bert" and results["balancer"] == "minimax"
@@ -134,10 +134,10 @@ def test_end_to_end_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_bad_tokenizer_path_ends_in_one_sentence(tmp_path):
-    proc = _run(tmp_path, f"data.tokenizer={tmp_path / 'nowhere'}")
+    proc = _run(tmp_path, f"data.tokenizer.name={tmp_path / 'nowhere'}")
     assert proc.returncode == 1
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(err) == 1 and "data.tokenizer=" in err[0] and "Traceback" not in proc.stderr
+    assert len(err) == 1 and "data.tokenizer.name=" in err[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
 
 

@@ -104,13 +104,13 @@ def test_a_corpus_that_is_not_text_stops_the_pipeline_before_its_caches(tmp_path
     text = "The old man walked to the river.\nHe saw a café and a red bird.\n\nShe opened the door.\nIt was dark.\n"
     if kind == "latin-1":
         path.write_bytes(text.encode("latin-1"))
-        match = rf"data.text_file: {path} is not valid utf-8 \(byte 0xe9 at byte offset {text.index('é')}, line 2\)"
+        match = rf"data.corpus.text_file: {path} is not valid utf-8 \(byte 0xe9 at byte offset {text.index('é')}, line 2\)"
     else:
         path.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 8)
-        match = rf"data.text_file: {path} looks binary, not utf-8 text \(NUL bytes\)"
+        match = rf"data.corpus.text_file: {path} looks binary, not utf-8 text \(NUL bytes\)"
     with pytest.raises(DataError, match=match):
         run_pipeline(
-            ["experiment=pos_bert", "data=text_file", f"data.text_file={path}", "debug=smoke", "logger=none",
+            ["experiment=pos_bert", "data=text_file", f"data.corpus.text_file={path}", "debug=smoke", "logger=none",
              f"paths.cache_dir={tmp_path / 'cache'}"],
             tmp_path / "run",
         )  # fmt: skip

@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import run_cli, run_pipeline, smoke_values
+from omegaconf import OmegaConf
 
 from data.pos_bert import PosBertDataModule
 from data.pos_grammar import document_labels, generate_corpus
+from data.pos_options import MOVED
 from runner.nsp_cues import KINDS, nsp_by_kind, pair_kinds
 
 
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory):
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path_factory.mktemp("cache")), **{**smoke_values("data", "pos_corpus"), "n_docs": 400},
-        present_prob=0.5, max_length=64, vocab_size=1024, val_fraction=0.25,
+        cache_dir=str(tmp_path_factory.mktemp("cache")), max_length=64,
+        **smoke_values("data", "pos_corpus", corpus={"n_docs": 400, "present_prob": 0.5},
+                       tokenizer={"vocab_size": 1024}, nsp={"val_fraction": 0.25}),
     )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
@@ -73,5 +76,13 @@ def test_nsp_cues_stage_on_a_smoke_run(tmp_path, capsys):
     assert run_pipeline(["stage=nsp_cues", f"nsp_cues.runs=[{run_dir}]"], tmp_path / "cues") is None
     out = capsys.readouterr().out
     assert f"## {run_dir}" in out and "| true (same document) |" in out and "overall" in out
+    # a run directory written before the data options were grouped (flat data.n_docs, ...) reads the same
+    config = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    flat = {k: v for k, v in cfg.data.items() if k not in ("corpus", "tokenizer", "nsp", "masking", "loader")}
+    cfg.data = {**flat, **{old: OmegaConf.select(cfg.data, new) for old, new in MOVED.items()}}
+    OmegaConf.save(cfg, config)
+    assert run_pipeline(["stage=nsp_cues", f"nsp_cues.runs=[{run_dir}]"], tmp_path / "cues2") is None
+    assert capsys.readouterr().out == out
     with pytest.raises(DataError, match="no .hydra/config.yaml"):
         run_pipeline(["stage=nsp_cues", f"nsp_cues.runs={tmp_path}"], tmp_path / "cues")

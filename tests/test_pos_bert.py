@@ -136,7 +136,9 @@ def test_trains_with_minimax_and_exports(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+        cache_dir=str(tmp_path / "cache"),
+        **smoke_values("data", "pos_corpus", tokenizer={"vocab_size": 512}),
+        max_length=32,
     )
     model = PosBert(**{**TINY, "vocab_size": 512})
     m = PosBertPretraining(model, functools.partial(Minimax, alpha=1.0), scheduler=ONE_STEP_WARMUP)
@@ -171,7 +173,9 @@ def test_sequence_longer_than_positions_names_the_key(tmp_path):
 
 def test_vocab_too_small_names_the_key(tmp_path):
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+        cache_dir=str(tmp_path),
+        **smoke_values("data", "pos_corpus", tokenizer={"vocab_size": 512}),
+        max_length=32,
     )
     m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": 50}), NoBalancing)
     with pytest.raises(ConfigError, match=r"^model.vocab_size=50 is smaller"):
@@ -181,9 +185,8 @@ def test_vocab_too_small_names_the_key(tmp_path):
 def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
     dm = PosBertDataModule(
         cache_dir=str(tmp_path / "cache"),
-        **smoke_values("data", "pos_corpus"),
+        **smoke_values("data", "pos_corpus", tokenizer={"vocab_size": 4096}),
         max_length=32,
-        vocab_size=4096,
     )
     model = PosBert(**{**TINY, "vocab_size": None})
     m = PosBertPretraining(model, NoBalancing, scheduler=ONE_STEP_WARMUP)
@@ -209,7 +212,9 @@ def test_unigram_reference_by_hand():
 
 def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path):
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+        cache_dir=str(tmp_path / "cache"),
+        **smoke_values("data", "pos_corpus", tokenizer={"vocab_size": 512}),
+        max_length=32,
     )
     model = PosBert(**{**TINY, "vocab_size": None})
     m = PosBertPretraining(model, NoBalancing, scheduler=ONE_STEP_WARMUP)
@@ -256,7 +261,9 @@ def test_upstream_eval_is_reference_minus_loss_on_the_validation_pairs(tmp_path)
 
 def test_minimax_normalize_reference_defaults_to_the_context_free_reference(tmp_path):
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path / "cache"), **smoke_values("data", "pos_corpus"), max_length=32, vocab_size=512
+        cache_dir=str(tmp_path / "cache"),
+        **smoke_values("data", "pos_corpus", tokenizer={"vocab_size": 512}),
+        max_length=32,
     )
     balancer = functools.partial(Minimax, alpha=1.0, normalize="reference")
     m = PosBertPretraining(PosBert(**{**TINY, "vocab_size": None}), balancer, scheduler=ONE_STEP_WARMUP)

@@ -103,7 +103,7 @@ def test_seeded_masking_depends_on_the_batch_not_on_the_global_rng():
 
 
 def test_bad_masking_probabilities():
-    with pytest.raises(ConfigError, match="data.mlm_probability"):
+    with pytest.raises(ConfigError, match="data.masking.mlm_probability"):
         _collator(mlm_probability=0.0)
     with pytest.raises(ConfigError, match="random_replace_prob"):
         _collator(mask_replace_prob=0.9, random_replace_prob=0.2)
@@ -277,38 +277,40 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
 def test_unknown_tokenizer_names_the_key(tmp_path):
     dm = PosBertDataModule(
         cache_dir=str(tmp_path),
-        **smoke_values("data", "pos_corpus"),
-        tokenizer=str(tmp_path / "no_such_tokenizer"),
+        **smoke_values("data", "pos_corpus", tokenizer={"name": str(tmp_path / "no_such_tokenizer")}),
     )
     with pytest.raises(ConfigError) as e:
         dm.setup()
     msg = str(e.value)
-    assert msg.startswith("data.tokenizer=") and "no_such_tokenizer" in msg and msg.count(". ") == 0
+    assert msg.startswith("data.tokenizer.name=") and "no_such_tokenizer" in msg and msg.count(". ") == 0
 
 
 def test_empty_corpus(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(DataError, match=r"data.text_file: .*empty.txt contains no sentence"):
-        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(empty)).setup()
+    with pytest.raises(DataError, match=r"data.corpus.text_file: .*empty.txt contains no sentence"):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"text_file": str(empty)}).setup()
     with pytest.raises(DataError, match="does not exist"):
-        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(tmp_path / "missing.txt")).setup()
-    with pytest.raises(DataError, match="data.n_docs=0"):
-        PosBertDataModule(cache_dir=str(tmp_path), n_docs=0)
+        PosBertDataModule(
+            cache_dir=str(tmp_path), corpus={"text_file": str(tmp_path / "missing.txt")}
+        ).setup()
+    with pytest.raises(DataError, match="data.corpus.n_docs=0"):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"n_docs": 0})
 
 
 def test_a_corpus_with_fewer_than_two_training_pairs_stops(tmp_path):
     # 2 documents of 2 sentences: 2 NSP pairs, one of which validation takes (it used to train on the other and
     # validate on that same pair when there was one)
-    kw = dict(cache_dir=str(tmp_path), n_docs=2, min_sentences=2, max_sentences=2, max_length=32)
+    corpus = {"n_docs": 2, "min_sentences": 2, "max_sentences": 2}
+    kw = dict(cache_dir=str(tmp_path), corpus=corpus, max_length=32)
     with pytest.raises(DataError) as err:
         PosBertDataModule(**kw).setup()
     assert str(err.value) == (
-        "the generated corpus (data.n_docs=2): the corpus yields 2 NSP pair(s) (4 sentences in 2 document(s)), 1 "
-        "of them for validation (data.val_fraction=0.05); pre-training needs at least 2 training pairs and 1 "
+        "the generated corpus (data.corpus.n_docs=2): the corpus yields 2 NSP pair(s) (4 sentences in 2 document(s)), "
+        "1 of them for validation (data.nsp.val_fraction=0.05); pre-training needs at least 2 training pairs and 1 "
         "validation pair: give it more text."
     )
-    dm = PosBertDataModule(**{**kw, "n_docs": 3})
+    dm = PosBertDataModule(**{**kw, "corpus": {**corpus, "n_docs": 3}})
     dm.setup()
     assert (len(dm.train_set), len(dm.val_set)) == (2, 1)
     train = {(dm.train_set.a0[i], dm.train_set.b0[i]) for i in range(2)}
@@ -326,8 +328,10 @@ def test_real_text_documents_and_sentences(tmp_path):
     texts, docs = split_documents(lines, "x")
     assert texts == ["It was released in 2011.", "It sold well!", "Critics liked it.", "A man ran."]
     assert docs == [0, 0, 0, 1]
-    with pytest.raises(DataError, match=r"^data.hf_dataset='no-such/dataset-xyz' .* could not be loaded"):
-        PosBertDataModule(cache_dir=str(tmp_path), hf_dataset="no-such/dataset-xyz").setup()
+    with pytest.raises(
+        DataError, match=r"^data.corpus.hf_dataset='no-such/dataset-xyz' .* could not be loaded"
+    ):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"hf_dataset": "no-such/dataset-xyz"}).setup()
 
 
 TEXT = """The old man walked to the market.
@@ -344,7 +348,12 @@ The stranger smiled and walked away slowly.
 def test_text_file_is_nltk_tagged_and_missing_group_warns(tmp_path, nltk_data):
     path = tmp_path / "corpus.txt"
     path.write_text(TEXT)
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "c"), text_file=str(path), vocab_size=200, batch_size=2)
+    dm = PosBertDataModule(
+        cache_dir=str(tmp_path / "c"),
+        corpus={"text_file": str(path)},
+        tokenizer={"vocab_size": 200},
+        loader={"batch_size": 2},
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         dm.setup()

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from data.pos_grammar import GROUPS, TOPIC_NOUNS, TOPIC_VERBS, generate_corpus, plural, third_person
 from data.pos_masking import build_nsp_pairs
 
-CONF = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "pos_corpus.yaml")
+CONF = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "pos_corpus.yaml").corpus
 GRAMMAR = dict(topic_bias=CONF.topic_bias, present_prob=CONF.present_prob, zipf_s=CONF.zipf_s)
 SIZES = dict(min_sentences=CONF.min_sentences, max_sentences=CONF.max_sentences)
 

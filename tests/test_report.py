@@ -403,3 +403,26 @@ def test_weight_and_loss_figures_only_for_runs_with_a_csv_log(tmp_path, caplog):
     write_summary(tmp_path / "csv_logger")
     for fig in ("weights.png", "upstream_losses.png"):
         assert (tmp_path / "csv_logger" / fig).stat().st_size > 5000
+
+
+def test_write_figures_draws_each_figure_the_runs_have_data_for(tmp_path, caplog):
+    """curves.png from the summary curves, weights.png and upstream_losses.png from the CSV logs (a run without
+    one is named in a warning), downstream.png from the table; no theory.png or figure3.png without their data."""
+    from runner.figures import write_figures
+
+    for b in ("none", "minimax"):
+        for s in range(2):
+            curve = {"32": {"worst": 0.3 + 0.1 * s, "average": 0.5}, "128": {"worst": 0.6, "average": 0.7}}
+            d = _run(tmp_path / "sweep", f"{b}{s}", b, s, 0.4, 0.5, curve=curve)
+            (d / "csv").mkdir()
+            rows = [f"{i},{1 / (i + 1)},{0.5 + 0.01 * i}" for i in range(60)]
+            (d / "csv" / "metrics.csv").write_text(
+                "\n".join(["step,train/loss/a,train/weight/a", *rows]) + "\n"
+            )
+    _run(tmp_path / "sweep", "bare", "none", 2, 0.4, 0.5)
+    runs = collect(tmp_path / "sweep")
+    with caplog.at_level("WARNING", logger="runner.figures"):
+        written = write_figures(tmp_path, runs, build_table(runs))
+    names = ["curves.png", "weights.png", "upstream_losses.png", "downstream.png"]
+    assert written == [tmp_path / n for n in names] and all(p.stat().st_size > 10_000 for p in written)
+    assert [r.getMessage().split(" (e.g.")[0] for r in caplog.records] == ["figures: 1 of 5 runs"]

@@ -430,8 +430,8 @@ HISTORY_CHECKS = {
     [
         ("mm_mae", "minimax", []),
         ("mm_mae", "gradnorm", []),
-        ("pos_bert", "minimax", ["data.batch_size=8", "data.num_workers=2"]),
-        ("pos_bert", "dwa", ["data.batch_size=8", "balancer.window=2"]),
+        ("pos_bert", "minimax", ["data.loader.batch_size=8", "data.loader.num_workers=2"]),
+        ("pos_bert", "dwa", ["data.loader.batch_size=8", "balancer.window=2"]),
     ],
 )
 def test_pretraining_resumed_mid_epoch_ends_like_the_run_left_alone(tmp_path, experiment, balancer, extra):

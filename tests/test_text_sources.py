@@ -31,7 +31,7 @@ def test_text_folder_each_file_is_a_document(tmp_path):
     assert texts[0] == "The old man walked to the river."
     assert len(texts) == 6 and docs == [0, 0, 1, 1, 2, 2]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"data.text_dir: .*empty holds no .txt file"):
+    with pytest.raises(DataError, match=r"data.corpus.text_dir: .*empty holds no .txt file"):
         read_text_dir(tmp_path / "empty")
 
 
@@ -46,9 +46,9 @@ def test_disk_dataset_rows_are_documents_or_lines(tmp_path):
     )
     texts, docs = read_disk_dataset(tmp_path / "dd", "train", "body")
     assert texts == ["One line.", "Next document."] and docs == [0, 1]
-    with pytest.raises(ConfigError, match="data.text_column='text' is not a column"):
+    with pytest.raises(ConfigError, match="data.corpus.text_column='text' is not a column"):
         read_disk_dataset(tmp_path / "dd", "train", "text")
-    with pytest.raises(ConfigError, match="data.hf_split='validation' is not a split"):
+    with pytest.raises(ConfigError, match="data.corpus.hf_split='validation' is not a split"):
         read_disk_dataset(tmp_path / "dd", "validation", "body")
     (tmp_path / "junk").mkdir()
     with pytest.raises(DataError, match="is not a dataset saved with save_to_disk"):
@@ -58,23 +58,28 @@ def test_disk_dataset_rows_are_documents_or_lines(tmp_path):
 def test_hub_dataset_offline_fails_with_one_sentence(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"data.hf_dataset='no-such/corpus' .*could not be loaded"):
+    with pytest.raises(DataError, match=r"data.corpus.hf_dataset='no-such/corpus' .*could not be loaded"):
         read_hub_dataset("no-such/corpus", None, "train", "text", streaming=True, max_rows=10)
 
 
 def test_sources_are_exclusive_and_required_keys_are_named(tmp_path):
     with pytest.raises(ConfigError, match="choose one text source"):
-        PosBertDataModule(cache_dir=str(tmp_path), text_file="a.txt", text_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="data.streaming=true reads a hub dataset"):
-        PosBertDataModule(cache_dir=str(tmp_path), streaming=True)
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"text_file": "a.txt", "text_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="data.corpus.streaming=true reads a hub dataset"):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"streaming": True})
     from runner.factories import build_pretraining
 
-    for choice, key in (("text_folder", "data.text_dir"), ("disk_dataset", "data.disk_dataset")):
+    for choice, key in (
+        ("text_folder", "data.corpus.text_dir"),
+        ("disk_dataset", "data.corpus.disk_dataset"),
+    ):
         cfg = compose_config(["experiment=pos_bert", f"data={choice}"], tmp_path)
         with pytest.raises(ConfigError, match=f"{key} is required"):
             build_pretraining(cfg)
-    cfg = compose_config(["experiment=pos_bert", "data=text_folder", "data.text_dir=/no/such/dir"], tmp_path)
-    with pytest.raises(DataError, match="data.text_dir: /no/such/dir is not a folder"):
+    cfg = compose_config(
+        ["experiment=pos_bert", "data=text_folder", "data.corpus.text_dir=/no/such/dir"], tmp_path
+    )
+    with pytest.raises(DataError, match="data.corpus.text_dir: /no/such/dir is not a folder"):
         build_pretraining(cfg)
 
 
@@ -88,7 +93,7 @@ def test_wikitext_sample_runs_through_nltk_and_the_whole_run(shared_data, nltk_d
     folder.mkdir()
     (folder / "part1.txt").write_text(wiki.read_text()[:60000])
     res = run_pipeline(
-        ["experiment=pos_bert", "data=text_folder", f"data.text_dir={folder}", "debug=smoke", "logger=none",
+        ["experiment=pos_bert", "data=text_folder", f"data.corpus.text_dir={folder}", "debug=smoke", "logger=none",
          f"paths.cache_dir={tmp_path / 'cache'}"],
         tmp_path / "run",
     )  # fmt: skip
@@ -105,14 +110,16 @@ def test_text_file_in_another_encoding_names_the_byte_offset(tmp_path):
     with pytest.raises(DataError) as err:
         read_text_file(path)
     msg = str(err.value)
-    assert f"data.text_file: {path} is not valid utf-8 (byte 0xe9 at byte offset {offset}, line 2)" in msg
-    assert "data.encoding=latin-1" in msg and "\n" not in msg
+    assert (
+        f"data.corpus.text_file: {path} is not valid utf-8 (byte 0xe9 at byte offset {offset}, line 2)" in msg
+    )
+    assert "data.corpus.encoding=latin-1" in msg and "\n" not in msg
     texts, _ = read_text_file(path, "latin-1")
     assert texts[1] == "He saw a café and a red bird."
-    with pytest.raises(ConfigError, match="data.encoding='klingon' is not a text encoding"):
-        PosBertDataModule(cache_dir=str(tmp_path), text_file=str(path), encoding="klingon")
-    cfg = compose_config(["experiment=pos_bert", "data=text_file", f"data.text_file={path}"], tmp_path)
-    assert cfg.data.encoding == "utf-8"
+    with pytest.raises(ConfigError, match="data.corpus.encoding='klingon' is not a text encoding"):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus={"text_file": str(path), "encoding": "klingon"})
+    cfg = compose_config(["experiment=pos_bert", "data=text_file", f"data.corpus.text_file={path}"], tmp_path)
+    assert cfg.data.corpus.encoding == "utf-8"
 
 
 def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, caplog):
@@ -127,7 +134,8 @@ def test_text_folder_skips_binary_files_and_fails_when_only_binary(tmp_path, cap
     assert f"skipping {tmp_path / 'noise.txt'}" in warned
     (tmp_path / "a.txt").unlink()
     with pytest.raises(
-        DataError, match=rf"data.text_dir: {tmp_path} holds no text file: its 2 .txt file\(s\) all look"
+        DataError,
+        match=rf"data.corpus.text_dir: {tmp_path} holds no text file: its 2 .txt file\(s\) all look",
     ):
         read_text_dir(tmp_path)
     (tmp_path / "b.txt").write_bytes(DOC_B.encode() + "Il était une fois.\n".encode("latin-1"))
@@ -153,8 +161,8 @@ def test_placeholders_are_one_token_in_no_pos_task(nltk_data, tmp_path):
     # a run on such a file: no placeholder is ever masked
     docs = [f"{DOC_A}The <unk> went north @-@ west.\n\n{DOC_B}\n".replace(".", f" {k}.") for k in range(20)]
     (tmp_path / "wiki.txt").write_text("".join(docs))
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "wiki.txt"),
-                           max_length=32, placeholders=list(marks))  # fmt: skip
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), max_length=32,
+                           corpus={"text_file": str(tmp_path / "wiki.txt"), "placeholders": list(marks)})  # fmt: skip
     dm.setup()
     unk = dm.tokenizer.convert_tokens_to_ids("<unk>")
     items = [dm.train_set[i] for i in range(len(dm.train_set))]
@@ -170,7 +178,7 @@ def test_a_single_document_cannot_make_nsp_pairs(nltk_data, tmp_path):
 
     (tmp_path / "one.txt").write_text(DOC_A + DOC_B)  # no blank line: one document
     dm = PosBertDataModule(
-        cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "one.txt"), max_length=32
+        cache_dir=str(tmp_path / "cache"), corpus={"text_file": str(tmp_path / "one.txt")}, max_length=32
     )
     dm.setup()
     model = PosBert(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -188,13 +196,13 @@ def test_a_binary_text_file_is_named_not_trained_on(tmp_path):
     with pytest.raises(DataError) as err:
         check_text_file(blob)
     assert str(err.value) == (
-        f"data.text_file: {blob} looks binary, not utf-8 text (NUL bytes): point data.text_file at a text file "
-        "(or set data.encoding if it is text in another encoding, e.g. utf-16)."
+        f"data.corpus.text_file: {blob} looks binary, not utf-8 text (NUL bytes): point data.corpus.text_file at a text file "
+        "(or set data.corpus.encoding if it is text in another encoding, e.g. utf-16)."
     )
     noise = tmp_path / "noise.txt"  # no NUL byte, but mostly undecodable
     noise.write_bytes(bytes((i * 37 + 128) % 256 | 0x80 for i in range(2000)))
     with pytest.raises(DataError, match=r"noise.txt looks binary, not utf-8 text \(\d+% of its first bytes"):
-        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(noise)).validate()
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_file": str(noise)}).validate()
     latin = tmp_path / "latin1.txt"
     latin.write_bytes(
         ("x" * 3_000_000 + "\ncaf\u00e9\n").encode("latin-1")
@@ -210,20 +218,20 @@ def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_p
     (corpus / "a.txt").write_text(DOC_A + "\n" + DOC_B)
     (corpus / "b.txt").write_text(DOC_C + "\n" + DOC_D)
     (corpus / "c.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus), max_length=32)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_dir": str(corpus)}, max_length=32)
     with caplog.at_level(logging.WARNING, logger="data.text_sources"):
         dm.validate()
         dm.setup()
     skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert skips == [
-        f"data.text_dir: skipping {corpus / 'c.txt'}: it looks binary, not utf-8 text (NUL bytes)."
+        f"data.corpus.text_dir: skipping {corpus / 'c.txt'}: it looks binary, not utf-8 text (NUL bytes)."
     ]
     assert len(dm.tagged) == 8  # the two text files' sentences only
     (corpus / "b.txt").write_bytes(DOC_B.encode() + "\nIl \u00e9tait une fois.\n".encode("latin-1"))
     with pytest.raises(
-        DataError, match=r"data.text_dir: .*b.txt is not valid utf-8 \(byte 0xe9 at byte offset"
+        DataError, match=r"data.corpus.text_dir: .*b.txt is not valid utf-8 \(byte 0xe9 at byte offset"
     ):
-        PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_dir=str(corpus)).validate()
+        PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_dir": str(corpus)}).validate()
 
 
 def test_sentences_longer_than_max_length_are_split_into_chunks():
@@ -242,14 +250,14 @@ def test_a_line_without_sentence_ends_is_chunked_with_one_warning(nltk_data, tmp
     words = " ".join(f"word{k % 50} and" for k in range(400))  # 800 words, no sentence end: one "sentence"
     path = tmp_path / "dump.txt"
     path.write_text(f"{DOC_A}\n{DOC_B}\n{DOC_C}\n{words}\n")
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(path), max_length=32)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_file": str(path)}, max_length=32)
     with caplog.at_level(logging.WARNING, logger="data.pos_bert"):
         dm.setup()
     warned = [r.getMessage() for r in caplog.records if "longer than data.max_length" in r.getMessage()]
     assert len(warned) == 1
     pieces = len(dm.tokenizer(words, add_special_tokens=False)["input_ids"])
     assert warned[0] == (
-        f"data.text_file={path}: 1 sentence(s) longer than data.max_length=32 word-pieces (the longest {pieces}) "
+        f"data.corpus.text_file={path}: 1 sentence(s) longer than data.max_length=32 word-pieces (the longest {pieces}) "
         "were split into chunks of at most 14; a line without a sentence end (. ! ?) is read as one sentence."
     )
     chunks = -(-pieces // 14)
@@ -261,11 +269,11 @@ def test_a_line_without_sentence_ends_is_chunked_with_one_warning(nltk_data, tmp
 def test_a_corpus_that_repeats_itself_cannot_validate(nltk_data, tmp_path):
     path = tmp_path / "twice.txt"
     path.write_text("\n".join([DOC_A, DOC_B, DOC_C, DOC_D] * 5))  # 4 documents, 5 times over
-    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), text_file=str(path), max_length=32)
+    dm = PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_file": str(path)}, max_length=32)
     with pytest.raises(DataError) as err:
         dm.setup()
     assert str(err.value) == (
-        f"data.text_file={path}: 1 of the 1 validation pairs open with a segment that is also a training pair's "
+        f"data.corpus.text_file={path}: 1 of the 1 validation pairs open with a segment that is also a training pair's "
         "(the text repeats itself), so validation would measure memorisation: give it text that does not repeat."
     )
 
@@ -275,8 +283,8 @@ def test_tagging_in_two_processes_gives_the_one_process_dataset(nltk_data, tmp_p
     (tmp_path / "t.txt").write_text((DOC_A + "\n" + DOC_B + "\n") * 30)
     tagged, tokenizer = {}, None
     for num_proc in (1, 2):
-        dm = PosBertDataModule(cache_dir=str(tmp_path / f"c{num_proc}"), text_file=str(tmp_path / "t.txt"),
-                               max_length=32, vocab_size=300, num_proc=num_proc)  # fmt: skip
+        dm = PosBertDataModule(cache_dir=str(tmp_path / f"c{num_proc}"), max_length=32, tokenizer={"vocab_size": 300},
+                               corpus={"text_file": str(tmp_path / "t.txt"), "num_proc": num_proc})  # fmt: skip
         tokenizer = tokenizer or dm.build_tokenizer()
         tagged[num_proc] = dm.build_tagged(tokenizer)
     assert len(tagged[1]) == len(tagged[2]) > 60
@@ -284,15 +292,16 @@ def test_tagging_in_two_processes_gives_the_one_process_dataset(nltk_data, tmp_p
 
 
 def test_segment_pairs_need_segments_of_half_the_budget(nltk_data, tmp_path):
-    """data.nsp_random_b=segment drops pairs whose A or B stays under segment_tokens // 2 word-pieces: a corpus
+    """data.nsp.random_b=segment drops pairs whose A or B stays under segment_tokens // 2 word-pieces: a corpus
     of short documents of short sentences fails naming the key and the ways out; `sentences` pairs it."""
     (tmp_path / "short.txt").write_text(
         "Dogs run.\nCats sit.\n\nBirds fly.\nFish swim.\n\nMen walk.\nKids play.\n"
     )
-    kw = dict(cache_dir=str(tmp_path / "cache"), text_file=str(tmp_path / "short.txt"), max_length=64,
-              val_fraction=0.34)  # fmt: skip
-    with pytest.raises(DataError, match=r"reach 15 word-pieces each .*data.nsp_random_b=sentences"):
-        PosBertDataModule(**kw, nsp_random_b="segment").setup()
-    dm = PosBertDataModule(**kw, nsp_random_b="sentences")
+    kw = dict(
+        cache_dir=str(tmp_path / "cache"), corpus={"text_file": str(tmp_path / "short.txt")}, max_length=64
+    )
+    with pytest.raises(DataError, match=r"reach 15 word-pieces each .*data.nsp.random_b=sentences"):
+        PosBertDataModule(**kw, nsp={"val_fraction": 0.34, "random_b": "segment"}).setup()
+    dm = PosBertDataModule(**kw, nsp={"val_fraction": 0.34, "random_b": "sentences"})
     dm.setup()
     assert len(dm.train_set) + len(dm.val_set) == 3  # one pair per document
