@@ -198,7 +198,11 @@ def algorithm_1(inst: Instance, K: int, balancer=None, callbacks=()) -> Run:
     with torch.no_grad():
         model.theta.copy_(inst.theta0)
     module = UnloggedConvexPretraining(
-        model, balancer, num_tasks=inst.tasks.num_tasks, lr=inst.eta(K), momentum=0.0, average_iterates=True
+        model,
+        balancer,
+        num_tasks=inst.tasks.num_tasks,
+        optimizer=partial(torch.optim.SGD, lr=inst.eta(K), momentum=0.0),
+        average_iterates=True,
     )
     rec = _Iterates()
     with tempfile.TemporaryDirectory() as tmp:
