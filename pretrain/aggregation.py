@@ -37,6 +37,13 @@ Each call takes named steps: :meth:`LossAggregation._reduce` (sums and counts ac
 :meth:`~LossAggregation._check_finite`, :meth:`~LossAggregation._balance` (the balancer, given the feature
 gradients), :meth:`~LossAggregation._apply` (the scalar to back-propagate) and
 :meth:`~LossAggregation._record` (logs, the window, the trace).
+
+What a module's steps pass is declared by its class attribute ``provides`` (the
+:class:`~pretrain.balancers.StepInputs` fields beyond :data:`ALWAYS_GIVEN`: ``shared_params``, ``features``,
+``feature_grads`` where ``features`` is a FeatureRows or FeatureCopies); at setup the callback fails, naming
+what to change, when the balancer ``requires`` a field the module does not provide
+(:meth:`LossAggregation.check_inputs`). A module without ``provides`` is not checked: a required input it does
+not pass fails at the first step.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from pretrain.balancers import BalanceOutput, Balancer, NormalisedBalancer
+from pretrain.balancers.base import step_input_names
+from pretrain.balancers.gradient_based import GRADIENT_MODES
 from pretrain.feature_gradients import (
     FeatureCopies,
     FeatureRows,
@@ -71,6 +80,11 @@ from utils.trainer import trainer_of
 log = logging.getLogger(__name__)
 
 LossValue = Tensor | tuple[Tensor, Tensor | int | float]
+
+#: the :class:`~pretrain.balancers.StepInputs` fields the aggregation gives a balancer whatever the module passes
+ALWAYS_GIVEN = frozenset({"losses", "present", "counts"})
+#: the fields that come from the module's ``features`` (``feature_grads``: from FeatureRows or FeatureCopies)
+_FEATURE_INPUTS = frozenset({"features", "feature_grads"})
 
 
 @dataclass(frozen=True)
@@ -134,6 +148,7 @@ class LossAggregation(Callback):
             raise ConfigError(f"aggregation.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
         if int(window) < 1:
             raise ConfigError(f"aggregation.window must be >= 1, got {window}.")
+        step_input_names(balancer.requires, f"{type(balancer).__name__}.requires")
         if isinstance(balancer, NormalisedBalancer) and balancer.reference_from is not None:
             balancer.set_reference(reference_losses(balancer.reference_from, self.task_names))
         self.balancer = balancer
@@ -182,9 +197,30 @@ class LossAggregation(Callback):
     @property
     def needs_feature_gradients(self) -> bool:
         """Whether the balancer uses per-task gradients w.r.t. the shared representation (``features``
-        mode): a module whose task heads can read per-task copies of it (:class:`FeatureCopies`) builds
-        them only then."""
-        return "features" in self.balancer.requires
+        mode) and not those of the shared parameters: a module whose task heads can read per-task copies of it
+        (:class:`FeatureCopies`, which cut the task losses off the shared parameters) builds them only then."""
+        requires = self.balancer.requires
+        return bool(requires & _FEATURE_INPUTS) and "shared_params" not in requires
+
+    def check_inputs(self, provides: Iterable[str], module: str) -> None:
+        """Raise a ConfigError naming the balancer, the inputs it ``requires`` beyond :data:`ALWAYS_GIVEN` and
+        ``provides`` (what the training module ``module``, a class name, passes) and what to change."""
+        given = ALWAYS_GIVEN | step_input_names(provides, f"{module}.provides")
+        missing = sorted(self.balancer.requires - given)
+        if not missing:
+            return
+        mode = getattr(self.balancer, "mode", None)
+        other = [m for m in GRADIENT_MODES if m != mode and m in given]
+        fix = (
+            f"set balancer.mode={other[0]}"
+            if mode in GRADIENT_MODES and other
+            else "choose a balancer that needs only the losses (e.g. balancer=minimax)"
+        )
+        raise ConfigError(
+            f"balancer {type(self.balancer).__name__} needs the step input {' and '.join(missing)}, which "
+            f"{module} does not pass to the loss aggregation (the step gives {', '.join(sorted(given))}); "
+            f"{fix}, or use a pre-training module that passes {'them' if len(missing) > 1 else 'it'}."
+        )
 
     # -- optimizer ---------------------------------------------------------------------------------
     def balancer_param_groups(self) -> list[dict[str, Any]]:
@@ -199,10 +235,15 @@ class LossAggregation(Callback):
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
+        provides = getattr(pl_module, "provides", None)
+        if provides is not None:
+            self.check_inputs(provides, type(pl_module).__name__)
         self.balancer.to(pl_module.device)
         strategy = trainer.strategy
         kind = type(strategy).__name__
-        if self.balancer.requires & {"shared_params", "features"} and ("FSDP" in kind or "DeepSpeed" in kind):
+        if self.balancer.requires & {"shared_params", *_FEATURE_INPUTS} and (
+            "FSDP" in kind or "DeepSpeed" in kind
+        ):
             raise ConfigError(
                 f"balancer {type(self.balancer).__name__} needs per-task gradients of unsharded shared "
                 f"parameters and cannot run under {kind}; use trainer=ddp."
@@ -324,6 +365,7 @@ class LossAggregation(Callback):
         local = torch.where(reduced.present, local, torch.zeros_like(local))
         k = len(self.task_names)
         requires = self.balancer.requires
+        wants_grads = bool(requires & _FEATURE_INPUTS)
         feature_grads, copied, balanced = None, None, local
         if isinstance(features, FeatureCopies):
             if "shared_params" in requires:
@@ -334,7 +376,7 @@ class LossAggregation(Callback):
             copied = copy_gradients(features, reduced.sums, reduced.scale, copy_params(features, module))
             feature_grads = copied[0][:k]
             balanced = local.detach().requires_grad_()  # the scalar's dS/dL_t, taken in _apply
-        elif isinstance(features, FeatureRows) and "features" in requires:
+        elif isinstance(features, FeatureRows) and wants_grads:
             feature_grads = row_gradients(features, local[:k])
         out = self.balancer(
             balanced[:k],
@@ -342,7 +384,7 @@ class LossAggregation(Callback):
             shared_params=shared_params if "shared_params" in requires else None,
             features=features if "features" in requires and isinstance(features, Tensor) else None,
             counts=reduced.count[:k] if "counts" in requires else None,
-            feature_grads=feature_grads if "features" in requires else None,
+            feature_grads=feature_grads if wants_grads else None,
         )
         return balanced, out, copied
 

@@ -30,6 +30,8 @@ class ConvexPretraining(PretrainingModule):
     """
 
     prepares_from_data = True  # prepare_for_finetune reads the datamodule
+    # theta is both the shared parameter and the representation (a plain tensor: no precomputed feature_grads)
+    provides = frozenset({"shared_params", "features"})
 
     def __init__(
         self,

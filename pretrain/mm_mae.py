@@ -53,6 +53,9 @@ class MMMAEPretraining(PretrainingModule):
     """
 
     no_decay = ("token",)
+    # the last shared layer, and the representation: as FeatureCopies (every task's feature gradients from one
+    # backward) for a balancer that needs features but not shared_params, else as the plain tensor
+    provides = frozenset({"shared_params", "features", "feature_grads"})
 
     def __init__(
         self,

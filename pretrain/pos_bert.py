@@ -64,6 +64,8 @@ class PosBertPretraining(PretrainingModule):
 
     prepares_from_data = True  # prepare_for_finetune reads the datamodule
     no_decay = ("LayerNorm", "bias")
+    # the last shared layer, and FeatureRows: the feature gradients of every task from one backward
+    provides = frozenset({"shared_params", "features", "feature_grads"})
 
     def __init__(
         self,

@@ -27,6 +27,10 @@ Usage::
     out = balancer(torch.stack([l_rgb, l_depth, l_sem]))
     out.loss.backward()           # sum_t w_t L_t
     out.weights                   # tensor of T weights (detached)
+
+A new balancer subclasses :class:`Balancer`, names in ``requires`` the fields of :class:`StepInputs` it needs
+beyond the losses (checked when the class is created) and implements ``compute_weights(values, known,
+inputs)``, reading ``inputs.counts``, ``inputs.features``, ... .
 """
 
 from pretrain.balancers.base import (
@@ -36,6 +40,7 @@ from pretrain.balancers.base import (
     Minimax,
     NoBalancing,
     NormalisedBalancer,
+    StepInputs,
     Vanilla,
 )
 from pretrain.balancers.gradient_based import DBMTL, ExcessMTL, GradientAggregator, GradNorm
@@ -44,6 +49,7 @@ from pretrain.balancers.loss_based import DWA, FAMO, GLS, RLW, STCH, Uncertainty
 __all__ = [
     "Balancer",
     "BalanceOutput",
+    "StepInputs",
     "NoBalancing",
     "Vanilla",
     "NormalisedBalancer",

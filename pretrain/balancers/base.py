@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -19,6 +20,45 @@ class BalanceOutput(NamedTuple):
     """The scalar to back-propagate."""
     weights: Tensor
     """The T task weights applied this step (detached)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+    """What a balancer is given at one step besides the detached losses (:meth:`Balancer.compute_weights`,
+    :meth:`Balancer.objective`). A balancer names the fields it needs in ``requires``; the loss-aggregation
+    callback fills those and leaves the other optional fields None."""
+
+    losses: Tensor
+    """``(T,)`` the task losses, differentiable; 0 where the task is absent."""
+    present: Tensor
+    """``(T,)`` bool: the task has at least one target in the step."""
+    counts: Tensor | None = None
+    """``(T,)`` each task's number of targets in the step, summed over ranks (``vanilla``)."""
+    shared_params: Sequence[Tensor] | None = None
+    """The parameters of the last shared layer (``shared_params`` mode, GradNorm's exact form)."""
+    features: Tensor | None = None
+    """The shared representation the task heads read (``features`` mode): the balancer takes each task's
+    gradient w.r.t. it by a batched backward of the T losses."""
+    feature_grads: Tensor | None = None
+    """``(T, ..., D)``: row t the gradient of ``losses[t]`` w.r.t. the rank's shared representation, computed
+    by the caller (the loss-aggregation callback, in one backward); ``features`` mode uses these instead of
+    ``features``."""
+
+
+#: the names a balancer's ``requires`` (and a pre-training module's ``provides``) may hold
+STEP_INPUTS = frozenset(f.name for f in dataclasses.fields(StepInputs))
+
+
+def step_input_names(names: Iterable[str], owner: str) -> frozenset[str]:
+    """``names`` as a frozenset, checked to be fields of :class:`StepInputs`; ``owner`` (e.g.
+    ``"Vanilla.requires"``) is named in the TypeError otherwise."""
+    unknown = sorted({names} if isinstance(names, str) else set(names) - STEP_INPUTS)
+    if unknown:
+        raise TypeError(
+            f"{owner} must be a set of StepInputs fields ({', '.join(sorted(STEP_INPUTS))}), "
+            f"not {', '.join(map(repr, unknown))}."
+        )
+    return frozenset(names)
 
 
 def _identity(t: Tensor) -> Tensor:
@@ -35,9 +75,11 @@ def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
 class Balancer(nn.Module):
     """Base class. Subclasses implement :meth:`compute_weights` (and, rarely, :meth:`objective`).
 
-    ``requires`` names what a subclass needs beyond the losses: ``"shared_params"`` (the parameters
-    of the last shared layer), ``"features"`` (the shared representation the task heads read) or
-    ``"counts"`` (each task's number of targets in the step).
+    ``requires`` names the fields of :class:`StepInputs` a subclass needs beyond the losses and ``present``:
+    ``"shared_params"`` (the parameters of the last shared layer), ``"features"`` (the shared representation
+    the task heads read; its ``feature_grads`` come with it where the caller can compute them) or ``"counts"``
+    (each task's number of targets in the step). A name that is no field fails when the class is created;
+    the loss-aggregation callback checks at setup that the training module provides every one.
     ``reduce`` averages a tensor over data-parallel ranks and ``world_size`` is their number; the
     loss-aggregation callback sets both, and gradient-based methods apply them to the rank-local gradients
     they compute.
@@ -64,6 +106,10 @@ class Balancer(nn.Module):
         self.register_buffer("last_loss", torch.zeros(self.num_tasks))
         self.register_buffer("seen", torch.zeros(self.num_tasks, dtype=torch.bool))
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.requires = step_input_names(cls.requires, f"{cls.__name__}.requires")
+
     # -- the interface -------------------------------------------------------------------------
     def forward(
         self,
@@ -82,13 +128,7 @@ class Balancer(nn.Module):
             present: shape ``(T,)`` bool; default all true.
             shared_params: parameters of the last shared layer (GradNorm; aggregators in
                 ``shared_params`` mode).
-            features: the shared representation (``features`` mode); the balancer takes each task's
-                gradient w.r.t. it by a batched backward of the T losses (one per task: exact, costly).
-            counts: shape ``(T,)``, each task's number of targets in the step, summed over ranks
-                (``vanilla``); ignored by the other balancers.
-            feature_grads: shape ``(T, ..., D)``, row t the gradient of ``losses[t]`` w.r.t. the rank's shared
-                representation (D wide), already computed by the caller (the loss-aggregation callback takes
-                all T in one backward); ``features`` mode then uses these instead of ``features``.
+            features, counts, feature_grads: see :class:`StepInputs`.
         """
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}")
@@ -103,26 +143,26 @@ class Balancer(nn.Module):
             imputed = torch.where(present, value, self.last_loss)
             known = present | self.seen
         losses = torch.where(present, losses, torch.zeros_like(losses))
-        ctx = {
-            "losses": losses,
-            "present": present,
-            "shared_params": shared_params,
-            "features": features,
-            "counts": counts,
-            "feature_grads": feature_grads,
-        }
-        weights = self.compute_weights(imputed, known, ctx).detach()
-        loss = self.objective(losses, weights, present, ctx)
+        inputs = StepInputs(
+            losses=losses,
+            present=present,
+            counts=counts,
+            shared_params=shared_params,
+            features=features,
+            feature_grads=feature_grads,
+        )
+        weights = self.compute_weights(imputed, known, inputs).detach()
+        loss = self.objective(losses, weights, present, inputs)
         if self.training:
             self.step += 1
         return BalanceOutput(loss=loss, weights=weights)
 
-    def compute_weights(self, values: Tensor, known: Tensor, ctx: dict) -> Tensor:
+    def compute_weights(self, values: Tensor, known: Tensor, inputs: StepInputs) -> Tensor:
         """Weights from the detached fp32 losses ``values`` (absent tasks imputed); ``known`` marks
-        tasks with a loss seen at least once."""
+        tasks with a loss seen at least once; ``inputs`` holds the fields named in ``requires``."""
         raise NotImplementedError
 
-    def objective(self, losses: Tensor, weights: Tensor, present: Tensor, ctx: dict) -> Tensor:
+    def objective(self, losses: Tensor, weights: Tensor, present: Tensor, inputs: StepInputs) -> Tensor:
         """The scalar to back-propagate; ``sum_t w_t L_t`` unless the method adds its own term."""
         return (weights.to(losses.dtype) * losses).sum()
 
@@ -146,7 +186,7 @@ class Balancer(nn.Module):
 class NoBalancing(Balancer):
     """``none``: the average of the T losses, eq. (4): ``w_t = 1/T``."""
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         return torch.full_like(values, 1.0 / self.num_tasks)
 
 
@@ -160,10 +200,10 @@ class Vanilla(Balancer):
 
     requires = frozenset({"counts"})
 
-    def compute_weights(self, values, known, ctx):
-        if ctx["counts"] is None:
+    def compute_weights(self, values, known, inputs):
+        if inputs.counts is None:
             raise ValueError("vanilla weighs the tasks by their target counts: pass counts=(T,) tensor")
-        n = torch.where(ctx["present"], ctx["counts"].to(values).clamp(min=0), torch.zeros_like(values))
+        n = torch.where(inputs.present, inputs.counts.to(values).clamp(min=0), torch.zeros_like(values))
         total = n.sum()
         return torch.where(
             total > 0, n / total.clamp(min=1e-12), torch.full_like(values, 1.0 / self.num_tasks)
@@ -235,7 +275,7 @@ class NormalisedBalancer(Balancer):
         self.reference.copy_(torch.tensor(ref))
         self._has_reference = True
 
-    def normalised(self, values: Tensor, ctx: dict) -> Tensor:
+    def normalised(self, values: Tensor, inputs: StepInputs) -> Tensor:
         """The detached losses the weights are computed from."""
         if self.normalize == "reference":
             if not self._has_reference:
@@ -246,7 +286,7 @@ class NormalisedBalancer(Balancer):
                 )
             return values - self.reference
         if self.normalize == "initial":
-            add = ctx["present"] & (self.initial_count < self.normalize_steps)
+            add = inputs.present & (self.initial_count < self.normalize_steps)
             total = self.initial_sum + torch.where(add, values.double(), torch.zeros_like(self.initial_sum))
             count = self.initial_count + add.long()
             if self.training:
@@ -308,8 +348,8 @@ class Minimax(NormalisedBalancer):
     def alpha_at(self, k: int) -> float:
         return self.alpha * math.sqrt(k + 1) if self.schedule == "sqrt" else self.alpha
 
-    def compute_weights(self, values, known, ctx):
-        values = self.normalised(values, ctx)
+    def compute_weights(self, values, known, inputs):
+        values = self.normalised(values, inputs)
         if self.ema > 0:
             with torch.no_grad():
                 smoothed = torch.where(
@@ -356,8 +396,8 @@ class GroupDRO(NormalisedBalancer):
         self.eta = float(eta)
         self.register_buffer("log_q", torch.full((self.num_tasks,), -math.log(self.num_tasks)))
 
-    def compute_weights(self, values, known, ctx):
-        values = self.normalised(values, ctx)
+    def compute_weights(self, values, known, inputs):
+        values = self.normalised(values, inputs)
         log_q = self.log_q + self.eta * torch.where(known, values, torch.zeros_like(values))
         log_q = log_q - torch.logsumexp(log_q, dim=0)
         if self.training:

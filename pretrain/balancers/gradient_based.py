@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pretrain.balancers.base import _EPS, Balancer
+from pretrain.balancers.base import _EPS, Balancer, StepInputs
 from utils.errors import ConfigError
 
 
@@ -63,41 +63,42 @@ GRADIENT_MODES = ("shared_params", "features")
 FEATURE_NORMS = ("rows", "batch_sum")
 
 
-def _gradient_inputs(ctx: dict, mode: str) -> list[Tensor]:
-    """The tensors per-task gradients are taken with respect to, for ``mode`` (see :class:`GradientAggregator`)."""
-    inputs = ctx[mode]
-    if inputs is None or (isinstance(inputs, (list, tuple)) and not inputs):
+def _gradient_inputs(inputs: StepInputs, mode: str) -> list[Tensor]:
+    """The tensors per-task gradients are taken with respect to, for ``mode`` (see :class:`GradientAggregator`):
+    ``inputs.shared_params`` or ``inputs.features``."""
+    wrt = inputs.features if mode == "features" else inputs.shared_params
+    if wrt is None or (isinstance(wrt, (list, tuple)) and not wrt):
         raise ConfigError(
             f"balancer.mode={mode!r} needs the training module to pass `{mode}` to the "
             "loss aggregation; this experiment does not."
         )
-    if isinstance(inputs, Tensor):
-        return [inputs]
-    return [p for p in inputs if p.requires_grad]
+    if isinstance(wrt, Tensor):
+        return [wrt]
+    return [p for p in wrt if p.requires_grad]
 
 
-def _jacobian(ctx: dict, mode: str) -> Tensor:
+def _jacobian(inputs: StepInputs, mode: str) -> Tensor:
     """``(T, P)`` fp32 rank-local per-task gradients ``grad L_t`` (zeros for absent tasks).
 
     ``features`` mode: the caller's ``feature_grads`` (flattened) when it passed them, else a batched backward
     of the T losses to ``features``; ``shared_params`` mode: a batched backward to those parameters.
     """
-    grads = ctx["feature_grads"] if mode == "features" else None
+    grads = inputs.feature_grads if mode == "features" else None
     if grads is None:
-        return _per_task_grads(ctx["losses"], ctx["present"], _gradient_inputs(ctx, mode)).detach()
-    num_tasks = ctx["losses"].numel()
+        return _per_task_grads(inputs.losses, inputs.present, _gradient_inputs(inputs, mode)).detach()
+    num_tasks = inputs.losses.numel()
     if grads.shape[0] != num_tasks:
         raise ValueError(
             f"feature_grads: expected {num_tasks} rows (one per task), got shape {tuple(grads.shape)}"
         )
     jac = grads.detach().reshape(num_tasks, -1).float()
-    return torch.where(ctx["present"][:, None], jac, torch.zeros_like(jac))
+    return torch.where(inputs.present[:, None], jac, torch.zeros_like(jac))
 
 
-def _feature_width(ctx: dict) -> int:
+def _feature_width(inputs: StepInputs) -> int:
     """D, the width of the shared representation (its last dimension)."""
-    grads = ctx["feature_grads"]
-    return (grads if grads is not None else _gradient_inputs(ctx, "features")[0]).shape[-1]
+    grads = inputs.feature_grads
+    return (grads if grads is not None else _gradient_inputs(inputs, "features")[0]).shape[-1]
 
 
 def _gramian(balancer: Balancer, jac: Tensor, mode: str) -> Tensor:
@@ -112,7 +113,7 @@ def _gramian(balancer: Balancer, jac: Tensor, mode: str) -> Tensor:
     return gramian / balancer.world_size if mode == "features" else gramian
 
 
-def _task_gradients(balancer: Balancer, ctx: dict, mode: str) -> Tensor:
+def _task_gradients(balancer: Balancer, inputs: StepInputs, mode: str) -> Tensor:
     """``(T, P)`` fp32 per-task gradients ``grad L_t`` (zeros for absent tasks), averaged over data-parallel
     ranks, for the balancers that keep per-coordinate statistics of them across steps (ExcessMTL, DB-MTL).
 
@@ -120,9 +121,9 @@ def _task_gradients(balancer: Balancer, ctx: dict, mode: str) -> Tensor:
     shared representation, summed over every leading (batch, position) dimension, so P is the representation's
     width and the rows are comparable across batches (LibMTL's treatment of representation gradients).
     """
-    grads = _jacobian(ctx, mode)
+    grads = _jacobian(inputs, mode)
     if mode == "features":
-        grads = grads.reshape(grads.shape[0], -1, _feature_width(ctx)).sum(dim=1)
+        grads = grads.reshape(grads.shape[0], -1, _feature_width(inputs)).sum(dim=1)
     return balancer.reduce(grads)
 
 
@@ -197,24 +198,24 @@ class GradNorm(Balancer):
         self.register_buffer("initial_loss", torch.ones(self.num_tasks))
         self.register_buffer("initial_seen", torch.zeros(self.num_tasks, dtype=torch.bool))
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         if self.training:
             with torch.no_grad():
-                first = ctx["present"] & ~self.initial_seen
+                first = inputs.present & ~self.initial_seen
                 self.initial_loss.copy_(torch.where(first, values.clamp(min=1e-12), self.initial_loss))
-                self.initial_seen |= ctx["present"]
+                self.initial_seen |= inputs.present
         return torch.softmax(self.logits.detach(), dim=0)
 
-    def objective(self, losses, weights, present, ctx):
+    def objective(self, losses, weights, present, inputs):
         loss = (weights.to(losses.dtype) * losses).sum()
         if not self.training or not losses.requires_grad or not bool(present.any()):
             return loss
         if self.mode == "shared_params":  # the same W on every rank: average the gradients, then the norms
-            norms = self.reduce(_jacobian(ctx, self.mode)).norm(dim=1)
+            norms = self.reduce(_jacobian(inputs, self.mode)).norm(dim=1)
         elif self.feature_norm == "rows":  # each rank holds its own rows of h: reduce the squared norms
-            norms = _gramian(self, _jacobian(ctx, self.mode), self.mode).diagonal().clamp(min=0).sqrt()
+            norms = _gramian(self, _jacobian(inputs, self.mode), self.mode).diagonal().clamp(min=0).sqrt()
         else:  # the rank-mean of the ranks' row sums is the row sum of the global gradient
-            norms = _task_gradients(self, ctx, self.mode).norm(dim=1)
+            norms = _task_gradients(self, inputs, self.mode).norm(dim=1)
         w = torch.softmax(self.logits, dim=0)
         g = w * norms
         with torch.no_grad():
@@ -292,11 +293,11 @@ class GradientAggregator(Balancer):
         self.requires = frozenset({mode})
         self.weighting = weightings[method]()
 
-    def compute_weights(self, values, known, ctx):
-        losses, present = ctx["losses"], ctx["present"]
+    def compute_weights(self, values, known, inputs):
+        losses, present = inputs.losses, inputs.present
         if not self.training or not losses.requires_grad:
             return torch.full_like(values, 1.0 / self.num_tasks)
-        gramian = _gramian(self, _jacobian(ctx, self.mode), self.mode)
+        gramian = _gramian(self, _jacobian(inputs, self.mode), self.mode)
         idx = present.nonzero().flatten()
         weights = torch.zeros_like(values)
         if idx.numel() == 0:
@@ -418,11 +419,11 @@ class ExcessMTL(Balancer):
         self.sq_grad_sum.copy_(total)
         return (sq / torch.sqrt(total + 1e-7)).sum(dim=1)
 
-    def compute_weights(self, values, known, ctx):
-        if not self.training or not ctx["losses"].requires_grad:
+    def compute_weights(self, values, known, inputs):
+        if not self.training or not inputs.losses.requires_grad:
             return self.log_q.exp()
-        present = ctx["present"]
-        excess = self.excess_risks(_task_gradients(self, ctx, self.mode), present)
+        present = inputs.present
+        excess = self.excess_risks(_task_gradients(self, inputs, self.mode), present)
         first = present & ~self.excess_seen
         self.initial_excess.copy_(torch.where(first, excess, self.initial_excess))
         self.excess_seen |= present
@@ -474,11 +475,11 @@ class DBMTL(Balancer):
         self.register_buffer("grad_ema", torch.zeros(self.num_tasks, 0))
         self.register_buffer("grad_steps", torch.zeros(self.num_tasks, dtype=torch.long))
 
-    def compute_weights(self, values, known, ctx):
-        present = ctx["present"]
-        if self.training and ctx["losses"].requires_grad:
+    def compute_weights(self, values, known, inputs):
+        present = inputs.present
+        if self.training and inputs.losses.requires_grad:
             scale = values.clamp(min=0) + _EPS
-            grads = _task_gradients(self, ctx, self.mode) / scale[:, None]  # grad log(L_t + eps)
+            grads = _task_gradients(self, inputs, self.mode) / scale[:, None]  # grad log(L_t + eps)
             if self.grad_ema.shape != grads.shape:
                 self.grad_ema = torch.zeros_like(grads)
             steps = self.grad_steps + present.long()

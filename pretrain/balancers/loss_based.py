@@ -27,10 +27,10 @@ class Uncertainty(Balancer):
         self.log_var = nn.Parameter(torch.full((self.num_tasks,), float(init_log_var)))
         self.param_lr = lr
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         return torch.exp(-self.log_var.detach()) / self.num_tasks
 
-    def objective(self, losses, weights, present, ctx):
+    def objective(self, losses, weights, present, inputs):
         s = self.log_var.to(losses.dtype)
         terms = torch.exp(-s) * losses + s
         return torch.where(present, terms, torch.zeros_like(terms)).sum() / self.num_tasks
@@ -66,14 +66,14 @@ class DWA(Balancer):
             self.end_epoch()
             self.epoch.fill_(int(epoch))
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         if int(self.epochs_done) < 2:
             weights = torch.full_like(values, 1.0 / self.num_tasks)
         else:
             ratio = (self.history[1] / self.history[0].clamp(min=1e-12)).float()
             weights = torch.softmax(ratio / self.temperature, dim=0)
         if self.training:
-            present = ctx["present"]
+            present = inputs.present
             self.epoch_sum += torch.where(present, values.double(), torch.zeros_like(self.epoch_sum))
             self.epoch_count += present.double()
             if self.window is not None and (self.k + 1) % self.window == 0:
@@ -117,10 +117,10 @@ class STCH(Balancer):
         self.register_buffer("nadir_sum", torch.zeros(self.num_tasks, dtype=torch.float64))
         self.register_buffer("nadir_count", torch.zeros(self.num_tasks, dtype=torch.float64))
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         if self.k < self.warmup:
             if self.training:
-                present = ctx["present"]
+                present = inputs.present
                 self.nadir_sum += torch.where(present, values.double(), torch.zeros_like(self.nadir_sum))
                 self.nadir_count += present.double()
             return torch.full_like(values, 1.0 / self.num_tasks)
@@ -207,8 +207,8 @@ class FAMO(Balancer):
         denom = (self.adam_v / (1 - b2**n)).sqrt() + self.adam_eps
         self.logits.sub_(self.lr * (self.adam_m / (1 - b1**n)) / denom)
 
-    def compute_weights(self, values, known, ctx):
-        present = ctx["present"]
+    def compute_weights(self, values, known, inputs):
+        present = inputs.present
         log_d = torch.log((values - self.min_loss).clamp(min=0) + _EPS)
         if self.training:
             measured = present & self.prev_present
@@ -253,7 +253,7 @@ class RLW(Balancer):
         generator.manual_seed(int(seed))
         self.register_buffer("rng_state", generator.get_state())
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         if not self.training:
             return torch.full_like(values, 1.0 / self.num_tasks)
         generator = torch.Generator(device="cpu")
@@ -281,7 +281,7 @@ class GLS(Balancer):
     seen gets weight 0; losses are clamped at 1e-8.
     """
 
-    def compute_weights(self, values, known, ctx):
+    def compute_weights(self, values, known, inputs):
         if not bool(known.any()):
             return torch.full_like(values, 1.0 / self.num_tasks)
         inverse = torch.where(known, 1.0 / values.clamp(min=_EPS), torch.zeros_like(values))
