@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 _THEORY = ("tests/test_theorem_3_1.py",)
 _CONVEX = ("tests/test_convex.py",)
-_REPORT = ("tests/test_report.py",)
+_REPORT = ("tests/test_report.py", "tests/test_statistics.py")
 _BALANCERS = ("tests/test_balancers.py", "tests/test_balancer_properties.py", "tests/test_balancer_oracles.py")
 
 
@@ -111,25 +111,35 @@ MUTANTS = [
     Mutant(
         "pairing_by_position",
         "the report pairs two rows' runs by position instead of by pre-training seed",
-        "runner/tables.py",
-        "d = a.loc[shared] - b.loc[shared]",
+        "runner/statistics.py",
+        "d = (a.loc[shared] - b.loc[shared]).dropna()",
         "d = (a.reset_index(drop=True) - b.reset_index(drop=True)).dropna()",
         _REPORT,
     ),
     Mutant(
         "ddof_0",
         "the paired interval uses the population standard deviation (ddof=0)",
-        "runner/tables.py",
-        "half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)",
-        "half = stats.t.ppf(0.975, n - 1) * d.std(ddof=0) / math.sqrt(n)",
+        "runner/statistics.py",
+        "ci = res.confidence_interval(1 - ALPHA)",
+        "half = stats.t.ppf(1 - ALPHA / 2, n - 1) * float(d.std(ddof=0)) / math.sqrt(n); "
+        'ci = type("CI", (), {"low": mean - half, "high": mean + half})',
         _REPORT,
     ),
     Mutant(
         "normal_quantile",
         "the paired interval uses the normal quantile 1.96 instead of Student's t with n-1 degrees of freedom",
-        "runner/tables.py",
-        "half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)",
-        "half = stats.norm.ppf(0.975) * d.std(ddof=1) / math.sqrt(n)",
+        "runner/statistics.py",
+        "ci = res.confidence_interval(1 - ALPHA)",
+        "half = stats.norm.ppf(1 - ALPHA / 2) * float(d.std(ddof=1)) / math.sqrt(n); "
+        'ci = type("CI", (), {"low": mean - half, "high": mean + half})',
+        _REPORT,
+    ),
+    Mutant(
+        "holm_skipped",
+        "the stars read the raw p-values, without Holm's correction over the family",
+        "runner/statistics.py",
+        'out[tested] = multipletests(p[tested], alpha=ALPHA, method="holm")[1]',
+        "out[tested] = p[tested]",
         _REPORT,
     ),
     Mutant(
