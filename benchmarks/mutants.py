@@ -63,8 +63,8 @@ MUTANTS = [
         "weights_ignored",
         "the aggregation callback back-propagates the plain mean of the task losses, not the balancer's scalar",
         "pretrain/aggregation.py",
-        "loss = out.loss + extra.sum()",
-        "loss = balanced[:k].mean() + extra.sum()",
+        "loss = self._apply(reduced, balanced, out.loss, copied, features)",
+        "loss = self._apply(reduced, balanced, balanced[: len(self.task_names)].mean(), copied, features)",
         _CONVEX,
     ),
     Mutant(
@@ -104,8 +104,8 @@ MUTANTS = [
         "absent_counted",
         "a task with no targets in the step counts as present with loss 0",
         "pretrain/aggregation.py",
-        "present = global_count > 0",
-        "present = global_count >= 0",
+        "present = count > 0",
+        "present = count >= 0",
         ("tests/test_aggregation.py",),
     ),
     Mutant(
