@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_repo(root)
         every = tuple(sorted({t for m in chosen for t in m.tests}))
         result, seconds, tail = run_tests(root, every, args.workers)
-        print(f"unmutated copy: {result} on {len(every)} test files in {seconds:.0f} s")
+        print(f"unmutated copy: the tests {'pass' if result == 'SURVIVED' else 'fail'} ({len(every)} files, {seconds:.0f} s)")
         if result != "SURVIVED":
             print("the tests fail without a mutation; fix them first:\n" + tail)
             return 2
