@@ -96,8 +96,8 @@ MUTANTS = [
         "the balancers' weights computed from the differentiable losses and not detached (their gradient leaks "
         "into the update)",
         "pretrain/balancers/base.py",
-        "weights = self.compute_weights(imputed, known, ctx).detach()",
-        "weights = self.compute_weights(torch.where(present, losses.float(), imputed), known, ctx)",
+        "weights = self.compute_weights(imputed, known, inputs).detach()",
+        "weights = self.compute_weights(torch.where(present, losses.float(), imputed), known, inputs)",
         _BALANCERS,
     ),
     Mutant(
