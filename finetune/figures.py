@@ -42,8 +42,6 @@ def save_figure3(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     aspect = np.asarray(batch.pop("aspect", torch.ones(len(batch["rgb"]))), dtype=np.float32)
     module.eval()
@@ -63,17 +61,7 @@ def save_figure3(
         class_names=np.array(names),
         aspect=aspect,
     )
-    cmap = segmentation_cmap(len(names))
-    shown = sorted({int(c) for c in np.unique(np.concatenate([pred.ravel(), gt.ravel()])) if c < len(names)})
-    handles = [Patch(color=cmap(c), label=names[c]) for c in shown]
-    n, legend_h = len(gt), 0.2 * math.ceil(len(handles) / 5) + 0.1  # the legend's height in inches
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n + legend_h), squeeze=False)
-    draw_segmentation_grid(axes, rgb, [(tag, pred)], gt, cmap, aspect)
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, legend_h / (2 * n + legend_h), 1, 1))
-    path = out_dir / f"figure3_{tag}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path = save_grid(draw_figure3(rgb, [(tag, pred)], gt, names, aspect), out_dir / f"figure3_{tag}.png")
     log_figure(trainer, path, tag)
     return {
         "png": str(path),
@@ -162,14 +150,13 @@ def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ConfigError("sweep_figure needs at least one run directory.")
     data = np.load(run_dirs[0] / "figure3_data.npz")
     rgb, gt = data["rgb"], data["gt"]
-    num_classes = len(data["class_names"]) if "class_names" in data else len(CLASS_NAMES)
+    names = [str(c) for c in data["class_names"]] if "class_names" in data else list(CLASS_NAMES)
     aspect = data["aspect"] if "aspect" in data else None
     columns = []
     for d in run_dirs:
@@ -180,12 +167,51 @@ def sweep_figure(run_dirs: Sequence[Path], out_path: Path) -> Path:
             )
         name = json.loads((d / "results.json").read_text()).get("balancer", d.name)
         columns.append((name, pred))
-    cmap = segmentation_cmap(num_classes)
+    return save_grid(draw_figure3(rgb, columns, gt, names, aspect), Path(out_path))
+
+
+#: Figure 3's sizes in inches: the width of one image, the gap between two images, the titles above the first
+#: row, the margin; and the legend's number of columns
+PANEL_IN, GAP_IN, TITLE_IN, MARGIN_IN, LEGEND_COLUMNS = 2.0, 0.08, 0.3, 0.05, 5
+
+
+def draw_figure3(rgb, columns, gt, class_names: Sequence[str], aspect=None):
+    """Figure 3: input | each (title, predictions) of ``columns`` | ground truth, one row per image, each row as
+    tall as its images (height / width ``aspect[i]``, else the arrays' own) so that no blank band separates
+    them, and right under the last row a legend of the classes any panel shows."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    names = list(class_names)
+    cmap = segmentation_cmap(len(names))
+    shown = np.unique(np.concatenate([gt.ravel(), *(pred.ravel() for _, pred in columns)]))
+    handles = [Patch(color=cmap(int(c)), label=names[int(c)]) for c in shown if c < len(names)]
     n, k = len(gt), len(columns) + 2
-    fig, axes = plt.subplots(n, k, figsize=(2 * k, 2 * n), squeeze=False)
+    heights = [float(aspect[i]) if aspect is not None else gt[i].shape[0] / gt[i].shape[1] for i in range(n)]
+    legend_in = 0.2 * math.ceil(len(handles) / LEGEND_COLUMNS)
+    width = k * PANEL_IN + (k - 1) * GAP_IN + 2 * MARGIN_IN
+    grid = PANEL_IN * sum(heights) + (n - 1) * GAP_IN
+    below = MARGIN_IN + legend_in + GAP_IN
+    height = TITLE_IN + grid + below
+    fig, axes = plt.subplots(
+        n, k, figsize=(width, height), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
+    fig.subplots_adjust(
+        left=MARGIN_IN / width, right=1 - MARGIN_IN / width, top=1 - TITLE_IN / height, bottom=below / height,
+        wspace=GAP_IN / PANEL_IN, hspace=GAP_IN * n / (PANEL_IN * sum(heights)),
+    )  # fmt: skip
     draw_segmentation_grid(axes, rgb, columns, gt, cmap, aspect)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=100)
+    fig.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, (below - GAP_IN) / height),
+        ncol=LEGEND_COLUMNS, fontsize=7, frameon=False, borderaxespad=0,
+    )  # fmt: skip
+    return fig
+
+
+def save_grid(fig, path: Path) -> Path:
+    """Save Figure 3 cropped to what it draws (no blank margin left by the images' fixed aspect) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
-    return out_path
+    return path

@@ -5,6 +5,8 @@
 - :func:`quiet_console` (called once per run) drops the third-party warnings a run is known to raise, by
   message and module, prints Lightning's info lines once per run, and stops Lightning printing every
   line a second time beside Hydra's log handler.
+- :func:`print_upstream` and :func:`print_next_steps` end a run: the upstream tasks' final losses, the worst of
+  them and the weights' entropy; the path of results.json and the command of the random-init control.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks.progress import ProgressBar
@@ -254,3 +257,75 @@ class StepProgress(ProgressBar):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self._stop()
+
+
+#: overrides the random-init control replaces: it picks its own balancer, stage and checkpoint
+_CONTROL_REPLACES = ("balancer", "stage", "pretrained_ckpt", "ckpt_path")
+
+
+def control_command(results: dict) -> str | None:
+    """The command that runs the random-init control of this run: ``python run.py`` with the run's own
+    overrides (results.json ``overrides``), its balancer, stage and checkpoint choices replaced by
+    ``balancer=random_init``, and its seed; None when the run is that control."""
+    import shlex
+
+    if results.get("balancer") == "random_init":
+        return None
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    kept = [
+        o
+        for o in results.get("overrides") or []
+        if not any(key(o) == k or key(o).startswith((f"{k}.", f"{k}/")) for k in _CONTROL_REPLACES)
+    ]
+    if "seed" in results and not any(key(o) == "seed" for o in kept):
+        kept.append(f"seed={results['seed']}")
+    return shlex.join(["python", "run.py", *kept, "balancer=random_init"])
+
+
+def print_upstream(results: dict) -> None:
+    """The pre-training side of a run's end: each upstream task's final loss and weight, the worst of the tasks
+    the balancer weighs (highest final loss), and the weights' entropy; nothing for a run that did not
+    pre-train (``upstream`` empty)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    upstream, weights = results.get("upstream") or {}, results.get("weights") or {}
+    if not upstream:
+        return
+    final = weights.get("final") or {}
+    balanced = {t: v for t, v in upstream.items() if t in final} or upstream
+    worst = max(balanced, key=balanced.get)
+    table = Table(title="upstream (pre-training)")
+    table.add_column("upstream task")
+    table.add_column("final loss", justify="right")
+    table.add_column("final weight", justify="right")
+    for task, loss in upstream.items():
+        name = Text.assemble((task, "bold"), " (worst)") if task == worst else Text(task)
+        weight = f"{final[task]:.3g}" if task in final else "not balanced"
+        table.add_row(name, f"{loss:.4g}", weight)
+    console = Console()
+    console.print(table)
+    loss = f" (final loss {upstream[worst]:.4g})"
+    console.print(Text.assemble("worst upstream task: ", (worst, "bold"), loss))
+    if "mean_entropy" in weights:
+        mean, uniform = weights["mean_entropy"], weights["max_entropy"]
+        scale = f"(uniform: {uniform:.3g}, one task: 0)"
+        console.print(f"weights' entropy: {mean:.3g} nats, mean over pre-training {scale}", soft_wrap=True)
+
+
+def print_next_steps(results: dict, results_path: Path) -> None:
+    """Where the run's numbers are (results.json) and the command of its random-init control, one unwrapped line
+    each (copied as printed)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console()
+    console.print(Text.assemble("results: ", str(Path(results_path).resolve())), soft_wrap=True)
+    command = control_command(results)
+    if command:
+        label = "random-init control (same seed, no pre-training): "
+        console.print(Text.assemble(label, (command, "bold")), soft_wrap=True)

@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def _theory_figure(path: Path, frame, settings: dict) -> Path:
+    """theory.png (:func:`draw_theory`)."""
+    return _save(draw_theory(frame, settings), path, layout=False)
+
+
+def draw_theory(frame, settings: dict):
     """theory.png: worst-case excess risk and worst-case sample complexity against the worst-case initial risk,
     one dot per run and each row's mean over seeds with its 95% t-interval on both axes; log x axis, so the
-    logarithmic relation of eq. 13 is a straight line."""
+    logarithmic relation of eq. 13 is a straight line, labelled however narrow its range (:func:`label_log_axis`)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
     from scipy import stats
@@ -55,11 +60,64 @@ def _theory_figure(path: Path, frame, settings: dict) -> Path:
         "dots: runs; markers: mean over seeds with 95% t-interval; eq. 13 bounds N by a + b log(x)",
         fontsize=8,
     )
+    for ax in axes:
+        label_log_axis(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    for ax in axes:
+        thin_tick_labels(ax, prefer=lambda v: math.log10(v).is_integer())
+    return fig
 
+
+def label_log_axis(ax, at_least: int = 3) -> None:
+    """Put labelled major ticks on a log-scale x axis whatever its range: powers of ten when ``at_least`` of them
+    are in view, else 1-2-5 steps, else 1..9 steps, else (a range narrower than 1-2) that many log-spaced values
+    rounded to two significant digits. Matplotlib's own log ticks leave a range without a power of ten
+    unlabelled."""
+    import numpy as np
+
+    lo, hi = ax.get_xlim()
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1,), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0**k for k in decades for m in subs if lo <= m * 10.0**k <= hi]
+        if len(ticks) >= at_least:
+            break
+    else:
+        ticks = sorted({float(f"{t:.2g}") for t in np.geomspace(lo, hi, at_least + 2)[1:-1]})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlim(lo, hi)
+
+
+def thin_tick_labels(ax, prefer=None, pad_px: float = 3.0) -> None:
+    """Blank the x tick labels that would overlap another (their ticks stay): the first and the last label are
+    kept first, then those whose value ``prefer`` accepts, then the rest left to right, each only where it has
+    room. Call once the figure is laid out."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    values = list(ax.get_xticks())
+    labels = ax.get_xticklabels()
+    lo, hi = sorted(ax.get_xlim())
+    shown = [i for i, v in enumerate(values) if lo <= v <= hi and labels[i].get_text()]
+    if not shown:
+        return
+
+    def rank(i: int) -> tuple:
+        return (i not in (shown[0], shown[-1]), not (prefer and prefer(values[i])), i)
+
+    kept: list = []
+    for i in sorted(shown, key=rank):
+        box = labels[i].get_window_extent(renderer).padded(pad_px)
+        if not any(box.overlaps(other) for other in kept):
+            kept.append(box)
+        else:
+            labels[i].set_text("")
+    ax.set_xticks(values, [t.get_text() for t in labels])
+
+
+#: the figures' resolution (dots per inch)
+DPI = 110
+#: the moving average of the per-step curves spans this fraction of a run's logged steps (at least one)
+SMOOTHING = 0.05
 
 #: the CSV logger's file in a run directory (``conf/logger/csv.yaml``)
 METRICS_CSV = Path("csv") / "metrics.csv"
@@ -104,16 +162,27 @@ def _number(text: str | None) -> float:
         return math.nan
 
 
+def smoothing_window(steps: list[float]) -> tuple[int, str]:
+    """The moving average of a curve logged at ``steps``: its width in logged points (:data:`SMOOTHING` of them,
+    at least 1) and what the x axis says about it."""
+    window = max(1, round(SMOOTHING * len(steps)))
+    if window == 1:
+        return 1, "pre-training step (not smoothed)"
+    every = sorted(b - a for a, b in zip(steps, steps[1:]))[(len(steps) - 1) // 2]  # the logging interval
+    return window, f"pre-training step (moving average over {window * every:g} steps)"
+
+
 def _mean_curves(
     histories: list[dict[str, list[float]]], prefix: str
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Average over seeds of the ``prefix/<task>`` columns, on the shortest common step axis."""
+) -> tuple[list[float], dict[str, list[float]], str]:
+    """Average over seeds of the ``prefix/<task>`` columns, on the shortest common step axis, smoothed by a
+    centred moving average against minibatch noise (:func:`smoothing_window`); the x axis label saying so."""
     import numpy as np
 
     n = min(len(h["step"]) for h in histories)
     steps = histories[0]["step"][:n]
     keys = [k for k in histories[0] if k.startswith(prefix + "/")]
-    window = max(1, n // 50)  # moving average against minibatch noise
+    window, xlabel = smoothing_window(steps)
 
     def smooth(ys):
         ys = np.asarray(ys, dtype=float)
@@ -123,10 +192,11 @@ def _mean_curves(
         return list(np.where(den > 0, num / np.maximum(den, 1), np.nan))
 
     with np.errstate(all="ignore"):
-        return steps, {
+        curves = {
             k.split("/", 1)[1]: smooth(np.nanmean([h[k][:n] for h in histories if k in h], axis=0))
             for k in keys
         }
+    return steps, curves, xlabel
 
 
 def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
@@ -169,17 +239,30 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, layout: bool = True) -> Path:
+    """Save at the figures' resolution and close; ``layout=False``: the figure is already laid out."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if layout:
+        fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
 def _curves_figure(path: Path, curves, higher_is_better: bool) -> Path:
-    """curves.png: the worst and the average primary metric of each row against the downstream N."""
+    """curves.png (:func:`draw_curves`)."""
+    return _save(draw_curves(curves, higher_is_better), path, layout=False)
+
+
+def _power_of_two(n: float) -> bool:
+    return n >= 1 and float(n).is_integer() and int(n) & (int(n) - 1) == 0
+
+
+def draw_curves(curves, higher_is_better: bool):
+    """curves.png: the worst and the average primary metric of each row against the downstream N (log axis, a
+    tick at every N of the grid; a dense grid labels the ends and the powers of two first, then every N with
+    room for its label)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
@@ -192,21 +275,22 @@ def _curves_figure(path: Path, curves, higher_is_better: bool) -> Path:
                 lo, hi = c["mean"] - c["half"], c["mean"] + c["half"]
                 ax.fill_between(c["N"], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_xscale("log")
-        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xticks(ns, [f"{n:g}" for n in ns])
         ax.minorticks_off()
         ax.set_xlabel("downstream training samples N")
         ax.set_title("worst task" if m == "worst" else "average over tasks")
     arrow = "higher is better" if higher_is_better else "lower is better"
     axes[0].set_ylabel(f"primary metric ({arrow})")
     axes[1].legend(fontsize=7)
-    return _save(fig, path)
+    fig.tight_layout()
+    for ax in axes:
+        thin_tick_labels(ax, prefer=_power_of_two)
+    return fig
 
 
 def _step_figures(sweep_dir: Path, runs: list[dict]) -> list[Path]:
     """weights.png and upstream_losses.png: each task's weight and loss over the pre-training steps, one panel
     per row (mean over its seeds), from the runs' CSV logs."""
-    import matplotlib.pyplot as plt
-
     by_balancer: dict[str, list[dict]] = defaultdict(list)
     without = []
     for r, label in zip(runs, row_labels(runs)):
@@ -223,25 +307,31 @@ def _step_figures(sweep_dir: Path, runs: list[dict]) -> list[Path]:
         )  # fmt: skip
     if not by_balancer:
         return []
-    written = []
-    names = sorted(by_balancer, key=row_key)
-    for prefix, fname, ylabel in (
-        ("weight", "weights.png", "task weight"),
-        ("loss", "upstream_losses.png", "task loss"),
-    ):
-        fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
-        for ax, b in zip(axes[0], names):
-            steps, curves = _mean_curves(by_balancer[b], prefix)
-            for task, ys in curves.items():
-                ax.plot(steps, ys, label=task, lw=1.2)
-            ax.set_title(b)
-            ax.set_xlabel(f"pre-training step (moving average of {max(1, len(steps) // 50)})")
-            if prefix == "loss":
-                ax.set_yscale("log")
-        axes[0][0].set_ylabel(ylabel)
-        axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
-        written.append(_save(fig, Path(sweep_dir) / fname))
-    return written
+    return [
+        _save(draw_step_figure(by_balancer, "weight"), Path(sweep_dir) / "weights.png"),
+        _save(draw_step_figure(by_balancer, "loss"), Path(sweep_dir) / "upstream_losses.png"),
+    ]
+
+
+def draw_step_figure(histories: dict[str, list[dict]], prefix: str):
+    """weights.png (``prefix="weight"``) or upstream_losses.png (``"loss"``, log y axis): one panel per row of
+    ``histories`` (row -> its runs' :func:`read_history`), each task's curve averaged over the row's seeds and
+    smoothed (the window in the x axis label, :func:`smoothing_window`)."""
+    import matplotlib.pyplot as plt
+
+    names = sorted(histories, key=row_key)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
+    for ax, b in zip(axes[0], names):
+        steps, curves, xlabel = _mean_curves(histories[b], prefix)
+        for task, ys in curves.items():
+            ax.plot(steps, ys, label=task, lw=1.2)
+        ax.set_title(b)
+        ax.set_xlabel(xlabel)
+        if prefix == "loss":
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel("task weight" if prefix == "weight" else "task loss")
+    axes[0][-1].legend(fontsize=7, loc="best", ncol=1 + len(curves) // 8)
+    return fig
 
 
 def _downstream_figure(path: Path, table: dict, tasks: list[str]) -> Path:

@@ -122,15 +122,20 @@ class TrainingRun:
         self.timings[name] = time.monotonic() - t0
 
     def finish(self, results: dict, step: int) -> dict:
-        """Write results.json, log its numbers at ``step``, print the table and the wall times."""
-        from runner.console import format_seconds
+        """Write results.json, log its numbers at ``step``, print the upstream and downstream tables, where
+        results.json is, the command of the random-init control, and the wall times."""
+        from runner.console import format_seconds, print_next_steps, print_upstream
         from runner.loggers import log_results
 
         self.timings["total"] = time.monotonic() - self.started
-        write_json_atomic(self.out_dir / "results.json", results)
+        path = self.out_dir / "results.json"
+        write_json_atomic(path, results)
         log_results(self.loggers, results, step, self.timings)
-        if results["downstream"] and self.print_table:
-            print_table(results)
+        if self.print_table:
+            print_upstream(results)
+            if results["downstream"]:
+                print_table(results)
+            print_next_steps(results, path)
         log.info("wall time: %s", ", ".join(f"{k} {format_seconds(v)}" for k, v in self.timings.items()))
         return results
 

@@ -265,3 +265,51 @@ def test_optimized_metric_names_what_run_py_returns(tmp_path):
         objective(results, "summary.wrst")
     with pytest.raises(ConfigError, match="not a number"):
         objective(results, "summary.worst_task")
+
+
+def _control_args(line: str) -> list[str]:
+    """The overrides of a printed ``... python run.py <overrides>`` control command."""
+    import shlex
+
+    words = shlex.split(line.split(": ", 1)[1])
+    assert words[:2] == ["python", "run.py"], line
+    return words[2:]
+
+
+def test_a_run_ends_with_the_worst_upstream_task_results_path_and_its_random_init_control(tmp_path, capsys):
+    """The run's last lines: every upstream task's final loss, the worst of them, the weights' entropy, the path
+    of results.json and the command that runs the random-init control of the same seed and experiment."""
+    from helpers import compose_config
+
+    from runner.factories import run_balancer
+
+    args = ["experiment=convex", "debug=smoke", "logger=none", "seed=2", "balancer=vanilla"]
+    res = run_pipeline(args, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    worst = max(res["weights"]["final"], key=res["upstream"].get)
+    assert f"worst upstream task: {worst} (final loss {res['upstream'][worst]:.4g})" in lines
+    rows = [x for x in lines if "│" in x and x.split("│")[1].split()[0] in res["upstream"]]
+    assert len(rows) == len(res["upstream"])  # one table row per upstream task
+    entropy = next(x for x in lines if x.startswith("weights' entropy: "))
+    assert f"{res['weights']['mean_entropy']:.3g} nats" in entropy
+    assert f"results: {(tmp_path / 'results.json').resolve()}" in lines
+    (control,) = [x for x in lines if x.startswith("random-init control")]
+    cfg = compose_config(_control_args(control), tmp_path / "control")
+    assert run_balancer(cfg) == "random_init" and (cfg.seed, cfg.experiment) == (2, "convex")
+    assert cfg.stage == "finetune" and cfg.logger == {}  # the run's other overrides kept (logger=none)
+
+
+def test_the_control_command_replaces_the_runs_balancer_stage_and_checkpoints(tmp_path):
+    from helpers import compose_config
+
+    from runner.console import control_command
+    from runner.factories import run_balancer
+
+    run = ["experiment=mm_mae", "stage=pretrain", "ckpt_path=last", "balancer=dwa", "trainer.max_steps=3"]
+    command = control_command({"balancer": "dwa", "seed": 4, "overrides": run})
+    assert command == "python run.py experiment=mm_mae trainer.max_steps=3 seed=4 balancer=random_init"
+    cfg = compose_config(_control_args(f"control: {command}"), tmp_path)
+    assert (run_balancer(cfg), cfg.seed, cfg.experiment) == ("random_init", 4, "mm_mae")
+    assert cfg.trainer.max_steps == 3 and cfg.ckpt_path is None and cfg.pretrained_ckpt == "random"
+    # the control itself has no control
+    assert control_command({"balancer": "random_init", "seed": 0, "overrides": []}) is None
