@@ -114,8 +114,8 @@ def _texture(cls: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -
 def _room(rng: np.random.Generator, s: int, f: float, rows: np.ndarray, cols: np.ndarray):
     """The background of one scene: a floor below a back wall at a random depth and tilt.
 
-    Returns ``(horizon, wall_depth, depth, semseg, albedo)``: the horizon row, the wall's depth (metres)
-    and the per-pixel depth, class (0 floor, 1 wall) and albedo (floor tiles in world coordinates).
+    Returns ``horizon`` (the horizon row), ``wall_depth`` (metres) and the per-pixel ``depth``, ``semseg``
+    (0 floor, 1 wall) and ``albedo`` (floor tiles in world coordinates), as a dict.
     """
     horizon = rng.uniform(0.3, 0.5) * s
     wall_depth = rng.uniform(6.0, 9.0)
@@ -133,7 +133,7 @@ def _room(rng: np.random.Generator, s: int, f: float, rows: np.ndarray, cols: np
     world_x = (cols - s / 2) * depth / f
     tiles = ((np.floor(world_x / 0.6) + np.floor(depth / 0.6)) % 2) * 0.12 + 0.88
     albedo = np.where(is_floor[..., None], floor_col * tiles[..., None], wall_col).astype(np.float32)
-    return horizon, wall_depth, depth, semseg, albedo
+    return {"horizon": horizon, "wall_depth": wall_depth, "depth": depth, "semseg": semseg, "albedo": albedo}
 
 
 def _place_object(rng, cls: int, horizon: float, wall_depth: float, f: float, rows, cols):
@@ -186,6 +186,29 @@ def _layer(cls: int, window, mask: np.ndarray, obj_depth: np.ndarray, s: int) ->
     return cls, full_mask, full_depth
 
 
+def _add_objects(rng, count: int, room: dict, f: float, rows, cols, colour_mode: str, layers: bool) -> list:
+    """Stand ``count`` objects of random classes in the :func:`_room`, painting its depth, semseg and albedo in
+    place through a z-buffer, so nearer surfaces occlude farther ones; returns each object's :func:`_layer`
+    where ``layers`` (else ``[]``)."""
+    depth, semseg, albedo = room["depth"], room["semseg"], room["albedo"]
+    out = []
+    for _ in range(count):
+        cls = int(rng.integers(2, NUM_CLASSES))
+        placed = _place_object(rng, cls, room["horizon"], room["wall_depth"], f, rows, cols)
+        if placed is None:
+            continue
+        win, mask, obj_depth, u, v = placed
+        colour = _object_colour(rng, cls, colour_mode)
+        tex = _texture(cls, u, v, rng)
+        if layers:
+            out.append(_layer(cls, win, mask, obj_depth, len(rows)))
+        nearer = mask & (obj_depth < depth[win])
+        depth[win] = np.where(nearer, obj_depth, depth[win])
+        semseg[win] = np.where(nearer, cls, semseg[win])
+        albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
+    return out
+
+
 def _shade(rng, albedo, depth, semseg, noise_std: float, depth_shading: float) -> tuple[np.ndarray, int]:
     """RGB (albedo x shading + noise, clipped to [0, 1]) and the label: the object class covering most pixels."""
     if depth_shading > 0:
@@ -228,24 +251,12 @@ def render_scene(
     f = 0.9 * s  # focal length in pixels
     rows = np.arange(s, dtype=np.float32)[:, None] + 0.5
     cols = np.arange(s, dtype=np.float32)[None, :] + 0.5
-    horizon, wall_depth, depth, semseg, albedo = _room(rng, s, f, rows, cols)
-    background_depth = depth.copy()
-    layers = []
-    for _ in range(int(rng.integers(min_objects, max_objects + 1))):
-        cls = int(rng.integers(2, NUM_CLASSES))
-        placed = _place_object(rng, cls, horizon, wall_depth, f, rows, cols)
-        if placed is None:
-            continue
-        win, mask, obj_depth, u, v = placed
-        colour = _object_colour(rng, cls, colour_mode)
-        tex = _texture(cls, u, v, rng)
-        if return_layers:
-            layers.append(_layer(cls, win, mask, obj_depth, s))
-        nearer = mask & (obj_depth < depth[win])  # the z-buffer: nearer surfaces occlude farther ones
-        depth[win] = np.where(nearer, obj_depth, depth[win])
-        semseg[win] = np.where(nearer, cls, semseg[win])
-        albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
-    rgb, label = _shade(rng, albedo, depth, semseg, noise_std, depth_shading)
+    room = _room(rng, s, f, rows, cols)
+    background_depth = room["depth"].copy()
+    n_objects = int(rng.integers(min_objects, max_objects + 1))
+    layers = _add_objects(rng, n_objects, room, f, rows, cols, colour_mode, return_layers)
+    depth, semseg = room["depth"], room["semseg"]
+    rgb, label = _shade(rng, room["albedo"], depth, semseg, noise_std, depth_shading)
     out: dict = {"rgb": rgb, "depth": depth, "semseg": semseg, "label": label}
     if return_layers:
         out["layers"] = layers
