@@ -58,7 +58,6 @@ def bench_tagging(args) -> list[tuple[int, float]]:
     import datasets
 
     from data.pos_bert import PosBertDataModule
-    from data.pos_grammar import generate_corpus
     from data.pos_tagging import load_nltk_tagger
 
     if not find_tagger(args.nltk_data):
@@ -70,45 +69,62 @@ def bench_tagging(args) -> list[tuple[int, float]]:
     t0 = time.perf_counter()
     load_nltk_tagger()  # what build_tagged does first; its forked map workers inherit the loaded tagger
     load_s = time.perf_counter() - t0
-    rates = []
+    rates, cpu = [], {}  # cpu: num_proc -> (CPU s of this process, CPU s of its worker processes)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        lines = []
-        for _, sents in generate_corpus(max(2, args.sentences // 7), seed=123):
-            lines += [s.text for s in sents] + [""]
-        text = tmp / "corpus.txt"
-        text.write_text("\n".join(lines) + "\n")
-        n = sum(1 for x in lines if x)
-        words = sum(len(x.split()) for x in lines)
+        text, n, words = write_corpus(tmp / "corpus.txt", args.sentences)
         make = functools.partial(PosBertDataModule, tokenizer={"vocab_size": 4096})
         corpus = {"text_file": str(text)}
         first = tmp / f"cache{args.num_proc[0]}"
-        tokenizer = make(
-            cache_dir=str(first), corpus=corpus
-        ).build_tokenizer()  # cached there: the cached run below finds it
+        # built and cached in the first num_proc's cache: the cached run below finds it
+        tokenizer = make(cache_dir=str(first), corpus=corpus).build_tokenizer()
         print(
             f"POS tagging: NLTK pos_tag_sents + tokenize + align (datasets.map), {n} generated sentences "
             f"({words} words); NLTK tagger load {load_s:.2f} s (once per process, before the timing)"
         )
-        cpu = {}  # num_proc -> (CPU s of this process, CPU s of its worker processes)
         for num_proc in args.num_proc:
             dm = make(cache_dir=str(tmp / f"cache{num_proc}"), corpus={**corpus, "num_proc": num_proc})
-            c0, t0 = cpu_seconds(), time.perf_counter()
-            dm.build_tagged(tokenizer)
-            dt, c1 = time.perf_counter() - t0, cpu_seconds()
-            cpu[num_proc] = (c1[0] - c0[0], c1[1] - c0[1])
+            dt, cpu[num_proc] = time_tagging(dm, tokenizer)
             rates.append((num_proc, n / dt))
             print(
                 f"  num_proc={num_proc}: {dt:6.2f} s  {n / dt:8.0f} sentences/s  {words / dt:9.0f} words/s  "
                 f"(CPU s: main process {cpu[num_proc][0]:.2f}, map workers {cpu[num_proc][1]:.2f})"
             )
-        dm = make(cache_dir=str(first), corpus=corpus)
-        t0 = time.perf_counter()
-        dm.setup()
-        assert dm.cache_hits == {"tokenizer": True, "tagged": True}, dm.cache_hits
-        print(
-            f"  second (cached) run, tokenizer + tagged dataset + NSP pairs: {time.perf_counter() - t0:.2f} s"
-        )
+        time_cached_setup(make(cache_dir=str(first), corpus=corpus))
+    print_tagging_speedups(rates, cpu)
+    return rates
+
+
+def write_corpus(path: Path, sentences: int) -> tuple[Path, int, int]:
+    """About ``sentences`` generated sentences, one a line, documents apart by an empty line, written to
+    ``path``; returns ``(path, sentences, words)``."""
+    from data.pos_grammar import generate_corpus
+
+    lines = []
+    for _, sents in generate_corpus(max(2, sentences // 7), seed=123):
+        lines += [s.text for s in sents] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path, sum(1 for x in lines if x), sum(len(x.split()) for x in lines)
+
+
+def time_tagging(dm, tokenizer) -> tuple[float, tuple[float, float]]:
+    """Wall seconds of ``dm.build_tagged(tokenizer)`` and the CPU seconds it took (main, map workers)."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    dm.build_tagged(tokenizer)
+    dt, c1 = time.perf_counter() - t0, cpu_seconds()
+    return dt, (c1[0] - c0[0], c1[1] - c0[1])
+
+
+def time_cached_setup(dm) -> None:
+    """Time ``dm.setup()`` where the tokenizer and the tagged dataset are already cached (asserting both hit)."""
+    t0 = time.perf_counter()
+    dm.setup()
+    assert dm.cache_hits == {"tokenizer": True, "tagged": True}, dm.cache_hits
+    print(f"  second (cached) run, tokenizer + tagged dataset + NSP pairs: {time.perf_counter() - t0:.2f} s")
+
+
+def print_tagging_speedups(rates: list[tuple[int, float]], cpu: dict[int, tuple[float, float]]) -> None:
+    """Each ``num_proc > 1`` against ``num_proc=1``: measured, and expected on idle cores from the CPU times."""
     base = dict(rates).get(1)
     for num_proc, rate in rates:
         if base and num_proc > 1:
@@ -119,7 +135,6 @@ def bench_tagging(args) -> list[tuple[int, float]]:
                 f"  num_proc={num_proc} / num_proc=1: {rate / base:.2f}x measured (wall clock); "
                 f"{idle:.2f}x expected on {num_proc} idle cores (from the CPU times, workers' share split evenly)"
             )
-    return rates
 
 
 def cpu_seconds() -> tuple[float, float]:

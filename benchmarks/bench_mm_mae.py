@@ -247,7 +247,7 @@ def bench_generator(batch_size: int, batches: int, image_size: int) -> dict[int,
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -257,23 +257,12 @@ def main() -> None:
     parser.add_argument("--generator-batches", type=int, default=30, help="batches timed per worker setting")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one method
     _timing.add_arguments(parser)
-    args = parser.parse_args()
-    global clock
-    clock = _timing.configure(args)
-    torch.manual_seed(0)
-    if args.memory_of:
-        memory_of(args.memory_of, args)
-        return
-    print(
-        f"torch threads: {torch.get_num_threads()}, clock: {args.clock}, tiny model {TINY}, batch {args.batch_size}"
-    )
-    mem = _memory.measure_all("benchmarks.bench_mm_mae", [*METHODS, *ENCODERS[1:]])
-    mem[ENCODERS[0]] = mem["none"]  # the same step
-    m = {name: _memory.mib(r) for name, r in mem.items()}
-    print(_memory.METHOD)
-    batch = make_batch(args.batch_size, TINY["image_size"])
+    return parser.parse_args()
 
-    times = bench_balancers(batch, args.rounds, args.steps)
+
+def report_balancers(times: dict[str, list[float]], mem: dict[str, dict]) -> None:
+    """The Table-3 rows (step time and peak memory per balancer, against ``none``) and each goal, met or not."""
+    m = {name: _memory.mib(r) for name, r in mem.items()}
     base = statistics.median(times["none"])
     print("\n## Step time and peak memory per balancer (measured Table 3), median of interleaved rounds")
     print(
@@ -295,9 +284,12 @@ def main() -> None:
             f"{'met' if met else 'NOT met'} (time {ratio:.3f}, peak memory {mem_ratio:.3f})"
         )
 
-    rates = bench_encoders(batch, args.rounds, args.steps)
+
+def report_encoders(rates: dict[str, float], mem: dict[str, dict], clock_name: str) -> None:
+    """Images/s and peak memory of our step and encoder against timm's ViT on all tokens."""
+    m = {name: _memory.mib(r) for name, r in mem.items()}
     print(
-        f"\n## Images/s of a training step on the {args.clock} clock, {torch.get_num_threads()} thread(s) "
+        f"\n## Images/s of a training step on the {clock_name} clock, {torch.get_num_threads()} thread(s) "
         "(encoder rows: forward + backward + AdamW of the encoder only)"
     )
     print("| what | images / s | peak MiB |")
@@ -312,13 +304,36 @@ def main() -> None:
         f"full step {_memory.ratio(m['ours: full step'], m[vit]):.3f}"
     )
 
-    gen = bench_generator(args.batch_size, args.generator_batches, TINY["image_size"])
-    demand = rates["ours: full step"]
+
+def report_generator(gen: dict[int, float], demand: float) -> None:
+    """Scene-generator images/s per DataLoader worker count, against ``demand`` (the full step's images/s)."""
     print("\n## Scene generator through a DataLoader")
     print("| workers | images / s | x what training consumes |")
     print("|---|---|---|")
     for workers, rate in gen.items():
         print(f"| {workers} | {rate:.0f} | {rate / demand:.1f} |")
+
+
+def main() -> None:
+    args = parse_args()
+    global clock
+    clock = _timing.configure(args)
+    torch.manual_seed(0)
+    if args.memory_of:
+        memory_of(args.memory_of, args)
+        return
+    print(
+        f"torch threads: {torch.get_num_threads()}, clock: {args.clock}, tiny model {TINY}, batch {args.batch_size}"
+    )
+    mem = _memory.measure_all("benchmarks.bench_mm_mae", [*METHODS, *ENCODERS[1:]])
+    mem[ENCODERS[0]] = mem["none"]  # the same step
+    print(_memory.METHOD)
+    batch = make_batch(args.batch_size, TINY["image_size"])
+    report_balancers(bench_balancers(batch, args.rounds, args.steps), mem)
+    rates = bench_encoders(batch, args.rounds, args.steps)
+    report_encoders(rates, mem, args.clock)
+    gen = bench_generator(args.batch_size, args.generator_batches, TINY["image_size"])
+    report_generator(gen, rates["ours: full step"])
 
 
 if __name__ == "__main__":

@@ -181,6 +181,28 @@ def _class_items(
     return items
 
 
+def _check_options(modalities: tuple[str, ...], root, labels_root, image_size: int, crop_scale) -> None:
+    """The options of :class:`ImageFolderDataModule` that need no file read, each failing with its config key."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(
+            f"data.modalities names {unknown[0]!r}, which the image folder does not provide "
+            f"(it provides {', '.join(MODALITIES)})."
+        )
+    if root is None:
+        raise ConfigError(
+            "data.root is not set: give data.root=<ImageNet-style folder <root>/<class>/<image>>."
+        )
+    if labels_root is None and any(m in modalities for m in LABEL_DIRS):
+        raise ConfigError(
+            "data.labels_root is not set: give the out_root of `python run.py stage=pseudo_label`."
+        )
+    if int(image_size) < 16:
+        raise ConfigError(f"data.image_size={image_size} is too small; use at least 16 pixels.")
+    if len(crop_scale) != 2 or not 0 < float(crop_scale[0]) <= float(crop_scale[1]) <= 1:
+        raise ConfigError(f"data.crop_scale={list(crop_scale)} must be [lo, hi] with 0 < lo <= hi <= 1.")
+
+
 class ImageFolderDataModule(L.LightningDataModule):
     """MM-MAE pre-training batches from an image folder and its pseudo-labels (``data=imagenet_folder``).
 
@@ -214,24 +236,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
-        unknown = [m for m in modalities if m not in MODALITIES]
-        if unknown:
-            raise ConfigError(
-                f"data.modalities names {unknown[0]!r}, which the image folder does not provide "
-                f"(it provides {', '.join(MODALITIES)})."
-            )
-        if root is None:
-            raise ConfigError(
-                "data.root is not set: give data.root=<ImageNet-style folder <root>/<class>/<image>>."
-            )
-        if labels_root is None and any(m in modalities for m in LABEL_DIRS):
-            raise ConfigError(
-                "data.labels_root is not set: give the out_root of `python run.py stage=pseudo_label`."
-            )
-        if int(image_size) < 16:
-            raise ConfigError(f"data.image_size={image_size} is too small; use at least 16 pixels.")
-        if len(crop_scale) != 2 or not 0 < float(crop_scale[0]) <= float(crop_scale[1]) <= 1:
-            raise ConfigError(f"data.crop_scale={list(crop_scale)} must be [lo, hi] with 0 < lo <= hi <= 1.")
+        _check_options(modalities, root, labels_root, image_size, crop_scale)
         self.root = Path(root).expanduser()
         self.labels_root = Path(labels_root).expanduser() if labels_root is not None else self.root
         if not self.root.is_dir():
@@ -244,7 +249,33 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
         if train_size is not None and int(train_size) < 1:
             raise ConfigError(f"data.train_size={train_size} must be >= 1 (or null: every training image).")
+        self.classes, train, val = self._split_items(train_dir, val_dir, val_fraction)
+        if train_size is not None:
+            train = train[: int(train_size)]
+        if val_size is not None:
+            val = val[: int(val_size)]
+        self.meta = self._read_label_meta() if labels_root is not None else {}
+        self._check_labels(train + val)
+        kw = dict(
+            image_size=self.image_size,
+            modalities=modalities,
+            num_classes=self.num_classes,
+            crop_scale=crop_scale,
+            hflip=hflip,
+            depth_scale=self.meta.get("depth_scale"),
+            depth_standardize=depth_standardize,
+            depth_mean=depth_mean,
+            depth_std=depth_std,
+        )
+        self.train_set = ImageFolderDataset(self.root, self.labels_root, train, train=True, **kw)
+        self.val_set = ImageFolderDataset(self.root, self.labels_root, val, train=False, **kw)
+        n = len(self.train_set)
+        self.samples_per_epoch = n if samples_per_epoch is None else min(int(samples_per_epoch), n)
 
+    def _split_items(self, train_dir: str, val_dir: str, val_fraction: float):
+        """``(classes, train, val)``: the class folders and the ``(image, class)`` items of each split, from
+        ``<root>/<train_dir>`` and ``<root>/<val_dir>`` where the first exists, else a fixed draw (per seed) of
+        ``val_fraction`` of the images under ``root`` held out for validation."""
         train_root = self.root / train_dir
         if train_dir and train_root.is_dir():
             classes = sorted(
@@ -264,35 +295,22 @@ class ImageFolderDataModule(L.LightningDataModule):
             train = [items[i] for i in sorted(order[n_val:])]
         if not train:
             raise DataError(f"data.root: no training images under {self.root}.")
-        self.classes = classes
-        if train_size is not None:
-            train = train[: int(train_size)]
-        if val_size is not None:
-            val = val[: int(val_size)]
-        meta = read_meta(self.labels_root) if labels_root is not None else {}
-        self.meta = meta
+        return classes, train, val
+
+    def _read_label_meta(self) -> dict:
+        """The pseudo-labels' ``meta.json``, checked against ``num_classes`` where semseg is a modality."""
+        meta = read_meta(self.labels_root)
         label_classes = meta.get("num_classes")
-        if "semseg" in modalities and label_classes is not None and int(label_classes) > self.num_classes:
+        if (
+            "semseg" in self.modalities
+            and label_classes is not None
+            and int(label_classes) > self.num_classes
+        ):
             raise ConfigError(
                 f"data.num_classes={self.num_classes} but the pseudo-labels in {self.labels_root} have "
                 f"{label_classes} classes ({meta.get('segmentation_model', 'segmenter')})."
             )
-        self._check_labels(train + val)
-        kw = dict(
-            image_size=self.image_size,
-            modalities=modalities,
-            num_classes=self.num_classes,
-            crop_scale=crop_scale,
-            hflip=hflip,
-            depth_scale=meta.get("depth_scale"),
-            depth_standardize=depth_standardize,
-            depth_mean=depth_mean,
-            depth_std=depth_std,
-        )
-        self.train_set = ImageFolderDataset(self.root, self.labels_root, train, train=True, **kw)
-        self.val_set = ImageFolderDataset(self.root, self.labels_root, val, train=False, **kw)
-        n = len(self.train_set)
-        self.samples_per_epoch = n if samples_per_epoch is None else min(int(samples_per_epoch), n)
+        return meta
 
     def validate(self) -> None:
         """Start-up check of the inputs (``runner/pipeline.py``): the folder was scanned and every image

@@ -59,35 +59,58 @@ def build_nsp_pairs(
     """
     if random_b not in NSP_RANDOM_B:
         raise ValueError(f"random_b must be one of {', '.join(NSP_RANDOM_B)}, got {random_b!r}.")
-    match_sentences = random_b == "sentences"
     rng = np.random.default_rng(seed)
     docs = np.asarray(docs)
-    n = len(docs)
-    lengths = np.ones(n, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    lengths = np.ones(len(docs), dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
     target = max(0, int(segment_tokens))
     bounds = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1], True])  # document starts + n
     starts, ends = bounds[:-1], bounds[1:]
-    doc_of = np.repeat(np.arange(len(starts)), ends - starts)  # document number of each sentence
-    several = len(starts) > 1
+    if random_b == "segment":
+        half = target // 2
+        return _segment_pairs(starts, ends, _blind_grower(lengths, half), rng, random_prob, lengths, half)
+    pairs = _walk_pairs(starts, ends, _grower(lengths, target), rng, random_prob, random_b == "sentences")
+    if not pairs:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
+    a0, a1, b0, b1, label = (np.asarray(c, dtype=np.int64) for c in zip(*pairs))
+    return a0, a1, b0, b1, label
 
-    def grow(i: int, stop: int) -> int:  # end of the segment opening at sentence i, before sentence stop
+
+def _grower(lengths: np.ndarray, target: int):
+    """``grow(i, stop)``: the end of the segment opening at sentence ``i``, before sentence ``stop``, that takes
+    consecutive sentences while they fit in ``target`` word-pieces (at least sentence ``i``)."""
+
+    def grow(i: int, stop: int) -> int:
         j, tokens = i + 1, lengths[i]
         while j < stop and tokens + lengths[j] <= target:
             tokens += lengths[j]
             j += 1
         return j
 
-    if random_b == "segment":
-        half = target // 2
+    return grow
 
-        def grow_blind(i: int, stop: int) -> int:  # adds sentences while short, never looking at the next one
-            j, tokens = i + 1, lengths[i]
-            while j < stop and tokens < half:
-                tokens += lengths[j]
-                j += 1
-            return j
 
-        return _segment_pairs(starts, ends, grow_blind, rng, random_prob, lengths, half)
+def _blind_grower(lengths: np.ndarray, half: int):
+    """``grow(i, stop)`` for ``random_b="segment"``: adds sentences while the segment holds fewer than ``half``
+    word-pieces, never looking at the next one's length."""
+
+    def grow_blind(i: int, stop: int) -> int:
+        j, tokens = i + 1, lengths[i]
+        while j < stop and tokens < half:
+            tokens += lengths[j]
+            j += 1
+        return j
+
+    return grow_blind
+
+
+def _walk_pairs(starts, ends, grow, rng, random_prob: float, match_sentences: bool) -> list[tuple]:
+    """``random_b="fill"|"sentences"``: walk each document into pairs, A = ``grow(i)`` leaving one sentence for
+    its true B; with ``random_prob`` (and another document to draw from) B is a random one. Returns the pairs
+    ``(a_start, a_end, b_start, b_end, label)`` in document order."""
+    n = int(ends[-1])  # sentences in all (bounds end with n)
+    doc_of = np.repeat(np.arange(len(starts)), ends - starts)  # document number of each sentence
+    several = len(starts) > 1
     out = []
     for s, e in zip(starts, ends):
         i = s
@@ -95,21 +118,24 @@ def build_nsp_pairs(
             j = grow(i, e - 1)  # A = [i, j), leaving >= 1 sentence for its true B
             if several and rng.random() < random_prob:
                 count = grow(j, e) - j if match_sentences else 0  # sentences of the true B
-                for _ in range(20 if match_sentences else 1):
-                    k = int(rng.integers(0, n - (e - s)))  # a sentence outside document d
-                    k = k if k < s else k + (e - s)
-                    if ends[doc_of[k]] - k >= count:
-                        break
-                end = min(k + count, ends[doc_of[k]]) if match_sentences else grow(k, ends[doc_of[k]])
-                out.append((i, j, k, end, 1))
+                out.append((i, j, *_random_b(rng, grow, s, e, n, count, ends, doc_of, match_sentences), 1))
             else:
                 out.append((i, j, j, grow(j, e), 0))
             i = j
-    if not out:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, empty, empty
-    a0, a1, b0, b1, label = (np.asarray(c, dtype=np.int64) for c in zip(*out))
-    return a0, a1, b0, b1, label
+    return out
+
+
+def _random_b(rng, grow, s: int, e: int, n: int, count: int, ends, doc_of, match_sentences: bool):
+    """``(b_start, b_end)`` of a random B for a pair of the document ``[s, e)``: from a random sentence of
+    another document, filled by ``grow``, or (``match_sentences``) ``count`` whole sentences, drawn up to 20
+    times where the other document has that many left."""
+    for _ in range(20 if match_sentences else 1):
+        k = int(rng.integers(0, n - (e - s)))  # a sentence outside document d
+        k = k if k < s else k + (e - s)
+        if ends[doc_of[k]] - k >= count:
+            break
+    end = min(k + count, ends[doc_of[k]]) if match_sentences else grow(k, ends[doc_of[k]])
+    return k, end
 
 
 def _segment_pairs(starts, ends, grow, rng, random_prob: float, lengths, half: int):

@@ -111,6 +111,117 @@ def _texture(cls: int, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -
     raise ValueError(f"unknown object class {cls}")
 
 
+def _room(rng: np.random.Generator, s: int, f: float, rows: np.ndarray, cols: np.ndarray):
+    """The background of one scene: a floor below a back wall at a random depth and tilt.
+
+    Returns ``horizon`` (the horizon row), ``wall_depth`` (metres) and the per-pixel ``depth``, ``semseg``
+    (0 floor, 1 wall) and ``albedo`` (floor tiles in world coordinates), as a dict.
+    """
+    horizon = rng.uniform(0.3, 0.5) * s
+    wall_depth = rng.uniform(6.0, 9.0)
+    wall_tilt = rng.uniform(-0.15, 0.15)
+    # background: floor below the wall line, depth from the ground-plane geometry
+    below = np.maximum(rows - horizon, 1e-3)
+    floor_depth = CAMERA_HEIGHT * f / below
+    wall = wall_depth * (1.0 + wall_tilt * (cols - s / 2) / s) + 0 * rows
+    is_floor = (rows > horizon) & (floor_depth < wall)
+    depth = np.where(is_floor, floor_depth, wall).astype(np.float32)
+    semseg = np.where(is_floor, 0, 1).astype(np.int64)
+    # background albedo: floor tiles in world coordinates, plain wall with noise
+    floor_col = rng.uniform(0.35, 0.65) * np.array([1.0, 0.85, 0.65]) + rng.normal(0, 0.05, 3)
+    wall_col = rng.uniform(0.6, 0.9) * np.array([0.9, 0.95, 1.0]) + rng.normal(0, 0.05, 3)
+    world_x = (cols - s / 2) * depth / f
+    tiles = ((np.floor(world_x / 0.6) + np.floor(depth / 0.6)) % 2) * 0.12 + 0.88
+    albedo = np.where(is_floor[..., None], floor_col * tiles[..., None], wall_col).astype(np.float32)
+    return {"horizon": horizon, "wall_depth": wall_depth, "depth": depth, "semseg": semseg, "albedo": albedo}
+
+
+def _place_object(rng, cls: int, horizon: float, wall_depth: float, f: float, rows, cols):
+    """Stand an object of class ``cls`` on the floor at a random depth and column.
+
+    Returns ``(window, mask, depth, u, v)``: its bounding window in the image (a pair of slices), its
+    silhouette and depth there, and the local coordinates of the window's pixels; ``None`` when the
+    object falls outside the image.
+    """
+    s = len(rows)
+    size_range, aspect = _CLASS_STYLE[cls][2:]
+    z = rng.uniform(1.8, wall_depth - 0.8)
+    width_m = 1.3 * rng.uniform(*size_range)
+    height_m = width_m * aspect * rng.uniform(0.85, 1.15)
+    half_w = 0.5 * width_m * f / z
+    half_h = 0.5 * height_m * f / z
+    bottom = horizon + CAMERA_HEIGHT * f / z  # the row where the floor is at depth z
+    cy = bottom - half_h
+    cx = rng.uniform(0.1, 0.9) * s
+    r0, r1 = max(int(cy - half_h), 0), min(int(np.ceil(cy + half_h)) + 1, s)
+    c0, c1 = max(int(cx - half_w), 0), min(int(np.ceil(cx + half_w)) + 1, s)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    u = (cols[:, c0:c1] - cx) / half_w
+    v = (rows[r0:r1] - cy) / half_h
+    u, v = np.broadcast_arrays(u, v)
+    mask = _shape_mask(cls, u, v)
+    # small relief: round objects bulge toward the camera
+    bulge = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0)) if cls in (2, 9) else 0.0 * u
+    obj_depth = (z - 0.5 * width_m * 0.5 * bulge).astype(np.float32)
+    return (slice(r0, r1), slice(c0, c1)), mask, obj_depth, u, v
+
+
+def _object_colour(rng: np.random.Generator, cls: int, colour_mode: str) -> np.ndarray:
+    """An object's RGB albedo: near its class's mean colour, or (``colour_mode="random"``) any colour."""
+    if colour_mode == "class":
+        mean_col, col_std = _CLASS_STYLE[cls][:2]
+        return np.clip(np.asarray(mean_col) + rng.normal(0, col_std, 3), 0.02, 1.0)
+    # any hue, any class: the class is in the shape and the texture only
+    hue, sat, val = rng.uniform(0.0, 1.0), rng.uniform(0.35, 0.9), rng.uniform(0.45, 0.95)
+    return np.asarray(colorsys.hsv_to_rgb(hue, sat, val))
+
+
+def _layer(cls: int, window, mask: np.ndarray, obj_depth: np.ndarray, s: int) -> tuple:
+    """``(class, mask, depth)`` of one object over the whole image, before occlusion (depth inf off it)."""
+    full_mask = np.zeros((s, s), bool)
+    full_mask[window] = mask
+    full_depth = np.full((s, s), np.inf, np.float32)
+    full_depth[window] = np.where(mask, obj_depth, np.inf)
+    return cls, full_mask, full_depth
+
+
+def _add_objects(rng, count: int, room: dict, f: float, rows, cols, colour_mode: str, layers: bool) -> list:
+    """Stand ``count`` objects of random classes in the :func:`_room`, painting its depth, semseg and albedo in
+    place through a z-buffer, so nearer surfaces occlude farther ones; returns each object's :func:`_layer`
+    where ``layers`` (else ``[]``)."""
+    depth, semseg, albedo = room["depth"], room["semseg"], room["albedo"]
+    out = []
+    for _ in range(count):
+        cls = int(rng.integers(2, NUM_CLASSES))
+        placed = _place_object(rng, cls, room["horizon"], room["wall_depth"], f, rows, cols)
+        if placed is None:
+            continue
+        win, mask, obj_depth, u, v = placed
+        colour = _object_colour(rng, cls, colour_mode)
+        tex = _texture(cls, u, v, rng)
+        if layers:
+            out.append(_layer(cls, win, mask, obj_depth, len(rows)))
+        nearer = mask & (obj_depth < depth[win])
+        depth[win] = np.where(nearer, obj_depth, depth[win])
+        semseg[win] = np.where(nearer, cls, semseg[win])
+        albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
+    return out
+
+
+def _shade(rng, albedo, depth, semseg, noise_std: float, depth_shading: float) -> tuple[np.ndarray, int]:
+    """RGB (albedo x shading + noise, clipped to [0, 1]) and the label: the object class covering most pixels."""
+    if depth_shading > 0:
+        shading = np.clip(1.15 - float(depth_shading) * depth, 0.35, 1.0)[..., None]
+    else:  # one random illumination per scene: brightness says nothing about depth
+        shading = np.full(depth.shape + (1,), rng.uniform(0.7, 1.0), np.float32)
+    rgb = albedo * shading + rng.normal(0.0, noise_std, albedo.shape)
+    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    counts = np.bincount(semseg.ravel(), minlength=NUM_CLASSES)[2:]
+    label = int(np.argmax(counts)) if counts.max() > 0 else int(rng.integers(0, NUM_OBJECT_CLASSES))
+    return rgb, label
+
+
 def render_scene(
     seed: int,
     index: int,
@@ -140,74 +251,12 @@ def render_scene(
     f = 0.9 * s  # focal length in pixels
     rows = np.arange(s, dtype=np.float32)[:, None] + 0.5
     cols = np.arange(s, dtype=np.float32)[None, :] + 0.5
-    horizon = rng.uniform(0.3, 0.5) * s
-    wall_depth = rng.uniform(6.0, 9.0)
-    wall_tilt = rng.uniform(-0.15, 0.15)
-    # background: floor below the wall line, depth from the ground-plane geometry
-    below = np.maximum(rows - horizon, 1e-3)
-    floor_depth = CAMERA_HEIGHT * f / below
-    wall = wall_depth * (1.0 + wall_tilt * (cols - s / 2) / s) + 0 * rows
-    is_floor = (rows > horizon) & (floor_depth < wall)
-    depth = np.where(is_floor, floor_depth, wall).astype(np.float32)
-    semseg = np.where(is_floor, 0, 1).astype(np.int64)
-    # background albedo: floor tiles in world coordinates, plain wall with noise
-    floor_col = rng.uniform(0.35, 0.65) * np.array([1.0, 0.85, 0.65]) + rng.normal(0, 0.05, 3)
-    wall_col = rng.uniform(0.6, 0.9) * np.array([0.9, 0.95, 1.0]) + rng.normal(0, 0.05, 3)
-    world_x = (cols - s / 2) * depth / f
-    tiles = ((np.floor(world_x / 0.6) + np.floor(depth / 0.6)) % 2) * 0.12 + 0.88
-    albedo = np.where(is_floor[..., None], floor_col * tiles[..., None], wall_col).astype(np.float32)
-    background_depth = depth.copy()
-
-    layers = []
+    room = _room(rng, s, f, rows, cols)
+    background_depth = room["depth"].copy()
     n_objects = int(rng.integers(min_objects, max_objects + 1))
-    for _ in range(n_objects):
-        cls = int(rng.integers(2, NUM_CLASSES))
-        mean_col, col_std, size_range, aspect = _CLASS_STYLE[cls]
-        z = rng.uniform(1.8, wall_depth - 0.8)
-        width_m = 1.3 * rng.uniform(*size_range)
-        height_m = width_m * aspect * rng.uniform(0.85, 1.15)
-        half_w = 0.5 * width_m * f / z
-        half_h = 0.5 * height_m * f / z
-        bottom = horizon + CAMERA_HEIGHT * f / z  # the row where the floor is at depth z
-        cy = bottom - half_h
-        cx = rng.uniform(0.1, 0.9) * s
-        r0, r1 = max(int(cy - half_h), 0), min(int(np.ceil(cy + half_h)) + 1, s)
-        c0, c1 = max(int(cx - half_w), 0), min(int(np.ceil(cx + half_w)) + 1, s)
-        if r0 >= r1 or c0 >= c1:
-            continue
-        u = (cols[:, c0:c1] - cx) / half_w
-        v = (rows[r0:r1] - cy) / half_h
-        u, v = np.broadcast_arrays(u, v)
-        mask = _shape_mask(cls, u, v)
-        # small relief: round objects bulge toward the camera
-        bulge = np.sqrt(np.clip(1.0 - u * u - v * v, 0.0, 1.0)) if cls in (2, 9) else 0.0 * u
-        obj_depth = (z - 0.5 * width_m * 0.5 * bulge).astype(np.float32)
-        if colour_mode == "class":
-            colour = np.clip(np.asarray(mean_col) + rng.normal(0, col_std, 3), 0.02, 1.0)
-        else:  # any hue, any class: the class is in the shape and the texture only
-            hue, sat, val = rng.uniform(0.0, 1.0), rng.uniform(0.35, 0.9), rng.uniform(0.45, 0.95)
-            colour = np.asarray(colorsys.hsv_to_rgb(hue, sat, val))
-        tex = _texture(cls, u, v, rng)
-        if return_layers:
-            full_mask = np.zeros((s, s), bool)
-            full_mask[r0:r1, c0:c1] = mask
-            full_depth = np.full((s, s), np.inf, np.float32)
-            full_depth[r0:r1, c0:c1] = np.where(mask, obj_depth, np.inf)
-            layers.append((cls, full_mask, full_depth))
-        win = (slice(r0, r1), slice(c0, c1))
-        nearer = mask & (obj_depth < depth[win])
-        depth[win] = np.where(nearer, obj_depth, depth[win])
-        semseg[win] = np.where(nearer, cls, semseg[win])
-        albedo[win] = np.where(nearer[..., None], colour * tex[..., None], albedo[win])
-
-    if depth_shading > 0:
-        shading = np.clip(1.15 - float(depth_shading) * depth, 0.35, 1.0)[..., None]
-    else:  # one random illumination per scene: brightness says nothing about depth
-        shading = np.full(depth.shape + (1,), rng.uniform(0.7, 1.0), np.float32)
-    rgb = albedo * shading + rng.normal(0.0, noise_std, albedo.shape)
-    rgb = np.clip(rgb, 0.0, 1.0).astype(np.float32)
-    counts = np.bincount(semseg.ravel(), minlength=NUM_CLASSES)[2:]
-    label = int(np.argmax(counts)) if counts.max() > 0 else int(rng.integers(0, NUM_OBJECT_CLASSES))
+    layers = _add_objects(rng, n_objects, room, f, rows, cols, colour_mode, return_layers)
+    depth, semseg = room["depth"], room["semseg"]
+    rgb, label = _shade(rng, room["albedo"], depth, semseg, noise_std, depth_shading)
     out: dict = {"rgb": rgb, "depth": depth, "semseg": semseg, "label": label}
     if return_layers:
         out["layers"] = layers

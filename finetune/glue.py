@@ -200,6 +200,47 @@ def pad_collate(pad_id: int):
     return collate
 
 
+def _check_source(tasks: list[str], source: str, data_dir: str | None, skip_malformed: bool | None) -> None:
+    """``downstream.source`` and what it needs: known task names for ``generated``, each task's train and dev
+    files under ``data_dir`` for ``local`` (failing before pre-training, naming what is missing and where)."""
+    if source not in ("generated", "local", "hub"):
+        raise ConfigError(f"downstream.source must be generated, local or hub, got {source!r}.")
+    if source == "local" and not data_dir:
+        raise ConfigError("downstream.data_dir must name the GLUE folder when downstream.source=local.")
+    if source == "generated":
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ConfigError(
+                f"downstream.tasks: unknown or no tasks {unknown or tasks}; choose from {', '.join(TASKS)}."
+            )
+    else:
+        from data.glue import resolve
+
+        for t in tasks:
+            task = resolve(t)
+            if source == "local":
+                root = Path(data_dir)
+                if not root.is_dir():
+                    raise DataError(f"downstream.data_dir: no GLUE folder at {root}.")
+                for split in ("train.tsv", task.dev_file):
+                    if not (root / task.folder / split).is_file():
+                        raise DataError(
+                            f"downstream.data_dir: GLUE task {task.name} needs {root / task.folder / split}, "
+                            "which is missing."
+                        )
+    if skip_malformed not in (None, True, False):
+        raise ConfigError(f"downstream.skip_malformed must be null, true or false, got {skip_malformed!r}.")
+
+
+def _probe_options(probe: dict[str, Any] | None) -> dict[str, Any]:
+    """``downstream.probe`` over ``PROBE_DEFAULTS``, refusing a key that is not an option."""
+    probe = {**PROBE_DEFAULTS, **dict(probe or {})}
+    unknown = sorted(set(probe) - set(PROBE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"downstream.probe.{unknown[0]} is not an option; use {', '.join(PROBE_DEFAULTS)}.")
+    return probe
+
+
 class GlueLikeSuite(DownstreamSuite):
     """The GLUE-shaped suite: adapt every task from the same pre-trained encoder, return dev metrics.
 
@@ -251,46 +292,13 @@ class GlueLikeSuite(DownstreamSuite):
         seed: int = 0,
     ):
         tasks = list(tasks)
-        if source not in ("generated", "local", "hub"):
-            raise ConfigError(f"downstream.source must be generated, local or hub, got {source!r}.")
-        if source == "local" and not data_dir:
-            raise ConfigError("downstream.data_dir must name the GLUE folder when downstream.source=local.")
-        if source == "generated":
-            unknown = [t for t in tasks if t not in TASKS]
-            if unknown or not tasks:
-                raise ConfigError(
-                    f"downstream.tasks: unknown or no tasks {unknown or tasks}; choose from {', '.join(TASKS)}."
-                )
-        else:
-            from data.glue import resolve
-
-            for t in tasks:
-                task = resolve(t)
-                if source == "local":  # fail before pre-training, naming what is missing and where
-                    root = Path(data_dir)
-                    if not root.is_dir():
-                        raise DataError(f"downstream.data_dir: no GLUE folder at {root}.")
-                    for split in ("train.tsv", task.dev_file):
-                        if not (root / task.folder / split).is_file():
-                            raise DataError(
-                                f"downstream.data_dir: GLUE task {task.name} needs {root / task.folder / split}, "
-                                "which is missing."
-                            )
-        if skip_malformed not in (None, True, False):
-            raise ConfigError(
-                f"downstream.skip_malformed must be null, true or false, got {skip_malformed!r}."
-            )
+        _check_source(tasks, source, data_dir, skip_malformed)
         self.source, self.data_dir, self.hub_dataset = source, data_dir, hub_dataset
         self.skip_malformed = skip_malformed
         self.protocol = check_protocol(protocol)
         self.sizes, self.curve = parse_train_samples(train_samples)
         self.seeds = parse_seeds(finetune_seeds)
-        probe = {**PROBE_DEFAULTS, **dict(probe or {})}
-        unknown = sorted(set(probe) - set(PROBE_DEFAULTS))
-        if unknown:
-            raise ConfigError(
-                f"downstream.probe.{unknown[0]} is not an option; use {', '.join(PROBE_DEFAULTS)}."
-            )
+        probe = _probe_options(probe)
         for key, value in (("train_size", train_size), ("dev_size", dev_size)):
             if value is not None and int(value) < 1:
                 raise ConfigError(f"downstream.{key}={value} must be >= 1 (or null: every row).")

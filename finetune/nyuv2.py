@@ -105,6 +105,26 @@ class NYUv2Finetune(VisionFinetune):
         return None
 
 
+def _nyu_task_options(
+    tasks: Mapping[str, Mapping[str, Any]] | None, input_modalities: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``downstream.tasks`` as plain dicts (``None``: every NYUv2 task), refusing an enabled task that NYUv2
+    lacks and an input modality it cannot feed the encoder."""
+    tasks = {k: dict(v or {}) for k, v in dict(tasks or {t: {} for t in NYU_TASKS}).items()}
+    for name, opts in tasks.items():
+        if name not in NYU_TASKS and opts.get("enabled", True):
+            raise ConfigError(
+                f"downstream.tasks.{name} is not an NYUv2 task; choose among {', '.join(NYU_TASKS)}."
+            )
+    bad = [m for m in input_modalities if m not in NYU_INPUTS]
+    if bad:
+        raise ConfigError(
+            f"downstream.input_modalities names {bad[0]!r}, which NYUv2 cannot feed the encoder "
+            f"(use {', '.join(NYU_INPUTS)})."
+        )
+    return tasks
+
+
 class NYUv2Suite(VisionSuite):
     """Fine-tune on NYUv2's 795 training images and evaluate on all 654 test images, per task.
 
@@ -149,18 +169,7 @@ class NYUv2Suite(VisionSuite):
         seed: int = 0,
         max_steps: int | None = None,
     ) -> None:
-        tasks = {k: dict(v or {}) for k, v in dict(tasks or {t: {} for t in NYU_TASKS}).items()}
-        for name, opts in tasks.items():
-            if name not in NYU_TASKS and opts.get("enabled", True):
-                raise ConfigError(
-                    f"downstream.tasks.{name} is not an NYUv2 task; choose among {', '.join(NYU_TASKS)}."
-                )
-        bad = [m for m in input_modalities if m not in NYU_INPUTS]
-        if bad:
-            raise ConfigError(
-                f"downstream.input_modalities names {bad[0]!r}, which NYUv2 cannot feed the encoder "
-                f"(use {', '.join(NYU_INPUTS)})."
-            )
+        tasks = _nyu_task_options(tasks, input_modalities)
         super().__init__(
             tasks=tasks,
             protocol=protocol,
@@ -175,13 +184,11 @@ class NYUv2Suite(VisionSuite):
             train_size=None,  # known once the images are read, below
             max_steps=max_steps,
         )
-        if root is None:
-            raise ConfigError(
-                "downstream.root is not set: give the folder holding nyu_depth_v2_labeled.mat (with splits.mat "
-                "and classMapping40.mat) or train|test/{rgb,depth,label}/*.png."
-            )
         self.ignore_index = int(ignore_index)
-        kw = dict(
+        self._open_splits(
+            root,
+            train_size,
+            dev_size,
             format=format,
             mat_file=mat_file,
             splits_file=splits_file,
@@ -191,12 +198,21 @@ class NYUv2Suite(VisionSuite):
             ignore_index=self.ignore_index,
             depth_unit=depth_unit,
         )
-        # opened here, so a missing or malformed file fails when the suite is built
+        self.figure_images = min(int(figure_images), self.dev_size)
+
+    def _open_splits(self, root: str | None, train_size: int | None, dev_size: int | None, **kw: Any) -> None:
+        """Open the training and test splits under ``root`` (``kw``: the options of :class:`NYUv2Dataset`), here,
+        so a missing or malformed file fails when the suite is built; then clip ``train_samples`` to the
+        training images read."""
+        if root is None:
+            raise ConfigError(
+                "downstream.root is not set: give the folder holding nyu_depth_v2_labeled.mat (with splits.mat "
+                "and classMapping40.mat) or train|test/{rgb,depth,label}/*.png."
+            )
         self.train_set = NYUv2Dataset(root, "train", limit=train_size, **kw)
         self.dev_set = NYUv2Dataset(root, "test", limit=dev_size, **kw)
         self.train_size, self.dev_size = len(self.train_set), len(self.dev_set)
         self.clip_train_samples(self.train_size)  # every configured N within the training images read
-        self.figure_images = min(int(figure_images), self.dev_size)
 
     render_once = False  # random crops: a fresh crop every epoch
     collate_fn = staticmethod(collate_full_resolution)  # test images of any size in one batch

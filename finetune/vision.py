@@ -263,6 +263,31 @@ _TASK_DEFAULTS = {
 _TARGETS = ("label", "semseg", "depth", "semseg_full", "depth_full")
 
 
+def _task_options(tasks: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``downstream.tasks``: each enabled task's options over ``_TASK_DEFAULTS`` (``None``: every task with its
+    defaults), refusing an unknown task or option, epochs below 1 and an unknown protocol."""
+    tasks = dict(tasks or {t: {} for t in TASKS})
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"downstream.tasks.{unknown[0]} is not a task; choose among {', '.join(TASKS)}.")
+    enabled: dict[str, dict[str, Any]] = {}
+    for name, opts in tasks.items():
+        opts = dict(opts or {})
+        bad = [k for k in opts if k not in _TASK_DEFAULTS]
+        if bad:
+            raise ConfigError(
+                f"downstream.tasks.{name}.{bad[0]} is not an option; use {', '.join(_TASK_DEFAULTS)}."
+            )
+        merged = {**_TASK_DEFAULTS, **opts}
+        if int(merged["epochs"]) < 1:
+            raise ConfigError(f"downstream.tasks.{name}.epochs={merged['epochs']} must be >= 1.")
+        if merged["protocol"] is not None:
+            check_protocol(merged["protocol"], f"downstream.tasks.{name}.protocol")
+        if merged["enabled"]:
+            enabled[name] = merged
+    return enabled
+
+
 class VisionSuite(DownstreamSuite):
     """The downstream stage of MM-MAE (``downstream=scenes``): fine-tune and evaluate each task.
 
@@ -308,27 +333,7 @@ class VisionSuite(DownstreamSuite):
         seed: int = 0,
         max_steps: int | None = None,
     ) -> None:
-        tasks = dict(tasks or {t: {} for t in TASKS})
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            raise ConfigError(
-                f"downstream.tasks.{unknown[0]} is not a task; choose among {', '.join(TASKS)}."
-            )
-        self.tasks: dict[str, dict[str, Any]] = {}
-        for name, opts in tasks.items():
-            opts = dict(opts or {})
-            bad = [k for k in opts if k not in _TASK_DEFAULTS]
-            if bad:
-                raise ConfigError(
-                    f"downstream.tasks.{name}.{bad[0]} is not an option; use {', '.join(_TASK_DEFAULTS)}."
-                )
-            merged = {**_TASK_DEFAULTS, **opts}
-            if int(merged["epochs"]) < 1:
-                raise ConfigError(f"downstream.tasks.{name}.epochs={merged['epochs']} must be >= 1.")
-            if merged["protocol"] is not None:
-                check_protocol(merged["protocol"], f"downstream.tasks.{name}.protocol")
-            if merged["enabled"]:
-                self.tasks[name] = merged
+        self.tasks = _task_options(tasks)
         input_modalities = tuple(input_modalities)
         check_scene_options(
             image_size,

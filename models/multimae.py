@@ -164,6 +164,34 @@ class MultiMAEOutput:
     task_features: dict[str, torch.Tensor] | None = None
 
 
+def _check_options(
+    modalities: tuple[str, ...],
+    image_size: int,
+    patch_size: int,
+    embed_dim: int,
+    num_heads: int,
+    decoder_dim: int,
+    decoder_heads: int,
+) -> None:
+    """The shape options of :class:`MultiMAE`, each failing with its ``model.`` key."""
+    unknown = [m for m in modalities if m not in SUPPORTED_MODALITIES]
+    if unknown or not modalities or len(set(modalities)) != len(modalities):
+        raise ConfigError(
+            f"model.modalities={list(modalities)} must be distinct names among "
+            f"{', '.join(SUPPORTED_MODALITIES)} (got {unknown[0]!r})."
+            if unknown
+            else f"model.modalities={list(modalities)} must be a non-empty list of distinct names."
+        )
+    if image_size % patch_size:
+        raise ConfigError(f"model.image_size={image_size} is not divisible by model.patch_size={patch_size}.")
+    for key, dim, heads in (("embed_dim", embed_dim, num_heads), ("decoder_dim", decoder_dim, decoder_heads)):
+        if dim % 4 or dim % heads:
+            raise ConfigError(
+                f"model.{key}={dim} must be divisible by 4 (2D sine-cosine position embedding) "
+                f"and by its number of heads ({heads})."
+            )
+
+
 class MultiMAE(nn.Module):
     """Multi-modal masked autoencoder: adapters -> visible tokens -> shared encoder -> task decoders.
 
@@ -205,27 +233,7 @@ class MultiMAE(nn.Module):
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
-        unknown = [m for m in modalities if m not in SUPPORTED_MODALITIES]
-        if unknown or not modalities or len(set(modalities)) != len(modalities):
-            raise ConfigError(
-                f"model.modalities={list(modalities)} must be distinct names among "
-                f"{', '.join(SUPPORTED_MODALITIES)} (got {unknown[0]!r})."
-                if unknown
-                else f"model.modalities={list(modalities)} must be a non-empty list of distinct names."
-            )
-        if image_size % patch_size:
-            raise ConfigError(
-                f"model.image_size={image_size} is not divisible by model.patch_size={patch_size}."
-            )
-        for key, dim, heads in (
-            ("embed_dim", embed_dim, num_heads),
-            ("decoder_dim", decoder_dim, decoder_heads),
-        ):
-            if dim % 4 or dim % heads:
-                raise ConfigError(
-                    f"model.{key}={dim} must be divisible by 4 (2D sine-cosine position embedding) "
-                    f"and by its number of heads ({heads})."
-                )
+        _check_options(modalities, image_size, patch_size, embed_dim, num_heads, decoder_dim, decoder_heads)
         grid = (image_size // patch_size, image_size // patch_size)
         self.num_patches = grid[0] * grid[1]
         if not 1 <= num_visible <= len(modalities) * self.num_patches:
@@ -242,45 +250,63 @@ class MultiMAE(nn.Module):
         self.num_classes, self.norm_pix_loss = num_classes, norm_pix_loss
         self.depth_mean, self.depth_std = float(depth_mean), float(depth_std)
         self.timm_name = timm_name
+        self._build_encoder(class_emb_dim)
+        self._build_decoders(decoder_dim, decoder_depth, decoder_heads)
+        self._init_parameters()
+        self.compiled = bool(compile)
+        if self.compiled:
+            compile_in_place(self.blocks)
 
+    def _build_encoder(self, class_emb_dim: int) -> None:
+        """The input adapters (one per modality), the fixed 2D sine-cosine position embedding, the global
+        token and the shared ViT blocks with their final norm."""
         adapters = {}
-        for m in modalities:
+        for m in self.modalities:
             if m == "semseg":
-                adapters[m] = SemsegAdapter(num_classes, class_emb_dim, image_size, patch_size, embed_dim)
+                adapters[m] = SemsegAdapter(
+                    self.num_classes, class_emb_dim, self.image_size, self.patch_size, self.embed_dim
+                )
             else:
-                adapters[m] = PatchEmbed(image_size, patch_size, 3 if m == "rgb" else 1, embed_dim)
+                adapters[m] = PatchEmbed(
+                    self.image_size, self.patch_size, 3 if m == "rgb" else 1, self.embed_dim
+                )
         self.input_adapters = nn.ModuleDict(adapters)
         self.register_buffer(
-            "pos_embed", build_sincos2d_pos_embed(list(grid), embed_dim)[None], persistent=False
+            "pos_embed", build_sincos2d_pos_embed(list(self.grid), self.embed_dim)[None], persistent=False
         )
-        self.global_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.global_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
         self.blocks = nn.Sequential(
-            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)]
+            *[Block(self.embed_dim, self.num_heads, self.mlp_ratio, qkv_bias=True) for _ in range(self.depth)]
         )
-        self.norm = LayerNorm(embed_dim)
-        out_dims = {"rgb": 3, "depth": 1, "semseg": num_classes}
+        self.norm = LayerNorm(self.embed_dim)
+
+    def _build_decoders(self, decoder_dim: int, decoder_depth: int, decoder_heads: int) -> None:
+        """One cross-attention decoder per task, predicting every patch's values (3 RGB, 1 depth or one
+        logit per class, per pixel)."""
+        out_dims = {"rgb": 3, "depth": 1, "semseg": self.num_classes}
         self.decoders = nn.ModuleDict(
             {
                 t: CrossAttentionDecoder(
-                    embed_dim,
+                    self.embed_dim,
                     decoder_dim,
                     decoder_depth,
                     decoder_heads,
                     self.num_patches,
-                    grid,
-                    out_dims[t] * patch_size * patch_size,
+                    self.grid,
+                    out_dims[t] * self.patch_size * self.patch_size,
                 )
                 for t in self.tasks
             }
         )
+
+    def _init_parameters(self) -> None:
+        """MAE's initialisation: Xavier-uniform linear layers, a small normal global token, and the patch
+        projections initialised like a linear layer."""
         self.apply(self._init_weights)
         nn.init.normal_(self.global_token, std=0.02)
         for adapter in self.input_adapters.values():  # patch projections like a linear layer (MAE)
             proj = adapter.proj.proj if isinstance(adapter, SemsegAdapter) else adapter.proj
             nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        self.compiled = bool(compile)
-        if self.compiled:
-            compile_in_place(self.blocks)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
