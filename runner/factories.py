@@ -177,7 +177,9 @@ def config_choices() -> dict[str, str]:
 
         choices = HydraConfig.get().runtime.choices
         return {
-            k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra") and "@" not in k
+            k: str(v)
+            for k, v in choices.items()
+            if v is not None and not k.startswith("hydra") and "@" not in k
         }
     except Exception:  # noqa: BLE001 - outside a Hydra app
         return {}

@@ -139,7 +139,9 @@ def report_stage(
     root = Path(root) if root else docs_render.REPO
     if docs:
         if sweep_dir or store:
-            raise ConfigError("report.docs=true renders from results/: leave report.sweep_dir and report.store unset.")
+            raise ConfigError(
+                "report.docs=true renders from results/: leave report.sweep_dir and report.store unset."
+            )
         stale = docs_render.render_all(root, check=check)
         if check and stale:
             raise DataError(
@@ -150,7 +152,9 @@ def report_stage(
             print(f"rewritten: {path}")
         return None
     if check or (force and not store):
-        raise ConfigError("report.check goes with report.docs=true, and report.force with report.store=<name>.")
+        raise ConfigError(
+            "report.check goes with report.docs=true, and report.force with report.store=<name>."
+        )
     if not sweep_dir or not Path(sweep_dir).is_dir():
         raise ConfigError(
             f"stage=report needs report.sweep_dir=<a sweep folder holding the runs' results.json>, got {sweep_dir}."
