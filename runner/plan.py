@@ -24,7 +24,6 @@ How the numbers are obtained:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -76,7 +75,9 @@ def build_module(cfg: DictConfig):
     model = instantiate_node(cfg.model, "model")
     factory = instantiate_node(cfg.module, "module")
     aggregation = OmegaConf.to_container(cfg.get("aggregation") or {}, resolve=True)
-    module = factory(model=model, balancer=instantiate_node(cfg.balancer, "balancer"), aggregation=aggregation)
+    module = factory(
+        model=model, balancer=instantiate_node(cfg.balancer, "balancer"), aggregation=aggregation
+    )
     if getattr(model, "size_to_tokenizer", False):  # PoS-BERT sized by its tokenizer
         model.resize_token_embeddings(vocabulary(cfg))
     return module
@@ -114,7 +115,9 @@ def pos_bert_batch(cfg: DictConfig, vocab: int, n: int, seed: int = 0) -> dict:
     for i in range(n):
         ids = [2, *torch.randint(5, vocab, (length - 2,), generator=g).tolist(), 3]
         pos = [IGNORE, *torch.randint(0, len(ALL_GROUPS), (length - 2,), generator=g).tolist(), IGNORE]
-        rows.append({"input_ids": ids, "token_type_ids": [0] * length, "pos": pos, "nsp_label": i % 2, "index": i})
+        rows.append(
+            {"input_ids": ids, "token_type_ids": [0] * length, "pos": pos, "nsp_label": i % 2, "index": i}
+        )
     return collate(rows)
 
 
@@ -240,10 +243,14 @@ def fits(mem: dict, measured: dict, batch: int, opts: dict, sharded: bool) -> di
             advice = []
             if largest >= 1:
                 steps = math.ceil(batch / largest)
-                advice.append(f"data.batch_size={largest} trainer.accumulate_grad_batches={steps} (same batch)")
+                advice.append(
+                    f"data.batch_size={largest} trainer.accumulate_grad_batches={steps} (same batch)"
+                )
             if not sharded:
                 advice.append("trainer=fsdp (weights, gradients and optimizer state split over the GPUs)")
-            advice.append("activation checkpointing (not a config key yet: keeps about one layer's activations)")
+            advice.append(
+                "activation checkpointing (not a config key yet: keeps about one layer's activations)"
+            )
             row.update(largest_batch=largest, change=advice)
         out[name] = row
     return out
@@ -302,7 +309,10 @@ def make_plan(cfg: DictConfig) -> dict[str, Any]:
     flops_per_step = (measured["flops_fixed"] + measured["flops_per_sample"] * batch) * world * accumulate
     mem = memory(cfg, params, measured, batch, world)
     sharded = "fsdp" in str(cfg.trainer.get("strategy", "")).lower()
-    gpus = {name: {**row, **hours(flops_per_step * steps, opts)[name]} for name, row in fits(mem, measured, batch, opts, sharded).items()}
+    gpus = {
+        name: {**row, **hours(flops_per_step * steps, opts)[name]}
+        for name, row in fits(mem, measured, batch, opts, sharded).items()
+    }
     plan: dict[str, Any] = {
         "experiment": str(cfg.experiment),
         "parameters": params,
@@ -318,7 +328,10 @@ def make_plan(cfg: DictConfig) -> dict[str, Any]:
         "memory_per_device_gib": {k: v / GIB for k, v in mem.items()},
         "gpus": gpus,
         "preprocessing": preprocessing(cfg, opts),
-        "measured_on_cpu": {**measured, "batches": [int(opts["measure_batch"]), 2 * int(opts["measure_batch"])]},
+        "measured_on_cpu": {
+            **measured,
+            "batches": [int(opts["measure_batch"]), 2 * int(opts["measure_batch"])],
+        },
         "assumptions": opts,
     }
     unit = unit_of(module)
@@ -348,7 +361,9 @@ def summary_lines(plan: dict) -> list[str]:
         lines.append(f"  {name}: {row['gpu_hours']:.3g} GPU-hours at MFU {mfu}; {fit}")
     if plan["preprocessing"]:
         pre = plan["preprocessing"]
-        lines.append(f"  NLTK tagging: {pre['process_hours']:,.1f} process-hours ({pre['corpus_words']:.3g} words)")
+        lines.append(
+            f"  NLTK tagging: {pre['process_hours']:,.1f} process-hours ({pre['corpus_words']:.3g} words)"
+        )
     return lines
 
 

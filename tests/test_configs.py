@@ -298,7 +298,8 @@ def test_experiment_specific_choice_composes_and_builds_with_its_experiment(
             extra = experiment_extra(experiment)
         else:
             fixed = FIXED_GROUPS.get(experiment, set())
-            extra = [o for o in extra if o.partition("=")[0] not in fixed] + experiment_extra(experiment, group)
+            extra = [o for o in extra if o.partition("=")[0] not in fixed]
+            extra += experiment_extra(experiment, group)
     cfg = compose([f"experiment={experiment}", f"{group}={choice}", *extra], tmp_path)
     assert cfg.hydra.runtime.choices[group] == choice
     build(cfg, skip=NOT_CONSTRUCTED)
