@@ -168,3 +168,28 @@ def test_the_default_trainer_is_auto_and_the_tests_pin_the_cpu(tmp_path, monkeyp
         pytest.skip("a GPU is visible: trainer=auto would train on it")
     assert cfg.trainer.precision == "32-true"
     assert isinstance(build_trainer(cfg.trainer, []).accelerator, CPUAccelerator)
+
+
+@pytest.mark.slow
+def test_gpu_script_reports_a_preset_against_its_plan(tmp_path):
+    """benchmarks/gpu.sh's preset part on the CPU (a fake nvidia-smi, BERT-base cut to one layer on 16-piece pairs, the tiny bench
+    row): the plan is written and the report row holds the plan's numbers beside the measured ones."""
+    from test_benchmarks import GPU_SH, _fake_nvidia_smi
+
+    tiny = "--device cpu --size tiny --steps 1 --warmup 1 --threads 1 --vocab 500 --length 16"
+    env = {**_fake_nvidia_smi(tmp_path, ok=True), "PRESETS": "paper_table1", "OUT": str(tmp_path / "out"),
+           "PLAN_ARGS": "model.num_hidden_layers=1 model.vocab_size=500 data.max_length=16", "PRESET_ARGS": tiny, "PYTHONPATH": str(REPO_ROOT)}  # fmt: skip
+    args = [*tiny.split(), "--experiments", "pos_bert", "--balancers", "none", "--pos-batch", "4"]
+    r = subprocess.run(["bash", str(GPU_SH), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    plan = json.loads((tmp_path / "out" / "plan_paper_table1" / "plan.json").read_text())
+    assert plan["world_size"] == 1 and plan["batch_per_device"] == 32
+    rows = [
+        x for x in (tmp_path / "out" / "gpu_report.md").read_text().splitlines() if x.startswith("| paper")
+    ]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert len(rows) == 1 and cells[0] == "paper_table1"
+    assert float(cells[1]) == pytest.approx(plan["flops_per_step"] / 1e9, abs=0.1) and float(cells[2]) > 0
+    assert cells[3] == "35%" and float(cells[5]) == pytest.approx(
+        plan["memory_per_device_gib"]["total"], abs=0.01
+    )
