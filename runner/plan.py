@@ -256,14 +256,16 @@ def fits(mem: dict, measured: dict, batch: int, opts: dict, sharded: bool) -> di
     return out
 
 
-def hours(total_flops: float, opts: dict) -> dict[str, dict]:
-    """GPU-hours at ``plan.mfu`` on each GPU of :data:`GPUS`, and wall-clock hours on 1 and 8 nodes."""
+def hours(total_flops: float, opts: dict, world: int = 1) -> dict[str, dict]:
+    """GPU-hours at ``plan.mfu`` on each GPU of :data:`GPUS`, and wall-clock hours on the configured ``world``
+    GPUs and on 1 and 8 nodes."""
     mfu, per_node = float(opts["mfu"]), int(opts["gpus_per_node"])
     out = {}
     for name, (_, key) in GPUS.items():
         gpu_hours = total_flops / (mfu * peak_flops(key)) / 3600
         out[name] = {
             "gpu_hours": gpu_hours,
+            "wall_hours": gpu_hours / world,
             f"wall_hours_1x{per_node}": gpu_hours / per_node,
             f"wall_hours_8x{per_node}": gpu_hours / (8 * per_node),
         }
@@ -309,10 +311,8 @@ def make_plan(cfg: DictConfig) -> dict[str, Any]:
     flops_per_step = (measured["flops_fixed"] + measured["flops_per_sample"] * batch) * world * accumulate
     mem = memory(cfg, params, measured, batch, world)
     sharded = "fsdp" in str(cfg.trainer.get("strategy", "")).lower()
-    gpus = {
-        name: {**row, **hours(flops_per_step * steps, opts)[name]}
-        for name, row in fits(mem, measured, batch, opts, sharded).items()
-    }
+    fit = fits(mem, measured, batch, opts, sharded)
+    cost = hours(flops_per_step * steps, opts, world)
     plan: dict[str, Any] = {
         "experiment": str(cfg.experiment),
         "parameters": params,
@@ -326,7 +326,7 @@ def make_plan(cfg: DictConfig) -> dict[str, Any]:
         "flops_per_step": flops_per_step,
         "total_flops": flops_per_step * steps,
         "memory_per_device_gib": {k: v / GIB for k, v in mem.items()},
-        "gpus": gpus,
+        "gpus": {name: {**row, **cost[name]} for name, row in fit.items()},
         "preprocessing": preprocessing(cfg, opts),
         "measured_on_cpu": {
             **measured,
@@ -358,7 +358,10 @@ def summary_lines(plan: dict) -> list[str]:
     mfu = plan["assumptions"]["mfu"]
     for name, row in plan["gpus"].items():
         fit = "fits" if row["fits"] else "does NOT fit: " + "; or ".join(row["change"])
-        lines.append(f"  {name}: {row['gpu_hours']:.3g} GPU-hours at MFU {mfu}; {fit}")
+        lines.append(
+            f"  {name}: {row['gpu_hours']:.3g} GPU-hours at MFU {mfu} ({row['wall_hours']:.3g} h on "
+            f"{plan['world_size']} GPUs); {fit}"
+        )
     if plan["preprocessing"]:
         pre = plan["preprocessing"]
         lines.append(

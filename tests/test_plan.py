@@ -114,8 +114,9 @@ def test_a_paper_preset_plans_in_under_a_minute(tmp_path, experiment, parameters
 def test_plan_hours_and_fit_follow_the_numbers(tmp_path):
     from runner.plan import GIB, GPUS, fits, hours
 
-    h = hours(989e12 * 0.35 * 3600 * 8, {"mfu": 0.35, "gpus_per_node": 8})  # 8 H100-hours of FLOPs at 35%
+    h = hours(989e12 * 0.35 * 3600 * 8, {"mfu": 0.35, "gpus_per_node": 8}, world=16)  # 8 H100-hours at 35%
     assert h["H100 80GB"]["gpu_hours"] == pytest.approx(8.0)
+    assert h["H100 80GB"]["wall_hours"] == pytest.approx(0.5)
     assert h["H100 80GB"]["wall_hours_1x8"] == pytest.approx(1.0)
     assert h["A100 80GB"]["gpu_hours"] == pytest.approx(8.0 * 989 / 312)
     measured = {"activations_fixed": 0.0, "activations_per_sample": 1.0 * GIB}
