@@ -194,3 +194,53 @@ def test_gpu_script_reports_a_preset_against_its_plan(tmp_path):
     assert cells[3] == "35%" and float(cells[5]) == pytest.approx(
         plan["memory_per_device_gib"]["total"], abs=0.01
     )
+
+
+# -- the paper presets under debug=smoke, on stand-in data in the real formats, on the CPU ---------------------
+#: the presets' ddp trainer on one CPU process; their precision (bf16-mixed) runs under CPU autocast
+ONE_CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=auto", "logger=none"]
+
+
+@pytest.mark.slow
+def test_paper_table1_runs_smoke_on_stand_in_wikipedia_and_glue(tmp_path, shared_data, nltk_data):
+    """Wikipedia rows (id, url, title, text: one article each) saved with ``datasets`` stand in for the hub dump
+    (data.disk_dataset instead of the stream), the GLUE distribution's RTE and MRPC files for the hub's GLUE. Not
+    the preset's: BERT's hub tokenizer (a WordPiece is trained on the stand-in), one of BERT-base's 12 layers."""
+    from datasets import Dataset
+
+    raw = (shared_data / "text" / "wikitext-2-raw" / "wiki.test.raw").read_text(encoding="utf-8")
+    articles = [a for a in raw.split("\n = ") if len(a) > 500][:20]
+    rows = {"id": [str(i) for i in range(len(articles))], "text": articles}
+    rows |= {"url": [f"https://en.wikipedia.org/{i}" for i in rows["id"]], "title": rows["id"]}
+    Dataset.from_dict(rows).save_to_disk(str(tmp_path / "wikipedia"))
+    overrides = [
+        "experiment=paper_table1", "debug=smoke", *ONE_CPU, "print_table=false",
+        "data.hf_dataset=null", "data.streaming=false", f"data.disk_dataset={tmp_path / 'wikipedia'}",
+        "data.tokenizer=null", "data.num_proc=1", "data.num_workers=0", "model.num_hidden_layers=1",
+        "downstream.source=local", f"downstream.data_dir={shared_data / 'glue'}", "downstream.tasks=[RTE,MRPC]",
+        "downstream.finetune_seeds=[0]",
+    ]  # fmt: skip
+    results = run_pipeline(overrides, tmp_path / "run")
+    assert results["experiment"] == "paper_table1" and list(results["downstream"]) == ["RTE", "MRPC"]
+    assert results["cost"]["steps"] == 4 and results["protocol"]["protocol"] == "finetune"
+
+
+@pytest.mark.slow
+def test_paper_table2_runs_smoke_on_a_stand_in_image_folder_and_nyuv2(tmp_path):
+    """An ImageNet-style folder with pseudo-label PNGs and NYUv2 PNG splits (the formats of
+    stage=pseudo_label and of the NYUv2 export) stand in for ImageNet and NYUv2. Not the preset's: 32 px images
+    (4 patches a modality, 6 visible) and one of ViT-B's 12 blocks."""
+    from test_image_folder import NUM_CLASSES, write_folder
+    from test_nyuv2 import write_png_split
+
+    write_folder(tmp_path / "img", tmp_path / "lab", {"cat": 3, "dog": 3}, size=(48, 40))
+    write_png_split(tmp_path / "nyu", "train", [(40, 48), (36, 36)])
+    write_png_split(tmp_path / "nyu", "test", [(36, 40)])
+    overrides = [
+        "experiment=paper_table2", "debug=smoke", *ONE_CPU, "print_table=false",
+        f"data.root={tmp_path / 'img'}", f"data.labels_root={tmp_path / 'lab'}", f"data.num_classes={NUM_CLASSES}",
+        "data.image_size=32", "model.num_visible=6", "model.depth=1", f"downstream.suites.nyuv2.root={tmp_path / 'nyu'}",
+    ]  # fmt: skip
+    results = run_pipeline(overrides, tmp_path / "run")
+    assert results["experiment"] == "paper_table2" and results["cost"]["steps"] == 4
+    assert list(results["downstream"]) == ["classification", "segmentation", "depth"]
