@@ -154,6 +154,8 @@ def sample_batch(cfg: DictConfig, module, n: int) -> Any:
     datamodule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if getattr(module, "prepares_from_data", False):  # e.g. the convex module reads its tasks from the data
+        module.prepare_for_finetune(datamodule)
     return take(next(iter(datamodule.train_dataloader())), n)
 
 

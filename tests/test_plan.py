@@ -88,6 +88,18 @@ def test_plan_agrees_with_a_measured_run(tmp_path, experiment, flops_low):
 
 
 @pytest.mark.slow
+def test_plan_of_another_experiment_takes_a_batch_of_its_data(tmp_path):
+    """The convex experiment has no batch maker of its own: the plan cuts one from its data module."""
+    from runner.plan import make_plan
+
+    overrides = ["experiment=convex", "debug=smoke", "logger=none"]
+    plan = make_plan(compose_config([*overrides, "stage=plan"], tmp_path / "plan"))
+    results = run_pipeline([*overrides, "stage=pretrain"], tmp_path / "run")
+    assert plan["flops_per_step"] == results["cost"]["flops_per_step"] > 0
+    assert plan["samples_per_step"] == 16 and "tokens_per_step" not in plan and "images_per_step" not in plan
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, parameters, unit, per_step",
     [
