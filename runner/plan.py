@@ -11,7 +11,8 @@ How the numbers are obtained:
 - **FLOPs and activations** are measured, not estimated: one training step (the module's ``training_step``, so
   the balancer's own work included, then the backward) on the CPU at batch ``plan.measure_batch`` and at twice
   that, under the configured precision (bf16-mixed: CPU autocast). FLOPs are counted by the project's counter
-  (``runner.throughput.step_flop_counter``: matrix products, convolutions, attention); activations are the
+  (``runner.throughput.step_flop_counter``: matrix products, convolutions, attention; here with the CPU's
+  attention kernels counted too, as the GPU's are in training); activations are the
   bytes autograd saves for the backward (``saved_tensors_hooks``; parameters left out). Both are linear in the
   batch, so the two points give a fixed part and a per-sample part, scaled to the configured batch.
 - **Memory per device** = weights + gradients (4 bytes a parameter; 2 with ``-true`` half precisions) + the
@@ -160,9 +161,24 @@ def sample_batch(cfg: DictConfig, module, n: int) -> Any:
 
 
 # -- one measured step ------------------------------------------------------------------------------------
+def plan_flop_counter():
+    """The throughput callback's counter (``step_flop_counter``) with torch's flash-attention formulas also for
+    the CPU's SDPA kernels, which torch's table lacks: the plan counts attention as the callback does on a GPU."""
+    from torch.utils.flop_counter import flop_registry
+
+    aten = torch.ops.aten
+    counter = step_flop_counter()
+    cpu_kernels = {
+        aten._scaled_dot_product_flash_attention_for_cpu: aten._scaled_dot_product_flash_attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: aten._scaled_dot_product_flash_attention_backward,
+    }
+    counter.flop_registry.update({cpu: flop_registry[gpu] for cpu, gpu in cpu_kernels.items()})
+    return counter
+
+
 def measure_step(module, batch: Any, bf16: bool) -> tuple[int, int]:
     """(FLOPs, activation bytes) of one training step on the CPU: the FLOPs of forward, balancer and backward
-    (``step_flop_counter``), and the bytes of the tensors autograd saves for the backward (each storage once,
+    (:func:`plan_flop_counter`), and the bytes of the tensors autograd saves for the backward (each storage once,
     parameters left out)."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     saved: dict[int, int] = {}
@@ -174,7 +190,7 @@ def measure_step(module, batch: Any, bf16: bool) -> tuple[int, int]:
         return t
 
     module.train()
-    counter = step_flop_counter()
+    counter = plan_flop_counter()
     with warnings.catch_warnings(), counter:
         warnings.simplefilter("ignore")  # self.log outside a Trainer
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
