@@ -25,7 +25,6 @@ How the numbers are obtained:
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from pathlib import Path
@@ -37,8 +36,6 @@ from omegaconf import DictConfig, OmegaConf
 from runner.factories import instantiate_node
 from runner.throughput import peak_flops, step_flop_counter
 from utils.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 #: GPUs the plan checks: name -> (memory in bytes, as nvidia-smi reports it; the key of the bf16 peak table)
 GPUS: dict[str, tuple[int, str]] = {
