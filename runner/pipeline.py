@@ -74,6 +74,16 @@ def run_nsp_cues(cfg: DictConfig, out_dir: Path) -> None:
     print_cues(OmegaConf.select(cfg, "nsp_cues.runs"))
 
 
+def run_plan(cfg: DictConfig, out_dir: Path) -> None:
+    """``stage=plan``: plan.json (parameters, FLOPs, memory per device, fit on named GPUs, GPU-hours) without
+    training (runner/plan.py)."""
+    from runner.console import quiet_console
+    from runner.plan import write_plan
+
+    quiet_console()
+    write_plan(cfg, out_dir)
+
+
 #: ``stage=<name>`` -> the function that runs it (``cfg``, the run directory) and returns results.json or None
 STAGES: dict[str, Callable[[DictConfig, Path], dict | None]] = {
     "all": run_all,
@@ -83,6 +93,7 @@ STAGES: dict[str, Callable[[DictConfig, Path], dict | None]] = {
     "dashboard": run_dashboard,
     "report": run_report,
     "nsp_cues": run_nsp_cues,
+    "plan": run_plan,
 }
 
 

@@ -8,6 +8,9 @@ threads make it several times slower. This file sets it at import, so in the mai
 pytest-xdist worker (each imports it), sets ``OMP_NUM_THREADS=1`` for the runs tests start in subprocesses
 (unless already set), and sets it again before each test (a test that changed it does not leak). A test
 that needs more says so with ``@pytest.mark.threads(n)``.
+
+The default ``trainer=auto`` would train on a GPU where one is visible: ``TRP_ACCELERATOR=cpu`` pins the tests
+(and the runs they start in subprocesses) to the CPU, whatever the machine.
 """
 
 import os
@@ -19,6 +22,7 @@ from helpers import SHARED_DATA
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+os.environ.setdefault("TRP_ACCELERATOR", "cpu")  # conf/trainer/auto.yaml
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -43,6 +43,8 @@ def compose_config(overrides: list[str], output_dir: Path):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
+    import runner  # noqa: F401  (registers the config resolvers, as run.py's import of the runner does)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(

@@ -90,7 +90,7 @@ def test_gpu_script_runs_its_benchmark_on_the_cpu_with_tiny_models(tmp_path):
     given after the script's own (here: CPU, tiny models) win."""
     args = ["--device", "cpu", "--size", "tiny", "--steps", "2", "--warmup", "1", "--pos-batch", "4", "--length",
             "16", "--vocab", "500", "--mae-batch", "4", "--threads", "1", "--balancers", "none,gradnorm"]  # fmt: skip
-    env = {**_fake_nvidia_smi(tmp_path, ok=True), "LIMIT_S": "300"}
+    env = {**_fake_nvidia_smi(tmp_path, ok=True), "LIMIT_S": "300", "PRESETS": ""}  # the presets: test_plan.py
     r = subprocess.run(["bash", str(GPU_SH), *args], env=env, capture_output=True, text=True, timeout=320)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Fake GPU, 80 GiB" in r.stdout and "precision bf16-mixed" in r.stdout

@@ -82,6 +82,16 @@ EXTRA = {
     # no schedule under an experiment that sets part of it (pos_bert's warmup_steps) takes the null as well
     ("module/scheduler", "none"): ["module.scheduler=null"],
 }
+#: experiments on data that must be on disk (the paper presets): the paths they need, as the docs give them
+EXPERIMENT_EXTRA = {
+    e: {
+        "data": ["data.root=/data/imagenet", "data.labels_root=/data/labels"],
+        "downstream": ["downstream.suites.nyuv2.root=/data/nyuv2"],
+    }
+    for e in ("paper_table2", "paper_table2_s50")
+}
+#: groups an experiment sets keys inside that only its own choice has (paper_table2's downstream.suites)
+FIXED_GROUPS = {"paper_table2": {"downstream"}, "paper_table2_s50": {"downstream"}}
 #: what reads a dataset on disk when constructed: composed and resolved, its class imported, not built
 NOT_CONSTRUCTED = {"data": {"imagenet_folder"}, "downstream": {"nyuv2", "image_folder_cls", "table2_real"}}
 
@@ -105,6 +115,21 @@ def family(experiment: str) -> str:
         if isinstance(entry, str) and entry != "_self_":
             return family(entry)
     raise AssertionError(f"experiment {experiment} selects no module")
+
+
+def experiment_extra(experiment: str, swapped: str | None = None) -> list[str]:
+    """The overrides :data:`EXPERIMENT_EXTRA` gives an experiment, but those of the group ``swapped``."""
+    return [o for g, opts in EXPERIMENT_EXTRA.get(experiment, {}).items() if g != swapped for o in opts]
+
+
+def default_choice(experiment: str, group: str) -> str | None:
+    """The ``override /<group>`` choice of an experiment file, following its defaults."""
+    node = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
+    for entry in node.get("defaults", []):
+        if isinstance(entry, dict) and f"override /{group}" in entry:
+            return entry[f"override /{group}"]
+    parents = [e for e in node.get("defaults", []) if isinstance(e, str) and e != "_self_"]
+    return default_choice(parents[0], group) if parents else None
 
 
 FILES = config_files()
@@ -181,10 +206,11 @@ def build(cfg, skip: dict[str, set[str]] | None = None):
 @pytest.mark.parametrize("debug", [None, *FILES["debug"]])
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(tmp_path, experiment, debug):
-    cfg = compose([f"experiment={experiment}", *([f"debug={debug}"] if debug else [])], tmp_path)
+    extra = experiment_extra(experiment)
+    cfg = compose([f"experiment={experiment}", *extra, *([f"debug={debug}"] if debug else [])], tmp_path)
     assert cfg.hydra.runtime.choices.module == family(experiment)
-    datamodule, module, suite = build(cfg)
-    assert datamodule is not None and suite is not None
+    datamodule, module, suite = build(cfg, skip=NOT_CONSTRUCTED if extra else None)
+    assert (datamodule is not None and suite is not None) or extra
     if debug == "smoke":
         assert cfg.trainer.max_steps == 4
         assert_smoke_values(cfg)
@@ -268,6 +294,8 @@ def _specific_cases():
     for group in BELONGS:
         for choice in FILES[group]:
             for experiment in EXPERIMENTS:
+                if group in FIXED_GROUPS.get(experiment, ()) and choice != default_choice(experiment, group):
+                    continue
                 if BELONGS[group].get(choice) == family(experiment):
                     marks = [] if experiment in ROOTS else [pytest.mark.slow]
                     yield pytest.param(
@@ -280,6 +308,13 @@ def test_experiment_specific_choice_composes_and_builds_with_its_experiment(
     tmp_path, sources, group, choice, experiment
 ):
     extra = EXTRA.get((group, choice), []) + sources.get((group, choice), [])
+    if experiment in EXPERIMENT_EXTRA:  # its paths; a swapped group's own (not a swap of a group it fixes)
+        if choice == default_choice(experiment, group):
+            extra = experiment_extra(experiment)
+        else:
+            fixed = FIXED_GROUPS.get(experiment, set())
+            extra = [o for o in extra if o.partition("=")[0] not in fixed]
+            extra += experiment_extra(experiment, group)
     cfg = compose([f"experiment={experiment}", f"{group}={choice}", *extra], tmp_path)
     assert cfg.hydra.runtime.choices[group] == choice
     build(cfg, skip=NOT_CONSTRUCTED)

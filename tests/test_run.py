@@ -119,7 +119,8 @@ def test_an_unknown_stage_names_every_stage(tmp_path):
     with pytest.raises(ConfigError) as err:
         run_pipeline(["experiment=convex", "stage=evaluate"], tmp_path)
     assert str(err.value) == (
-        "stage must be one of all, pretrain, finetune, pseudo_label, dashboard, report, nsp_cues; got stage=evaluate."
+        "stage must be one of all, pretrain, finetune, pseudo_label, dashboard, report, nsp_cues, plan; "
+        "got stage=evaluate."
     )
 
 
