@@ -46,6 +46,7 @@ def write_summary(sweep_dir: Path, figures: bool = True) -> Path:
             "upstream_losses.png",
             "downstream.png",
             "figure3.png",
+            "heterogeneity.png",
         )
         if (sweep_dir / f).exists()
     ]

@@ -5,8 +5,11 @@ import math
 
 import pytest
 import torch
+from helpers import run_pipeline
 
 from data.convex import make_tasks, minority_distance
+from runner.figures import heterogeneity_frame
+from runner.report import write_summary
 from utils.errors import ConfigError
 
 DIAL = (0.0, 0.1, 0.25, 0.5, 1.0)
@@ -58,3 +61,98 @@ def test_the_dial_acts_upstream_the_minority_risk_under_none_grows(kind, dim, hi
 def test_the_dial_rejects_what_it_cannot_build(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         make_tasks(**kwargs)
+
+
+def test_minimax_ref_takes_each_convex_task_minimum_risk_as_its_reference():
+    """balancer=minimax_ref (normalize=reference) needs reference losses; the convex experiment gives every task's
+    minimum expected risk, 0, so its weights are minimax's on the same losses."""
+    from functools import partial
+
+    from data.convex import ConvexDataModule
+    from models.convex import ParameterVector
+    from pretrain.balancers import Minimax
+    from pretrain.convex import ConvexPretraining
+
+    dm = ConvexDataModule(num_tasks=3, dim=4, minority=1.0, seed=0)
+    assert dm.reference_risks == {"task0": 0.0, "task1": 0.0, "task2": 0.0}
+    ref = ConvexPretraining(ParameterVector(4), partial(Minimax, normalize="reference"), num_tasks=3)
+    losses = torch.tensor([5.0, 1.0, 2.0])
+    with pytest.raises(ConfigError, match="no reference losses"):
+        ref.aggregator.balancer(losses)
+    ref.prepare_for_finetune(dm)
+    torch.testing.assert_close(ref.aggregator.balancer(losses).weights, Minimax(3)(losses).weights)
+    assert float(Minimax(3)(losses).weights[0]) > 0.9  # not uniform: the check has something to compare
+
+
+def _run(balancer, minority, seed, upstream, initial, excess):
+    return {
+        "balancer": balancer,
+        "seed": seed,
+        "overrides": [f"data.minority={minority}", f"balancer={balancer}", f"seed={seed}"],
+        "pretrained": {"worst_upstream_risk": upstream},
+        "summary": {"worst": excess, "by_metric": {"initial_risk": {"worst": initial}}},
+    }
+
+
+def test_heterogeneity_frame_pairs_by_seed_within_each_dial_value_and_finds_the_crossover():
+    """minimax - none per dial value, paired by seed: at 0 the differences straddle 0, at 0.5 and 1 they are
+    below 0 (upstream), so the crossover is 0.5; the excess risk never moves, so it has no crossover."""
+    runs = []
+    for seed, noise in enumerate([0.1, -0.2, 0.05]):
+        for m, gap in [(0.0, 0.0), (0.5, -1.0), (1.0, -4.0)]:
+            runs.append(_run("none", m, seed, 10.0 + seed, 9.0, 1.0))
+            runs.append(_run("minimax", m, seed, 10.0 + seed + gap + noise, 9.0 + gap, 1.0 + noise))
+    frame = heterogeneity_frame(runs)
+    assert list(frame["dial"]) == [0.0, 0.5, 1.0] and set(frame["row"]) == {"minimax"}
+    assert list(frame["pairs"]) == [3, 3, 3]
+    assert list(frame["upstream"]) == pytest.approx([-0.05 / 3, -1.0 - 0.05 / 3, -4.0 - 0.05 / 3])
+    high = frame.iloc[-1]
+    assert high["upstream_low"] < high["upstream"] < high["upstream_high"] < 0
+    assert frame.iloc[0]["upstream_low"] < 0 < frame.iloc[0]["upstream_high"]
+    assert set(frame["upstream_crossover"]) == {0.5}
+    # the same difference in every pair: the interval is the mean itself
+    assert set(frame["initial_crossover"]) == {0.5}
+    assert frame["excess_crossover"].isna().all()
+    assert heterogeneity_frame([r for r in runs if r["balancer"] != "none"]).empty
+
+
+MAP_RUN = [
+    "experiment=heterogeneity_convex",
+    "data.kind=underdetermined",
+    "logger=none",
+    "callbacks=none",
+    "print_table=false",
+    "checkpoint.save_last=false",
+    "trainer.limit_val_batches=0",
+    "trainer.max_steps=50",
+    "data.batch_size=256",
+    "downstream.repeats=4",
+    "downstream.sample_sizes=[4,16]",
+    "downstream.primary_n=4",
+]
+
+
+@pytest.mark.slow
+def test_convex_map_has_its_crossover_where_the_minority_is_starved(tmp_path):
+    """The map through the pipeline on fixed seeds (underdetermined regime): at minority=0 every task is the same
+    task, so minimax and none pre-train the same theta (difference exactly 0); at minority=1 minimax's worst
+    upstream risk and worst downstream excess risk are lower with paired 95% intervals below 0, so the crossover
+    is 1 (with uniform weights, i.e. none's, there would be none). The sweep report writes heterogeneity.png and
+    lists it in summary.md."""
+    for m in (0.0, 1.0):
+        for seed in range(3):
+            for balancer in ("none", "minimax"):
+                run = [*MAP_RUN, f"data.minority={m}", f"balancer={balancer}", f"seed={seed}"]
+                run_pipeline(run, tmp_path / f"m{m}_{balancer}_{seed}")
+    summary = write_summary(tmp_path)
+    from runner.tables import collect
+
+    frame = heterogeneity_frame(collect(tmp_path))
+    low, high = frame.iloc[0], frame.iloc[1]
+    assert (low["dial"], high["dial"]) == (0.0, 1.0)
+    assert low["upstream"] == 0.0 and low["excess"] == 0.0
+    assert high["upstream_high"] < 0 and high["upstream"] < -10.0
+    assert high["excess_high"] < 0
+    assert high["upstream_crossover"] == 1.0 and high["excess_crossover"] == 1.0
+    assert (tmp_path / "heterogeneity.png").stat().st_size > 10_000
+    assert "![heterogeneity](heterogeneity.png)" in summary.read_text()
