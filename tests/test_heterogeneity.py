@@ -156,3 +156,28 @@ def test_convex_map_has_its_crossover_where_the_minority_is_starved(tmp_path):
     assert high["upstream_crossover"] == 1.0 and high["excess_crossover"] == 1.0
     assert (tmp_path / "heterogeneity.png").stat().st_size > 10_000
     assert "![heterogeneity](heterogeneity.png)" in summary.read_text()
+
+
+def _share(sentences, group: str) -> float:
+    groups = [g for s in sentences for g in s.groups]
+    return groups.count(group) / len(groups)
+
+
+def test_pos_dial_category_scale_lowers_the_conjunction_share_of_the_corpus():
+    """The PoS-BERT dial in the grammar (``category_scale``, not yet a ``data.`` key): scaling the conjoined
+    sentence's production lowers the conjunction group's share of the corpus tokens about in proportion (the
+    group the RTE-like task hinges on); scale 1 is the grammar as written, the same corpus."""
+    from data.pos_grammar import generate_corpus
+
+    def sentences(**kw):
+        return [s for _, doc in generate_corpus(150, seed=0, **kw) for s in doc]
+
+    base = sentences()
+    assert sentences(category_scale={"CC": 1.0}) == base
+    shares = {f: _share(sentences(category_scale={"CC": f}), "conjunction") for f in (1.0, 0.3, 0.1, 0.0)}
+    assert shares[0.0] == 0.0
+    assert shares[1.0] == pytest.approx(_share(base, "conjunction"))
+    assert shares[1.0] > shares[0.3] > shares[0.1] > 0
+    assert 0.05 < shares[0.1] / shares[1.0] < 0.25  # 0.11 expected from the weights; 150 documents: 0.17
+    with pytest.raises(ValueError, match="category_scale"):
+        generate_corpus(1, category_scale={"conjunction": 0.5})
