@@ -281,8 +281,9 @@ MAP_MEASURES = ("upstream", "initial", "excess")
 def heterogeneity_frame(runs: list[dict]):
     """The heterogeneity map: per dial value (:data:`DIAL`) and balancer other than ``none``, the paired
     difference (balancer - none, paired by seed, ``runner.statistics.paired``) of each of :data:`MAP_MEASURES`
-    with its 95% interval: columns ``dial, row, pairs, <m>, <m>_low, <m>_high``, and ``<m>_crossover``, the
-    smallest dial value of that row whose interval lies below 0 (NaN: none). Empty without dialled runs."""
+    with its 95% interval: columns ``dial, row, pairs, <m>, <m>_low, <m>_high``, ``<m>_none`` (none's mean, the
+    scale of the difference) and ``<m>_crossover``, the smallest dial value of that row whose interval lies below
+    0 (NaN: none). Empty without dialled runs."""
     import pandas as pd
 
     from runner.statistics import paired
@@ -308,7 +309,9 @@ def heterogeneity_frame(runs: list[dict]):
         out.append({"dial": dial, "row": row, "pairs": res["pairs"]}
                    | {k: v for m in MAP_MEASURES for k, v in zip((m, f"{m}_low", f"{m}_high"), res[m])})  # fmt: skip
     frame = pd.DataFrame(out).sort_values(["row", "dial"], ignore_index=True)
+    none = df[df["row"] == "none"].groupby("dial")[list(MAP_MEASURES)].mean()  # the scale of each difference
     for m in MAP_MEASURES:
+        frame[f"{m}_none"] = frame["dial"].map(none[m])
         below = frame[frame[f"{m}_high"] < 0].groupby("row")["dial"].min()
         frame[f"{m}_crossover"] = frame["row"].map(below)
     return frame

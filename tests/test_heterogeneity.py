@@ -105,6 +105,7 @@ def test_heterogeneity_frame_pairs_by_seed_within_each_dial_value_and_finds_the_
     frame = heterogeneity_frame(runs)
     assert list(frame["dial"]) == [0.0, 0.5, 1.0] and set(frame["row"]) == {"minimax"}
     assert list(frame["pairs"]) == [3, 3, 3]
+    assert set(frame["upstream_none"]) == {11.0}  # none's mean over the seeds: the scale of the difference
     assert list(frame["upstream"]) == pytest.approx([-0.05 / 3, -1.0 - 0.05 / 3, -4.0 - 0.05 / 3])
     high = frame.iloc[-1]
     assert high["upstream_low"] < high["upstream"] < high["upstream_high"] < 0
