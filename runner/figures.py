@@ -337,7 +337,7 @@ def _heterogeneity_figure(path: Path, frame, primary_n) -> Path:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"heterogeneity dial {DIAL}")
     axes[0].set_ylabel("paired difference vs none (< 0: better)")
-    axes[-1].legend(fontsize=7)
+    axes[0].legend(fontsize=7)  # the first panel also names the crossovers
     fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval band; crossover: the "
                  "smallest dial value whose interval lies below 0", fontsize=8)  # fmt: skip
     return _save(fig, path)
