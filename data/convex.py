@@ -12,6 +12,13 @@ minimiser, whatever theta_0. ``underdetermined`` (:class:`RegressionTasks`): the
 each sample is one random linear measurement, ``l_t(theta, (u, e)) = 0.5 (x^T (theta - c_t))^2 - sigma e
 x^T (theta - c_t)`` with ``x = B^T u``; with fewer samples than dimensions the empirical risk has an affine
 set of minimisers, and gradient descent from theta_0 ends at the one nearest theta_0.
+
+The heterogeneity dial ``minority`` (:func:`minority_optima`), for ``random`` and ``underdetermined``: the
+curvatures as drawn, but the T-1 tasks 1..T-1 share one optimum and task 0 (the minority) sits
+``minority * spread * sqrt(2 d)`` away from it (``spread * sqrt(2 d)`` is the root-mean-square distance between
+two optima of the default family). ``minority=0`` is a homogeneous family (one optimum for every task: every
+balancer has the same target); towards 1 the average of the losses out-votes task 0 by T-1 to 1, and its
+risk at the minimiser of the average loss (``none``'s target) grows as ``minority^2``.
 """
 
 from __future__ import annotations
@@ -116,6 +123,7 @@ def make_tasks(
     curvature: tuple[float, float] = (0.2, 2.0),
     spread: float = 2.0,
     seed: int = 0,
+    minority: float | None = None,
 ) -> QuadraticTasks:
     """Build an instance.
 
@@ -127,6 +135,8 @@ def make_tasks(
     T-1 tasks have curvature ``1/(T-1)`` and optimum 0. Average pre-training lands at ``e_1/2`` (worst
     risk 1/8), minimax at ``e_1/(1+1/sqrt(T-1))`` (worst risk ``1/(2 (sqrt(T-1)+1)^2)``): the ratio of
     the worst-case downstream initial risks is ``(sqrt(T-1)+1)^2 / 4``, linear in T.
+    ``minority`` (in [0, 1], ``random`` and ``underdetermined`` only; None: the optima as drawn): the
+    heterogeneity dial, the optima of :func:`minority_optima` (the curvatures stay as drawn).
     """
     if num_tasks < 1:
         raise ConfigError(f"data.num_tasks must be >= 1, got {num_tasks}.")
@@ -143,7 +153,13 @@ def make_tasks(
         q, _ = torch.linalg.qr(torch.randn(num_tasks, dim, dim, generator=g))
         B = q @ torch.diag_embed(eig.sqrt()) @ q.transpose(1, 2)
         c = spread * torch.randn(num_tasks, dim, generator=g)
+        c = c if minority is None else minority_optima(c, minority, spread, g)
     elif kind == "remark52":
+        if minority is not None:
+            raise ConfigError(
+                "data.minority applies to data.kind=random and underdetermined; kind=remark52 is a minority "
+                "family already (its dial is data.num_tasks)."
+            )
         if num_tasks < 2:
             raise ConfigError("data.num_tasks must be >= 2 for kind=remark52.")
         scale = torch.full((num_tasks,), 1.0 / (num_tasks - 1))
@@ -159,10 +175,32 @@ def make_tasks(
         q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
         B = (q @ torch.diag(eig.sqrt()) @ q.T).expand(num_tasks, dim, dim).contiguous()
         c = spread * torch.randn(num_tasks, dim, generator=g)
+        c = c if minority is None else minority_optima(c, minority, spread, g)
         return RegressionTasks(B=B.float(), c=c.float(), sigma=float(sigma))
     else:
         raise ConfigError(f"data.kind must be 'random', 'remark52' or 'underdetermined', got {kind!r}.")
     return QuadraticTasks(B=B.float(), c=c.float(), sigma=float(sigma))
+
+
+def minority_distance(spread: float, dim: int) -> float:
+    """The minority task's distance to the others' optimum at ``minority=1``: ``spread * sqrt(2 d)``."""
+    return float(spread) * (2.0 * dim) ** 0.5
+
+
+def minority_optima(c: torch.Tensor, minority: float, spread: float, g: torch.Generator) -> torch.Tensor:
+    """The optima of the heterogeneity dial from the drawn ones ``c`` (T, d): every task at ``c[1]`` (the
+    majority's optimum) except task 0, moved ``minority * minority_distance(spread, d)`` along a random unit
+    direction (drawn from ``g``)."""
+    num_tasks, dim = c.shape
+    minority = float(minority)
+    if not 0.0 <= minority <= 1.0:
+        raise ConfigError(f"data.minority must be in [0, 1] (or null: no dial), got {minority}.")
+    if num_tasks < 2:
+        raise ConfigError("data.minority needs data.num_tasks >= 2 (one minority task against the others).")
+    u = torch.randn(dim, generator=g)
+    out = c[1].expand(num_tasks, dim).clone()
+    out[0] += minority * minority_distance(spread, dim) * u / u.norm()
+    return out
 
 
 def _curvature_range(curvature) -> tuple[float, float]:
@@ -201,11 +239,12 @@ class ConvexDataModule(L.LightningDataModule):
         train_size: int = 4096,
         val_size: int = 512,
         seed: int = 0,
+        minority: float | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
-        self.tasks = make_tasks(kind, num_tasks, dim, sigma, tuple(curvature), spread, seed)
+        self.tasks = make_tasks(kind, num_tasks, dim, sigma, tuple(curvature), spread, seed, minority)
         self.batch_size = batch_size
         self.train_size, self.val_size = train_size, val_size
         self.seed = seed
@@ -216,6 +255,12 @@ class ConvexDataModule(L.LightningDataModule):
     @property
     def task_names(self) -> list[str]:
         return [f"task{t}" for t in range(self.tasks.num_tasks)]
+
+    @property
+    def reference_risks(self) -> dict[str, float]:
+        """The default reference of ``balancer.normalize=reference`` (minimax_ref): every task's minimum
+        expected risk, 0 by construction, so minimax_ref weighs the same losses as minimax here."""
+        return {name: 0.0 for name in self.task_names}
 
     def train_dataloader(self):
         data = _NoiseSamples(self.tasks, self.train_size, self.seed)

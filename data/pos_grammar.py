@@ -260,6 +260,10 @@ class Grammar:
             drawn (Zipf-weighted, distinct) when the document starts, so a document keeps mentioning the same
             things, as real text does (0: every on-topic noun is drawn from the whole topic list, and the
             random stream is that of a grammar without casts).
+        category_scale: a heterogeneity dial on the corpus: ``{category: factor}`` multiplies the weight of
+            every production whose right-hand side holds that terminal category (e.g. ``{"CC": 0.1}``: a tenth
+            of the conjoined sentences, so the conjunction group, which the RTE-like task hinges on, gets a
+            smaller share of the tokens). Empty: the grammar as written, and the same random stream.
     """
 
     def __init__(
@@ -270,12 +274,21 @@ class Grammar:
         max_depth: int = 6,
         present_prob: float = 0.0,
         doc_nouns: int = 0,
+        category_scale: dict[str, float] | None = None,
     ):
         if not 0.0 <= present_prob <= 1.0:
             raise ValueError(f"present_prob={present_prob} must be in [0, 1]")
         if int(doc_nouns) < 0:
             raise ValueError(f"doc_nouns={doc_nouns} must be >= 0")
         self.doc_nouns = int(doc_nouns)
+        self.category_scale = {str(k): float(v) for k, v in (category_scale or {}).items()}
+        unknown = sorted(
+            set(self.category_scale) - set(LEXICON) - set(TOPIC_CATEGORIES) - set(INTRANSITIVE_CATEGORIES)
+        )
+        if unknown or any(not v >= 0 for v in self.category_scale.values()):
+            raise ValueError(
+                f"category_scale={category_scale}: keys must be terminal categories, factors >= 0"
+            )
         self._cast: list[str] | None = None
         self.present_prob = float(present_prob)
         self.rng = random.Random(seed)
@@ -345,7 +358,8 @@ class Grammar:
         if depth >= self.max_depth:
             rhs = options[0][1]
         else:
-            rhs = self.rng.choices([o[1] for o in options], weights=[o[0] for o in options], k=1)[0]
+            weights = [o[0] * self._scale(o[1]) for o in options]
+            rhs = self.rng.choices([o[1] for o in options], weights=weights, k=1)[0]
         if "SUBJ_PL" in rhs or symbol == "NP_PL":  # the clause's (or the noun phrase's) number
             number = "pl"
         elif "SUBJ_SG" in rhs or symbol == "NP_SG":
@@ -354,6 +368,14 @@ class Grammar:
         for s in rhs:
             out.extend(self.expand(s, topic, depth + 1, tense, number))
         return out
+
+    def _scale(self, rhs: list[str]) -> float:
+        """The ``category_scale`` factor of a production: the product over the scaled categories it holds."""
+        factor = 1.0
+        for category, f in self.category_scale.items():
+            if category in rhs:
+                factor *= f
+        return factor
 
     def sentence(self, topic: str | None = None, symbol: str = "S", tense: str = "past") -> Sentence:
         """A sentence (or any nonterminal's phrase) with articles fixed and the first word capitalised."""

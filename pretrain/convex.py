@@ -64,6 +64,11 @@ class ConvexPretraining(PretrainingModule):
             raise ConfigError(
                 f"module.num_tasks={len(self.task_names)} but data.num_tasks={self.tasks.num_tasks}."
             )
+        reference = getattr(datamodule, "reference_risks", None)
+        if reference:
+            self.aggregator.default_reference(
+                reference, "each task's minimum expected risk (data.reference_risks)"
+            )
 
     def training_step(self, z: torch.Tensor, batch_idx: int):
         per_sample = self.tasks.sample_losses(self.model(), z)  # (n, T)

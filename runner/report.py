@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 
 
 #: the sweep figures summary.md links, in order (runner/figures.py writes them)
-FIGURES = ("curves.png", "theory.png", "weights.png", "upstream_losses.png", "downstream.png", "figure3.png")
+FIGURES = (
+    "curves.png",
+    "theory.png",
+    "weights.png",
+    "upstream_losses.png",
+    "downstream.png",
+    "figure3.png",
+    "heterogeneity.png",
+)
 
 
 def summary_markdown(table: dict, folder: Path) -> str:
