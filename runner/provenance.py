@@ -164,8 +164,13 @@ def _producer(sweep_dir: Path, argv: list[str] | None) -> dict:
                 continue
         if records:
             return _merge(records)
-    commit, dirty = git_state()
     command = "python " + shlex.join(argv) if argv else "; ".join(recorded_commands(sweep_dir)) or UNKNOWN
+    return producer(command)
+
+
+def producer(command: str) -> dict:
+    """The producer fields for ``command`` run by this process: commit, dirty, command, date, machine, versions."""
+    commit, dirty = git_state()
     return {
         "commit": commit,
         "dirty": dirty,
@@ -188,7 +193,7 @@ def write_provenance(sweep_dir: Path, runs: list[dict], argv: list[str] | None =
 
 
 def describe(record: dict) -> str:
-    """One line for the docs: commit, command, date, machine, wall time, runs."""
+    """One line for the docs: commit, command, date, machine, wall time and, for a sweep, its runs."""
     commit = str(record.get("commit", UNKNOWN))
     short = f"`{commit[:10] if re.fullmatch(r'[0-9a-f]{40}', commit) else commit}`"
     if record.get("dirty") is True:
@@ -204,7 +209,5 @@ def describe(record: dict) -> str:
         record.get("started") if record.get("started", UNKNOWN) != UNKNOWN else record.get("date", UNKNOWN)
     )
     wall = f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else UNKNOWN
-    return (
-        f"commit {short}, `{record.get('command', UNKNOWN)}`, {date[:10]}, "
-        f"{where}, wall time {wall}, {record.get('runs', UNKNOWN)} runs"
-    )
+    runs = f", {record['runs']} runs" if "runs" in record else ""
+    return f"commit {short}, `{record.get('command', UNKNOWN)}`, {date[:10]}, {where}, wall time {wall}{runs}"
