@@ -31,7 +31,7 @@ from models.convex import ParameterVector
 from pretrain.balancers import Minimax
 from pretrain.convex import ConvexPretraining
 from runner.docs_render import THEOREM_3_1_COLUMNS as COLUMNS
-from runner.docs_render import store_data, theorem_3_1_row
+from runner.docs_render import StoreError, destination, store_data, theorem_3_1_row
 
 
 @dataclass
@@ -261,6 +261,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--force", action="store_true", help="with --store: replace an existing results/NAME/")
     args = p.parse_args(argv)
+    if args.store:
+        try:
+            destination(args.store, force=args.force)
+        except StoreError as exc:
+            p.error(str(exc))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines in the table
     start = time.perf_counter()
     print(markdown_row(title for title, _ in COLUMNS.values()))
@@ -275,7 +280,7 @@ def main(argv=None) -> int:
             ["python", "-m", "benchmarks.theorem_3_1", *(sys.argv[1:] if argv is None else argv)]
         )
         wall = round(time.perf_counter() - start, 1)
-        dest = store_data(args.store, {"rows": rows}, command, wall, "theorem_3_1", force=args.force)
+        dest = store_data(args.store, {"rows": rows}, command, wall, "theorem_3_1", force=True)
         print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
     return 0
 

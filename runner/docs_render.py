@@ -56,7 +56,7 @@ def store(sweep_dir: Path, name: str, root: Path = REPO, force: bool = False) ->
     """Copy a finished sweep (with its summary written) into ``root/results/<name>/``: the runs' results.json
     as ``runs/<run dir>.json``, summary.md, summary.csv, provenance.json and the png figures, nothing else."""
     sweep_dir = Path(sweep_dir)
-    dest = _destination(name, root, force)
+    dest = destination(name, root, force)
     runs = collect(sweep_dir)
     if not runs:
         raise StoreError(f"{sweep_dir} holds no results.json: nothing to store.")
@@ -85,7 +85,7 @@ def store_data(
     """Write ``root/results/<name>/data.json`` (``data``) and provenance.json (this checkout's commit, the machine,
     ``command``, ``wall_seconds`` and ``renderer``, default ``name``) for a result that is not a sweep."""
     renderer = renderer or name
-    dest = _destination(name, root, force)
+    dest = destination(name, root, force)
     if renderer not in RENDERERS:
         raise StoreError(f"no renderer {renderer!r} for results/{name}/: one of {', '.join(RENDERERS)}.")
     try:
@@ -119,7 +119,9 @@ def store_file(path: Path, name: str, root: Path = REPO, force: bool = False) ->
     )
 
 
-def _destination(name: str, root: Path, force: bool) -> Path:
+def destination(name: str, root: Path = REPO, force: bool = False) -> Path:
+    """``root/results/<name>/``, refused (StoreError) for a bad name or, without ``force``, an existing folder: the
+    scripts that store ask before measuring."""
     if not _NAME.fullmatch(name):
         raise StoreError(f"report.store={name!r}: a result name is letters, digits, '_' and '-' only.")
     dest = Path(root) / RESULTS / name
