@@ -155,10 +155,14 @@ def report_stage(
             print(f"rewritten: {path}")
         return None
     if check or (force and not store):
-        raise ConfigError("report.check goes with report.docs=true, and report.force with report.store=<name>.")
+        raise ConfigError(
+            "report.check goes with report.docs=true, and report.force with report.store=<name>."
+        )
     if data:
         if sweep_dir or not store:
-            raise ConfigError("report.data=<file.json> goes with report.store=<name> and without report.sweep_dir.")
+            raise ConfigError(
+                "report.data=<file.json> goes with report.store=<name> and without report.sweep_dir."
+            )
         try:
             dest = docs_render.store_file(Path(data), store, root, force=force)
         except docs_render.StoreError as exc:
