@@ -5,7 +5,8 @@ and the number of runs. Written by the report next to summary.md; anything it ca
 
 A sweep folder that has a provenance.json keeps its producer's fields (commit, command, date, machine,
 versions) when the report is rebuilt later, and a parent folder of several sweeps merges theirs; only the runs
-and the wall time are recounted.
+and the wall time are recounted. A stored result that is not a sweep (runner/docs_render.py ``store_data``) gets
+the same producer fields (:func:`producer`), its script's wall time and no run count.
 """
 
 from __future__ import annotations
