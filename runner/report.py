@@ -73,11 +73,16 @@ def write_csv(path: Path, table: dict) -> None:
     import pandas as pd
 
     head = ["balancer", "seeds"] + [f"{c}_{s}" for c in table["columns"] for s in ("mean", "std")]
+    # every row of any table: a pre-training-only sweep (stage=pretrain) has upstream rows and no downstream ones
+    rows = {
+        **table["rows"],
+        **{b: {} for t in ("upstream", "by_metric") for b in table.get(t) or {} if b not in table["rows"]},
+    }
     frame = pd.DataFrame(
         [
             [b, len(table["seeds"].get(b, []))]
             + [x for c in table["columns"] for x in (row[c][:2] if c in row else (math.nan, math.nan))]
-            for b, row in table["rows"].items()
+            for b, row in rows.items()
         ],
         columns=head,
     )
