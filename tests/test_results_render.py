@@ -303,3 +303,22 @@ def test_a_json_report_is_stored_with_one_command(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="report.data=.*holds no object"):
         report_stage(data=tmp_path / "bad.json", store="m2", root=root)
+
+
+def test_a_pretraining_only_sweep_gets_its_csv_and_provenance(tmp_path):
+    """experiment=table3_cost runs stage=pretrain: no downstream row, only the upstream and cost tables."""
+    sweep = tmp_path / "sweep"
+    for i, (b, s, ms, h) in enumerate([("none", 0, 300.0, 1.0), ("none", 1, 300.0, 1.0), ("minimax", 0, 450.0, 0.5),
+                                       ("minimax", 1, 470.0, 1.0)]):  # fmt: skip
+        d = sweep / f"{i}_{b}_seed{s}"
+        d.mkdir(parents=True)
+        res = {"experiment": "mm_mae", "balancer": b, "seed": s, "stage": "pretrain",
+               "overrides": [f"balancer={b}", f"seed={s}"], "upstream": {"rgb": 0.8},
+               "weights": {"mean_entropy": h}, "downstream": {}, "summary": {}, "cost": {"median_step_ms": ms}}  # fmt: skip
+        (d / "results.json").write_text(json.dumps(res))
+    write_summary(sweep, figures=False)
+    csv = (sweep / "summary.csv").read_text().splitlines()
+    assert csv[0] == "balancer,seeds,weight_entropy_mean,weight_entropy_std"
+    assert csv[1].startswith("none,2,1.0,0.0") and csv[2].startswith("minimax,2,0.75,0.35")
+    assert "| minimax | 460 | 1.53 |" in (sweep / "summary.md").read_text()  # medians 460 / 300
+    assert json.loads((sweep / "provenance.json").read_text())["runs"] == 4
