@@ -1,7 +1,10 @@
 """Per-step cost (time and peak memory) of every balancer against `none`, and of the loss-aggregation
 callback against a plain training step, measured in one run (interleaved rounds, medians).
 
-    python -m benchmarks.bench_balancers [--tasks 9] [--width 256] [--rounds 5] [--steps 10]
+    python -m benchmarks.bench_balancers [--tasks 9] [--width 256] [--rounds 5] [--steps 10] [--store NAME]
+
+``--store NAME`` also writes the per-round times and peak memory to ``results/NAME/`` (docs/results.md renders
+``results/benchmarks/``).
 
 The model is a generic multi-task network (a shared MLP trunk whose output feeds T classification heads
 of 1,000 classes), so the numbers isolate the balancers' own cost; the experiment benchmarks
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import statistics
+import sys
+import time
 
 import torch
 from torch import nn
@@ -43,6 +49,7 @@ from pretrain.balancers import (
     Uncertainty,
 )
 from pretrain.feature_gradients import FeatureCopies
+from runner.docs_render import StoreError, destination, store_data
 
 BALANCERS = {
     "none": NoBalancing,
@@ -132,8 +139,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 5 steps")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # child process: peak memory of one method
+    parser.add_argument("--store", metavar="NAME", help="also write the measurements to results/NAME/")
+    parser.add_argument(
+        "--force", action="store_true", help="with --store: replace an existing results/NAME/"
+    )
     _timing.add_arguments(parser)
     args = parser.parse_args()
+    start = time.perf_counter()
+    if args.store and not args.memory_of:
+        try:
+            destination(args.store, force=args.force)
+        except StoreError as exc:
+            parser.error(str(exc))
     if args.quick:
         args.rounds, args.steps = 2, 5
     clock = _timing.configure(args)
@@ -142,7 +159,7 @@ def main() -> None:
         make = functools.partial(make_step, args.memory_of, args.tasks, args.width, args.batch)
         _memory.report(_memory.measure_here(make, WARMUP + args.steps))
         return
-    mem = _memory.measure_all("benchmarks.bench_balancers", names)
+    mem = _memory.measure_all("benchmarks.bench_balancers", names)  # the children return before --store
     steps = {n: make_step(n, args.tasks, args.width, args.batch) for n in names}
     for fn in steps.values():  # warm-up
         for _ in range(WARMUP):
@@ -171,6 +188,29 @@ def main() -> None:
         f"callback overhead: `none` through LossAggregation / plain mean loop = {med['none'] / med[names[0]]:.3f} "
         f"time, {_memory.ratio(m['none'], m[names[0]]):.3f} peak memory"
     )
+    if args.store:
+        command = shlex.join(["python", "-m", "benchmarks.bench_balancers", *sys.argv[1:]])
+        data = measurements(args, names, times, mem)
+        dest = store_data(
+            args.store, data, command, round(time.perf_counter() - start, 1), "benchmarks", force=True
+        )
+        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
+
+
+def measurements(args: argparse.Namespace, names: list[str], times: dict, mem: dict) -> dict:
+    """data.json of ``--store``: the set-up, each method's per-round ms/step and its peak memory rise."""
+    rows = [
+        {
+            "method": n,
+            "round_ms": [round(1000 * t, 4) for t in times[n]],
+            "peak_mib": round(_memory.mib(mem[n]), 2),
+            "peak_exact": mem[n]["exact"],
+        }
+        for n in names
+    ]
+    setup = {k: getattr(args, k) for k in ("tasks", "width", "batch", "rounds", "steps", "clock")}
+    return {**setup, "threads": torch.get_num_threads(), "plain": names[0], "memory_method": _memory.METHOD,
+            "rows": rows}  # fmt: skip
 
 
 if __name__ == "__main__":

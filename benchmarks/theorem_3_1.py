@@ -7,7 +7,8 @@ convex Lipschitz tasks ``l_t(theta) = a_t ||theta - c_t||`` whose minimax value 
 script prints, per instance and K, the theorem's bound ``2 R0 L' / sqrt(K)`` and the gap
 ``max_t l_t(theta) - min_theta max_t l_t`` of the averaged iterate (the theorem's point), of the last iterate
 and of the averaged iterate of a run whose ``alpha_k`` stays at ``alpha_0`` (``schedule=constant``), as a
-Markdown table. ``tests/test_theorem_3_1.py`` asserts on the same runs.
+Markdown table; ``--store NAME`` also writes the rows to ``results/NAME/`` (what docs/theory.md renders).
+``tests/test_theorem_3_1.py`` asserts on the same runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shlex
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,6 +30,8 @@ from torch.utils.data import DataLoader
 from models.convex import ParameterVector
 from pretrain.balancers import Minimax
 from pretrain.convex import ConvexPretraining
+from runner.docs_render import THEOREM_3_1_COLUMNS as COLUMNS
+from runner.docs_render import StoreError, destination, store_data, theorem_3_1_row
 
 
 @dataclass
@@ -242,18 +248,6 @@ def measure(name: str, K: int) -> dict:
     }
 
 
-COLUMNS = {
-    "instance": ("instance", "{}"),
-    "K": ("K", "{}"),
-    "alpha0": ("alpha_0", "{:.2f}"),
-    "bound": ("bound 2 R0 L'/sqrt K", "{:.4f}"),
-    "averaged": ("averaged iterate (sqrt schedule)", "{:.4f}"),
-    "last": ("last iterate", "{:.4f}"),
-    "last10_min": ("smallest of the last 10 iterates", "{:.4f}"),
-    "constant_alpha": ("averaged iterate, constant alpha_0", "{:.4f}"),
-}
-
-
 def markdown_row(cells) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -262,14 +256,32 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[100, 400, 1600], help="the K of the rows")
     p.add_argument("--instances", nargs="+", default=list(INSTANCES), choices=list(INSTANCES))
+    p.add_argument(
+        "--store", metavar="NAME", help="also write the rows to results/NAME/ (data.json, provenance.json)"
+    )
+    p.add_argument("--force", action="store_true", help="with --store: replace an existing results/NAME/")
     args = p.parse_args(argv)
+    if args.store:
+        try:
+            destination(args.store, force=args.force)
+        except StoreError as exc:
+            p.error(str(exc))
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines in the table
+    start = time.perf_counter()
     print(markdown_row(title for title, _ in COLUMNS.values()))
     print(markdown_row(["---"] + ["---:"] * (len(COLUMNS) - 1)))
+    rows = []
     for name in args.instances:
         for K in args.steps:
-            r = measure(name, K)
-            print(markdown_row(fmt.format(r[key]) for key, (_, fmt) in COLUMNS.items()), flush=True)
+            rows.append(measure(name, K))
+            print(theorem_3_1_row(rows[-1]), flush=True)
+    if args.store:
+        command = shlex.join(
+            ["python", "-m", "benchmarks.theorem_3_1", *(sys.argv[1:] if argv is None else argv)]
+        )
+        wall = round(time.perf_counter() - start, 1)
+        dest = store_data(args.store, {"rows": rows}, command, wall, "theorem_3_1", force=True)
+        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
     return 0
 
 

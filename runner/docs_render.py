@@ -6,6 +6,12 @@ one; ``python run.py stage=report report.docs=true`` rebuilds every stored summa
 and rewrites the text between each ``<!-- results:NAME -->`` / ``<!-- /results:NAME -->`` pair of README.md and
 docs/*.md from ``results/NAME/`` (the figures copied to ``docs/results/NAME/``, where mkdocs finds them);
 ``--check`` changes nothing and lists what is out of date. So a number in the docs changes only with its runs.
+
+A result that is not a sweep (a benchmark's ratios, the Theorem 3.1 table, the mutation check) is stored as
+``results/<name>/data.json``, the producing script's machine-readable output, and provenance.json naming the
+``renderer`` (a key of :data:`RENDERERS`) that writes its Markdown from data.json: the scripts' ``--store NAME``
+option, or ``python run.py stage=report report.data=<file.json> report.store=<name>`` for a JSON file written
+before. Its block is re-rendered from data.json like a sweep's from its runs.
 """
 
 from __future__ import annotations
@@ -13,20 +19,24 @@ from __future__ import annotations
 import filecmp
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from runner.provenance import FILE as PROVENANCE
-from runner.provenance import describe
+from runner.provenance import UNKNOWN, describe, producer
 from runner.report import summary_markdown, write_csv
 from runner.tables import _interval, build_table, collect
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = "results"
+DATA = "data.json"
 #: the stored result the README's headline table comes from: the first of these that is stored
 HEADLINE_SOURCES = ("table1", "table2", "convex_regimes", "theory")
 _BLOCK = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -46,14 +56,10 @@ def store(sweep_dir: Path, name: str, root: Path = REPO, force: bool = False) ->
     """Copy a finished sweep (with its summary written) into ``root/results/<name>/``: the runs' results.json
     as ``runs/<run dir>.json``, summary.md, summary.csv, provenance.json and the png figures, nothing else."""
     sweep_dir = Path(sweep_dir)
-    if not _NAME.fullmatch(name):
-        raise StoreError(f"report.store={name!r}: a result name is letters, digits, '_' and '-' only.")
+    dest = destination(name, root, force)
     runs = collect(sweep_dir)
     if not runs:
         raise StoreError(f"{sweep_dir} holds no results.json: nothing to store.")
-    dest = Path(root) / RESULTS / name
-    if dest.exists() and not force:
-        raise StoreError(f"{dest} exists already: pass report.force=true to replace it.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
@@ -64,6 +70,63 @@ def store(sweep_dir: Path, name: str, root: Path = REPO, force: bool = False) ->
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
+    return dest
+
+
+def store_data(
+    name: str,
+    data: dict,
+    command: str = UNKNOWN,
+    wall_seconds: float | str = UNKNOWN,
+    renderer: str | None = None,
+    root: Path = REPO,
+    force: bool = False,
+) -> Path:
+    """Write ``root/results/<name>/data.json`` (``data``) and provenance.json (this checkout's commit, the machine,
+    ``command``, ``wall_seconds`` and ``renderer``, default ``name``) for a result that is not a sweep."""
+    renderer = renderer or name
+    dest = destination(name, root, force)
+    if renderer not in RENDERERS:
+        raise StoreError(f"no renderer {renderer!r} for results/{name}/: one of {', '.join(RENDERERS)}.")
+    try:
+        RENDERERS[renderer][0](data)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise StoreError(
+            f"the data for results/{name}/ is not what renderer {renderer!r} reads ({exc!r})."
+        ) from None
+    prov = {**producer(command), "wall_seconds": wall_seconds, "renderer": renderer}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    (tmp / DATA).write_text(json.dumps(data, indent=1) + "\n")
+    (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def store_file(path: Path, name: str, root: Path = REPO, force: bool = False) -> Path:
+    """``report.data=<path> report.store=<name>``: store a JSON file a script wrote as ``results/<name>/``; its
+    own ``command`` and ``seconds`` keys, where it has them, go into provenance.json."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"report.data={path}: not a readable JSON file ({exc}).") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"report.data={path}: the JSON file holds no object.")
+    return store_data(
+        name, data, data.get("command", UNKNOWN), data.get("seconds", UNKNOWN), root=root, force=force
+    )
+
+
+def destination(name: str, root: Path = REPO, force: bool = False) -> Path:
+    """``root/results/<name>/``, refused (StoreError) for a bad name or, without ``force``, an existing folder: the
+    scripts that store ask before measuring."""
+    if not _NAME.fullmatch(name):
+        raise StoreError(f"report.store={name!r}: a result name is letters, digits, '_' and '-' only.")
+    dest = Path(root) / RESULTS / name
+    if dest.exists() and not force:
+        raise StoreError(f"{dest} exists already: pass report.force=true to replace it.")
     return dest
 
 
@@ -123,11 +186,15 @@ def render_block(name: str, root: Path, page: Path, summaries: dict[str, str]) -
     result_dir = Path(root) / RESULTS / name
     if name == "headline":
         return _headline(root, page)
+    if (result_dir / DATA).is_file() and _NAME.fullmatch(name):
+        return f"*Stored in `results/{name}/`: {describe(_provenance(result_dir))}.*\n\n{render_data(result_dir)}"
     if name not in summaries:
-        return (
-            f"*Not stored yet: no `results/{name}/` in the repository "
-            f"(`python run.py stage=report report.sweep_dir=<sweep dir> report.store={name}` stores a finished sweep).*\n"
+        how = (
+            f"`{RENDERERS[name][1]}` stores it"
+            if name in RENDERERS
+            else f"`python run.py stage=report report.sweep_dir=<sweep dir> report.store={name}` stores a finished sweep"
         )
+        return f"*Not stored yet: no `results/{name}/` in the repository ({how}).*\n"
     source = f"*Stored in `results/{name}/`: {describe(_provenance(result_dir))}.*"
     prefix = _rel(root, f"docs/{RESULTS}/{name}/", page)
     return source + "\n\n" + _demote(summaries[name], prefix) + "\n"
@@ -211,7 +278,7 @@ def render_all(root: Path = REPO, check: bool = False) -> list[Path]:
             _sync(result_dir / f, text, check, stale)
         summaries[result_dir.name] = rebuilt["summary.md"]
         _sync_figures(result_dir, root, check, stale)
-    names = {p.name for p in stored}
+    names = {p.name for p in stored} | {p.parent.name for p in (root / RESULTS).glob(f"*/{DATA}")}
     for orphan in sorted(
         p for p in (root / "docs" / RESULTS).glob("*") if p.is_dir() and p.name not in names
     ):
@@ -223,3 +290,117 @@ def render_all(root: Path = REPO, check: bool = False) -> list[Path]:
         new = _BLOCK.sub(lambda m, page=page: m[1] + render_block(m[2], root, page, summaries) + m[4], text)
         _sync(page, new, check, stale)
     return stale
+
+
+def render_data(result_dir: Path) -> str:
+    """The Markdown of a stored result that is not a sweep: its provenance's renderer applied to data.json."""
+    result_dir = Path(result_dir)
+    renderer = _provenance(result_dir).get("renderer", result_dir.name)
+    if renderer not in RENDERERS:
+        raise StoreError(f"{result_dir / PROVENANCE} names no known renderer ({renderer!r}).")
+    return RENDERERS[renderer][0](json.loads((result_dir / DATA).read_text()))
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+#: the columns of the Theorem 3.1 table: key of a row of ``benchmarks.theorem_3_1.measure`` -> (title, format)
+THEOREM_3_1_COLUMNS = {
+    "instance": ("instance", "{}"),
+    "K": ("K", "{}"),
+    "alpha0": ("alpha_0", "{:.2f}"),
+    "bound": ("bound 2 R0 L'/sqrt K", "{:.4f}"),
+    "averaged": ("averaged iterate (sqrt schedule)", "{:.4f}"),
+    "last": ("last iterate", "{:.4f}"),
+    "last10_min": ("smallest of the last 10 iterates", "{:.4f}"),
+    "constant_alpha": ("averaged iterate, constant alpha_0", "{:.4f}"),
+}
+
+
+def theorem_3_1_row(row: dict) -> str:
+    return _row(fmt.format(row[key]) for key, (_, fmt) in THEOREM_3_1_COLUMNS.items())
+
+
+def _theorem_3_1(data: dict) -> str:
+    """``python -m benchmarks.theorem_3_1``: one row per instance and K, gaps against the bound."""
+    lines = [_row(title for title, _ in THEOREM_3_1_COLUMNS.values())]
+    lines.append(_row(["---"] + ["---:"] * (len(THEOREM_3_1_COLUMNS) - 1)))
+    lines += [theorem_3_1_row(r) for r in data["rows"]]
+    inside = sum(r["averaged"] <= r["bound"] for r in data["rows"])
+    lines += [
+        "",
+        f"The averaged iterate (sqrt schedule) is inside the bound in {inside} of {len(data['rows'])} rows.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _benchmarks(data: dict) -> str:
+    """``python -m benchmarks.bench_balancers``: median step time over the interleaved rounds and peak memory per
+    method, each as a ratio to ``none``, with the range of the per-round time ratio."""
+    rows = {r["method"]: r for r in data["rows"]}
+    med = {m: statistics.median(r["round_ms"]) for m, r in rows.items()}
+    none, plain = rows["none"], rows[data["plain"]]
+
+    def mem_ratio(a: dict, b: dict) -> str:
+        return f"{a['peak_mib'] / b['peak_mib']:.2f}" if b["peak_mib"] > 0 else "n/a"
+
+    lines = [
+        f"T={data['tasks']} tasks, trunk width {data['width']}, heads of 1000 classes, batch {data['batch']}; "
+        f"median of {data['rounds']} interleaved rounds x {data['steps']} steps, torch threads {data['threads']}, "
+        f"{data['clock']} clock. Time range: the smallest and largest ratio to `none` over the rounds (each round "
+        f"times every method once). {data['memory_method']}.",
+        "",
+        _row(["method", "ms/step", "x none", "x none, range over rounds", "peak MiB", "mem x none"]),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m, r in rows.items():
+        per_round = [a / b for a, b in zip(r["round_ms"], none["round_ms"])]
+        peak = f"{'' if r['peak_exact'] else '<='}{r['peak_mib']:.1f}"
+        lines.append(
+            _row(
+                [
+                    m,
+                    f"{med[m]:.2f}",
+                    f"{med[m] / med['none']:.2f}",
+                    f"{min(per_round):.2f} - {max(per_round):.2f}",
+                    peak,
+                    mem_ratio(r, none),
+                ]
+            )
+        )
+    lines += [
+        "",
+        f"Callback overhead: `none` through LossAggregation / {data['plain']} = {med['none'] / med[data['plain']]:.3f} "
+        f"time, {mem_ratio(none, plain)} peak memory.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _mutants(data: dict) -> str:
+    """``python -m benchmarks.mutants --out <file>``: each planted bug and whether the tests named for it fail."""
+    lines = ["| mutant | the bug | file | tests run | outcome | s |", "|---|---|---|---|---|---:|"]
+    for r in data["mutants"]:
+        tests = ", ".join(Path(t).name for t in r["tests"])
+        lines.append(
+            _row([f"`{r['name']}`", r["what"], f"`{r['file']}`", tests, r["outcome"], f"{r['seconds']:.0f}"])
+        )
+    killed = sum(r["outcome"] == "killed" for r in data["mutants"])
+    total = data.get("seconds")
+    took = (
+        f", {total / 60:.1f} min in all" if isinstance(total, (int, float)) and math.isfinite(total) else ""
+    )
+    lines += ["", f"{len(data['mutants'])} mutants, {killed} killed by the tests{took}."]
+    return "\n".join(lines) + "\n"
+
+
+#: renderer name -> (function data.json -> Markdown, the command that stores it under that name)
+RENDERERS: dict[str, tuple[Callable[[dict], str], str]] = {
+    "theorem_3_1": (_theorem_3_1, "python -m benchmarks.theorem_3_1 --store theorem_3_1"),
+    "benchmarks": (_benchmarks, "python -m benchmarks.bench_balancers --store benchmarks"),
+    "mutants": (
+        _mutants,
+        "python -m benchmarks.mutants --out mutants.json && python run.py stage=report report.data=mutants.json "
+        "report.store=mutants",
+    ),
+}

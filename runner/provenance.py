@@ -5,7 +5,8 @@ and the number of runs. Written by the report next to summary.md; anything it ca
 
 A sweep folder that has a provenance.json keeps its producer's fields (commit, command, date, machine,
 versions) when the report is rebuilt later, and a parent folder of several sweeps merges theirs; only the runs
-and the wall time are recounted.
+and the wall time are recounted. A stored result that is not a sweep (runner/docs_render.py ``store_data``) gets
+the same producer fields (:func:`producer`), its script's wall time and no run count.
 """
 
 from __future__ import annotations
@@ -164,8 +165,13 @@ def _producer(sweep_dir: Path, argv: list[str] | None) -> dict:
                 continue
         if records:
             return _merge(records)
-    commit, dirty = git_state()
     command = "python " + shlex.join(argv) if argv else "; ".join(recorded_commands(sweep_dir)) or UNKNOWN
+    return producer(command)
+
+
+def producer(command: str) -> dict:
+    """The producer fields for ``command`` run by this process: commit, dirty, command, date, machine, versions."""
+    commit, dirty = git_state()
     return {
         "commit": commit,
         "dirty": dirty,
@@ -188,7 +194,7 @@ def write_provenance(sweep_dir: Path, runs: list[dict], argv: list[str] | None =
 
 
 def describe(record: dict) -> str:
-    """One line for the docs: commit, command, date, machine, wall time, runs."""
+    """One line for the docs: commit, command, date, machine, wall time and, for a sweep, its runs."""
     commit = str(record.get("commit", UNKNOWN))
     short = f"`{commit[:10] if re.fullmatch(r'[0-9a-f]{40}', commit) else commit}`"
     if record.get("dirty") is True:
@@ -204,7 +210,5 @@ def describe(record: dict) -> str:
         record.get("started") if record.get("started", UNKNOWN) != UNKNOWN else record.get("date", UNKNOWN)
     )
     wall = f"{wall / 60:.1f} min" if isinstance(wall, (int, float)) else UNKNOWN
-    return (
-        f"commit {short}, `{record.get('command', UNKNOWN)}`, {date[:10]}, "
-        f"{where}, wall time {wall}, {record.get('runs', UNKNOWN)} runs"
-    )
+    runs = f", {record['runs']} runs" if "runs" in record else ""
+    return f"commit {short}, `{record.get('command', UNKNOWN)}`, {date[:10]}, {where}, wall time {wall}{runs}"

@@ -14,7 +14,8 @@ as a stage that rebuilds the table from the run directories of an interrupted/re
 
 Both also write ``provenance.json`` (runner/provenance.py: commit, command, machine, versions, wall time). The same
 stage stores a finished sweep under ``results/<name>/`` (``report.store=<name>``, ``report.force=true`` to
-replace one) and renders the docs' result blocks from ``results/`` (``report.docs=true``; with
+replace one), stores a script's JSON output (``report.data=<file.json> report.store=<name>``) and renders
+the docs' result blocks from ``results/`` (``report.docs=true``; with
 ``report.check=true`` it changes nothing and fails when they are out of date): runner/docs_render.py.
 """
 
@@ -80,11 +81,16 @@ def write_csv(path: Path, table: dict) -> None:
     import pandas as pd
 
     head = ["balancer", "seeds"] + [f"{c}_{s}" for c in table["columns"] for s in ("mean", "std")]
+    # every row of any table: a pre-training-only sweep (stage=pretrain) has upstream rows and no downstream ones
+    rows = {
+        **table["rows"],
+        **{b: {} for t in ("upstream", "by_metric") for b in table.get(t) or {} if b not in table["rows"]},
+    }
     frame = pd.DataFrame(
         [
             [b, len(table["seeds"].get(b, []))]
             + [x for c in table["columns"] for x in (row[c][:2] if c in row else (math.nan, math.nan))]
-            for b, row in table["rows"].items()
+            for b, row in rows.items()
         ],
         columns=head,
     )
@@ -137,18 +143,20 @@ def report_stage(
     docs: bool = False,
     check: bool = False,
     root: Path | None = None,
+    data: str | Path | None = None,
 ) -> Path | None:
     """``stage=report`` (the ``report.*`` keys): write summary.md, summary.csv, the figures and provenance.json of
     the sweep folder ``sweep_dir`` from its runs' results.json and print the table, then with ``store`` copy it
-    into ``results/<store>/``; or, with ``docs``, rebuild every stored summary and the docs' result blocks from
-    ``results/`` (``check``: change nothing, fail naming what is out of date). Returns summary.md's path."""
+    into ``results/<store>/``; or store the JSON file ``data`` (a script's output, not a sweep) as
+    ``results/<store>/data.json``; or, with ``docs``, rebuild every stored summary and the docs' result blocks
+    from ``results/`` (``check``: change nothing, fail naming what is out of date). Returns summary.md's path."""
     from runner import docs_render
 
     root = Path(root) if root else docs_render.REPO
     if docs:
-        if sweep_dir or store:
+        if sweep_dir or store or data:
             raise ConfigError(
-                "report.docs=true renders from results/: leave report.sweep_dir and report.store unset."
+                "report.docs=true renders from results/: leave report.sweep_dir, report.store and report.data unset."
             )
         stale = docs_render.render_all(root, check=check)
         if check and stale:
@@ -163,6 +171,17 @@ def report_stage(
         raise ConfigError(
             "report.check goes with report.docs=true, and report.force with report.store=<name>."
         )
+    if data:
+        if sweep_dir or not store:
+            raise ConfigError(
+                "report.data=<file.json> goes with report.store=<name> and without report.sweep_dir."
+            )
+        try:
+            dest = docs_render.store_file(Path(data), store, root, force=force)
+        except docs_render.StoreError as exc:
+            raise DataError(str(exc)) from None
+        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
+        return None
     if not sweep_dir or not Path(sweep_dir).is_dir():
         raise ConfigError(
             f"stage=report needs report.sweep_dir=<a sweep folder holding the runs' results.json>, got {sweep_dir}."

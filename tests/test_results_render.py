@@ -178,8 +178,10 @@ def test_docs_are_rendered_from_results_and_the_check_catches_a_hand_edit(tmp_pa
 def test_the_repository_docs_match_its_stored_results():
     """Every results/<name>/summary.* is what the report code rebuilds from results/<name>/runs/, and every
     results block of README.md and docs/ is rendered from them."""
-    stored = sorted(p.name for p in (REPO / "results").glob("*") if (p / "runs").is_dir())
-    assert "convex_regimes" in stored
+    stored = sorted(
+        p.name for p in (REPO / "results").glob("*") if (p / "runs").is_dir() or (p / "data.json").is_file()
+    )
+    assert {"convex_regimes", "theorem_3_1"} <= set(stored)
     assert render_all(REPO, check=True) == [], "run `python run.py stage=report report.docs=true`"
 
 
@@ -197,3 +199,126 @@ def test_the_check_command_fails_on_a_hand_edited_stored_number(tmp_path):
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "out of date with results/: results/convex_regimes/summary.md" in proc.stderr
+
+
+def _data_site(root: Path) -> Path:
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "theory.md").write_text(
+        "# T\n\n<!-- results:theorem_3_1 -->\n<!-- /results:theorem_3_1 -->\n\n"
+        "<!-- results:benchmarks -->\n<!-- /results:benchmarks -->\n"
+    )
+    return root
+
+
+_T31 = {
+    "instance": "one_against_63",
+    "K": 1600,
+    "alpha0": 19.281,
+    "bound": 0.1,
+    "last": 0.01,
+    "last10_min": 0.01,
+}
+
+
+def test_a_script_result_is_stored_as_data_and_rendered_and_the_check_catches_a_hand_edit(tmp_path):
+    root = _data_site(tmp_path / "repo")
+    render_all(root)
+    page = root / "docs" / "theory.md"
+    assert "(`python -m benchmarks.theorem_3_1 --store theorem_3_1` stores it)" in page.read_text()
+    rows = [
+        {**_T31, "averaged": 0.0404, "constant_alpha": 0.1304},
+        {**_T31, "K": 400, "averaged": 0.3, "constant_alpha": 0.2},
+    ]
+    dest = docs_render.store_data(
+        "theorem_3_1", {"rows": rows}, "python -m benchmarks.theorem_3_1", 61.0, root=root
+    )
+    prov = json.loads((dest / "provenance.json").read_text())
+    assert prov["renderer"] == "theorem_3_1" and prov["wall_seconds"] == 61.0 and "runs" not in prov
+    assert sorted(p.name for p in dest.iterdir()) == ["data.json", "provenance.json"]
+    assert render_all(root) == [page]
+    text = page.read_text()
+    assert "| one_against_63 | 1600 | 19.28 | 0.1000 | 0.0404 | 0.0100 | 0.0100 | 0.1304 |" in text
+    assert "inside the bound in 1 of 2 rows." in text  # 0.0404 <= 0.1; 0.3 > 0.1
+    assert "`python -m benchmarks.theorem_3_1`, " in text and "wall time 1.0 min.*" in text
+    assert render_all(root, check=True) == []
+
+    page.write_text(text.replace("| 0.0404 |", "| 0.0304 |"))  # a number typed by hand
+    assert render_all(root, check=True) == [page]
+    render_all(root)
+    data = dest / "data.json"
+    data.write_text(data.read_text().replace("0.0404", "0.0504"))  # the data changes: the docs follow
+    assert render_all(root) == [page] and "| 0.0504 |" in page.read_text()
+
+    with pytest.raises(StoreError, match="report.force=true"):
+        docs_render.store_data("theorem_3_1", {"rows": rows}, root=root)
+    with pytest.raises(StoreError, match="not what renderer 'theorem_3_1' reads"):
+        docs_render.store_data("theorem_3_1", {"rows": [{"K": 3}]}, root=root, force=True)
+    with pytest.raises(StoreError, match="no renderer 'nope'"):
+        docs_render.store_data("x", {}, renderer="nope", root=root)
+
+
+def test_benchmark_ratios_are_medians_over_rounds_with_the_per_round_range(tmp_path):
+    root = _data_site(tmp_path / "repo")
+    rows = [
+        {"method": "plain", "round_ms": [8.0, 10.0, 9.0], "peak_mib": 3.0, "peak_exact": True},
+        {"method": "none", "round_ms": [10.0, 12.0, 11.0], "peak_mib": 4.0, "peak_exact": True},
+        {"method": "minimax", "round_ms": [20.0, 30.0, 22.0], "peak_mib": 8.0, "peak_exact": False},
+    ]
+    setup = {"tasks": 9, "width": 256, "batch": 64, "rounds": 3, "steps": 10, "clock": "cpu", "threads": 1}
+    data = {**setup, "plain": "plain", "memory_method": "peak MiB: rise of peak RSS", "rows": rows}
+    docs_render.store_data("benchmarks", data, root=root)
+    render_all(root)
+    text = (root / "docs" / "theory.md").read_text()
+    assert (
+        "| minimax | 22.00 | 2.00 | 2.00 - 2.50 | <=8.0 | 2.00 |" in text
+    )  # medians 22 / 11; rounds 20/10, 30/12
+    assert "| none | 11.00 | 1.00 | 1.00 - 1.00 | 4.0 | 1.00 |" in text
+    assert "`none` through LossAggregation / plain = 1.222 time, 1.33 peak memory." in text  # 11 / 9, 4 / 3
+
+
+def test_a_json_report_is_stored_with_one_command(tmp_path):
+    root = _data_site(tmp_path / "repo")
+    (root / "docs" / "theory.md").write_text("<!-- results:mutants -->\n<!-- /results:mutants -->\n")
+    report = {
+        "command": "python -m benchmarks.mutants --out m.json",
+        "seconds": 180.0,
+        "survivors": ["b"],
+        "mutants": [
+            {"name": "a", "what": "bug a", "file": "x.py", "tests": ["tests/test_x.py"], "outcome": "killed",
+             "seconds": 40.2},
+            {"name": "b", "what": "bug b", "file": "y.py", "tests": ["tests/test_y.py"], "outcome": "SURVIVED",
+             "seconds": 12.0},
+        ],
+    }  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps(report))
+    report_stage(data=tmp_path / "m.json", store="mutants", root=root)
+    prov = json.loads((root / "results" / "mutants" / "provenance.json").read_text())
+    assert prov["command"] == report["command"] and prov["wall_seconds"] == 180.0
+    render_all(root)
+    text = (root / "docs" / "theory.md").read_text()
+    assert "| `b` | bug b | `y.py` | test_y.py | SURVIVED | 12 |" in text
+    assert "2 mutants, 1 killed by the tests, 3.0 min in all." in text
+    with pytest.raises(ConfigError, match="report.data=<file.json> goes with report.store"):
+        report_stage(data=tmp_path / "m.json", root=root)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="report.data=.*holds no object"):
+        report_stage(data=tmp_path / "bad.json", store="m2", root=root)
+
+
+def test_a_pretraining_only_sweep_gets_its_csv_and_provenance(tmp_path):
+    """experiment=table3_cost runs stage=pretrain: no downstream row, only the upstream and cost tables."""
+    sweep = tmp_path / "sweep"
+    for i, (b, s, ms, h) in enumerate([("none", 0, 300.0, 1.0), ("none", 1, 300.0, 1.0), ("minimax", 0, 450.0, 0.5),
+                                       ("minimax", 1, 470.0, 1.0)]):  # fmt: skip
+        d = sweep / f"{i}_{b}_seed{s}"
+        d.mkdir(parents=True)
+        res = {"experiment": "mm_mae", "balancer": b, "seed": s, "stage": "pretrain",
+               "overrides": [f"balancer={b}", f"seed={s}"], "upstream": {"rgb": 0.8},
+               "weights": {"mean_entropy": h}, "downstream": {}, "summary": {}, "cost": {"median_step_ms": ms}}  # fmt: skip
+        (d / "results.json").write_text(json.dumps(res))
+    write_summary(sweep, figures=False)
+    csv = (sweep / "summary.csv").read_text().splitlines()
+    assert csv[0] == "balancer,seeds,weight_entropy_mean,weight_entropy_std"
+    assert csv[1].startswith("none,2,1.0,0.0") and csv[2].startswith("minimax,2,0.75,0.35")
+    assert "| minimax | 460 | 1.53 |" in (sweep / "summary.md").read_text()  # medians 460 / 300
+    assert json.loads((sweep / "provenance.json").read_text())["runs"] == 4
