@@ -130,7 +130,7 @@ def make_step(name: str, tasks: int, width: int, batch: int):
     return step
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=9)
     parser.add_argument("--width", type=int, default=256)
@@ -145,7 +145,6 @@ def main() -> None:
     )
     _timing.add_arguments(parser)
     args = parser.parse_args()
-    start = time.perf_counter()
     if args.store and not args.memory_of:
         try:
             destination(args.store, force=args.force)
@@ -153,24 +152,27 @@ def main() -> None:
             parser.error(str(exc))
     if args.quick:
         args.rounds, args.steps = 2, 5
-    clock = _timing.configure(args)
-    names = ["plain mean (no callback)", *BALANCERS]
-    if args.memory_of:
-        make = functools.partial(make_step, args.memory_of, args.tasks, args.width, args.batch)
-        _memory.report(_memory.measure_here(make, WARMUP + args.steps))
-        return
-    mem = _memory.measure_all("benchmarks.bench_balancers", names)  # the children return before --store
+    return args
+
+
+def time_interleaved(names: list[str], args, clock) -> dict[str, list[float]]:
+    """Seconds per step of each method, one entry per round: the methods take turns within every round, so a
+    drift of the machine hits them alike."""
     steps = {n: make_step(n, args.tasks, args.width, args.batch) for n in names}
     for fn in steps.values():  # warm-up
         for _ in range(WARMUP):
             fn()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(args.rounds):  # interleaved rounds: drift of the machine hits every method alike
+    for _ in range(args.rounds):
         for n in names:
             t0 = clock()
             for _ in range(args.steps):
                 steps[n]()
             times[n].append((clock() - t0) / args.steps)
+    return times
+
+
+def print_table(names: list[str], args, times: dict[str, list[float]], mem: dict) -> None:
     med = {n: statistics.median(v) for n, v in times.items()}
     m = {n: _memory.mib(r) for n, r in mem.items()}
     print(
@@ -188,6 +190,20 @@ def main() -> None:
         f"callback overhead: `none` through LossAggregation / plain mean loop = {med['none'] / med[names[0]]:.3f} "
         f"time, {_memory.ratio(m['none'], m[names[0]]):.3f} peak memory"
     )
+
+
+def main() -> None:
+    start = time.perf_counter()
+    args = parse_args()
+    clock = _timing.configure(args)
+    names = ["plain mean (no callback)", *BALANCERS]
+    if args.memory_of:
+        make = functools.partial(make_step, args.memory_of, args.tasks, args.width, args.batch)
+        _memory.report(_memory.measure_here(make, WARMUP + args.steps))
+        return
+    mem = _memory.measure_all("benchmarks.bench_balancers", names)  # the children return before --store
+    times = time_interleaved(names, args, clock)
+    print_table(names, args, times, mem)
     if args.store:
         command = shlex.join(["python", "-m", "benchmarks.bench_balancers", *sys.argv[1:]])
         data = measurements(args, names, times, mem)

@@ -29,7 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 _THEORY = ("tests/test_theorem_3_1.py",)
 _CONVEX = ("tests/test_convex.py",)
 _REPORT = ("tests/test_report.py", "tests/test_statistics.py")
-_BALANCERS = ("tests/test_balancers.py", "tests/test_balancer_properties.py", "tests/test_balancer_oracles.py")
+_BALANCERS = (
+    "tests/test_balancers.py",
+    "tests/test_balancer_properties.py",
+    "tests/test_balancer_oracles.py",
+)
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print("stale mutants (update benchmarks/mutants.py):", json.dumps(stale, indent=1))
         return 2
+    from runner.provenance import producer
+
+    command = "python -m benchmarks.mutants " + " ".join(sys.argv[1:] if argv is None else argv)
+    made_by = {k: v for k, v in producer(command).items() if k != "command"}  # the commit the tests ran at
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
@@ -224,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         copy_repo(root)
         every = tuple(sorted({t for m in chosen for t in m.tests}))
         result, seconds, tail = run_tests(root, every, args.workers)
-        print(f"unmutated copy: the tests {'pass' if result == 'SURVIVED' else 'fail'} ({len(every)} files, {seconds:.0f} s)")
+        print(
+            f"unmutated copy: the tests {'pass' if result == 'SURVIVED' else 'fail'} ({len(every)} files, {seconds:.0f} s)"
+        )
         if result != "SURVIVED":
             print("the tests fail without a mutation; fix them first:\n" + tail)
             return 2
@@ -244,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows, total))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"command": "python -m benchmarks.mutants " + " ".join(argv or sys.argv[1:]),
-                  "seconds": round(total, 1), "survivors": survivors, "mutants": rows}  # fmt: skip
+        report = {"command": command, "producer": made_by, "seconds": round(total, 1), "survivors": survivors,
+                  "mutants": rows}  # fmt: skip
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 1 if survivors else 0
 
@@ -255,7 +265,9 @@ def render(rows: list[dict], total: float) -> str:
     lines = ["| mutant | the bug | file | tests run | outcome | s |", "|---|---|---|---|---|---|"]
     for r in rows:
         tests = ", ".join(Path(t).name for t in r["tests"])
-        lines.append(f"| `{r['name']}` | {r['what']} | `{r['file']}` | {tests} | {r['outcome']} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| `{r['name']}` | {r['what']} | `{r['file']}` | {tests} | {r['outcome']} | {r['seconds']:.0f} |"
+        )
     survivors = sum(r["outcome"] != "killed" for r in rows)
     lines.append("")
     lines.append(f"{len(rows)} mutants, {survivors} not killed, {total / 60:.1f} min in all.")

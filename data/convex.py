@@ -146,39 +146,42 @@ def make_tasks(
         raise ConfigError(f"data.sigma must be >= 0, got {sigma}.")
     g = torch.Generator().manual_seed(int(seed))
     if kind == "random":
-        lo, hi = _curvature_range(curvature)
-        eig = torch.exp(
-            torch.empty(num_tasks, dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g)
-        )
-        q, _ = torch.linalg.qr(torch.randn(num_tasks, dim, dim, generator=g))
-        B = q @ torch.diag_embed(eig.sqrt()) @ q.transpose(1, 2)
-        c = spread * torch.randn(num_tasks, dim, generator=g)
-        c = c if minority is None else minority_optima(c, minority, spread, g)
+        B = _random_curvatures(num_tasks, dim, curvature, g)
     elif kind == "remark52":
-        if minority is not None:
-            raise ConfigError(
-                "data.minority applies to data.kind=random and underdetermined; kind=remark52 is a minority "
-                "family already (its dial is data.num_tasks)."
-            )
-        if num_tasks < 2:
-            raise ConfigError("data.num_tasks must be >= 2 for kind=remark52.")
-        scale = torch.full((num_tasks,), 1.0 / (num_tasks - 1))
-        scale[0] = 1.0
-        B = torch.diag_embed(scale.sqrt().unsqueeze(1).expand(num_tasks, dim).contiguous())
-        c = torch.zeros(num_tasks, dim)
-        c[0, 0] = 1.0
+        return _remark52(num_tasks, dim, sigma, minority)
     elif kind == "underdetermined":
-        lo, hi = _curvature_range(curvature)
-        eig = torch.exp(
-            torch.empty(dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g)
-        )
-        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
-        B = (q @ torch.diag(eig.sqrt()) @ q.T).expand(num_tasks, dim, dim).contiguous()
-        c = spread * torch.randn(num_tasks, dim, generator=g)
-        c = c if minority is None else minority_optima(c, minority, spread, g)
-        return RegressionTasks(B=B.float(), c=c.float(), sigma=float(sigma))
+        B = _random_curvatures(1, dim, curvature, g).expand(num_tasks, dim, dim).contiguous()
     else:
         raise ConfigError(f"data.kind must be 'random', 'remark52' or 'underdetermined', got {kind!r}.")
+    c = spread * torch.randn(num_tasks, dim, generator=g)
+    c = c if minority is None else minority_optima(c, minority, spread, g)
+    cls = RegressionTasks if kind == "underdetermined" else QuadraticTasks
+    return cls(B=B.float(), c=c.float(), sigma=float(sigma))
+
+
+def _random_curvatures(n: int, dim: int, curvature, g: torch.Generator) -> torch.Tensor:
+    """``n`` square roots ``B`` of curvature matrices: eigenvalues log-uniform in ``curvature`` under a random
+    rotation each, (n, dim, dim)."""
+    lo, hi = _curvature_range(curvature)
+    eig = torch.exp(torch.empty(n, dim).uniform_(torch.tensor(lo).log(), torch.tensor(hi).log(), generator=g))
+    q, _ = torch.linalg.qr(torch.randn(n, dim, dim, generator=g))
+    return q @ torch.diag_embed(eig.sqrt()) @ q.transpose(1, 2)
+
+
+def _remark52(num_tasks: int, dim: int, sigma: float, minority) -> QuadraticTasks:
+    """Remark 5.2's family (see :func:`make_tasks`)."""
+    if minority is not None:
+        raise ConfigError(
+            "data.minority applies to data.kind=random and underdetermined; kind=remark52 is a minority "
+            "family already (its dial is data.num_tasks)."
+        )
+    if num_tasks < 2:
+        raise ConfigError("data.num_tasks must be >= 2 for kind=remark52.")
+    scale = torch.full((num_tasks,), 1.0 / (num_tasks - 1))
+    scale[0] = 1.0
+    B = torch.diag_embed(scale.sqrt().unsqueeze(1).expand(num_tasks, dim).contiguous())
+    c = torch.zeros(num_tasks, dim)
+    c[0, 0] = 1.0
     return QuadraticTasks(B=B.float(), c=c.float(), sigma=float(sigma))
 
 

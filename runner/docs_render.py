@@ -81,9 +81,11 @@ def store_data(
     renderer: str | None = None,
     root: Path = REPO,
     force: bool = False,
+    made_by: dict | None = None,
 ) -> Path:
     """Write ``root/results/<name>/data.json`` (``data``) and provenance.json (this checkout's commit, the machine,
-    ``command``, ``wall_seconds`` and ``renderer``, default ``name``) for a result that is not a sweep."""
+    ``command``, ``wall_seconds`` and ``renderer``, default ``name``) for a result that is not a sweep; ``made_by``:
+    the producer fields (commit, dirty, date, machine, versions) the script recorded where it ran, which win."""
     renderer = renderer or name
     dest = destination(name, root, force)
     if renderer not in RENDERERS:
@@ -94,7 +96,7 @@ def store_data(
         raise StoreError(
             f"the data for results/{name}/ is not what renderer {renderer!r} reads ({exc!r})."
         ) from None
-    prov = {**producer(command), "wall_seconds": wall_seconds, "renderer": renderer}
+    prov = {**producer(command), **(made_by or {}), "wall_seconds": wall_seconds, "renderer": renderer}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     (tmp / DATA).write_text(json.dumps(data, indent=1) + "\n")
@@ -107,15 +109,23 @@ def store_data(
 
 def store_file(path: Path, name: str, root: Path = REPO, force: bool = False) -> Path:
     """``report.data=<path> report.store=<name>``: store a JSON file a script wrote as ``results/<name>/``; its
-    own ``command`` and ``seconds`` keys, where it has them, go into provenance.json."""
+    own ``command``, ``seconds`` and ``producer`` (the commit and machine it ran on) keys, where it has them, go
+    into provenance.json."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"report.data={path}: not a readable JSON file ({exc}).") from None
     if not isinstance(data, dict):
         raise StoreError(f"report.data={path}: the JSON file holds no object.")
+    made_by = data.get("producer") if isinstance(data.get("producer"), dict) else None
     return store_data(
-        name, data, data.get("command", UNKNOWN), data.get("seconds", UNKNOWN), root=root, force=force
+        name,
+        data,
+        data.get("command", UNKNOWN),
+        data.get("seconds", UNKNOWN),
+        root=root,
+        force=force,
+        made_by=made_by,
     )
 
 

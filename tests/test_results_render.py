@@ -281,6 +281,7 @@ def test_a_json_report_is_stored_with_one_command(tmp_path):
     (root / "docs" / "theory.md").write_text("<!-- results:mutants -->\n<!-- /results:mutants -->\n")
     report = {
         "command": "python -m benchmarks.mutants --out m.json",
+        "producer": {"commit": "f00dfeed", "dirty": False},  # where the tests ran, not where it is stored
         "seconds": 180.0,
         "survivors": ["b"],
         "mutants": [
@@ -294,6 +295,7 @@ def test_a_json_report_is_stored_with_one_command(tmp_path):
     report_stage(data=tmp_path / "m.json", store="mutants", root=root)
     prov = json.loads((root / "results" / "mutants" / "provenance.json").read_text())
     assert prov["command"] == report["command"] and prov["wall_seconds"] == 180.0
+    assert prov["commit"] == "f00dfeed" and prov["dirty"] is False
     render_all(root)
     text = (root / "docs" / "theory.md").read_text()
     assert "| `b` | bug b | `y.py` | test_y.py | SURVIVED | 12 |" in text
