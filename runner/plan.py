@@ -81,19 +81,25 @@ def build_module(cfg: DictConfig):
     return module
 
 
+def batch_key(cfg: DictConfig) -> str:
+    """The config key of the per-device batch: PoS-BERT's ``data.loader.batch_size``, else ``data.batch_size``."""
+    return "data.loader.batch_size" if OmegaConf.select(cfg, "data.loader") is not None else "data.batch_size"
+
+
 def vocabulary(cfg: DictConfig) -> int:
-    """PoS-BERT's vocabulary when ``model.vocab_size`` is null: the trained tokenizer's ``data.vocab_size`` (an
-    upper bound) or the length of the hub tokenizer ``data.tokenizer`` (from the local cache)."""
-    name = OmegaConf.select(cfg, "data.tokenizer")
+    """PoS-BERT's vocabulary when ``model.vocab_size`` is null: the trained tokenizer's
+    ``data.tokenizer.vocab_size`` (an upper bound) or the length of the hub tokenizer ``data.tokenizer.name``
+    (from the local cache)."""
+    name = OmegaConf.select(cfg, "data.tokenizer.name")
     if not name:
-        return int(cfg.data.vocab_size)
+        return int(cfg.data.tokenizer.vocab_size)
     try:
         from transformers import AutoTokenizer
 
         return len(AutoTokenizer.from_pretrained(str(name), local_files_only=True))
     except OSError as exc:
         raise ConfigError(
-            f"stage=plan cannot read the tokenizer data.tokenizer={name} offline ({exc.__class__.__name__}); "
+            f"stage=plan cannot read the tokenizer data.tokenizer.name={name} offline ({exc.__class__.__name__}); "
             "set model.vocab_size=<its length>."
         ) from None
 
@@ -107,7 +113,7 @@ def pos_bert_batch(cfg: DictConfig, vocab: int, n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     length = int(cfg.data.max_length)
     collate = PosMaskingCollator(
-        pad_id=0, mask_id=4, vocab_size=vocab, mlm_probability=float(cfg.data.mlm_probability), seed=seed
+        pad_id=0, mask_id=4, vocab_size=vocab, mlm_probability=float(cfg.data.masking.mlm_probability), seed=seed
     )
     rows = []
     for i in range(n):
@@ -245,8 +251,9 @@ def memory(cfg: DictConfig, params: int, measured: dict, batch: int, world: int)
     return out
 
 
-def fits(mem: dict, measured: dict, batch: int, opts: dict, sharded: bool) -> dict[str, dict]:
-    """For each GPU of :data:`GPUS`: whether the memory fits, and what to change where it does not."""
+def fits(mem: dict, measured: dict, batch: int, opts: dict, sharded: bool, key: str = "data.batch_size") -> dict:
+    """For each GPU of :data:`GPUS`: whether the memory fits, and what to change where it does not (``key``: the
+    config key of the per-device batch)."""
     out = {}
     for name, (capacity, _) in GPUS.items():
         usable = capacity * float(opts["usable_memory"])
@@ -259,7 +266,7 @@ def fits(mem: dict, measured: dict, batch: int, opts: dict, sharded: bool) -> di
             if largest >= 1:
                 steps = math.ceil(batch / largest)
                 advice.append(
-                    f"data.batch_size={largest} trainer.accumulate_grad_batches={steps} (same batch)"
+                    f"{key}={largest} trainer.accumulate_grad_batches={steps} (same batch)"
                 )
             if not sharded:
                 advice.append("trainer=fsdp (weights, gradients and optimizer state split over the GPUs)")
@@ -291,16 +298,16 @@ def preprocessing(cfg: DictConfig, opts: dict) -> dict | None:
     """NLTK tagging of the raw text (PoS-BERT on real text): ``plan.corpus_words`` at ``plan.tagging_words_per_s``
     per process; None where the config tags nothing or the corpus size is not given."""
     words = opts.get("corpus_words")
-    if not words or OmegaConf.select(cfg, "data.mlm_probability") is None:
+    if not words or OmegaConf.select(cfg, "data.masking.mlm_probability") is None:
         return None
     rate = float(opts["tagging_words_per_s"])
-    processes = int(OmegaConf.select(cfg, "data.num_proc") or 1)
+    processes = int(OmegaConf.select(cfg, "data.corpus.num_proc") or 1)
     process_hours = float(words) / rate / 3600
     return {
         "corpus_words": float(words),
         "tagging_words_per_s_per_process": rate,
         "process_hours": process_hours,
-        "wall_hours_at_data.num_proc": process_hours / processes,
+        "wall_hours_at_data.corpus.num_proc": process_hours / processes,
     }
 
 
@@ -320,13 +327,13 @@ def make_plan(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg)
     params = sum(p.numel() for p in module.parameters())
     measured = measure(cfg, module, int(opts["measure_batch"]))
-    batch = int(OmegaConf.select(cfg, "data.batch_size") or 1)
+    batch = int(OmegaConf.select(cfg, batch_key(cfg)) or 1)
     world, accumulate = world_size(cfg, opts), int(cfg.trainer.get("accumulate_grad_batches") or 1)
     samples = batch * world * accumulate
     flops_per_step = (measured["flops_fixed"] + measured["flops_per_sample"] * batch) * world * accumulate
     mem = memory(cfg, params, measured, batch, world)
     sharded = "fsdp" in str(cfg.trainer.get("strategy", "")).lower()
-    fit = fits(mem, measured, batch, opts, sharded)
+    fit = fits(mem, measured, batch, opts, sharded, batch_key(cfg))
     cost = hours(flops_per_step * steps, opts, world)
     plan: dict[str, Any] = {
         "experiment": str(cfg.experiment),

@@ -6,7 +6,7 @@ real run of the same config: the FLOPs the throughput callback counts on real ba
 ``cost.flops_per_step``; on the CPU its counter leaves out the attention kernels, which the plan counts as on a
 GPU, so the comparison counts the plan the same way) and the peak RSS rise of a few real training steps (benchmarks/_memory.py, in a fresh
 process). The factors (docs/scaling.md, "Plan"): FLOPs within 1.5x (PoS-BERT's plan is an upper bound: every pair
-at ``data.max_length`` and the vocabulary at ``data.vocab_size``), memory within 2x.
+at ``data.max_length`` and the vocabulary at ``data.tokenizer.vocab_size``), memory within 2x.
 """
 
 import json
@@ -245,8 +245,8 @@ def test_paper_table1_runs_smoke_on_stand_in_wikipedia_and_glue(tmp_path, shared
     Dataset.from_dict(rows).save_to_disk(str(tmp_path / "wikipedia"))
     overrides = [
         "experiment=paper_table1", "debug=smoke", *ONE_CPU, "print_table=false",
-        "data.hf_dataset=null", "data.streaming=false", f"data.disk_dataset={tmp_path / 'wikipedia'}",
-        "data.tokenizer=null", "data.num_proc=1", "data.num_workers=0", "model.num_hidden_layers=1",
+        "data.corpus.hf_dataset=null", "data.corpus.streaming=false", f"data.corpus.disk_dataset={tmp_path / 'wikipedia'}",
+        "data.tokenizer.name=null", "data.corpus.num_proc=1", "data.loader.num_workers=0", "model.num_hidden_layers=1",
         "downstream.source=local", f"downstream.data_dir={shared_data / 'glue'}", "downstream.tasks=[RTE,MRPC]",
         "downstream.finetune_seeds=[0]",
     ]  # fmt: skip
