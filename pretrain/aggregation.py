@@ -40,7 +40,8 @@ gradients), :meth:`~LossAggregation._apply` (the scalar to back-propagate) and
 
 What a module's steps pass is declared by its class attribute ``provides`` (the
 :class:`~pretrain.balancers.StepInputs` fields beyond :data:`ALWAYS_GIVEN`: ``shared_params``, ``features``,
-``feature_grads`` where ``features`` is a FeatureRows or FeatureCopies); at setup the callback fails, naming
+``feature_grads`` where ``features`` is a FeatureRows or FeatureCopies); when the module hands it to
+:meth:`LossAggregation.build` (the project's modules do), building fails, and else at setup the callback fails, naming
 what to change, when the balancer ``requires`` a field the module does not provide
 (:meth:`LossAggregation.check_inputs`). A module without ``provides`` is not checked: a required input it does
 not pass fails at the first step.
@@ -184,11 +185,23 @@ class LossAggregation(Callback):
         return True
 
     @classmethod
-    def build(cls, balancer: Any, task_names: Sequence[str], **options: Any) -> LossAggregation:
-        """``balancer`` is a Balancer or a callable ``num_tasks -> Balancer`` (Hydra ``_partial_``)."""
+    def build(
+        cls,
+        balancer: Any,
+        task_names: Sequence[str],
+        provides: Iterable[str] | None = None,
+        module: str = "",
+        **options: Any,
+    ) -> LossAggregation:
+        """``balancer`` is a Balancer or a callable ``num_tasks -> Balancer`` (Hydra ``_partial_``). With
+        ``provides`` (the step inputs the training module ``module`` passes, its class attribute), a balancer that
+        requires another fails here, when the module is built (:meth:`check_inputs`)."""
         if not isinstance(balancer, Balancer):
             balancer = balancer(num_tasks=len(task_names))
-        return cls(balancer, task_names, **options)
+        aggregation = cls(balancer, task_names, **options)
+        if provides is not None:
+            aggregation.check_inputs(provides, module or "the pre-training module")
+        return aggregation
 
     @property
     def state_key(self) -> str:

@@ -101,7 +101,7 @@ class PretrainingModule(L.LightningModule):
     #: whether ``prepare_for_finetune`` needs the prepared datamodule (the runner sets the data up only then)
     prepares_from_data: bool = False
     #: the balancer inputs (:class:`~pretrain.balancers.StepInputs` fields) ``training_step`` passes to the
-    #: aggregator beyond the losses and counts it always gives; a balancer that requires another fails at setup
+    #: aggregator beyond the losses and counts it always gives; a balancer that requires another fails when the module is built
     provides: frozenset[str] = frozenset()
 
     def __init__(self, optimizer: Callable[..., Any], scheduler: Callable[..., Any] | None = None) -> None:

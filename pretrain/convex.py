@@ -47,7 +47,9 @@ class ConvexPretraining(PretrainingModule):
         self.model = model
         self.average_iterates = bool(average_iterates)
         self.task_names = [f"task{t}" for t in range(int(num_tasks))]
-        self.aggregator = LossAggregation.build(balancer, self.task_names, **(aggregation or {}))
+        self.aggregator = LossAggregation.build(
+            balancer, self.task_names, self.provides, type(self).__name__, **(aggregation or {})
+        )
         self.register_buffer("theta_avg", model.theta.detach().clone())
         self.register_buffer("n_avg", torch.zeros((), dtype=torch.long))
         self.tasks = None

@@ -69,7 +69,9 @@ class MMMAEPretraining(PretrainingModule):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["model", "balancer", "aggregation", "optimizer", "scheduler"])
         self.model = model
-        self.aggregator = LossAggregation.build(balancer, task_names=list(model.tasks), **(aggregation or {}))
+        self.aggregator = LossAggregation.build(
+            balancer, list(model.tasks), self.provides, type(self).__name__, **(aggregation or {})
+        )
         self.val_mask_seed = int(val_mask_seed)
         self.exported_dir: Path | None = None
 

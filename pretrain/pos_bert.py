@@ -97,7 +97,9 @@ class PosBertPretraining(PretrainingModule):
         options["extra_tasks"] = list(options.get("extra_tasks", [])) + extra
         if nsp == "add":
             options["extra_weights"] = {**options.get("extra_weights", {}), "nsp": float(nsp_weight)}
-        self.aggregator = LossAggregation.build(balancer, self.task_names, **options)
+        self.aggregator = LossAggregation.build(
+            balancer, self.task_names, self.provides, type(self).__name__, **options
+        )
         self.tokenizer = None
         self.reference_log_probs: torch.Tensor | None = None  # the data's context-free log p(v), (V,)
         self.upstream_eval: dict | None = None  # the last validation's upstream evaluation (results.json)

@@ -124,6 +124,21 @@ def test_a_balancer_needing_what_the_module_does_not_provide_fails_at_setup(tmp_
     assert module.steps == 0  # before any step
 
 
+def test_a_pretraining_module_refuses_such_a_balancer_when_it_is_built():
+    """The project's modules hand their ``provides`` to the aggregation as they build it: the mistake surfaces at
+    construction, before any data is prepared."""
+    from models.convex import ParameterVector
+    from pretrain.convex import ConvexPretraining
+
+    needs = partial(
+        Recorder, requires={"feature_grads"}
+    )  # the convex step passes theta itself, no row gradients
+    with pytest.raises(ConfigError, match=r"^balancer Recorder needs the step input feature_grads, which "
+                       r"ConvexPretraining does not pass"):  # fmt: skip
+        ConvexPretraining(ParameterVector(3), needs, num_tasks=2)
+    ConvexPretraining(ParameterVector(3), partial(GradNorm, mode="shared_params"), num_tasks=2)  # provided
+
+
 def test_balancers_needing_only_what_the_module_provides_train(tmp_path):
     for balancer in (
         Vanilla,

@@ -79,7 +79,7 @@ class Balancer(nn.Module):
     ``"shared_params"`` (the parameters of the last shared layer), ``"features"`` (the shared representation
     the task heads read; its ``feature_grads`` come with it where the caller can compute them) or ``"counts"``
     (each task's number of targets in the step). A name that is no field fails when the class is created;
-    the loss-aggregation callback checks at setup that the training module provides every one.
+    the loss-aggregation callback checks that the training module provides every one (when the module builds it).
     ``reduce`` averages a tensor over data-parallel ranks and ``world_size`` is their number; the
     loss-aggregation callback sets both, and gradient-based methods apply them to the rank-local gradients
     they compute.
