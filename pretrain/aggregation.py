@@ -40,11 +40,10 @@ gradients), :meth:`~LossAggregation._apply` (the scalar to back-propagate) and
 
 What a module's steps pass is declared by its class attribute ``provides`` (the
 :class:`~pretrain.balancers.StepInputs` fields beyond :data:`ALWAYS_GIVEN`: ``shared_params``, ``features``,
-``feature_grads`` where ``features`` is a FeatureRows or FeatureCopies); when the module hands it to
-:meth:`LossAggregation.build` (the project's modules do), building fails, and else at setup the callback fails, naming
-what to change, when the balancer ``requires`` a field the module does not provide
-(:meth:`LossAggregation.check_inputs`). A module without ``provides`` is not checked: a required input it does
-not pass fails at the first step.
+``feature_grads`` where ``features`` is a FeatureRows or FeatureCopies); building the module (which hands it to
+:meth:`LossAggregation.build`) or else the callback's setup fails, naming what to change, when the balancer
+``requires`` a field the module does not provide (:meth:`LossAggregation.check_inputs`). A module without
+``provides`` is not checked: a required input it does not pass fails at the first step.
 """
 
 from __future__ import annotations
