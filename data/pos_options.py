@@ -8,7 +8,7 @@ values it can check alone (the paths are checked by the data module, which reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -152,10 +152,8 @@ def section(cls: type[T], value: Any, name: str) -> T:
         return cls()
     if not isinstance(value, Mapping):
         raise ConfigError(f"data.{name} must be a mapping of its options, got {value!r}.")
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
+    # a plain dict of plain values: Hydra's DictConfig / ListConfig read as the mapping and sequences they are
+    value = {k: _plain(v) for k, v in value.items()}
     known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in value if k not in known]
     if unknown:
@@ -167,6 +165,15 @@ def section(cls: type[T], value: Any, name: str) -> T:
             kinds = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"data.{name}.{key}={item!r} must be {kinds}.")
     return cls(**value)
+
+
+def _plain(item: Any) -> Any:
+    """``item`` with every mapping a dict and every sequence but a string a list (recursively)."""
+    if isinstance(item, Mapping):
+        return {k: _plain(v) for k, v in item.items()}
+    if isinstance(item, Sequence) and not isinstance(item, (str, bytes)):
+        return [_plain(v) for v in item]
+    return item
 
 
 def _types(hint: Any) -> tuple[type, ...]:
