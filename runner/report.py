@@ -176,11 +176,7 @@ def report_stage(
             raise ConfigError(
                 "report.data=<file.json> goes with report.store=<name> and without report.sweep_dir."
             )
-        try:
-            dest = docs_render.store_file(Path(data), store, root, force=force)
-        except docs_render.StoreError as exc:
-            raise DataError(str(exc)) from None
-        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
+        _store(docs_render.store_file, Path(data), store, root, force)
         return None
     if not sweep_dir or not Path(sweep_dir).is_dir():
         raise ConfigError(
@@ -189,9 +185,17 @@ def report_stage(
     path = write_summary(Path(sweep_dir))
     print(path.read_text())
     if store:
-        try:
-            dest = docs_render.store(Path(sweep_dir), store, root, force=force)
-        except docs_render.StoreError as exc:
-            raise DataError(str(exc)) from None
-        print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")
+        _store(docs_render.store, Path(sweep_dir), store, root, force)
     return path
+
+
+def _store(how, source: Path, name: str, root: Path, force: bool) -> None:
+    """Store ``source`` as ``results/<name>/`` with ``how`` (docs_render.store or store_file); a refusal is a
+    DataError (one sentence), and the line printed says how to render the docs."""
+    from runner.docs_render import StoreError
+
+    try:
+        dest = how(source, name, root, force=force)
+    except StoreError as exc:
+        raise DataError(str(exc)) from None
+    print(f"stored in {dest}; render the docs with `python run.py stage=report report.docs=true`")

@@ -89,3 +89,16 @@ def run_cli(args: list[str], cwd: Path = REPO_ROOT, timeout: int = 300, env: dic
         text=True,
         timeout=timeout,
     )
+
+
+#: A convex pipeline run made small for statistical tests that pre-train many times through the whole path of
+#: ``run.py``: no logger, callbacks, table, checkpoint or validation; 50 SGD steps on batches of 256 (low noise).
+SMALL_CONVEX_RUN = [
+    "logger=none",
+    "callbacks=none",
+    "print_table=false",
+    "checkpoint.save_last=false",
+    "trainer.limit_val_batches=0",
+    "trainer.max_steps=50",
+    "data.batch_size=256",
+]

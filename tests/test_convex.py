@@ -6,7 +6,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from helpers import run_pipeline
+from helpers import SMALL_CONVEX_RUN, run_pipeline
 
 from data.convex import QuadraticTasks, make_tasks
 from pretrain.balancers import Minimax, NoBalancing
@@ -201,16 +201,7 @@ def test_convex_module_average_continues_exactly_after_resume(tmp_path):
 #: the regime tests' pre-training: the pipeline of ``run.py experiment=convex`` (Lightning module, aggregation
 #: callback, balancer), made small: 50 SGD steps on batches of 256 (low noise), lr 0.3 in the underdetermined
 #: regime (a batch's design X^T X / 256 has curvature up to ~4.5: 0.3 is stable) and 0.4 at full rank (L = 2)
-REGIME_RUN = [
-    "experiment=convex",
-    "logger=none",
-    "callbacks=none",
-    "print_table=false",
-    "checkpoint.save_last=false",
-    "trainer.limit_val_batches=0",
-    "trainer.max_steps=50",
-    "data.batch_size=256",
-]
+REGIME_RUN = ["experiment=convex", *SMALL_CONVEX_RUN]
 
 
 def _paired_worst(overrides: list[str], out_dir, seeds=range(6)) -> dict:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import run_pipeline
+from helpers import SMALL_CONVEX_RUN, run_pipeline
 
 from data.convex import make_tasks, minority_distance
 from runner.figures import heterogeneity_frame
@@ -120,13 +120,7 @@ def test_heterogeneity_frame_pairs_by_seed_within_each_dial_value_and_finds_the_
 MAP_RUN = [
     "experiment=heterogeneity_convex",
     "data.kind=underdetermined",
-    "logger=none",
-    "callbacks=none",
-    "print_table=false",
-    "checkpoint.save_last=false",
-    "trainer.limit_val_batches=0",
-    "trainer.max_steps=50",
-    "data.batch_size=256",
+    *SMALL_CONVEX_RUN,
     "downstream.repeats=4",
     "downstream.sample_sizes=[4,16]",
     "downstream.primary_n=4",
