@@ -245,9 +245,13 @@ class _Gen:
             words = [w for k, w in enumerate(words) if k != drop]
         return Example(a, self.sentence([(w, "") for w in words]), 0)
 
-    def rte(self) -> Example:
+    def rte(self, conjunction: str | None = None) -> Example:
+        """A premise ``c1, <conj> c2`` and a hypothesis (one clause, a noun changed in a quarter): entailed iff
+        the conjunction is ``and``/``but`` and no noun changed. ``conjunction`` replaces the drawn one (the rest,
+        drawn from the same stream, stays the same): the pairs that differ only in it."""
         c1, c2 = self.clause(), self.clause()
         conj = self.rng.choice(["and", "but", "or"])
+        conj = conjunction or conj
         premise = self.sentence([*c1, (",", "other"), (conj, "conjunction"), *c2])
         hyp = list(c1 if self.rng.random() < 0.5 else c2)
         altered = self.rng.random() < 0.25

@@ -36,7 +36,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.loading import resumable_loader
-from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, document_labels, generate_corpus
+from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, conjunction_scale, document_labels, generate_corpus
 from data.pos_masking import (
     NSPPairs,
     PosMaskingCollator,
@@ -229,6 +229,11 @@ class PosBertDataModule(LightningDataModule):
             "zipf_s": self.corpus.zipf_s,
             **({"present_prob": self.corpus.present_prob} if self.corpus.present_prob else {}),
             **({"doc_nouns": self.corpus.doc_nouns} if self.corpus.doc_nouns else {}),
+            **(
+                {}
+                if self.corpus.conjunction_share is None
+                else {"conjunction_share": self.corpus.conjunction_share}
+            ),
         }
 
     def _raw(self) -> dict[str, list]:
@@ -277,7 +282,14 @@ class PosBertDataModule(LightningDataModule):
             zipf_s=self.corpus.zipf_s,
             present_prob=self.corpus.present_prob,
             doc_nouns=self.corpus.doc_nouns,
+            category_scale=self._category_scale(),
         )
+
+    def _category_scale(self) -> dict[str, float] | None:
+        """The grammar's heterogeneity dial: ``data.corpus.conjunction_share`` as the factor on the conjoined
+        sentence's production that gives that expected share of conjunction words (None: the grammar as written)."""
+        share = self.corpus.conjunction_share
+        return None if share is None else {"CC": conjunction_scale(float(share))}
 
     def document_labels(self) -> list[tuple[str, str]] | None:
         """The generated corpus's ``(topic, tense)`` per document (the ``doc`` index of its sentences); None for

@@ -21,6 +21,7 @@ Everything is deterministic given the seed.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,6 +265,7 @@ class Grammar:
             every production whose right-hand side holds that terminal category (e.g. ``{"CC": 0.1}``: a tenth
             of the conjoined sentences, so the conjunction group, which the RTE-like task hinges on, gets a
             smaller share of the tokens). Empty: the grammar as written, and the same random stream.
+            ``data.corpus.conjunction_share`` sets ``{"CC": conjunction_scale(share)}``.
     """
 
     def __init__(
@@ -453,3 +455,51 @@ def document_labels(
     """``(topic, tense)`` of each document that :func:`generate_corpus` makes with the same arguments."""
     g = Grammar(seed=seed, **grammar_kwargs)
     return [(topic, g.tense) for topic, _ in g.documents(n_docs, min_sentences, max_sentences)]
+
+
+def expected_share(
+    category: str, category_scale: dict[str, float] | None = None, max_depth: int = 6
+) -> float:
+    """The expected share of a corpus's words that ``category`` produces: E[its words] / E[all words] per
+    sentence of ``S``, computed exactly from ``PRODUCTIONS`` (with :class:`Grammar`'s ``category_scale`` and depth
+    limit; every terminal is one word). A long corpus's measured share converges to it."""
+    scale = category_scale or {}
+    memo: dict[tuple[str, int], tuple[float, float]] = {}
+
+    def counts(symbol: str, depth: int) -> tuple[float, float]:
+        if symbol not in PRODUCTIONS:
+            return float(symbol == category), 1.0
+        if (symbol, depth) not in memo:
+            options = PRODUCTIONS[symbol]
+            if depth >= max_depth:
+                weighted = [(1.0, options[0][1])]
+            else:
+                weighted = [(w * math.prod(scale.get(s, 1.0) for s in set(rhs)), rhs) for w, rhs in options]
+            total = sum(w for w, _ in weighted)
+            hits = words = 0.0
+            for w, rhs in weighted:
+                for s in rhs:
+                    h, n = counts(s, depth + 1)
+                    hits, words = hits + w / total * h, words + w / total * n
+            memo[symbol, depth] = hits, words
+        return memo[symbol, depth]
+
+    hits, words = counts("S", 0)
+    return hits / words
+
+
+#: the conjunction group's expected share of the words of the grammar as written (``expected_share("CC")``)
+CONJUNCTION_SHARE = expected_share("CC")
+
+
+def conjunction_scale(share: float) -> float:
+    """The factor on the conjoined sentence's production (``category_scale={"CC": factor}``) whose corpus has
+    the expected conjunction share ``share`` (in (0, :data:`CONJUNCTION_SHARE`]): the share is increasing in the
+    factor, so bisection finds it to 1e-12."""
+    if not 0.0 < share <= CONJUNCTION_SHARE:
+        raise ValueError(f"share={share} must be in (0, {CONJUNCTION_SHARE:.4g}]")
+    lo, hi = 0.0, 1.0
+    while hi - lo > 1e-12:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if expected_share("CC", {"CC": mid}) < share else (lo, mid)
+    return hi

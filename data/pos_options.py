@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from types import UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from data.pos_grammar import CONJUNCTION_SHARE
 from data.pos_masking import NSP_RANDOM_B
 from utils.errors import ConfigError, DataError
 
@@ -47,6 +48,7 @@ class CorpusOptions:
     present_prob: float = 0.0
     doc_nouns: int = 0
     zipf_s: float = 1.0
+    conjunction_share: float | None = None
     num_proc: int = 1
 
     def __post_init__(self) -> None:
@@ -74,6 +76,16 @@ class CorpusOptions:
         if int(self.doc_nouns) < 0:
             raise ConfigError(
                 f"data.corpus.doc_nouns={self.doc_nouns} must be >= 0 (0: no per-document cast of nouns)."
+            )
+        share = self.conjunction_share
+        if share is not None and not 0.0 < float(share) <= CONJUNCTION_SHARE:
+            raise ConfigError(
+                f"data.corpus.conjunction_share={share} must be in (0, {CONJUNCTION_SHARE:.4f}] (the generated "
+                "grammar's own share of conjunction words; null: the grammar as written)."
+            )
+        if share is not None and chosen:
+            raise ConfigError(
+                f"data.corpus.conjunction_share dials the generated corpus; unset it or data.corpus.{chosen[0]}."
             )
         marks = self.placeholders
         if isinstance(marks, str) or not all(isinstance(p, str) and p.strip() for p in marks):

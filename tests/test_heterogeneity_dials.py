@@ -1,0 +1,100 @@
+"""The heterogeneity dials of PoS-BERT (``data.corpus.conjunction_share``) and MM-MAE (``data.depth_relief``):
+each changes its data as documented, and the downstream task that needs the starved group or modality does."""
+
+import math
+
+import pytest
+
+from data.glue_like import _Gen
+from data.pos_bert import PosBertDataModule, _fingerprint
+from data.pos_grammar import CONJUNCTION_SHARE, conjunction_scale, expected_share, generate_corpus
+from utils.errors import ConfigError
+
+
+def _conjunctions(docs) -> tuple[int, int]:
+    groups = [g for _, doc in docs for s in doc for g in s.groups]
+    return groups.count("conjunction"), len(groups)
+
+
+def test_conjunction_share_sets_the_measured_share_of_the_generated_corpus(tmp_path):
+    """At three dial values the corpus's measured conjunction share is within 4 binomial standard errors of
+    the key (and decreasing with it); the scale that gives it is exact in expectation."""
+    assert CONJUNCTION_SHARE == pytest.approx(0.011465, abs=1e-6)
+    measured = []
+    for share in (CONJUNCTION_SHARE, 0.005, 0.002):
+        factor = conjunction_scale(share)
+        assert expected_share("CC", {"CC": factor}) == pytest.approx(share, rel=1e-9)
+        dm = PosBertDataModule(cache_dir=str(tmp_path), corpus={"n_docs": 600, "conjunction_share": share})
+        hits, words = _conjunctions(generate_corpus(**dm._generator_args()))
+        assert abs(hits - share * words) <= 4 * math.sqrt(share * words), (share, hits / words)
+        measured.append(hits / words)
+    assert measured[0] > measured[1] > measured[2] > 0
+    assert conjunction_scale(CONJUNCTION_SHARE) == pytest.approx(1.0, abs=1e-9)
+    assert conjunction_scale(0.002) == pytest.approx(0.1489, abs=1e-4)
+
+
+def test_null_is_todays_corpus_and_the_dial_is_in_the_cache_key(tmp_path):
+    """null generates the corpus bit for bit and keeps the cache fingerprint of before the key; every dial
+    value is its own cache (a changed dial never reuses a corpus)."""
+    corpus = {"n_docs": 40, "present_prob": 0.5, "topic_bias": 0.9}
+    null = PosBertDataModule(cache_dir=str(tmp_path), corpus={**corpus, "conjunction_share": None})
+    assert null._generator_args()["category_scale"] is None
+    assert generate_corpus(**null._generator_args()) == generate_corpus(
+        40, seed=0, present_prob=0.5, topic_bias=0.9
+    )
+    key = {"source": null._source_key(), "vocab": 4096, "lower": True, "ids": "canonical"}
+    assert _fingerprint(key) == "b354d96f08d11892"  # tests/test_pos_options.py's fingerprint without the key
+    keys = {
+        _fingerprint(
+            PosBertDataModule(
+                cache_dir=str(tmp_path), corpus={**corpus, "conjunction_share": s}
+            )._source_key()
+        )
+        for s in (0.002, 0.005, CONJUNCTION_SHARE)
+    }
+    assert len(keys) == 3 and _fingerprint(null._source_key()) not in keys
+
+
+@pytest.mark.parametrize(
+    ("corpus", "message"),
+    [
+        ({"conjunction_share": 0.5}, r"^data\.corpus\.conjunction_share=0\.5 must be in \(0, 0\.0115\]"),
+        ({"conjunction_share": 0.0}, r"^data\.corpus\.conjunction_share=0\.0 must be in"),
+        (
+            {"conjunction_share": 0.005, "text_file": "x.txt"},
+            r"^data\.corpus\.conjunction_share dials the generated",
+        ),
+        (
+            {"conjunction_share": "low"},
+            r"^data\.corpus\.conjunction_share='low' must be int or float or null\.$",
+        ),
+    ],
+)
+def test_a_bad_conjunction_share_names_the_key(tmp_path, corpus, message):
+    with pytest.raises(ConfigError, match=message):
+        PosBertDataModule(cache_dir=str(tmp_path), corpus=corpus)
+
+
+def test_the_rte_like_label_is_a_function_of_the_conjunction():
+    """Pairs drawn from the same stream with only the conjunction replaced are the same words elsewhere, and
+    'and'/'but' entail where 'or' does not. A classifier that cannot see the conjunction gives the three pairs
+    one answer, so on the pairs whose hypothesis keeps its nouns it is right on 2 of 3: the majority-class rate,
+    chance for this task; the conjunction and the visible noun change decide every label."""
+    triples = [[_Gen(seed).rte(c) for c in ("and", "but", "or")] for seed in range(300)]
+    kept = [t for t in triples if t[0].label == 1]
+    for a, b, o in triples:
+        rest = {x.a.replace(f", {c} ", ", _ ") for x, c in ((a, "and"), (b, "but"), (o, "or"))}
+        assert len(rest) == 1 and a.b == b.b == o.b  # identical but for the conjunction
+        assert o.label == 0 and a.label == b.label
+        changed = set(a.b.lower().rstrip(".").split()) - set(a.a.lower().replace(",", "").rstrip(".").split())
+        assert (a.label == 0) == bool(changed)  # 'and': entailed unless a hypothesis word is new
+    assert 0.65 < len(kept) / len(triples) < 0.85  # a quarter of the hypotheses have a changed noun
+
+    def blind(t):  # the best single answer for pairs that differ only in the conjunction
+        ones = sum(x.label for x in t)
+        return max(ones, len(t) - ones) / len(t)
+
+    majority = max(sum(x.label for t in kept for x in t), sum(1 - x.label for t in kept for x in t)) / (
+        3 * len(kept)
+    )
+    assert sum(blind(t) for t in kept) / len(kept) == pytest.approx(2 / 3) == pytest.approx(majority)
