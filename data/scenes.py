@@ -22,6 +22,14 @@ Two options decide how much a single pixel gives away (``data.colour_mode``, ``d
   geometry (the floor-contact row, the horizon, apparent size).
 
 ``colour_mode="class", depth_shading=0.06`` is the original generator, bit for bit.
+
+``data.depth_relief`` is MM-MAE's heterogeneity dial (docs/heterogeneity.md): a smooth random relief multiplies
+every surface's depth by ``exp(depth_relief * r)``, ``r`` a field of zero mean and unit standard deviation per
+scene (a Gaussian grid of one cell per 8 pixels, bilinearly interpolated) drawn from its own random stream. So the
+standard deviation of ``log(depth / depth without relief)`` is ``depth_relief`` exactly, and RGB, the semantic
+map and the label are those of the scene without it (0, the default: the same scenes, bit for bit). The relief
+is invisible in RGB: the depth reconstruction gets harder, its loss rises, while the scene geometry it must still
+learn (the downstream depth task's target) stays the same.
 """
 
 from __future__ import annotations
@@ -222,6 +230,19 @@ def _shade(rng, albedo, depth, semseg, noise_std: float, depth_shading: float) -
     return rgb, label
 
 
+def _relief(seed: int, split: str, index: int, s: int, rms: float) -> np.ndarray:
+    """``rms * r``: the log-depth relief of one scene (see the module docstring), from its own random stream."""
+    rng = np.random.default_rng([int(seed), SPLITS[split], int(index), 1])
+    cells = max(s // 8, 1)
+    grid = rng.standard_normal((cells + 1, cells + 1))
+    x = (np.arange(s) + 0.5) / s * cells
+    i = np.minimum(x.astype(int), cells - 1)
+    t = x - i
+    rows = grid[i] * (1 - t)[:, None] + grid[i + 1] * t[:, None]
+    field = rows[:, i] * (1 - t) + rows[:, i + 1] * t
+    return (rms * (field - field.mean()) / field.std()).astype(np.float32)
+
+
 def render_scene(
     seed: int,
     index: int,
@@ -233,10 +254,11 @@ def render_scene(
     return_layers: bool = False,
     colour_mode: str = "class",
     depth_shading: float = 0.0,
+    depth_relief: float = 0.0,
 ) -> dict[str, np.ndarray | int | list]:
     """Render one scene, a pure function of (seed, split, index) and the options.
 
-    ``colour_mode`` (``class`` | ``random``) and ``depth_shading`` are described in the module
+    ``colour_mode`` (``class`` | ``random``), ``depth_shading`` and ``depth_relief`` are described in the module
     docstring; ``colour_mode="class", depth_shading=0.06`` is the original generator.
 
     Returns ``rgb`` (H, W, 3) float32 in [0, 1], ``depth`` (H, W) float32 metres, ``semseg`` (H, W)
@@ -257,6 +279,8 @@ def render_scene(
     layers = _add_objects(rng, n_objects, room, f, rows, cols, colour_mode, return_layers)
     depth, semseg = room["depth"], room["semseg"]
     rgb, label = _shade(rng, room["albedo"], depth, semseg, noise_std, depth_shading)
+    if depth_relief > 0:  # after the shading: RGB never sees it
+        depth = depth * np.exp(_relief(seed, split, index, s, float(depth_relief)))
     out: dict = {"rgb": rgb, "depth": depth, "semseg": semseg, "label": label}
     if return_layers:
         out["layers"] = layers
@@ -279,11 +303,13 @@ class SceneDataset(Dataset):
         noise_std: float = 0.03,
         colour_mode: str = "class",
         depth_shading: float = 0.0,
+        depth_relief: float = 0.0,
     ) -> None:
         self.size, self.split, self.seed, self.image_size = int(size), split, int(seed), int(image_size)
         self.modalities = tuple(modalities)
         self.min_objects, self.max_objects, self.noise_std = min_objects, max_objects, noise_std
         self.colour_mode, self.depth_shading = str(colour_mode), float(depth_shading)
+        self.depth_relief = float(depth_relief)
 
     def __len__(self) -> int:
         return self.size
@@ -299,6 +325,7 @@ class SceneDataset(Dataset):
             self.noise_std,
             colour_mode=self.colour_mode,
             depth_shading=self.depth_shading,
+            depth_relief=self.depth_relief,
         )
         out = {"label": torch.tensor(scene["label"])}
         if "rgb" in self.modalities:
@@ -319,8 +346,18 @@ def check_scene_options(
     modalities_key: str = "modalities",
     colour_mode: str = "class",
     depth_shading: float = 0.0,
+    depth_relief: float = 0.0,
 ) -> None:
     """Raise ConfigError, naming the key, for options the generator cannot honour."""
+    if (
+        isinstance(depth_relief, bool)
+        or not isinstance(depth_relief, (int, float))
+        or not 0 <= depth_relief <= 1
+    ):
+        raise ConfigError(
+            f"{prefix}.depth_relief={depth_relief!r} must be a number in [0, 1] (the standard deviation of the "
+            "log-depth relief; 0: none)."
+        )
     if colour_mode not in COLOUR_MODES:
         raise ConfigError(
             f"{prefix}.colour_mode={colour_mode!r} is not a colour mode; choose among {', '.join(COLOUR_MODES)}."
@@ -371,6 +408,7 @@ class ScenesDataModule(L.LightningDataModule):
         noise_std: float = 0.03,
         colour_mode: str = "class",
         depth_shading: float = 0.0,
+        depth_relief: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -382,6 +420,7 @@ class ScenesDataModule(L.LightningDataModule):
             max_objects,
             colour_mode=colour_mode,
             depth_shading=depth_shading,
+            depth_relief=depth_relief,
         )
         if int(num_classes) != NUM_CLASSES:
             raise ConfigError(
@@ -403,6 +442,7 @@ class ScenesDataModule(L.LightningDataModule):
             noise_std=noise_std,
             colour_mode=colour_mode,
             depth_shading=depth_shading,
+            depth_relief=depth_relief,
         )
         self.train_size, self.val_size = int(train_size), int(val_size)
         self.samples_per_epoch = min(int(samples_per_epoch), self.train_size)

@@ -98,3 +98,39 @@ def test_the_rte_like_label_is_a_function_of_the_conjunction():
         3 * len(kept)
     )
     assert sum(blind(t) for t in kept) / len(kept) == pytest.approx(2 / 3) == pytest.approx(majority)
+
+
+def test_depth_relief_sets_the_log_depth_spread_and_leaves_the_other_modalities():
+    """The std of log(depth / depth without relief) is data.depth_relief in every scene; RGB, the semantic map
+    and the label are the relief-free scene's, and 0 is today's scene bit for bit."""
+    import numpy as np
+
+    from data.scenes import ScenesDataModule, render_scene
+
+    for index in range(3):
+        clean = render_scene(5, index, "train", image_size=32)
+        assert all(
+            np.array_equal(clean[k], render_scene(5, index, "train", 32, depth_relief=0.0)[k]) for k in clean
+        )
+        for relief in (0.05, 0.2, 0.5):
+            scene = render_scene(5, index, "train", image_size=32, depth_relief=relief)
+            log_ratio = np.log(scene["depth"].astype(np.float64) / clean["depth"])
+            assert log_ratio.std() == pytest.approx(relief, rel=1e-4) and abs(log_ratio.mean()) < 1e-5
+            assert np.array_equal(scene["rgb"], clean["rgb"]) and np.array_equal(
+                scene["semseg"], clean["semseg"]
+            )
+            assert scene["label"] == clean["label"]
+    # through the data module (the pre-training batches): the same relation
+    item = ScenesDataModule(image_size=32, depth_relief=0.2, seed=5).train_set[1]
+    base = ScenesDataModule(image_size=32, seed=5).train_set[1]
+    assert float((item["depth"].double() / base["depth"]).log().std(unbiased=False)) == pytest.approx(
+        0.2, rel=1e-4
+    )
+
+
+@pytest.mark.parametrize("relief", [-0.1, 1.5, "high", True])
+def test_a_bad_depth_relief_names_the_key(relief):
+    from data.scenes import ScenesDataModule
+
+    with pytest.raises(ConfigError, match=r"^data\.depth_relief=.* must be a number in \[0, 1\]"):
+        ScenesDataModule(depth_relief=relief)
