@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from runner.heterogeneity import heterogeneity_figure, heterogeneity_frame
 from runner.tables import MEASURES, curve_frame, row_key, row_labels, theory_frame
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,8 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     with a 95% t-interval band), theory.png (convex: worst-case excess risk and sample complexity against the
     worst-case initial risk, ``_theory_figure``), weights.png, upstream_losses.png (per balancer, over pre-training steps,
     mean over seeds), figure3.png (MM-MAE) and downstream.png (each downstream task's primary metric per balancer,
-    mean +- std over seeds); a heterogeneity map (runs with a ``data.minority`` override, with ``none``) adds
-    heterogeneity.csv and heterogeneity.png (``heterogeneity_frame``)."""
+    mean +- std over seeds); a heterogeneity map (runs with an override of a dial of ``runner.heterogeneity.DIALS``,
+    with the dial's baseline) adds heterogeneity.csv and heterogeneity.png (``heterogeneity_frame``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +224,7 @@ def write_figures(sweep_dir: Path, runs: list[dict], table: dict) -> list[Path]:
     if not dialled.empty:  # the heterogeneity map (experiment=heterogeneity_*): its numbers and its figure
         dialled.to_csv(sweep_dir / "heterogeneity.csv", index=False)
         primary_n = (table.get("settings") or {}).get("primary_n")
-        written.append(_heterogeneity_figure(sweep_dir / "heterogeneity.png", dialled, primary_n))
+        written.append(heterogeneity_figure(sweep_dir / "heterogeneity.png", dialled, primary_n, _save))
     # Figure 3 of the paper: each balancer's segmentation of the same fixed dev images (first seed)
     with_seg = [
         (r, label)
@@ -358,76 +359,4 @@ def _downstream_figure(path: Path, table: dict, tasks: list[str]) -> Path:
     arrow = "higher is better" if table["higher_is_better"] else "lower is better"
     ax.set_ylabel(f"primary metric ({arrow})")
     ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-#: the heterogeneity dial of the maps (``experiment=heterogeneity_*``): the override a run's dial value is read from
-DIAL = "data.minority"
-#: the map's worst-task measures (lower is better): the worst upstream risk, the worst downstream initial risk and
-#: the worst downstream primary metric (excess risk at the primary N)
-MAP_MEASURES = ("upstream", "initial", "excess")
-
-
-def heterogeneity_frame(runs: list[dict]):
-    """The heterogeneity map: per dial value (:data:`DIAL`) and balancer other than ``none``, the paired
-    difference (balancer - none, paired by seed, ``runner.statistics.paired``) of each of :data:`MAP_MEASURES`
-    with its 95% interval: columns ``dial, row, pairs, <m>, <m>_low, <m>_high``, ``<m>_none`` (none's mean, the
-    scale of the difference) and ``<m>_crossover``, the smallest dial value of that row whose interval lies below
-    0 (NaN: none). Empty without dialled runs."""
-    import pandas as pd
-
-    from runner.statistics import paired
-
-    recs = []
-    for r in runs:
-        over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
-        s = r.get("summary") or {}
-        if DIAL not in over or "worst" not in s:
-            continue
-        initial = (s.get("by_metric") or {}).get("initial_risk") or {}
-        recs.append({
-            "dial": float(over[DIAL]), "row": r.get("balancer"), "seed": r.get("seed"), "excess": s["worst"],
-            "upstream": (r.get("pretrained") or {}).get("worst_upstream_risk", math.nan),
-            "initial": initial.get("worst", math.nan),
-        })  # fmt: skip
-    df = pd.DataFrame(recs)
-    if df.empty or "none" not in set(df["row"]):
-        return pd.DataFrame()
-    out = []
-    for (dial, row), _ in df[df["row"] != "none"].groupby(["dial", "row"]):
-        res = paired(df[df["dial"] == dial], row, "none", MAP_MEASURES)
-        out.append({"dial": dial, "row": row, "pairs": res["pairs"]}
-                   | {k: v for m in MAP_MEASURES for k, v in zip((m, f"{m}_low", f"{m}_high"), res[m])})  # fmt: skip
-    frame = pd.DataFrame(out).sort_values(["row", "dial"], ignore_index=True)
-    none = df[df["row"] == "none"].groupby("dial")[list(MAP_MEASURES)].mean()  # the scale of each difference
-    for m in MAP_MEASURES:
-        frame[f"{m}_none"] = frame["dial"].map(none[m])
-        below = frame[frame[f"{m}_high"] < 0].groupby("row")["dial"].min()
-        frame[f"{m}_crossover"] = frame["row"].map(below)
-    return frame
-
-
-def _heterogeneity_figure(path: Path, frame, primary_n) -> Path:
-    """heterogeneity.png: :func:`heterogeneity_frame`'s paired worst-task differences against the dial, one
-    panel per measure, a line and 95% band per balancer, the crossover dash-dotted."""
-    import matplotlib.pyplot as plt
-
-    titles = ("upstream: worst task risk", "downstream: worst initial risk",
-              f"downstream: worst excess risk at N={primary_n}")  # fmt: skip
-    fig, axes = plt.subplots(1, len(MAP_MEASURES), figsize=(12.5, 3.8))
-    for ax, m, title in zip(axes, MAP_MEASURES, titles):
-        for i, (row, f) in enumerate(frame.groupby("row")):
-            color, style = f"C{i % 10}", ("-o", "--s", ":^")[i % 3]  # minimax_ref may lie on minimax
-            ax.plot(f["dial"], f[m], style, ms=4, lw=1.2, color=color, label=f"{row} - none", mfc="none")
-            ax.fill_between(f["dial"], f[f"{m}_low"], f[f"{m}_high"], color=color, alpha=0.2, lw=0)
-            cross = f[f"{m}_crossover"].iloc[0]
-            if math.isfinite(cross):
-                ax.axvline(cross, color=color, ls="-.", lw=1, label=f"{row}: crossover {DIAL}={cross:g}")
-        ax.axhline(0.0, color="k", lw=0.7)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"heterogeneity dial {DIAL}")
-    axes[0].set_ylabel("paired difference vs none (< 0: better)")
-    axes[0].legend(fontsize=7)  # the first panel also names the crossovers
-    fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval band; crossover: the "
-                 "smallest dial value whose interval lies below 0", fontsize=8)  # fmt: skip
     return _save(fig, path)

@@ -134,3 +134,88 @@ def test_a_bad_depth_relief_names_the_key(relief):
 
     with pytest.raises(ConfigError, match=r"^data\.depth_relief=.* must be a number in \[0, 1\]"):
         ScenesDataModule(depth_relief=relief)
+
+
+def _fake_run(sweep, experiment, key, value, balancer, seed, downstream, **sections):
+    import json
+
+    d = sweep / f"{value}_{balancer}_{seed}"
+    d.mkdir(parents=True)
+    res = {
+        "experiment": experiment, "balancer": balancer, "seed": seed, "stage": "all",
+        "overrides": [f"{key}={value}", f"balancer={balancer}", f"seed={seed}"],
+        "downstream": {"rte": {"metrics": {"accuracy": downstream}, "primary": "accuracy", "higher_is_better": True}},
+        "summary": {"worst": downstream, "average": downstream, "higher_is_better": True},
+        **sections,
+    }  # fmt: skip
+    (d / "results.json").write_text(json.dumps(res))
+
+
+def _read_map(sweep):
+    import csv
+
+    from runner.report import write_summary
+
+    summary = write_summary(sweep).read_text()
+    assert (
+        sweep / "heterogeneity.png"
+    ).stat().st_size > 10_000 and "![heterogeneity](heterogeneity.png)" in summary
+    rows = list(csv.DictReader((sweep / "heterogeneity.csv").read_text().splitlines()))
+    return {(r["row"], float(r["dial"])): r for r in rows}
+
+
+def test_pos_bert_map_pairs_with_vanilla_reads_the_share_and_marks_the_least_heterogeneous_crossover(
+    tmp_path,
+):
+    """heterogeneity_pos_bert's report from fake runs: the dial is data.corpus.conjunction_share (null = the
+    grammar's share), the baseline vanilla, the upstream measure the smallest context gain (higher is better);
+    minimax gains 0 at null, +0.1 at 0.005 and +0.4 at 0.002 (noise 0.01), so its crossover is 0.005, the largest
+    share (least heterogeneous) whose interval lies above 0; downstream it never moves: no crossover."""
+    key = "data.corpus.conjunction_share"
+    for seed, noise in enumerate([0.01, -0.01, 0.005]):
+        for value, gain in [("null", 0.0), (0.005, 0.1), (0.002, 0.4)]:
+            for balancer, up in [
+                ("vanilla", 1.0),
+                ("minimax", 1.0 + gain + noise),
+                ("minimax_ref", 1.0 + noise),
+            ]:
+                acc = 0.7 + (noise if balancer != "vanilla" else 0.0)
+                _fake_run(tmp_path, "heterogeneity_pos_bert", key, value, balancer, seed, acc,
+                          upstream_eval={"min_context_gain": up})  # fmt: skip
+    rows = _read_map(tmp_path)
+    assert set(rows) == {
+        (b, v) for b in ("minimax", "minimax_ref") for v in (CONJUNCTION_SHARE, 0.005, 0.002)
+    }
+    high = rows["minimax", 0.002]
+    assert float(high["upstream"]) == pytest.approx(0.4 + 0.005 / 3) and float(high["upstream_low"]) > 0
+    assert float(high["upstream_vanilla"]) == 1.0 and high["dial_key"] == key and high["pairs"] == "3"
+    assert (
+        float(rows["minimax", CONJUNCTION_SHARE]["upstream_low"])
+        < 0
+        < float(rows["minimax", CONJUNCTION_SHARE]["upstream_high"])
+    )
+    assert {float(r["upstream_crossover"]) for (b, _), r in rows.items() if b == "minimax"} == {0.005}
+    assert all(r["upstream_crossover"] == "" for (b, _), r in rows.items() if b == "minimax_ref")
+    assert all(r["downstream_crossover"] == "" for r in rows.values())
+
+
+def test_mm_mae_map_pairs_with_none_on_the_worst_upstream_loss(tmp_path):
+    """heterogeneity_mm_mae's report from fake runs: the dial is data.depth_relief, the baseline none, the
+    upstream measure the largest final task loss (lower is better): at relief 0.4 depth is the worst task and
+    minimax lowers it by 0.05 (crossover 0.4); at 0 nothing differs but noise."""
+    for seed, noise in enumerate([0.002, -0.003, 0.001]):
+        for relief, depth_none, gap in [(0.0, 0.2, 0.0), (0.4, 0.5, -0.05)]:
+            for balancer in ("none", "minimax"):
+                depth = depth_none + (gap + noise if balancer == "minimax" else 0.0)
+                _fake_run(tmp_path, "heterogeneity_mm_mae", "data.depth_relief", relief, balancer, seed, 0.6,
+                          upstream={"rgb": 0.3, "depth": depth, "semseg": 0.25})  # fmt: skip
+    rows = _read_map(tmp_path)
+    assert (
+        float(rows["minimax", 0.4]["upstream"]) == pytest.approx(-0.05)
+        and float(rows["minimax", 0.4]["upstream_none"]) == 0.5
+    )
+    assert float(rows["minimax", 0.0]["upstream_none"]) == 0.3  # rgb is the worst task without relief
+    assert (
+        float(rows["minimax", 0.4]["upstream_high"]) < 0
+        and float(rows["minimax", 0.4]["upstream_crossover"]) == 0.4
+    )

@@ -1,0 +1,162 @@
+"""The heterogeneity maps (``experiment=heterogeneity_*``, docs/heterogeneity.md): per dial value and balancer, the
+paired worst-task difference to the experiment's baseline, its crossover, heterogeneity.csv and heterogeneity.png.
+
+Each experiment's dial is one config key (:data:`DIALS`); a run's dial value is read from its overrides, so a
+sweep over that key is a map. The baseline is the paper's: ``vanilla`` for PoS-BERT, ``none`` for the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.pos_grammar import CONJUNCTION_SHARE
+
+
+def _worst_upstream_risk(r: dict) -> float:
+    return (r.get("pretrained") or {}).get("worst_upstream_risk", math.nan)
+
+
+def _worst_initial_risk(r: dict) -> float:
+    return ((r["summary"].get("by_metric") or {}).get("initial_risk") or {}).get("worst", math.nan)
+
+
+def _worst_downstream(r: dict) -> float:
+    return r["summary"]["worst"]
+
+
+def _min_context_gain(r: dict) -> float:
+    return (r.get("upstream_eval") or {}).get("min_context_gain", math.nan)
+
+
+def _worst_upstream_loss(r: dict) -> float:
+    losses = [v for v in (r.get("upstream") or {}).values() if isinstance(v, (int, float))]
+    return max(losses) if losses else math.nan
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One worst-task measure of a map: how to read it from a run's results.json, its panel title (``{n}``: the
+    primary downstream N) and whether higher is better."""
+
+    read: Callable[[dict], float]
+    title: str
+    higher_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class Dial:
+    """An experiment's heterogeneity dial: its config ``key``, the ``baseline`` balancer, the map's measures,
+    the value a ``null`` override stands for, and whether heterogeneity ``rises`` with the value."""
+
+    key: str
+    baseline: str
+    measures: dict[str, Measure] = field(default_factory=dict)
+    null: float = math.nan
+    rises: bool = True
+
+
+#: the dial of each experiment, by config key (a run's dial is the first of these its overrides set)
+DIALS = {
+    "data.minority": Dial("data.minority", "none", {
+        "upstream": Measure(_worst_upstream_risk, "upstream: worst task risk"),
+        "initial": Measure(_worst_initial_risk, "downstream: worst initial risk"),
+        "excess": Measure(_worst_downstream, "downstream: worst excess risk at N={n}"),
+    }),
+    "data.corpus.conjunction_share": Dial("data.corpus.conjunction_share", "vanilla", {
+        "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the POS groups", True),
+        "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
+    }, null=CONJUNCTION_SHARE, rises=False),
+    "data.depth_relief": Dial("data.depth_relief", "none", {
+        "upstream": Measure(_worst_upstream_loss, "upstream: worst task loss"),
+        "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
+    }, null=0.0),
+}  # fmt: skip
+
+
+def _dial_of(overrides: dict[str, str]) -> Dial | None:
+    return next((DIALS[k] for k in DIALS if k in overrides), None)
+
+
+def heterogeneity_frame(runs: list[dict]):
+    """The map of the runs' dial (:data:`DIALS`, the first found): per dial value and balancer other than the
+    baseline, the paired difference (balancer - baseline, paired by seed, ``runner.statistics.paired``) of each of
+    the dial's measures with its 95% interval. Columns ``dial_key, dial, row, pairs, <m>, <m>_low, <m>_high``,
+    ``<m>_<baseline>`` (the baseline's mean, the scale of the difference) and ``<m>_crossover``: the least
+    heterogeneous dial value of that row whose interval lies on the better side of 0 (NaN: none). Empty without
+    dialled runs."""
+    import pandas as pd
+
+    from runner.statistics import paired
+
+    recs, dial = [], None
+    for r in runs:
+        over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
+        found = _dial_of(over)
+        if (
+            found is None
+            or (dial is not None and found is not dial)
+            or "worst" not in (r.get("summary") or {})
+        ):
+            continue
+        dial, value = found, over[found.key]
+        recs.append({"dial": dial.null if value == "null" else float(value), "row": r.get("balancer"),
+                     "seed": r.get("seed")} | {m: float(x.read(r)) for m, x in dial.measures.items()})  # fmt: skip
+    df = pd.DataFrame(recs)
+    if dial is None or dial.baseline not in set(df["row"]):
+        return pd.DataFrame()
+    base, measures = dial.baseline, list(dial.measures)
+    out = []
+    for (value, row), _ in df[df["row"] != base].groupby(["dial", "row"]):
+        res = paired(df[df["dial"] == value], row, base, measures)
+        out.append({"dial_key": dial.key, "dial": value, "row": row, "pairs": res["pairs"]}
+                   | {k: v for m in measures for k, v in zip((m, f"{m}_low", f"{m}_high"), res[m])})  # fmt: skip
+    frame = pd.DataFrame(out).sort_values(["row", "dial"], ignore_index=True)
+    means = df[df["row"] == base].groupby("dial")[measures].mean()  # the scale of each difference
+    for m, x in dial.measures.items():
+        frame[f"{m}_{base}"] = frame["dial"].map(means[m])
+        better = frame[frame[f"{m}_low"] > 0] if x.higher_is_better else frame[frame[f"{m}_high"] < 0]
+        cross = better.groupby("row")["dial"].agg("min" if dial.rises else "max")
+        frame[f"{m}_crossover"] = frame["row"].map(cross)
+    return frame
+
+
+def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
+    """heterogeneity.png: :func:`heterogeneity_frame`'s paired worst-task differences against the dial, one
+    panel per measure, a line and 95% band per balancer, the crossover dash-dotted; heterogeneity rises to the
+    right (``save``: the figures' saver)."""
+    import matplotlib.pyplot as plt
+
+    dial = DIALS[frame["dial_key"].iloc[0]]
+    fig, axes = plt.subplots(1, len(dial.measures), figsize=(4.2 * len(dial.measures), 3.8), squeeze=False)
+    for ax, (m, measure) in zip(axes[0], dial.measures.items()):
+        for i, (row, f) in enumerate(frame.groupby("row")):
+            color, style = f"C{i % 10}", ("-o", "--s", ":^")[i % 3]  # minimax_ref may lie on minimax
+            ax.plot(
+                f["dial"],
+                f[m],
+                style,
+                ms=4,
+                lw=1.2,
+                color=color,
+                label=f"{row} - {dial.baseline}",
+                mfc="none",
+            )
+            ax.fill_between(f["dial"], f[f"{m}_low"], f[f"{m}_high"], color=color, alpha=0.2, lw=0)
+            cross = f[f"{m}_crossover"].iloc[0]
+            if math.isfinite(cross):
+                ax.axvline(cross, color=color, ls="-.", lw=1, label=f"{row}: crossover {dial.key}={cross:g}")
+        ax.axhline(0.0, color="k", lw=0.7)
+        ax.set_title(measure.title.format(n=primary_n), fontsize=9)
+        ax.set_xlabel(f"heterogeneity dial {dial.key}")
+        ax.set_ylabel(
+            f"paired difference vs {dial.baseline} ({'> 0' if measure.higher_is_better else '< 0'}: better)"
+        )
+        if not dial.rises:
+            ax.invert_xaxis()  # the lower the value, the more heterogeneous
+    axes[0][0].legend(fontsize=7)  # the first panel also names the crossovers
+    fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval band; crossover: the least "
+                 "heterogeneous dial value whose interval lies on the better side of 0", fontsize=8)  # fmt: skip
+    return save(fig, path)
