@@ -91,7 +91,13 @@ EXPERIMENT_EXTRA = {
     for e in ("paper_table2", "paper_table2_s50")
 }
 #: groups an experiment sets keys inside that only its own choice has (paper_table2's downstream.suites)
-FIXED_GROUPS = {"paper_table2": {"downstream"}, "paper_table2_s50": {"downstream"}}
+FIXED_GROUPS = {
+    "paper_table2": {"downstream"},
+    "paper_table2_s50": {"downstream"},
+    # the heterogeneity dials are keys of the generated data (the grammar corpus, the rendered scenes)
+    "heterogeneity_pos_bert": {"data"},
+    "heterogeneity_mm_mae": {"data"},
+}
 #: what reads a dataset on disk when constructed: composed and resolved, its class imported, not built
 NOT_CONSTRUCTED = {"data": {"imagenet_folder"}, "downstream": {"nyuv2", "image_folder_cls", "table2_real"}}
 

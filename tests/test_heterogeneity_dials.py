@@ -219,3 +219,20 @@ def test_mm_mae_map_pairs_with_none_on_the_worst_upstream_loss(tmp_path):
         float(rows["minimax", 0.4]["upstream_high"]) < 0
         and float(rows["minimax", 0.4]["upstream_crossover"]) == 0.4
     )
+
+
+@pytest.mark.parametrize(
+    ("experiment", "measure"),
+    [("heterogeneity_pos_bert", "_min_context_gain"), ("heterogeneity_mm_mae", "_worst_upstream_loss")],
+)
+def test_each_map_experiment_runs_under_smoke_and_reports_what_its_map_reads(tmp_path, experiment, measure):
+    """One run of each map (its high end, debug=smoke) gives results.json with the upstream measure its map
+    reads and the worst downstream task (finite numbers)."""
+    from helpers import run_pipeline
+
+    import runner.heterogeneity as het
+
+    results = run_pipeline(
+        [f"experiment={experiment}", "debug=smoke", "logger=none", "balancer=minimax"], tmp_path
+    )
+    assert math.isfinite(getattr(het, measure)(results)) and math.isfinite(results["summary"]["worst"])
