@@ -128,6 +128,9 @@ def test_a_paper_preset_plans_in_under_a_minute(tmp_path, experiment, parameters
         assert 0.6 <= plan["flops_per_step"] / (6 * plan["parameters"] * per_step) <= 1.2
     assert plan["total_flops"] == pytest.approx(plan["flops_per_step"] * plan["steps"])
     assert f"plan of {experiment}" in proc.stdout and "H100 80GB" in proc.stdout
+    # what stage=report report.data=plan.json stores as the plan's provenance (docs/scaling.md's blocks)
+    assert plan["command"] == f"python run.py experiment={experiment} stage=plan logger=none"
+    assert plan["renderer"] == "plan" and 0 < plan["seconds"] < 60 and len(plan["producer"]["commit"]) == 40
 
 
 def test_plan_hours_and_fit_follow_the_numbers(tmp_path):
