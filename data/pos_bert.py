@@ -68,6 +68,7 @@ from data.text_sources import (
     decode_error,
     read_disk_dataset,
     read_hub_dataset,
+    read_hub_sources,
     read_text_dir,
     read_text_file,
     split_long_sentences,
@@ -167,6 +168,7 @@ class PosBertDataModule(LightningDataModule):
             ("text_dir", self.text_dir),
             ("hf_dataset", self.hf_dataset),
             ("disk_dataset", self.disk_dataset),
+            ("hf_sources", [dict(x) for x in self.corpus.hf_sources] or None),
         ):
             if value is not None:
                 return f"data.corpus.{key}={value}"
@@ -174,7 +176,7 @@ class PosBertDataModule(LightningDataModule):
 
     @property
     def real_text(self) -> bool:
-        return any(x is not None for x in (self.text_file, self.hf_dataset, self.text_dir, self.disk_dataset))
+        return bool(self.corpus.sources)
 
     def _source_key(self) -> dict[str, Any]:
         key = self._corpus_key()
@@ -188,6 +190,9 @@ class PosBertDataModule(LightningDataModule):
         return {"smoke": False} if limit is None else {"sentences": limit}
 
     def _corpus_key(self) -> dict[str, Any]:
+        if self.corpus.hf_sources:
+            hub = [{k: x[k] for k in sorted(x)} for x in self.corpus.hf_sources]
+            return {"hf_sources": hub, "streaming": self.corpus.streaming, **self._limit_key(), "v": CACHE_FORMAT}
         if self.hf_dataset is not None:
             return {
                 "hf": [self.hf_dataset, self.corpus.hf_config, self.corpus.hf_split, self.corpus.text_column],
@@ -242,6 +247,8 @@ class PosBertDataModule(LightningDataModule):
                 texts, docs = read_text_file(self.text_file, self.encoding)
             elif self.text_dir is not None:
                 texts, docs = read_text_dir(self.text_dir, self.encoding, self._dir_files)
+            elif self.corpus.hf_sources:
+                texts, docs = read_hub_sources(self.corpus.hf_sources, self.corpus.streaming)
             elif self.disk_dataset is not None:
                 texts, docs = read_disk_dataset(
                     self.disk_dataset, self.corpus.hf_split, self.corpus.text_column, self.corpus.max_rows

@@ -5,8 +5,9 @@
 - :func:`check_encoding`, :func:`decode_error`, :func:`check_text_file`, :func:`text_dir_files`: start-up
   checks of local text (encodings, binary files, the byte offset of a decoding error).
 - :func:`read_text_file`, :func:`read_text_dir`, :func:`read_hub_dataset` (optionally streamed),
-  :func:`read_disk_dataset` (``save_to_disk``): the readers of ``data.corpus.text_file`` / ``text_dir`` /
-  ``hf_dataset`` / ``disk_dataset``.
+  :func:`read_disk_dataset` (``save_to_disk``), :func:`read_hub_sources` (several hub datasets in a row, e.g.
+  Wikipedia + BookCorpus): the readers of ``data.corpus.text_file`` / ``text_dir`` / ``hf_dataset`` /
+  ``disk_dataset`` / ``hf_sources``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -212,22 +214,82 @@ def read_hub_dataset(
     BookCorpus-style), or a line of one (WikiText, whose blank rows and headings separate documents)."""
     import itertools
 
-    import datasets
-
     where = f"data.corpus.hf_dataset={name!r}"
-    try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
-    except Exception as e:  # offline, missing, renamed: one sentence for all
-        raise DataError(
-            f"data.corpus.hf_dataset={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or "
-            f"its cache ({type(e).__name__}); offline, use data.corpus.text_file=<local text file> or data.corpus.text_dir."
-        ) from None
+    ds = _load_hub(name, config, split, streaming, "data.corpus.hf_dataset")
     _text_column(ds, column, name)
     if streaming:
         rows = (row[column] for row in itertools.islice(ds, max_rows))
         return split_documents(_rows_as_lines(rows), where)
     texts = ds[column] if max_rows is None else ds[column][:max_rows]
     return split_documents(_rows_as_lines(texts), where)
+
+
+def _load_hub(name: str, config: str | None, split: str, streaming: bool, key: str):
+    """``datasets.load_dataset`` of a hub dataset's split; one sentence naming ``key`` when it cannot be loaded."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as e:  # offline, missing, renamed: one sentence for all
+        raise DataError(
+            f"{key}={name!r} (config {config!r}, split {split!r}) could not be loaded from the hub or its cache "
+            f"({type(e).__name__}); offline, use data.corpus.text_file=<local text file> or data.corpus.text_dir."
+        ) from None
+
+
+#: the keys of one entry of ``data.corpus.hf_sources`` and their defaults (``hf_dataset`` has none)
+HUB_SOURCE_DEFAULTS = {
+    "hf_config": None,
+    "hf_split": "train",
+    "text_column": "text",
+    "max_rows": None,
+    "document_rows": None,
+}
+
+
+def hub_source(source, streaming: bool, index: int):
+    """Entry ``index`` of ``data.corpus.hf_sources`` as a lazy ``datasets.IterableDataset`` with one column
+    ``text``, one whole document a row: its first ``max_rows`` rows, each a document, or with ``document_rows``
+    every ``document_rows`` consecutive rows joined into one (a corpus of one sentence a row, e.g. BookCorpus)."""
+    key = f"data.corpus.hf_sources[{index}]"
+    unknown = sorted(set(source) - {"hf_dataset", *HUB_SOURCE_DEFAULTS})
+    if unknown or not source.get("hf_dataset"):
+        raise ConfigError(
+            f"{key} needs hf_dataset and takes {', '.join(HUB_SOURCE_DEFAULTS)}"
+            + (f"; {unknown[0]!r} is not one of them." if unknown else ".")
+        )
+    opts = {**HUB_SOURCE_DEFAULTS, **source}
+    name, column, rows = opts["hf_dataset"], opts["text_column"], opts["document_rows"]
+    ds = _load_hub(name, opts["hf_config"], opts["hf_split"], streaming, f"{key}.hf_dataset")
+    if not streaming:
+        ds = ds.to_iterable_dataset()
+    _text_column(ds, column, name)
+    ds = ds.select_columns([column])
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    if opts["max_rows"]:
+        ds = ds.take(int(opts["max_rows"]))
+    if rows:
+        ds = ds.map(lambda b: {"text": ["\n".join(t or "" for t in b["text"])]}, batched=True, batch_size=int(rows))
+    return ds
+
+
+def read_hub_sources(sources, streaming: bool = False) -> tuple[list[str], list[int]]:
+    """Sentences and document index of ``data.corpus.hf_sources``: each entry read as :func:`hub_source` says,
+    the entries one after the other in the configured order (``datasets.concatenate_datasets``), each row of the
+    result one document (its lines split into sentences by :func:`split_documents`)."""
+    import datasets
+
+    if isinstance(sources, Mapping) or not sources:
+        raise ConfigError("data.corpus.hf_sources must be a list of hub datasets (each with hf_dataset).")
+    combined = datasets.concatenate_datasets([hub_source(s, streaming, i) for i, s in enumerate(sources)])
+
+    def lines():
+        for row in combined:
+            yield from (row["text"] or "").splitlines()
+            yield ""  # a row ends its document
+
+    return split_documents(lines(), "data.corpus.hf_sources")
 
 
 def read_disk_dataset(path: Path, split: str, column: str, max_rows: int | None = None):
