@@ -5,7 +5,8 @@ Pipeline (run once, cached under ``cache_dir``; never in the training loop):
 1. Sentences with word-level POS groups: the embedded grammar (``data.pos_grammar``, gold groups) or real
    text (a local file or folder, a hub or saved dataset: ``data.text_sources``; documents end at blank lines
    or ``= Title =`` headings) tagged by NLTK ``pos_tag_sents`` on the words of the tokenizer's pre-tokenizer,
-   Penn tags mapped by ``data.pos_tagging.penn_to_group``.
+   Penn tags mapped by ``data.pos_tagging.penn_to_group``. Real text is read lazily (a stream no further than
+   ``max_rows``) into an Arrow file a batch at a time, which the tagging ``map`` reads memory-mapped.
 2. A tokenizer: the one the user names (hub name or local path), or a WordPiece tokenizer trained on the
    corpus with ``tokenizers`` (``data.pos_tagging.train_wordpiece``) and cached.
 3. ``datasets.Dataset.map(num_proc=...)`` tags (text files) and tokenizes with ``is_split_into_words``
@@ -22,8 +23,10 @@ Pipeline (run once, cached under ``cache_dir``; never in the training loop):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -68,12 +71,14 @@ from data.text_sources import (
     decode_error,
     read_disk_dataset,
     read_hub_dataset,
+    read_hub_sources,
     read_text_dir,
     read_text_file,
     split_long_sentences,
     text_dir_files,
+    write_sentences,
 )
-from utils.atomic import atomic_write, remove_stale_temps
+from utils.atomic import atomic_write, remove_stale_temps, temp_path
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -167,6 +172,7 @@ class PosBertDataModule(LightningDataModule):
             ("text_dir", self.text_dir),
             ("hf_dataset", self.hf_dataset),
             ("disk_dataset", self.disk_dataset),
+            ("hf_sources", [dict(x) for x in self.corpus.hf_sources] or None),
         ):
             if value is not None:
                 return f"data.corpus.{key}={value}"
@@ -174,7 +180,7 @@ class PosBertDataModule(LightningDataModule):
 
     @property
     def real_text(self) -> bool:
-        return any(x is not None for x in (self.text_file, self.hf_dataset, self.text_dir, self.disk_dataset))
+        return bool(self.corpus.sources)
 
     def _source_key(self) -> dict[str, Any]:
         key = self._corpus_key()
@@ -188,6 +194,9 @@ class PosBertDataModule(LightningDataModule):
         return {"smoke": False} if limit is None else {"sentences": limit}
 
     def _corpus_key(self) -> dict[str, Any]:
+        if self.corpus.hf_sources:
+            hub = [{k: x[k] for k in sorted(x)} for x in self.corpus.hf_sources]
+            return {"hf_sources": hub, "streaming": self.corpus.streaming, **self._limit_key(), "v": CACHE_FORMAT}
         if self.hf_dataset is not None:
             return {
                 "hf": [self.hf_dataset, self.corpus.hf_config, self.corpus.hf_split, self.corpus.text_column],
@@ -236,33 +245,48 @@ class PosBertDataModule(LightningDataModule):
             ),
         }
 
-    def _raw(self) -> dict[str, list]:
+    def _raw(self):
         if getattr(self, "_raw_cache", None) is None:
             self._raw_cache = self._read_raw()
         return self._raw_cache
 
-    def _read_raw(self) -> dict[str, list]:
+    def _drop_raw(self) -> None:
+        """Forget the raw corpus and delete its Arrow file (real text), once the tagged cache holds it."""
+        self._raw_cache = None
+        if getattr(self, "_raw_dir", None) is not None:
+            shutil.rmtree(self._raw_dir, ignore_errors=True)
+            self._raw_dir = None
+
+    def _sentences_of_source(self):
+        """The real text's ``(sentence, doc)`` pairs, read lazily (a stream no further than max_rows)."""
+        c = self.corpus
+        if self.text_file is not None:
+            return read_text_file(self.text_file, self.encoding, lazy=True)
+        if self.text_dir is not None:
+            return read_text_dir(self.text_dir, self.encoding, self._dir_files, lazy=True)
+        if c.hf_sources:
+            return read_hub_sources(c.hf_sources, c.streaming, lazy=True)
+        if self.disk_dataset is not None:
+            return read_disk_dataset(self.disk_dataset, c.hf_split, c.text_column, c.max_rows, lazy=True)
+        return read_hub_dataset(
+            self.hf_dataset, c.hf_config, c.hf_split, c.text_column, c.streaming, c.max_rows, lazy=True
+        )
+
+    def _read_raw(self):
+        """Real text: a ``datasets.Dataset`` (``text``, ``doc``) memory-mapped from an Arrow file written a batch
+        at a time under ``cache_dir`` (the corpus is never held in memory whole); the generated corpus: lists."""
         if self.real_text:
-            if self.text_file is not None:
-                texts, docs = read_text_file(self.text_file, self.encoding)
-            elif self.text_dir is not None:
-                texts, docs = read_text_dir(self.text_dir, self.encoding, self._dir_files)
-            elif self.disk_dataset is not None:
-                texts, docs = read_disk_dataset(
-                    self.disk_dataset, self.corpus.hf_split, self.corpus.text_column, self.corpus.max_rows
-                )
-            else:
-                texts, docs = read_hub_dataset(
-                    self.hf_dataset,
-                    self.corpus.hf_config,
-                    self.corpus.hf_split,
-                    self.corpus.text_column,
-                    self.corpus.streaming,
-                    self.corpus.max_rows,
-                )
-            if self.corpus.max_text_sentences is not None:
-                texts, docs = texts[: self.corpus.max_text_sentences], docs[: self.corpus.max_text_sentences]
-            return {"text": texts, "doc": docs}
+            import datasets
+
+            rows = itertools.islice(self._sentences_of_source(), self.corpus.max_text_sentences)
+            self._raw_dir = temp_path(self.cache_dir / "pos_bert" / "raw")
+            self._raw_dir.mkdir(parents=True)
+            try:
+                write_sentences(rows, self._raw_dir / "raw.arrow")
+            except BaseException:
+                self._drop_raw()
+                raise
+            return datasets.Dataset.from_file(str(self._raw_dir / "raw.arrow"))
         corpus = generate_corpus(**self._generator_args())
         words, groups, docs = [], [], []
         for d, (_topic, sents) in enumerate(corpus):
@@ -318,7 +342,7 @@ class PosBertDataModule(LightningDataModule):
             return PreTrainedTokenizerFast.from_pretrained(str(path))
         self.cache_hits["tokenizer"] = False
         raw = self._raw()
-        texts = raw["text"] if "text" in raw else [" ".join(w) for w in raw["words"]]
+        texts = raw["text"] if self.real_text else [" ".join(w) for w in raw["words"]]
         marks = self.corpus.placeholders if self.real_text else ()
         tok = train_wordpiece(
             texts, self.tokenizer_options.vocab_size, self.tokenizer_options.lowercase, marks
@@ -346,7 +370,7 @@ class PosBertDataModule(LightningDataModule):
         if self.real_text:
             require_nltk_tagger()
             load_nltk_tagger()  # here, once: the num_proc worker processes forked by map inherit it
-        ds = datasets.Dataset.from_dict(raw)
+        ds = raw if isinstance(raw, datasets.Dataset) else datasets.Dataset.from_dict(raw)
         remove = [c for c in ("text", "words", "groups") if c in ds.column_names]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -378,7 +402,7 @@ class PosBertDataModule(LightningDataModule):
             return
         self.tokenizer = self.build_tokenizer()
         self.tagged = self.build_tagged(self.tokenizer)
-        self._raw_cache = None
+        self._drop_raw()
         input_ids, pos, docs = self._sentences()
         self._count_groups(input_ids, pos)
         self.sentence_docs = docs  # the document of each sentence the NSP pairs index

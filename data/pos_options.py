@@ -18,7 +18,7 @@ from data.pos_masking import NSP_RANDOM_B
 from utils.errors import ConfigError, DataError
 
 #: the real-text sources of ``data.corpus``, at most one of which is set
-SOURCES = ("text_file", "text_dir", "hf_dataset", "disk_dataset")
+SOURCES = ("text_file", "text_dir", "hf_dataset", "disk_dataset", "hf_sources")
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -33,6 +33,7 @@ class CorpusOptions:
     text_dir: str | None = None
     hf_dataset: str | None = None
     disk_dataset: str | None = None
+    hf_sources: tuple[dict, ...] = ()  # several hub datasets read one after the other (data/text_sources.py)
     hf_config: str | None = None
     hf_split: str = "train"
     text_column: str = "text"
@@ -57,7 +58,7 @@ class CorpusOptions:
             raise ConfigError(
                 f"data: choose one text source, got {', '.join('data.corpus.' + k for k in chosen)}."
             )
-        if self.streaming and not self.hf_dataset:
+        if self.streaming and not (self.hf_dataset or self.hf_sources):
             raise ConfigError(
                 "data.corpus.streaming=true reads a hub dataset: set data.corpus.hf_dataset too."
             )
@@ -91,6 +92,7 @@ class CorpusOptions:
         if isinstance(marks, str) or not all(isinstance(p, str) and p.strip() for p in marks):
             raise ConfigError(f"data.corpus.placeholders must be a list of non-empty strings, got {marks!r}.")
         _set(self, "placeholders", tuple(marks))
+        _set(self, "hf_sources", tuple(self.hf_sources))
         _set(self, "streaming", bool(self.streaming))
         _set(self, "max_rows", int(self.max_rows) if self.max_rows else None)
         if self.max_text_sentences is not None:

@@ -109,8 +109,8 @@ def store_data(
 
 def store_file(path: Path, name: str, root: Path = REPO, force: bool = False) -> Path:
     """``report.data=<path> report.store=<name>``: store a JSON file a script wrote as ``results/<name>/``; its
-    own ``command``, ``seconds`` and ``producer`` (the commit and machine it ran on) keys, where it has them, go
-    into provenance.json."""
+    own ``command``, ``seconds``, ``producer`` (the commit and machine it ran on) and ``renderer`` (default: the
+    name) keys, where it has them, go into provenance.json."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -123,6 +123,7 @@ def store_file(path: Path, name: str, root: Path = REPO, force: bool = False) ->
         data,
         data.get("command", UNKNOWN),
         data.get("seconds", UNKNOWN),
+        renderer=data.get("renderer") if isinstance(data.get("renderer"), str) else None,
         root=root,
         force=force,
         made_by=made_by,
@@ -404,10 +405,65 @@ def _mutants(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plan_head(plan: dict) -> list[str]:
+    """What a step is and costs, and the memory per device by part."""
+    unit = next((k for k in ("tokens_per_step", "images_per_step") if k in plan), None)
+    per_step = f" = {plan[unit]:,} {unit.split('_')[0]}" if unit else ""
+    mem = plan["memory_per_device_gib"]
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total")
+    return [
+        f"`{plan['experiment']}`: {plan['parameters'] / 1e6:.1f}M parameters; {plan['samples_per_step']:,} samples "
+        f"a step ({plan['batch_per_device']} a device x {plan['world_size']} devices x "
+        f"{plan['accumulate_grad_batches']} accumulated){per_step}; {plan['steps']:,} steps; "
+        f"{plan['flops_per_step']:.3g} FLOPs a step, {plan['total_flops']:.3g} in all; {plan['precision']}, "
+        f"strategy {plan['strategy']}.",
+        "",
+        f"Memory per device: {mem['total']:.2f} GiB ({parts} GiB).",
+        "",
+    ]
+
+
+def _plan_gpus(plan: dict) -> list[str]:
+    """One row per named GPU: fit, GPU-hours at the assumed MFU, wall-clock hours on the run's GPUs, the change."""
+    world, mfu = plan["world_size"], plan["assumptions"]["mfu"]
+    head = ["GPU", "fits (usable GiB)", f"GPU-hours at MFU {mfu}", f"hours on {world} GPUs", "if it does not fit"]
+    lines = [_row(head), "|---|---|---:|---:|---|"]
+    for name, g in plan["gpus"].items():
+        fit = f"{'yes' if g['fits'] else 'no'} ({g['usable_gib']:.1f})"
+        change = "" if g["fits"] else "; or ".join(g["change"])
+        lines.append(_row([name, fit, f"{g['gpu_hours']:,.3g}", f"{g['wall_hours']:,.3g}", change]))
+    return lines
+
+
+def _plan(plan: dict) -> str:
+    """``python run.py experiment=... stage=plan`` (runner/plan.py's plan.json): the step, the memory per device
+    by part, the fit and GPU-hours per named GPU, the pre-processing bill and the assumptions."""
+    lines = [*_plan_head(plan), *_plan_gpus(plan), ""]
+    pre = plan.get("preprocessing")
+    if pre:
+        lines += [
+            f"Pre-processing: NLTK tagging of {pre['corpus_words']:.3g} words at "
+            f"{pre['tagging_words_per_s_per_process']:,.0f} words/s per process = {pre['process_hours']:,.1f} "
+            f"process-hours, {pre['wall_hours_at_data.corpus.num_proc']:,.1f} h at `data.corpus.num_proc`.",
+            "",
+        ]
+    assumed = ", ".join(f"`plan.{k}`={v}" for k, v in plan["assumptions"].items() if v is not None)
+    batches = " and ".join(str(b) for b in plan["measured_on_cpu"]["batches"])
+    lines.append(
+        f"Assumed: {assumed}; FLOPs and activations measured by one CPU training step at batches {batches}."
+    )
+    return "\n".join(lines) + "\n"
+
+
 #: renderer name -> (function data.json -> Markdown, the command that stores it under that name)
 RENDERERS: dict[str, tuple[Callable[[dict], str], str]] = {
     "theorem_3_1": (_theorem_3_1, "python -m benchmarks.theorem_3_1 --store theorem_3_1"),
     "benchmarks": (_benchmarks, "python -m benchmarks.bench_balancers --store benchmarks"),
+    "plan": (
+        _plan,
+        "python run.py experiment=<preset> stage=plan hydra.run.dir=<dir> && python run.py stage=report "
+        "report.data=<dir>/plan.json report.store=<name>",
+    ),
     "mutants": (
         _mutants,
         "python -m benchmarks.mutants --out mutants.json && python run.py stage=report report.data=mutants.json "

@@ -26,6 +26,9 @@ How the numbers are obtained:
 from __future__ import annotations
 
 import math
+import shlex
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -392,11 +395,33 @@ def summary_lines(plan: dict) -> list[str]:
     return lines
 
 
+def command_line() -> str:
+    """The command that made this plan: ``python run.py`` and the job's overrides (Hydra's own, such as
+    ``hydra.run.dir``, left out), or this process's command line outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "python " + shlex.join(sys.argv)
+    job = HydraConfig.get()
+    return f"python {job.job.name}.py " + shlex.join(str(o) for o in job.overrides.task)
+
+
 def write_plan(cfg: DictConfig, out_dir: Path) -> dict:
-    """``stage=plan``: plan.json in the run directory, printed."""
+    """``stage=plan``: plan.json in the run directory, printed. It names the command, the seconds it took, the
+    commit and machine (``producer``) and its docs renderer, so that ``python run.py stage=report
+    report.data=plan.json report.store=<name>`` stores it with the provenance of the plan, not of the store."""
+    from runner.provenance import producer
     from runner.results import write_json_atomic
 
+    start = time.perf_counter()
     plan = make_plan(cfg)
+    command = command_line()
+    plan.update(
+        command=command,
+        seconds=round(time.perf_counter() - start, 1),
+        producer={k: v for k, v in producer(command).items() if k != "command"},
+        renderer="plan",
+    )
     write_json_atomic(out_dir / "plan.json", plan)
     print("\n".join([*summary_lines(plan), f"  written: {out_dir / 'plan.json'}"]), flush=True)
     return plan

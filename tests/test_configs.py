@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 BELONGS = {
     "data": {
         **dict.fromkeys(
-            ["pos_corpus", "wikitext", "bookcorpus", "wikipedia", "text_file", "text_folder", "disk_dataset"],
+            ["pos_corpus", "wikitext", "bookcorpus", "wikipedia", "wikipedia_bookcorpus", "text_file", "text_folder",
+             "disk_dataset"],
             "pos_bert",
         ),
         **dict.fromkeys(["scenes", "imagenet_folder"], "mm_mae"),

@@ -128,6 +128,9 @@ def test_a_paper_preset_plans_in_under_a_minute(tmp_path, experiment, parameters
         assert 0.6 <= plan["flops_per_step"] / (6 * plan["parameters"] * per_step) <= 1.2
     assert plan["total_flops"] == pytest.approx(plan["flops_per_step"] * plan["steps"])
     assert f"plan of {experiment}" in proc.stdout and "H100 80GB" in proc.stdout
+    # what stage=report report.data=plan.json stores as the plan's provenance (docs/scaling.md's blocks)
+    assert plan["command"] == f"python run.py experiment={experiment} stage=plan logger=none"
+    assert plan["renderer"] == "plan" and 0 < plan["seconds"] < 60 and len(plan["producer"]["commit"]) == 40
 
 
 def test_plan_hours_and_fit_follow_the_numbers(tmp_path):
@@ -233,7 +236,7 @@ ONE_CPU = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.strategy=aut
 
 @pytest.mark.slow
 def test_paper_table1_runs_smoke_on_stand_in_wikipedia_and_glue(tmp_path, shared_data, nltk_data):
-    """Wikipedia rows (id, url, title, text: one article each) saved with ``datasets`` stand in for the hub dump
+    """Wikipedia rows (id, url, title, text: one article each) saved with ``datasets`` stand in for the hub's Wikipedia + BookCorpus
     (data.disk_dataset instead of the stream), the GLUE distribution's RTE and MRPC files for the hub's GLUE. Not
     the preset's: BERT's hub tokenizer (a WordPiece is trained on the stand-in), one of BERT-base's 12 layers."""
     from datasets import Dataset
@@ -245,7 +248,7 @@ def test_paper_table1_runs_smoke_on_stand_in_wikipedia_and_glue(tmp_path, shared
     Dataset.from_dict(rows).save_to_disk(str(tmp_path / "wikipedia"))
     overrides = [
         "experiment=paper_table1", "debug=smoke", *ONE_CPU, "print_table=false",
-        "data.corpus.hf_dataset=null", "data.corpus.streaming=false", f"data.corpus.disk_dataset={tmp_path / 'wikipedia'}",
+        "data.corpus.hf_sources=[]", "data.corpus.streaming=false", f"data.corpus.disk_dataset={tmp_path / 'wikipedia'}",
         "data.tokenizer.name=null", "data.corpus.num_proc=1", "data.loader.num_workers=0", "model.num_hidden_layers=1",
         "downstream.source=local", f"downstream.data_dir={shared_data / 'glue'}", "downstream.tasks=[RTE,MRPC]",
         "downstream.finetune_seeds=[0]",

@@ -307,6 +307,54 @@ def test_a_json_report_is_stored_with_one_command(tmp_path):
         report_stage(data=tmp_path / "bad.json", store="m2", root=root)
 
 
+def _plan_json(command: str) -> dict:
+    """A plan.json as ``stage=plan`` writes it (runner/plan.py), one GPU fitting and one not."""
+    gpu = {"gpu_hours": 14.19, "wall_hours": 1.774, "wall_hours_1x8": 1.774, "wall_hours_8x8": 0.222}
+    change = ["data.loader.batch_size=8 trainer.accumulate_grad_batches=4 (same batch)", "trainer=fsdp"]
+    mem = {"weights": 0.41, "gradients": 0.41, "optimizer_state": 0.82, "activations": 50.0}
+    return {
+        "experiment": "paper_table1", "parameters": 110106428, "precision": "bf16-mixed", "strategy": "ddp",
+        "world_size": 8, "batch_per_device": 32, "accumulate_grad_batches": 1, "samples_per_step": 256,
+        "steps": 1000000, "flops_per_step": 1.768e13, "total_flops": 1.768e19, "tokens_per_step": 32768,
+        "memory_per_device_gib": {**mem, "total": 51.64},
+        "gpus": {"H100 80GB": {"fits": True, "usable_gib": 71.68, **gpu},
+                 "A100 40GB": {"fits": False, "usable_gib": 36.0, **gpu, "gpu_hours": 44.98, "wall_hours": 5.62,
+                               "largest_batch": 8, "change": change}},
+        "preprocessing": {"corpus_words": 2.5e9, "tagging_words_per_s_per_process": 21000.0,
+                          "process_hours": 33.07, "wall_hours_at_data.corpus.num_proc": 2.067},
+        "measured_on_cpu": {"batches": [1, 2]},
+        "assumptions": {"mfu": 0.35, "usable_memory": 0.9, "corpus_words": 2.5e9},
+        "command": command, "seconds": 24.0, "producer": {"commit": "c0ffee", "dirty": False}, "renderer": "plan",
+    }  # fmt: skip
+
+
+def test_a_plan_is_stored_under_any_name_with_the_plan_command_and_rendered(tmp_path):
+    root = _data_site(tmp_path / "repo")
+    (root / "docs" / "theory.md").write_text("<!-- results:plan_x -->\n<!-- /results:plan_x -->\n")
+    command = "python run.py experiment=paper_table1 stage=plan logger=none"
+    (tmp_path / "plan.json").write_text(json.dumps(_plan_json(command)))
+    report_stage(data=tmp_path / "plan.json", store="plan_x", root=root)
+    prov = json.loads((root / "results" / "plan_x" / "provenance.json").read_text())
+    assert prov["renderer"] == "plan" and prov["command"] == command  # the plan's, not the store's
+    assert prov["commit"] == "c0ffee" and prov["wall_seconds"] == 24.0
+    render_all(root)
+    text = (root / "docs" / "theory.md").read_text()
+    assert f"`{command}`" in text
+    assert (
+        "110.1M parameters; 256 samples a step (32 a device x 8 devices x 1 accumulated) = 32,768 tokens; "
+        "1,000,000 steps; 1.77e+13 FLOPs a step, 1.77e+19 in all; bf16-mixed, strategy ddp." in text
+    )
+    assert "Memory per device: 51.64 GiB (weights 0.41, gradients 0.41, optimizer state 0.82, activations 50.00" in text
+    assert "| H100 80GB | yes (71.7) | 14.2 | 1.77 |  |" in text
+    assert (
+        "| A100 40GB | no (36.0) | 45 | 5.62 | data.loader.batch_size=8 trainer.accumulate_grad_batches=4 "
+        "(same batch); or trainer=fsdp |" in text
+    )
+    assert "= 33.1 process-hours, 2.1 h at `data.corpus.num_proc`." in text
+    assert "`plan.mfu`=0.35, `plan.usable_memory`=0.9, `plan.corpus_words`=2500000000.0" in text
+    assert render_all(root, check=True) == []
+
+
 def test_a_pretraining_only_sweep_gets_its_csv_and_provenance(tmp_path):
     """experiment=table3_cost runs stage=pretrain: no downstream row, only the upstream and cost tables."""
     sweep = tmp_path / "sweep"
