@@ -39,6 +39,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.loading import resumable_loader
+from data.pos_arrays import SentenceArrays
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, conjunction_scale, document_labels, generate_corpus
 from data.pos_masking import (
     NSPPairs,
@@ -74,7 +75,6 @@ from data.text_sources import (
     read_hub_sources,
     read_text_dir,
     read_text_file,
-    split_long_sentences,
     text_dir_files,
     write_sentences,
 )
@@ -403,17 +403,18 @@ class PosBertDataModule(LightningDataModule):
         self.tokenizer = self.build_tokenizer()
         self.tagged = self.build_tagged(self.tokenizer)
         self._drop_raw()
-        input_ids, pos, docs = self._sentences()
-        self._count_groups(input_ids, pos)
+        sentences = self._sentence_arrays()
+        self._count_groups(sentences)
+        docs = sentences.docs
         self.sentence_docs = docs  # the document of each sentence the NSP pairs index
         self.n_documents = int(len(np.unique(docs)))
-        a0, a1, b0, b1, label = self._pairs(input_ids, docs)
-        train_idx, val_idx = self._split(input_ids, a0, a1)
+        a0, a1, b0, b1, label = self._pairs(sentences.lengths, docs)
+        train_idx, val_idx = self._split(sentences, a0, a1)
         tok = self.tokenizer
 
         def subset(idx):
             return NSPPairs(
-                input_ids, pos, a0[idx], a1[idx], b0[idx], b1[idx], label[idx],
+                sentences, a0[idx], a1[idx], b0[idx], b1[idx], label[idx],
                 tok.cls_token_id, tok.sep_token_id, self.max_length,
             )  # fmt: skip
 
@@ -428,19 +429,14 @@ class PosBertDataModule(LightningDataModule):
             self.group_counts,
         )
 
-    def _sentences(self) -> tuple[list, list, np.ndarray]:
-        """``(input_ids, pos, doc)`` per sentence of the tagged corpus, a sentence longer than a pair's half
-        split into chunks (with one warning)."""
+    def _sentence_arrays(self) -> SentenceArrays:
+        """The tagged corpus's sentences as flat arrays (views of its memory-mapped Arrow cache), a sentence
+        longer than a pair's half split into chunks (with one warning)."""
         if len(self.tagged) == 0:
             raise DataError(f"{self.corpus_name}: the corpus has no token after tokenization (empty corpus).")
-        table = self.tagged.data
-        docs = np.asarray(table.column("doc").to_pylist(), dtype=np.int64)
-        input_ids = table.column("input_ids").to_pylist()
-        pos = table.column("pos").to_pylist()
+        sentences = SentenceArrays.from_table(self.tagged.data)
         chunk = max(1, (self.max_length - 3) // 2)  # two chunks fill a pair: none is truncated
-        input_ids, pos, docs, n_long, longest = split_long_sentences(
-            input_ids, pos, docs, self.max_length, chunk
-        )
+        sentences, n_long, longest = sentences.split_long(self.max_length, chunk)
         if n_long:
             log.warning(
                 "%s: %d sentence(s) longer than data.max_length=%d word-pieces (the longest %d) were split into "
@@ -451,15 +447,14 @@ class PosBertDataModule(LightningDataModule):
                 longest,
                 chunk,
             )
-        return input_ids, pos, docs
+        return sentences
 
-    def _count_groups(self, input_ids: list, pos: list) -> None:
+    def _count_groups(self, sentences: SentenceArrays) -> None:
         """Tokens per POS group and the context-free reference; a warning for a group without a token."""
-        flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
-        counts = np.bincount(flat[flat >= 0], minlength=len(ALL_GROUPS))
+        counts = sentences.group_counts(len(ALL_GROUPS))
         self.group_counts = {g: int(c) for g, c in zip(ALL_GROUPS, counts)}
         self.unigram_log_probs, self.context_free_reference = unigram_reference(
-            input_ids, pos, len(self.tokenizer)
+            zip(sentences.values, sentences.pos), len(self.tokenizer)
         )
         missing = [g for g in GROUPS if self.group_counts[g] == 0]
         if missing:
@@ -470,9 +465,9 @@ class PosBertDataModule(LightningDataModule):
                 stacklevel=3,
             )
 
-    def _pairs(self, input_ids: list, docs: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The NSP pairs ``(a0, a1, b0, b1, label)`` of ``data.nsp``; none at all stops."""
-        lengths = np.asarray([len(x) for x in input_ids], dtype=np.int64)
+    def _pairs(self, lengths: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The NSP pairs ``(a0, a1, b0, b1, label)`` of ``data.nsp`` over sentences of ``lengths`` word-pieces;
+        none at all stops."""
         pairs = build_nsp_pairs(
             docs, self.seed, self.nsp.random_prob, lengths, self.segment_tokens, self.nsp.random_b
         )
@@ -490,20 +485,20 @@ class PosBertDataModule(LightningDataModule):
             )
         return pairs
 
-    def _split(self, input_ids: list, a0: np.ndarray, a1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _split(self, sentences: SentenceArrays, a0: np.ndarray, a1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(train, val)`` pair indices: ``data.nsp.val_fraction`` held out by a seeded permutation; too few
         training pairs, or validation pairs that mostly repeat training ones, stop."""
         n_val = max(1, int(round(self.nsp.val_fraction * len(a0))))
         if len(a0) - n_val < 2:
             raise DataError(
-                f"{self.corpus_name}: the corpus yields {len(a0)} NSP pair(s) ({len(input_ids)} sentences in "
+                f"{self.corpus_name}: the corpus yields {len(a0)} NSP pair(s) ({len(sentences)} sentences in "
                 f"{self.n_documents} document(s)), {n_val} of them for validation (data.nsp.val_fraction="
                 f"{self.nsp.val_fraction}); pre-training needs at least 2 training pairs and 1 validation pair: "
                 "give it more text."
             )
         perm = np.random.default_rng(self.seed + 1).permutation(len(a0))
         val_idx, train_idx = perm[:n_val], perm[n_val:]
-        seen = repeated_segments(input_ids, a0, a1, train_idx, val_idx)
+        seen = repeated_segments(sentences.sentence_keys(), a0, a1, train_idx, val_idx)
         if 2 * seen >= n_val:
             raise DataError(
                 f"{self.corpus_name}: {seen} of the {n_val} validation pairs open with a segment that is also "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.pos_arrays import range_keys
 from data.pos_grammar import ALL_GROUPS
 from data.pos_tagging import IGNORE, SPECIAL_TOKENS
 from utils.errors import ConfigError
@@ -170,52 +171,45 @@ def _segment_pairs(starts, ends, grow, rng, random_prob: float, lengths, half: i
     return table[:, 0].copy(), table[:, 1].copy(), b0, b1, label
 
 
-def repeated_segments(input_ids: list[list[int]], a0, a1, train_idx, val_idx) -> int:
+def repeated_segments(sentence_keys: np.ndarray, a0, a1, train_idx, val_idx) -> int:
     """How many validation pairs open with a segment A whose text is also a training pair's segment A (text
-    compared through a hash of each sentence's word-pieces; only the validation keys are kept in memory)."""
-    sentence = np.asarray([hash(tuple(x)) for x in input_ids], dtype=np.int64)
-
-    def keys(idx):
-        return (tuple(sentence[a0[i] : a1[i]].tolist()) for i in idx)
-
-    val_keys = list(keys(val_idx))
-    wanted = set(val_keys)
-    trained = {k for k in keys(train_idx) if k in wanted}
-    return sum(k in trained for k in val_keys)
+    compared through ``sentence_keys``, a 64-bit hash of each sentence's word-pieces, and a hash of each
+    segment's sentence keys; vectorised)."""
+    segment = range_keys(np.asarray(sentence_keys, dtype=np.uint64), np.asarray(a0), np.asarray(a1))
+    val_keys = segment[np.asarray(val_idx, dtype=np.int64)]
+    return int(np.isin(val_keys, segment[np.asarray(train_idx, dtype=np.int64)]).sum())
 
 
 class NSPPairs(torch.utils.data.Dataset):
-    """``[CLS] A [SEP] B [SEP]`` examples (A and B: ranges of consecutive sentences) with per-token groups
-    (``IGNORE`` on specials); longest-first truncation to ``max_length``."""
+    """``[CLS] A [SEP] B [SEP]`` examples (A and B: ranges of consecutive sentences of ``sentences``, a
+    :class:`data.pos_arrays.SentenceArrays`) with per-token groups (``IGNORE`` on specials); longest-first
+    truncation to ``max_length``."""
 
-    def __init__(self, input_ids, pos, a0, a1, b0, b1, label, cls_id: int, sep_id: int, max_length: int):
-        self.input_ids, self.pos = input_ids, pos
+    def __init__(self, sentences, a0, a1, b0, b1, label, cls_id: int, sep_id: int, max_length: int):
+        self.sentences = sentences
         self.a0, self.a1, self.b0, self.b1, self.label = a0, a1, b0, b1, label
         self.cls_id, self.sep_id, self.max_length = cls_id, sep_id, max_length
 
     def __len__(self) -> int:
         return len(self.a0)
 
-    def _segment(self, start: int, end: int) -> tuple[list[int], list[int]]:
-        ids, pos = [], []
-        for k in range(int(start), int(end)):
-            ids.extend(self.input_ids[k])
-            pos.extend(self.pos[k])
-        return ids, pos
+    def _segment(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        offsets = self.sentences.offsets
+        return self.sentences.span(int(offsets[start]), int(offsets[end]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ta, pa = self._segment(self.a0[i], self.a1[i])
         tb, pb = self._segment(self.b0[i], self.b1[i])
-        budget = self.max_length - 3
-        if len(ta) + len(tb) > budget:  # longest first
-            while len(ta) + len(tb) > budget:
-                if len(ta) >= len(tb):
-                    ta.pop(), pa.pop()
-                else:
-                    tb.pop(), pb.pop()
+        na, nb, budget = len(ta), len(tb), self.max_length - 3
+        while na + nb > budget:  # longest first
+            if na >= nb:
+                na -= 1
+            else:
+                nb -= 1
+        ta, pa, tb, pb = ta[:na].tolist(), pa[:na].tolist(), tb[:nb].tolist(), pb[:nb].tolist()
         ids = [self.cls_id, *ta, self.sep_id, *tb, self.sep_id]
         pos = [IGNORE, *pa, IGNORE, *pb, IGNORE]
-        types = [0] * (len(ta) + 2) + [1] * (len(tb) + 1)
+        types = [0] * (na + 2) + [1] * (nb + 1)
         return {
             "input_ids": ids,
             "token_type_ids": types,

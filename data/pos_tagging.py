@@ -265,27 +265,27 @@ def tag_and_tokenize(batch: dict[str, list], tokenizer, placeholders=()) -> dict
     return {"input_ids": enc["input_ids"], "pos": pos}
 
 
-def unigram_reference(input_ids, pos, vocab_size: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """The context-free reference of the upstream evaluation.
+def unigram_reference(chunks, vocab_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The context-free reference of the upstream evaluation, from ``chunks``: ``(ids, groups)`` pairs of flat
+    arrays (the word-pieces of some sentences and their groups, ``IGNORE`` on the unmaskable ones).
 
     ``log p(v)``: the log-frequency of each word-piece among the corpus's maskable tokens (add-one smoothed,
     ``(V,)``), i.e. the best a model that ignores the context can predict; and, per POS group, its
     cross-entropy on that group's tokens, ``-mean_{tokens of g} log p(v)`` (nats), plus ``nsp``: ``log 2``.
+    Counted chunk by chunk (a (groups, V) table), so the corpus is never copied whole.
     """
-    ids = (
-        np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids])
-        if len(input_ids)
-        else np.zeros(0, int)
-    )
-    groups = np.concatenate([np.asarray(p, dtype=np.int64) for p in pos]) if len(pos) else np.zeros(0, int)
-    keep = groups >= 0
-    ids, groups = ids[keep], groups[keep]
-    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size].astype(np.float64)
+    n_groups = len(ALL_GROUPS)
+    joint = np.zeros(n_groups * vocab_size, dtype=np.int64)  # (group, word-piece) counts
+    for ids, groups in chunks:
+        ids, groups = np.asarray(ids, dtype=np.int64), np.asarray(groups, dtype=np.int64)
+        keep = (groups >= 0) & (ids < vocab_size)
+        joint += np.bincount(groups[keep] * vocab_size + ids[keep], minlength=len(joint))
+    joint = joint.reshape(n_groups, vocab_size)
+    counts = joint.sum(0).astype(np.float64)
     log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab_size)
     reference = {}
     for g, name in enumerate(ALL_GROUPS):
-        sel = groups == g
-        if sel.any():
-            reference[name] = float(-log_p[ids[sel]].mean())
+        if joint[g].any():
+            reference[name] = float(-(joint[g] @ log_p) / joint[g].sum())
     reference["nsp"] = float(np.log(2.0))
     return torch.as_tensor(log_p, dtype=torch.float32), reference

@@ -1,7 +1,7 @@
 """Text corpora for PoS-BERT: sentences and their document index from local files, folders and datasets.
 
 - :func:`split_documents` splits lines into sentences and documents (a blank line or a ``= Title =``
-  heading ends a document); :func:`split_long_sentences` chunks over-long tokenized sentences.
+  heading ends a document).
 - :func:`check_encoding`, :func:`decode_error`, :func:`check_text_file`, :func:`text_dir_files`: start-up
   checks of local text (encodings, binary files, the byte offset of a decoding error).
 - :func:`read_text_file`, :func:`read_text_dir`, :func:`read_hub_dataset` (optionally streamed),
@@ -17,8 +17,6 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-
-import numpy as np
 
 from utils.errors import ConfigError, DataError
 
@@ -362,26 +360,3 @@ def _rows_as_lines(rows):
         else:
             yield row
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Sentence chunking (tokenized sentences)
-# ---------------------------------------------------------------------------------------------------------
-def split_long_sentences(
-    input_ids: list[list[int]], pos: list[list[int]], docs: np.ndarray, max_length: int, chunk: int
-) -> tuple[list[list[int]], list[list[int]], np.ndarray, int, int]:
-    """Split every "sentence" longer than ``max_length`` word-pieces (a line without a sentence end, a table
-    flattened into one line, ...) into consecutive chunks of at most ``chunk`` pieces, in its document; the rest
-    stay as they are. Returns ``(input_ids, pos, docs, n_split, longest)``: ``n_split`` sentences were split,
-    the longest had ``longest`` pieces."""
-    long = [i for i, ids in enumerate(input_ids) if len(ids) > max_length]
-    if not long:
-        return input_ids, pos, docs, 0, 0
-    longest = max(len(input_ids[i]) for i in long)
-    out_ids, out_pos, out_docs = [], [], []
-    for ids, groups, doc in zip(input_ids, pos, docs.tolist()):
-        step = chunk if len(ids) > max_length else max(1, len(ids))
-        for k in range(0, len(ids), step):
-            out_ids.append(ids[k : k + step])
-            out_pos.append(groups[k : k + step])
-            out_docs.append(doc)
-    return out_ids, out_pos, np.asarray(out_docs, dtype=np.int64), len(long), longest

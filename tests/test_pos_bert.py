@@ -200,7 +200,8 @@ def test_vocabulary_is_sized_to_the_tokenizer(tmp_path):
 def test_unigram_reference_by_hand():
     from data.pos_tagging import IGNORE, unigram_reference
 
-    log_p, ref = unigram_reference([[5, 6, 5, 2], [7, 5]], [[0, 1, 0, IGNORE], [1, 0]], vocab_size=8)
+    # two chunks of flat (ids, groups), counted together
+    log_p, ref = unigram_reference([([5, 6, 5, 2], [0, 1, 0, IGNORE]), ([7, 5], [1, 0])], vocab_size=8)
     # maskable tokens: 5 x3, 6 x1, 7 x1 (the IGNORE'd 2 does not count); add-one over 8 pieces: / (5 + 8)
     expected = torch.log(torch.tensor([1, 1, 1, 1, 1, 4, 2, 2]) / 13.0)
     torch.testing.assert_close(log_p, expected)

@@ -3,7 +3,6 @@
 import json
 import logging
 
-import numpy as np
 import pytest
 from helpers import compose_config, run_pipeline
 
@@ -233,18 +232,6 @@ def test_text_folder_binary_files_are_reported_once_at_start_up(nltk_data, tmp_p
         DataError, match=r"data.corpus.text_dir: .*b.txt is not valid utf-8 \(byte 0xe9 at byte offset"
     ):
         PosBertDataModule(cache_dir=str(tmp_path / "cache"), corpus={"text_dir": str(corpus)}).validate()
-
-
-def test_sentences_longer_than_max_length_are_split_into_chunks():
-    from data.text_sources import split_long_sentences
-
-    ids = [[1, 2, 3], list(range(100, 170)), [4, 5]]  # the middle "sentence" has 70 pieces
-    pos = [[0, 0, 0], [k % 10 for k in range(70)], [1, 1]]
-    out_ids, out_pos, docs, n_split, longest = split_long_sentences(ids, pos, np.array([0, 0, 1]), 64, 30)
-    assert (n_split, longest) == (1, 70)
-    assert [len(x) for x in out_ids] == [3, 30, 30, 10, 2] and docs.tolist() == [0, 0, 0, 0, 1]
-    assert sum(out_ids[1:4], []) == ids[1] and sum(out_pos[1:4], []) == pos[1]  # nothing lost, order kept
-    assert split_long_sentences(ids[:1], pos[:1], np.array([0]), 64, 30)[3] == 0
 
 
 def test_a_line_without_sentence_ends_is_chunked_with_one_warning(nltk_data, tmp_path, caplog):
