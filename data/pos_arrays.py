@@ -116,6 +116,15 @@ class SentenceArrays:
         return counts
 
 
+def tagged_features():
+    """The tagged cache's columns: ``pos`` as ``int8`` (group ids 0..9 and ``IGNORE``, -100), ``input_ids`` as
+    ``int32``, so the arrays read in place are 5 bytes a word-piece. A cache written before (``pos`` as
+    ``int64``) is read as it is."""
+    from datasets import Features, List, Value
+
+    return Features({"doc": Value("int64"), "input_ids": List(Value("int32")), "pos": List(Value("int8"))})
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser on ``uint64`` values (wrapping arithmetic)."""
     with np.errstate(over="ignore"):

@@ -39,7 +39,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from data.loading import resumable_loader
-from data.pos_arrays import SentenceArrays
+from data.pos_arrays import SentenceArrays, tagged_features
 from data.pos_grammar import ALL_GROUPS, GROUP_ID, GROUPS, conjunction_scale, document_labels, generate_corpus
 from data.pos_masking import (
     NSPPairs,
@@ -388,6 +388,7 @@ class PosBertDataModule(LightningDataModule):
                     "placeholders": self.corpus.placeholders if self.real_text else (),
                 },
                 desc="POS tagging + tokenizing",
+                features=tagged_features(),
                 new_fingerprint=fp,
             )
         ds = ds.filter(lambda n: len(n) > 0, input_columns="input_ids")

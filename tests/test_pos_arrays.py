@@ -14,7 +14,7 @@ POS = [[0, 0, 0], [k % 10 for k in range(70)], [1, -100], [2, 2, 2], [3]]
 DOCS = [0, 0, 1, 1, 2]
 
 
-def _table(ids=IDS, pos=POS, docs=DOCS, cut=2):
+def _table(ids=IDS, pos=POS, docs=DOCS, cut=2, pos_type="int8"):
     """A table of two record batches, ``[0, cut)`` and ``[cut, n)``; the first a slice of a longer array (its
     offsets do not start at 0), as a slice of a memory-mapped table can be."""
 
@@ -23,7 +23,9 @@ def _table(ids=IDS, pos=POS, docs=DOCS, cut=2):
         return pa.chunked_array([head, pa.array(rows[cut:], type=pa.list_(kind))])
 
     doc = pa.chunked_array([pa.array(docs[:cut], pa.int64()), pa.array(docs[cut:], pa.int64())])
-    return pa.table({"doc": doc, "input_ids": column(ids, pa.int32()), "pos": column(pos, pa.int8())})
+    return pa.table(
+        {"doc": doc, "input_ids": column(ids, pa.int32()), "pos": column(pos, pa.type_for_alias(pos_type))}
+    )
 
 
 def _sentences(arrays):
@@ -44,6 +46,8 @@ def test_the_arrays_are_views_of_the_arrow_buffers_and_give_back_every_sentence(
     ids, groups = arrays.span(int(arrays.offsets[1]), int(arrays.offsets[4]))
     assert ids.tolist() == IDS[1] + IDS[2] + IDS[3] and groups.tolist() == POS[1] + POS[2] + POS[3]
     assert arrays.group_counts(10).tolist() == [10, 8, 10, 8, 7, 7, 7, 7, 7, 7]  # -100 is not counted
+    old = SentenceArrays.from_table(_table(pos_type="int64"))  # a cache written before pos was int8
+    assert old.pos[1].dtype == np.int64 and _sentences(old) == _sentences(arrays)
 
 
 def test_sentences_longer_than_max_length_are_split_into_chunks_without_copying():
@@ -90,5 +94,6 @@ def test_setup_holds_a_few_bytes_of_python_heap_per_word_piece(tmp_path):
     assert kept / pieces < 8 and peak / pieces < 32  # lists: 43.4 and 85.9
     table = dm.tagged.data
     assert type(table).__name__ == "MemoryMappedTable"
+    assert sentences.values[0].dtype == np.int32 and sentences.pos[0].dtype == np.int8  # 5 bytes a word-piece
     for c, chunk in enumerate(table.column("input_ids").chunks):
         assert np.shares_memory(sentences.values[c], np.frombuffer(chunk.values.buffers()[1], dtype=np.int32))
