@@ -86,17 +86,18 @@ class SentenceArrays:
     def span(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, groups)`` of the corpus positions ``[start, end)`` (sentences ``i..j`` are
         ``span(offsets[i], offsets[j])``): views when they lie in one chunk."""
-        c = int(np.searchsorted(self.chunk_starts, start, side="right")) - 1
+        if start >= end:
+            return self.values[0][:0], self.pos[0][:0]
+        c = int(self.chunk_starts.searchsorted(start, side="right")) - 1
+        base = int(self.chunk_starts[c])
+        if end <= self.chunk_starts[c + 1]:
+            return self.values[c][start - base : end - base], self.pos[c][start - base : end - base]
         ids, groups = [], []
         while start < end:
             base, stop = int(self.chunk_starts[c]), min(end, int(self.chunk_starts[c + 1]))
             ids.append(self.values[c][start - base : stop - base])
             groups.append(self.pos[c][start - base : stop - base])
             start, c = stop, c + 1
-        if len(ids) == 1:
-            return ids[0], groups[0]
-        if not ids:
-            return self.values[0][:0], self.pos[0][:0]
         return np.concatenate(ids), np.concatenate(groups)
 
     def sentence_keys(self) -> np.ndarray:

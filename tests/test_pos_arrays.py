@@ -45,6 +45,7 @@ def test_the_arrays_are_views_of_the_arrow_buffers_and_give_back_every_sentence(
     # sentences 1..3 straddle the two chunks
     ids, groups = arrays.span(int(arrays.offsets[1]), int(arrays.offsets[4]))
     assert ids.tolist() == IDS[1] + IDS[2] + IDS[3] and groups.tolist() == POS[1] + POS[2] + POS[3]
+    assert [len(x) for x in arrays.span(79, 79)] == [0, 0]
     assert arrays.group_counts(10).tolist() == [10, 8, 10, 8, 7, 7, 7, 7, 7, 7]  # -100 is not counted
     old = SentenceArrays.from_table(_table(pos_type="int64"))  # a cache written before pos was int8
     assert old.pos[1].dtype == np.int64 and _sentences(old) == _sentences(arrays)
