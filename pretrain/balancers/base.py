@@ -223,7 +223,8 @@ class NormalisedBalancer(Balancer):
       directory): the loss-aggregation callback, which knows the task names, reads that run's final losses
       and calls :meth:`set_reference`. With neither, the experiment supplies its default reference (PoS-BERT:
       the context-free cross-entropy of the corpus's word-piece frequencies on each group, the
-      ``reference`` of ``upstream_eval``); an experiment without one fails at the first step, saying so.
+      ``reference`` of ``upstream_eval``; MM-MAE: each modality's context-free loss); an experiment without one
+      fails at the first step, saying so.
     * ``initial``: ``L_t / Lbar_t``, ``Lbar_t`` the task's mean loss over the first ``normalize_steps`` steps
       it was present in (GradNorm's ``L_t / L_t(0)``, averaged against minibatch noise). Within those steps
       ``Lbar_t`` is the mean so far (this step included): the first step sees ratios 1 (uniform weights)
