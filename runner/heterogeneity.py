@@ -31,11 +31,6 @@ def _min_context_gain(r: dict) -> float:
     return (r.get("upstream_eval") or {}).get("min_context_gain", math.nan)
 
 
-def _worst_upstream_loss(r: dict) -> float:
-    losses = [v for v in (r.get("upstream") or {}).values() if isinstance(v, (int, float))]
-    return max(losses) if losses else math.nan
-
-
 @dataclass(frozen=True)
 class Measure:
     """One worst-task measure of a map: how to read it from a run's results.json, its panel title (``{n}``: the
@@ -70,7 +65,7 @@ DIALS = {
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
     }, null=CONJUNCTION_SHARE, rises=False),
     "data.depth_relief": Dial("data.depth_relief", "none", {
-        "upstream": Measure(_worst_upstream_loss, "upstream: worst task loss"),
+        "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the modalities", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
     }, null=0.0),
 }  # fmt: skip

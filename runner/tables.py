@@ -225,8 +225,10 @@ def render_markdown(table: dict) -> str:
     lines += _render_rows(table) + _render_compare(table) + _render_by_metric(table)
     if table.get("upstream"):
         cols_up = list(dict.fromkeys(c for row in table["upstream"].values() for c in row))
-        lines += ["", "Upstream (mean +- std over seeds): NSP accuracy and the smallest context gain over the POS "
-                  "groups on held-back pairs (upstream_eval), the task weights' mean entropy (nats).", ""]  # fmt: skip
+        lines += ["", "Upstream (mean +- std over seeds), as far as the runs report them: NSP accuracy, the smallest "
+                  "context gain over the upstream tasks on held-back data (upstream_eval: the context-free reference "
+                  "loss minus the model's; PoS-BERT's POS groups, MM-MAE's modalities), the task weights' mean "
+                  "entropy (nats).", ""]  # fmt: skip
         lines += ["| balancer | " + " | ".join(cols_up) + " |", "|---|" + "---|" * len(cols_up)]
         for b, row in table["upstream"].items():
             cells = [_mean_std(*row[c][:2], ".3f") if c in row else "" for c in cols_up]

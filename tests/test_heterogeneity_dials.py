@@ -199,31 +199,32 @@ def test_pos_bert_map_pairs_with_vanilla_reads_the_share_and_marks_the_least_het
     assert all(r["downstream_crossover"] == "" for r in rows.values())
 
 
-def test_mm_mae_map_pairs_with_none_on_the_worst_upstream_loss(tmp_path):
+def test_mm_mae_map_pairs_with_none_on_the_smallest_context_gain(tmp_path):
     """heterogeneity_mm_mae's report from fake runs: the dial is data.depth_relief, the baseline none, the
-    upstream measure the largest final task loss (lower is better): at relief 0.4 depth is the worst task and
-    minimax lowers it by 0.05 (crossover 0.4); at 0 nothing differs but noise."""
+    upstream measure the smallest context gain over the modalities (higher is better): at relief 0.4 minimax
+    raises it by 0.05 (crossover 0.4); at 0 nothing differs but noise."""
     for seed, noise in enumerate([0.002, -0.003, 0.001]):
-        for relief, depth_none, gap in [(0.0, 0.2, 0.0), (0.4, 0.5, -0.05)]:
+        for relief, gain_none, gap in [(0.0, 0.3, 0.0), (0.4, 0.1, 0.05)]:
             for balancer in ("none", "minimax"):
-                depth = depth_none + (gap + noise if balancer == "minimax" else 0.0)
+                gain = gain_none + (gap + noise if balancer == "minimax" else 0.0)
                 _fake_run(tmp_path, "heterogeneity_mm_mae", "data.depth_relief", relief, balancer, seed, 0.6,
-                          upstream={"rgb": 0.3, "depth": depth, "semseg": 0.25})  # fmt: skip
+                          upstream_eval={"min_context_gain": gain})  # fmt: skip
     rows = _read_map(tmp_path)
     assert (
-        float(rows["minimax", 0.4]["upstream"]) == pytest.approx(-0.05)
-        and float(rows["minimax", 0.4]["upstream_none"]) == 0.5
+        float(rows["minimax", 0.4]["upstream"]) == pytest.approx(0.05)
+        and float(rows["minimax", 0.4]["upstream_none"]) == pytest.approx(0.1)
     )
-    assert float(rows["minimax", 0.0]["upstream_none"]) == 0.3  # rgb is the worst task without relief
+    assert float(rows["minimax", 0.0]["upstream_none"]) == pytest.approx(0.3)
+    assert float(rows["minimax", 0.0]["upstream_low"]) < 0 < float(rows["minimax", 0.0]["upstream_high"])
     assert (
-        float(rows["minimax", 0.4]["upstream_high"]) < 0
+        float(rows["minimax", 0.4]["upstream_low"]) > 0
         and float(rows["minimax", 0.4]["upstream_crossover"]) == 0.4
     )
 
 
 @pytest.mark.parametrize(
     ("experiment", "measure"),
-    [("heterogeneity_pos_bert", "_min_context_gain"), ("heterogeneity_mm_mae", "_worst_upstream_loss")],
+    [("heterogeneity_pos_bert", "_min_context_gain"), ("heterogeneity_mm_mae", "_min_context_gain")],
 )
 def test_each_map_experiment_runs_under_smoke_and_reports_what_its_map_reads(tmp_path, experiment, measure):
     """One run of each map (its high end, debug=smoke) gives results.json with the upstream measure its map
