@@ -168,11 +168,12 @@ def stored_runs(result_dir: Path) -> list[dict]:
 
 def rebuilt_summary(result_dir: Path) -> dict[str, str]:
     """summary.md and summary.csv of a stored result as the report code writes them from its ``runs/``."""
-    table = build_table(stored_runs(result_dir))
+    runs = stored_runs(result_dir)
+    table = build_table(runs)
     with tempfile.TemporaryDirectory() as tmp:
         write_csv(Path(tmp) / "summary.csv", table)
         csv = (Path(tmp) / "summary.csv").read_text()
-    return {"summary.md": summary_markdown(table, result_dir), "summary.csv": csv}
+    return {"summary.md": summary_markdown(table, result_dir, runs), "summary.csv": csv}
 
 
 def _demote(summary: str, fig_prefix: str) -> str:

@@ -118,6 +118,35 @@ def heterogeneity_frame(runs: list[dict]):
     return frame
 
 
+def heterogeneity_markdown(frame) -> str:
+    """The map's numbers for summary.md: per row and dial value, each measure's paired difference to the
+    baseline with its raw 95% interval (per dial value, uncorrected, as the figure), and each measure's crossover;
+    empty without dialled runs."""
+    if frame.empty:
+        return ""
+    dial = DIALS[frame["dial_key"].iloc[0]]
+    base, measures = dial.baseline, list(dial.measures)
+    lines = ["", f"## Heterogeneity map: `{dial.key}`", "",
+             f"Row minus `{base}`, paired by pre-training seed, at each dial value: mean [raw 95% Student-t "
+             "interval] of each worst-task measure (" + "; ".join(
+                 f"{m}: {x.title.split(': ', 1)[-1].replace(' at N={n}', ' at the primary N')}, "
+                 + ("higher" if x.higher_is_better else "lower") + " is better" for m, x in dial.measures.items())
+             + f"); `{base}` mean beside it. Crossover: the least heterogeneous dial value whose interval lies on "
+             "the better side of 0 (none: no such value).", "",
+             "| row | dial | pairs | " + " | ".join(f"{m} | {m} ({base})" for m in measures) + " |",
+             "|---|---|---|" + "---|---|" * len(measures)]  # fmt: skip
+    for r in frame.itertuples(index=False):
+        r = r._asdict()
+        cells = [f"{r[m]:+.3g} [{r[m + '_low']:+.3g}, {r[m + '_high']:+.3g}] | {r[m + '_' + base]:.3g}"
+                 for m in measures]  # fmt: skip
+        lines.append(f"| {r['row']} | {r['dial']:g} | {r['pairs']} | " + " | ".join(cells) + " |")
+    for row, group in frame.groupby("row"):
+        cross = [f"{m} {group[m + '_crossover'].iloc[0]:g}" if group[m + "_crossover"].notna().any()
+                 else f"{m} none" for m in measures]  # fmt: skip
+        lines.append(f"\nCrossover of {row}: " + ", ".join(cross) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
     """heterogeneity.png: :func:`heterogeneity_frame`'s paired worst-task differences against the dial, one
     panel per measure, a line and 95% band per balancer, the crossover dash-dotted; heterogeneity rises to the

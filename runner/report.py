@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from runner.figures import write_figures
+from runner.heterogeneity import heterogeneity_frame, heterogeneity_markdown
 from runner.provenance import write_provenance
 from runner.tables import build_table, collect, render_markdown
 from utils.errors import ConfigError, DataError
@@ -46,9 +47,10 @@ FIGURES = (
 )
 
 
-def summary_markdown(table: dict, folder: Path) -> str:
-    """summary.md: the rendered table and a link to every figure present in ``folder``."""
-    text = render_markdown(table)
+def summary_markdown(table: dict, folder: Path, runs: list[dict] | None = None) -> str:
+    """summary.md: the rendered table, the heterogeneity map's numbers where ``runs`` are dialled, and a link to
+    every figure present in ``folder``."""
+    text = render_markdown(table) + heterogeneity_markdown(heterogeneity_frame(runs or []))
     figs = [f for f in FIGURES if (Path(folder) / f).exists()]
     if figs:
         text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"
@@ -67,7 +69,7 @@ def write_summary(sweep_dir: Path, figures: bool = True, argv: list[str] | None 
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the table
             log.warning("sweep figures failed: %s", exc)
     md = sweep_dir / "summary.md"
-    md.write_text(summary_markdown(table, sweep_dir))
+    md.write_text(summary_markdown(table, sweep_dir, runs))
     write_csv(sweep_dir / "summary.csv", table)
     try:
         write_provenance(sweep_dir, runs, argv)

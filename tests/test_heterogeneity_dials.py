@@ -161,6 +161,14 @@ def _read_map(sweep):
         sweep / "heterogeneity.png"
     ).stat().st_size > 10_000 and "![heterogeneity](heterogeneity.png)" in summary
     rows = list(csv.DictReader((sweep / "heterogeneity.csv").read_text().splitlines()))
+    # summary.md carries the map's numbers as text too (the docs render it): every row and dial value of the
+    # CSV with its upstream difference and interval, and each row's crossover
+    assert f"## Heterogeneity map: `{rows[0]['dial_key']}`" in summary
+    for r in rows:
+        up = f"{float(r['upstream']):+.3g} [{float(r['upstream_low']):+.3g}, {float(r['upstream_high']):+.3g}]"
+        assert f"| {r['row']} | {float(r['dial']):g} | {r['pairs']} | {up} |" in summary
+        cross = float(r["upstream_crossover"]) if r["upstream_crossover"] else None
+        assert f"Crossover of {r['row']}: upstream {'none' if cross is None else f'{cross:g}'}" in summary
     return {(r["row"], float(r["dial"])): r for r in rows}
 
 
