@@ -169,6 +169,8 @@ def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
                 mfc="none",
             )
             ax.fill_between(f["dial"], f[f"{m}_low"], f[f"{m}_high"], color=color, alpha=0.2, lw=0)
+            lo, hi = f[m] - f[f"{m}_low"], f[f"{m}_high"] - f[m]  # bars too: a band of one dial value is invisible
+            ax.errorbar(f["dial"], f[m], yerr=[lo, hi], fmt="none", ecolor=color, capsize=3, lw=1)
             cross = f[f"{m}_crossover"].iloc[0]
             if math.isfinite(cross):
                 ax.axvline(cross, color=color, ls="-.", lw=1, label=f"{row}: crossover {dial.key}={cross:g}")
@@ -178,9 +180,12 @@ def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
         ax.set_ylabel(
             f"paired difference vs {dial.baseline} ({'> 0' if measure.higher_is_better else '< 0'}: better)"
         )
+        ax.set_xticks(sorted(frame["dial"].unique()))  # the swept values only: no crowded automatic ticks
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         if not dial.rises:
             ax.invert_xaxis()  # the lower the value, the more heterogeneous
     axes[0][0].legend(fontsize=7)  # the first panel also names the crossovers
-    fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval band; crossover: the least "
-                 "heterogeneous dial value whose interval lies on the better side of 0", fontsize=8)  # fmt: skip
+    fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval (band and bars);\ncrossover: "
+                 "the least heterogeneous dial value whose interval lies on the better side of 0", fontsize=8)  # fmt: skip
+    fig.tight_layout()
     return save(fig, path)
