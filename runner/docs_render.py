@@ -198,6 +198,8 @@ def render_block(name: str, root: Path, page: Path, summaries: dict[str, str]) -
     result_dir = Path(root) / RESULTS / name
     if name == "headline":
         return _headline(root, page)
+    if name == "heterogeneity_answer":
+        return heterogeneity_answer(root)
     if (result_dir / DATA).is_file() and _NAME.fullmatch(name):
         return f"*Stored in `results/{name}/`: {describe(_provenance(result_dir))}.*\n\n{render_data(result_dir)}"
     if name not in summaries:
@@ -241,6 +243,66 @@ def _headline(root: Path, page: Path) -> str:
         c = cmp.get(b, {})
         diff = _interval(c, "worst_diff", "worst")
         lines.append(f"| {b} | {len(table['seeds'].get(b, []))} | {' | '.join(cells)} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+#: the stored maps the answer block reads, in its order: (experiment, stored result)
+ANSWER_MAPS = (
+    ("convex, full rank", "heterogeneity_convex_random"),
+    ("convex, underdetermined", "heterogeneity_convex_underdetermined"),
+    ("PoS-BERT", "heterogeneity_pos_bert"),
+    ("MM-MAE", "heterogeneity_mm_mae"),
+)
+
+
+def heterogeneity_answer(root: Path) -> str:
+    """The block ``results:heterogeneity_answer``: for every stored map of :data:`ANSWER_MAPS`, per row and
+    downstream measure, the crossover (the least heterogeneous dial value where the row beats the baseline after
+    Holm over the map) and the paired difference there and at the map's most heterogeneous value, with the
+    upstream crossover beside it; a line for each map not stored."""
+    from runner.heterogeneity import DIALS, heterogeneity_frame
+    from runner.statistics import ALPHA
+
+    def cell(r, m: str) -> str:
+        star = "*" if r[f"{m}_holm"] < ALPHA else ""
+        return f"{r[m]:+.3g} [{r[f'{m}_low']:+.3g}, {r[f'{m}_high']:+.3g}]{star}"
+
+    lines = [
+        "Per stored map, row and downstream measure: the crossover (the least heterogeneous dial value where the "
+        "row is better than the baseline, Holm over the map's family) and the paired difference to the baseline "
+        "(mean [raw 95% interval] over pre-training seeds, * = survives Holm) at the crossover and at the map's "
+        "most heterogeneous value; the upstream crossover beside it.",
+        "",
+        "| experiment | dial | row - baseline | upstream crossover | downstream measure | downstream crossover "
+        "| at the crossover | at the most heterogeneous value |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    missing = []
+    for experiment, name in ANSWER_MAPS:
+        runs_dir = Path(root) / RESULTS / name / "runs"
+        frame = heterogeneity_frame(stored_runs(runs_dir.parent)) if runs_dir.is_dir() else None
+        if frame is None or frame.empty:
+            missing.append(f"{experiment} (`results/{name}/`)")
+            continue
+        dial = DIALS[frame["dial_key"].iloc[0]]
+        for row, f in frame.groupby("row"):
+            f = f.sort_values("dial", ascending=dial.rises)
+            end = f.iloc[-1]
+            up = end["upstream_crossover"]
+            for m, measure in dial.measures.items():
+                if m == "upstream":
+                    continue
+                cross = end[f"{m}_crossover"]
+                at = f[f["dial"] == cross].iloc[0] if math.isfinite(cross) else None
+                lines.append(
+                    f"| {experiment} | `{dial.key}` | {row} - {dial.baseline} | "
+                    f"{'none' if not math.isfinite(up) else f'{up:g}'} | "
+                    f"{measure.title.split(': ', 1)[-1].replace(' at N={n}', ' at the primary N')} | "
+                    f"{'none' if at is None else f'{cross:g}'} | {'' if at is None else cell(at, m)} | "
+                    f"{end['dial']:g}: {cell(end, m)} |"
+                )
+    if missing:
+        lines.append(f"\nNot stored yet: {', '.join(missing)}.")
     return "\n".join(lines) + "\n"
 
 

@@ -79,12 +79,13 @@ def heterogeneity_frame(runs: list[dict]):
     """The map of the runs' dial (:data:`DIALS`, the first found): per dial value and balancer other than the
     baseline, the paired difference (balancer - baseline, paired by seed, ``runner.statistics.paired``) of each of
     the dial's measures with its 95% interval. Columns ``dial_key, dial, row, pairs, <m>, <m>_low, <m>_high``,
-    ``<m>_<baseline>`` (the baseline's mean, the scale of the difference) and ``<m>_crossover``: the least
-    heterogeneous dial value of that row whose interval lies on the better side of 0 (NaN: none). Empty without
-    dialled runs."""
+    ``<m>_p`` (the paired t-test's two-sided p), ``<m>_holm`` (Holm-adjusted over the map's family: every row,
+    dial value and measure), ``<m>_<baseline>`` (the baseline's mean, the scale of the difference) and
+    ``<m>_crossover``: the least heterogeneous dial value of that row whose difference lies on the better side of
+    0 and survives the correction (NaN: none). Empty without dialled runs."""
     import pandas as pd
 
-    from runner.statistics import paired
+    from runner.statistics import ALPHA, holm, paired
 
     recs, dial = [], None
     for r in runs:
@@ -107,12 +108,19 @@ def heterogeneity_frame(runs: list[dict]):
     for (value, row), _ in df[df["row"] != base].groupby(["dial", "row"]):
         res = paired(df[df["dial"] == value], row, base, measures)
         out.append({"dial_key": dial.key, "dial": value, "row": row, "pairs": res["pairs"]}
-                   | {k: v for m in measures for k, v in zip((m, f"{m}_low", f"{m}_high"), res[m])})  # fmt: skip
+                   | {k: v for m in measures for k, v in zip((m, f"{m}_low", f"{m}_high", f"{m}_p"), res[m])})  # fmt: skip
     frame = pd.DataFrame(out).sort_values(["row", "dial"], ignore_index=True)
+    pcols = [f"{m}_p" for m in measures]  # one family: the whole map (rows x dial values x measures)
+    for m in measures:  # the same non-zero difference in every pair has no t statistic; it is no chance result
+        exact = frame[f"{m}_p"].isna() & (frame["pairs"] >= 2) & (frame[f"{m}_low"] == frame[f"{m}_high"])
+        frame.loc[exact & (frame[m] != 0), f"{m}_p"] = 0.0
+    adjusted = holm(frame[pcols].to_numpy(dtype=float).ravel()).reshape(len(frame), len(pcols))
+    frame[[f"{m}_holm" for m in measures]] = adjusted
     means = df[df["row"] == base].groupby("dial")[measures].mean()  # the scale of each difference
     for m, x in dial.measures.items():
         frame[f"{m}_{base}"] = frame["dial"].map(means[m])
-        better = frame[frame[f"{m}_low"] > 0] if x.higher_is_better else frame[frame[f"{m}_high"] < 0]
+        side = frame[f"{m}_low"] > 0 if x.higher_is_better else frame[f"{m}_high"] < 0
+        better = frame[side & (frame[f"{m}_holm"] < ALPHA)]
         cross = better.groupby("row")["dial"].agg("min" if dial.rises else "max")
         frame[f"{m}_crossover"] = frame["row"].map(cross)
     return frame
@@ -120,24 +128,29 @@ def heterogeneity_frame(runs: list[dict]):
 
 def heterogeneity_markdown(frame) -> str:
     """The map's numbers for summary.md: per row and dial value, each measure's paired difference to the
-    baseline with its raw 95% interval (per dial value, uncorrected, as the figure), and each measure's crossover;
-    empty without dialled runs."""
+    baseline with its raw 95% interval (as the figure) and a star where it survives Holm's correction over the
+    map's family, and each measure's crossover; empty without dialled runs."""
     if frame.empty:
         return ""
+    from runner.statistics import ALPHA
+
     dial = DIALS[frame["dial_key"].iloc[0]]
     base, measures = dial.baseline, list(dial.measures)
+    family = int(frame[[f"{m}_p" for m in measures]].notna().to_numpy().sum())
     lines = ["", f"## Heterogeneity map: `{dial.key}`", "",
              f"Row minus `{base}`, paired by pre-training seed, at each dial value: mean [raw 95% Student-t "
              "interval] of each worst-task measure (" + "; ".join(
                  f"{m}: {x.title.split(': ', 1)[-1].replace(' at N={n}', ' at the primary N')}, "
                  + ("higher" if x.higher_is_better else "lower") + " is better" for m, x in dial.measures.items())
-             + f"); `{base}` mean beside it. Crossover: the least heterogeneous dial value whose interval lies on "
-             "the better side of 0 (none: no such value).", "",
+             + f"); `{base}` mean beside it; {family} intervals in this family (every row, dial value and "
+             "measure), * = Holm-adjusted p < 0.05 within it. Crossover: the least heterogeneous dial value whose "
+             "difference lies on the better side of 0 and is starred (none: no such value).", "",
              "| row | dial | pairs | " + " | ".join(f"{m} | {m} ({base})" for m in measures) + " |",
              "|---|---|---|" + "---|---|" * len(measures)]  # fmt: skip
     for r in frame.itertuples(index=False):
         r = r._asdict()
-        cells = [f"{r[m]:+.3g} [{r[m + '_low']:+.3g}, {r[m + '_high']:+.3g}] | {r[m + '_' + base]:.3g}"
+        star = {m: "*" if r[m + "_holm"] < ALPHA else "" for m in measures}
+        cells = [f"{r[m]:+.3g} [{r[m + '_low']:+.3g}, {r[m + '_high']:+.3g}]{star[m]} | {r[m + '_' + base]:.3g}"
                  for m in measures]  # fmt: skip
         lines.append(f"| {r['row']} | {r['dial']:g} | {r['pairs']} | " + " | ".join(cells) + " |")
     for row, group in frame.groupby("row"):
@@ -185,7 +198,7 @@ def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
         if not dial.rises:
             ax.invert_xaxis()  # the lower the value, the more heterogeneous
     axes[0][0].legend(fontsize=7)  # the first panel also names the crossovers
-    fig.suptitle("mean over pre-training seeds of the paired difference, 95% t-interval (band and bars);\ncrossover: "
-                 "the least heterogeneous dial value whose interval lies on the better side of 0", fontsize=8)  # fmt: skip
+    fig.suptitle("mean over pre-training seeds of the paired difference, raw 95% t-interval (band and bars);\ncrossover: "
+                 "the least heterogeneous dial value better than 0 after Holm over the map", fontsize=8)  # fmt: skip
     fig.tight_layout()
     return save(fig, path)

@@ -117,6 +117,29 @@ def test_heterogeneity_frame_pairs_by_seed_within_each_dial_value_and_finds_the_
     assert heterogeneity_frame([r for r in runs if r["balancer"] != "none"]).empty
 
 
+
+def test_a_raw_interval_that_does_not_survive_holm_over_the_map_is_no_crossover():
+    """One map is one family: at dial 0.5 minimax's raw 95% interval lies below 0 (paired t p = 0.019 over 3
+    seeds), but with 5 more dial values tested beside it Holm's adjusted p is 6 x 0.019 > 0.05, so no star and no
+    crossover; alone (a one-value map) the same runs give the crossover 0.5."""
+    from runner.heterogeneity import heterogeneity_markdown
+
+    runs = []
+    for seed, (hit, noise) in enumerate([(-1.0, 0.1), (-1.3, -0.2), (-0.8, 0.05)]):
+        for m in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5):
+            runs.append(_run("none", m, seed, 10.0, 9.0, 1.0))
+            runs.append(_run("minimax", m, seed, 10.0 + (hit if m == 0.5 else noise), 9.0, 1.0))
+    frame = heterogeneity_frame(runs)
+    at = frame.set_index("dial").loc[0.5]
+    assert at["upstream_high"] < 0 and at["upstream_p"] == pytest.approx(0.0192, abs=5e-4)
+    assert at["upstream_holm"] == pytest.approx(6 * at["upstream_p"])
+    assert frame["upstream_crossover"].isna().all()
+    text = heterogeneity_markdown(frame)
+    assert "6 intervals in this family" in text and "*" not in text.split("|---|")[-1]
+    alone = heterogeneity_frame([r for r in runs if r["overrides"][0] == "data.minority=0.5"])
+    assert set(alone["upstream_crossover"]) == {0.5}
+    assert "] * |" not in text and "]* |" in heterogeneity_markdown(alone)
+
 MAP_RUN = [
     "experiment=heterogeneity_convex",
     "data.kind=underdetermined",
@@ -135,7 +158,7 @@ def test_convex_map_has_its_crossover_where_the_minority_is_starved(tmp_path):
     is 1 (with uniform weights, i.e. none's, there would be none). The sweep report writes heterogeneity.png and
     lists it in summary.md."""
     for m in (0.0, 1.0):
-        for seed in range(3):
+        for seed in range(4):  # 3 pairs leave too little for Holm over the map's family
             for balancer in ("none", "minimax"):
                 run = [*MAP_RUN, f"data.minority={m}", f"balancer={balancer}", f"seed={seed}"]
                 run_pipeline(run, tmp_path / f"m{m}_{balancer}_{seed}")
@@ -149,6 +172,7 @@ def test_convex_map_has_its_crossover_where_the_minority_is_starved(tmp_path):
     assert high["upstream_high"] < 0 and high["upstream"] < -10.0
     assert high["excess_high"] < 0
     assert high["upstream_crossover"] == 1.0 and high["excess_crossover"] == 1.0
+    assert high["upstream_holm"] < 0.05 and high["excess_holm"] < 0.05
     assert (tmp_path / "heterogeneity.png").stat().st_size > 10_000
     assert "![heterogeneity](heterogeneity.png)" in summary.read_text()
 

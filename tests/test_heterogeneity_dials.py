@@ -166,6 +166,7 @@ def _read_map(sweep):
     assert f"## Heterogeneity map: `{rows[0]['dial_key']}`" in summary
     for r in rows:
         up = f"{float(r['upstream']):+.3g} [{float(r['upstream_low']):+.3g}, {float(r['upstream_high']):+.3g}]"
+        up += "*" if r["upstream_holm"] and float(r["upstream_holm"]) < 0.05 else ""  # survives Holm over the map
         assert f"| {r['row']} | {float(r['dial']):g} | {r['pairs']} | {up} |" in summary
         cross = float(r["upstream_crossover"]) if r["upstream_crossover"] else None
         assert f"Crossover of {r['row']}: upstream {'none' if cross is None else f'{cross:g}'}" in summary
@@ -245,3 +246,36 @@ def test_each_map_experiment_runs_under_smoke_and_reports_what_its_map_reads(tmp
         [f"experiment={experiment}", "debug=smoke", "logger=none", "balancer=minimax"], tmp_path
     )
     assert math.isfinite(getattr(het, measure)(results)) and math.isfinite(results["summary"]["worst"])
+
+
+def test_the_answer_block_reads_each_stored_map_and_names_the_ones_not_stored(tmp_path):
+    """docs' `results:heterogeneity_answer` block is rendered from the stored maps' runs: PoS-BERT's fake map
+    (minimax raises the worst task's metric by 0.05 at 0.002 only) gives the downstream crossover 0.002 with its
+    starred interval; minimax_ref, which never moves, gets none; the maps not stored are named."""
+    from runner.docs_render import render_all
+
+    key = "data.corpus.conjunction_share"
+    sweep = tmp_path / "sweep"
+    for seed, noise in enumerate([0.002, -0.003, 0.001, 0.0]):
+        for value, gap in [("null", 0.0), (0.005, 0.0), (0.002, 0.05)]:
+            for balancer in ("vanilla", "minimax", "minimax_ref"):
+                acc = 0.6 + (gap + noise if balancer == "minimax" else noise if balancer == "minimax_ref" else 0)
+                _fake_run(sweep, "heterogeneity_pos_bert", key, value, balancer, seed, acc,
+                          upstream_eval={"min_context_gain": 0.3})  # fmt: skip
+    runs = tmp_path / "root" / "results" / "heterogeneity_pos_bert" / "runs"
+    runs.mkdir(parents=True)
+    for d in sweep.iterdir():
+        (runs / f"{d.name}.json").write_text((d / "results.json").read_text())
+    page = tmp_path / "root" / "docs" / "heterogeneity.md"
+    page.parent.mkdir()
+    page.write_text("<!-- results:heterogeneity_answer -->\n<!-- /results:heterogeneity_answer -->\n")
+    render_all(tmp_path / "root")
+    text = page.read_text()
+    rows = {line.split(" | ")[2]: line for line in text.splitlines() if line.startswith("| PoS-BERT")}
+    assert set(rows) == {"minimax - vanilla", "minimax_ref - vanilla"}
+    cells = rows["minimax - vanilla"].split(" | ")
+    assert cells[5] == "0.002" and cells[6].startswith("+0.05 [") and cells[6].endswith("]*")
+    assert cells[7].startswith("0.002: +0.05 [")
+    assert rows["minimax_ref - vanilla"].split(" | ")[5] == "none"
+    assert "Not stored yet: convex, full rank (`results/heterogeneity_convex_random/`)" in text
+    assert "MM-MAE (`results/heterogeneity_mm_mae/`)" in text
