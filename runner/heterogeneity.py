@@ -31,6 +31,17 @@ def _min_context_gain(r: dict) -> float:
     return (r.get("upstream_eval") or {}).get("min_context_gain", math.nan)
 
 
+def _task_metric(task: str) -> Callable[[dict], float]:
+    """Reads one downstream task's primary metric: the task the dial's minority feeds, which need not be the
+    worst downstream task (NaN when the run has no such task)."""
+
+    def read(r: dict) -> float:
+        t = (r.get("downstream") or {}).get(task) or {}
+        return float((t.get("metrics") or {}).get(t.get("primary"), math.nan))
+
+    return read
+
+
 @dataclass(frozen=True)
 class Measure:
     """One worst-task measure of a map: how to read it from a run's results.json, its panel title (``{n}``: the
@@ -63,10 +74,12 @@ DIALS = {
     "data.corpus.conjunction_share": Dial("data.corpus.conjunction_share", "vanilla", {
         "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the POS groups", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
+        "rte": Measure(_task_metric("rte"), "downstream: RTE-like accuracy (hinges on the conjunction)", True),
     }, null=CONJUNCTION_SHARE, rises=False),
     "data.depth_relief": Dial("data.depth_relief", "none", {
         "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the modalities", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
+        "depth": Measure(_task_metric("depth"), "downstream: depth delta_1 (needs the geometry)", True),
     }, null=0.0),
 }  # fmt: skip
 

@@ -4,6 +4,7 @@ each changes its data as documented, and the downstream task that needs the star
 import math
 
 import pytest
+import torch
 
 from data.glue_like import _Gen
 from data.pos_bert import PosBertDataModule, _fingerprint
@@ -128,6 +129,25 @@ def test_depth_relief_sets_the_log_depth_spread_and_leaves_the_other_modalities(
     )
 
 
+def test_the_downstream_depth_task_needs_the_scene_a_scene_blind_predictor_scores_its_chance_level():
+    """MM-MAE's dial feeds the downstream depth task (rendered without relief), which a model must read from the
+    scene: the best scene-blind prediction (each pixel's median training depth) scores delta_1 about 0.78, its
+    chance level, while knowing only the room's geometry (floor and wall, no objects) scores above 0.85. So a
+    probe's delta_1 between the two is geometry it read from RGB; one near 0.78 read none."""
+    from data.scenes import SceneDataset, render_scene
+    from finetune.metrics import DepthMetrics
+
+    train = SceneDataset(128, "train", seed=0, image_size=64)
+    median = torch.stack([train[i]["depth"] for i in range(len(train))]).median(0).values[0]
+    blind, room = DepthMetrics(), DepthMetrics()
+    for i in range(128):
+        scene = render_scene(0, i, "test", 64, 3, 6, 0.03, return_layers=True)
+        blind.update(median, torch.from_numpy(scene["depth"]))
+        room.update(torch.from_numpy(scene["background_depth"]), torch.from_numpy(scene["depth"]))
+    chance, geometry = float(blind.compute()["delta_1"]), float(room.compute()["delta_1"])
+    assert 0.72 < chance < 0.82 and geometry > 0.85 and geometry - chance > 0.05
+
+
 @pytest.mark.parametrize("relief", [-0.1, 1.5, "high", True])
 def test_a_bad_depth_relief_names_the_key(relief):
     from data.scenes import ScenesDataModule
@@ -137,14 +157,17 @@ def test_a_bad_depth_relief_names_the_key(relief):
 
 
 def _fake_run(sweep, experiment, key, value, balancer, seed, downstream, **sections):
+    """One run's results.json; its one downstream task is the one the experiment's dial feeds (its map's target
+    measure reads it), scoring ``downstream``."""
     import json
 
     d = sweep / f"{value}_{balancer}_{seed}"
     d.mkdir(parents=True)
+    task, metric = ("depth", "delta_1") if "mm_mae" in experiment else ("rte", "accuracy")
     res = {
         "experiment": experiment, "balancer": balancer, "seed": seed, "stage": "all",
         "overrides": [f"{key}={value}", f"balancer={balancer}", f"seed={seed}"],
-        "downstream": {"rte": {"metrics": {"accuracy": downstream}, "primary": "accuracy", "higher_is_better": True}},
+        "downstream": {task: {"metrics": {metric: downstream}, "primary": metric, "higher_is_better": True}},
         "summary": {"worst": downstream, "average": downstream, "higher_is_better": True},
         **sections,
     }  # fmt: skip
@@ -178,10 +201,11 @@ def test_pos_bert_map_pairs_with_vanilla_reads_the_share_and_marks_the_least_het
 ):
     """heterogeneity_pos_bert's report from fake runs: the dial is data.corpus.conjunction_share (null = the
     grammar's share), the baseline vanilla, the upstream measure the smallest context gain (higher is better);
-    minimax gains 0 at null, +0.1 at 0.005 and +0.4 at 0.002 (noise 0.01), so its crossover is 0.005, the largest
-    share (least heterogeneous) whose interval lies above 0; downstream it never moves: no crossover."""
+    minimax gains 0 at null, +0.1 at 0.005 and +0.4 at 0.002 (noise 0.01, 4 seeds), so its crossover is 0.005,
+    the largest share (least heterogeneous) whose difference is above 0 after Holm over the map's 18 intervals;
+    downstream it never moves: no crossover."""
     key = "data.corpus.conjunction_share"
-    for seed, noise in enumerate([0.01, -0.01, 0.005]):
+    for seed, noise in enumerate([0.01, -0.01, 0.005, 0.0]):
         for value, gain in [("null", 0.0), (0.005, 0.1), (0.002, 0.4)]:
             for balancer, up in [
                 ("vanilla", 1.0),
@@ -196,8 +220,8 @@ def test_pos_bert_map_pairs_with_vanilla_reads_the_share_and_marks_the_least_het
         (b, v) for b in ("minimax", "minimax_ref") for v in (CONJUNCTION_SHARE, 0.005, 0.002)
     }
     high = rows["minimax", 0.002]
-    assert float(high["upstream"]) == pytest.approx(0.4 + 0.005 / 3) and float(high["upstream_low"]) > 0
-    assert float(high["upstream_vanilla"]) == 1.0 and high["dial_key"] == key and high["pairs"] == "3"
+    assert float(high["upstream"]) == pytest.approx(0.4 + 0.005 / 4) and float(high["upstream_low"]) > 0
+    assert float(high["upstream_vanilla"]) == 1.0 and high["dial_key"] == key and high["pairs"] == "4"
     assert (
         float(rows["minimax", CONJUNCTION_SHARE]["upstream_low"])
         < 0
@@ -246,6 +270,9 @@ def test_each_map_experiment_runs_under_smoke_and_reports_what_its_map_reads(tmp
         [f"experiment={experiment}", "debug=smoke", "logger=none", "balancer=minimax"], tmp_path
     )
     assert math.isfinite(getattr(het, measure)(results)) and math.isfinite(results["summary"]["worst"])
+    target = {"heterogeneity_pos_bert": "rte", "heterogeneity_mm_mae": "depth"}[experiment]
+    dial = next(d for d in het.DIALS.values() if target in d.measures)
+    assert math.isfinite(dial.measures[target].read(results))  # the task the dial's minority feeds
 
 
 def test_the_answer_block_reads_each_stored_map_and_names_the_ones_not_stored(tmp_path):
