@@ -31,6 +31,16 @@ def _min_context_gain(r: dict) -> float:
     return (r.get("upstream_eval") or {}).get("min_context_gain", math.nan)
 
 
+def _group_gain(group: str) -> Callable[[dict], float]:
+    """Reads one upstream task's context gain on held-back data (PoS-BERT's POS groups, MM-MAE's modalities)."""
+
+    def read(r: dict) -> float:
+        u = r.get("upstream_eval") or {}
+        return float(((u.get("groups") or u.get("tasks") or {}).get(group) or {}).get("context_gain", math.nan))
+
+    return read
+
+
 def _task_metric(task: str) -> Callable[[dict], float]:
     """Reads one downstream task's primary metric: the task the dial's minority feeds, which need not be the
     worst downstream task (NaN when the run has no such task)."""
@@ -55,13 +65,16 @@ class Measure:
 @dataclass(frozen=True)
 class Dial:
     """An experiment's heterogeneity dial: its config ``key``, the ``baseline`` balancer, the map's measures,
-    the value a ``null`` override stands for, and whether heterogeneity ``rises`` with the value."""
+    the value a ``null`` override stands for, whether heterogeneity ``rises`` with the value, and ``minority``:
+    the minority task's own upstream measure, which must get worse under the baseline along the dial (the check
+    that the dial acts upstream; None: the map's upstream measure is the minority's already)."""
 
     key: str
     baseline: str
     measures: dict[str, Measure] = field(default_factory=dict)
     null: float = math.nan
     rises: bool = True
+    minority: Measure | None = None
 
 
 #: the dial of each experiment, by config key (a run's dial is the first of these its overrides set)
@@ -75,12 +88,13 @@ DIALS = {
         "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the POS groups", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
         "rte": Measure(_task_metric("rte"), "downstream: RTE-like accuracy (hinges on the conjunction)", True),
-    }, null=CONJUNCTION_SHARE, rises=False),
+    }, null=CONJUNCTION_SHARE, rises=False,
+        minority=Measure(_group_gain("conjunction"), "conjunctions' context gain", True)),
     "data.depth_relief": Dial("data.depth_relief", "none", {
         "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the modalities", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
         "depth": Measure(_task_metric("depth"), "downstream: depth delta_1 (needs the geometry)", True),
-    }, null=0.0),
+    }, null=0.0, minority=Measure(_group_gain("depth"), "depth's context gain", True)),
 }  # fmt: skip
 
 
@@ -137,6 +151,65 @@ def heterogeneity_frame(runs: list[dict]):
         cross = better.groupby("row")["dial"].agg("min" if dial.rises else "max")
         frame[f"{m}_crossover"] = frame["row"].map(cross)
     return frame
+
+
+def dial_check_frame(runs: list[dict]):
+    """Does the dial act upstream? Under the baseline, per dial value, the minority task's own measure
+    (:attr:`Dial.minority`): mean over seeds with its 95% t-interval, and its paired-by-seed difference to the
+    least heterogeneous value (seed s is the same seed of data and model at every value) with its interval and a
+    Holm-adjusted p over the dial values. Empty without dialled runs or without a minority measure."""
+    import pandas as pd
+
+    from runner.statistics import holm, t_test
+
+    recs, dial = [], None
+    for r in runs:
+        over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
+        found = _dial_of(over)
+        if found is None or found.minority is None or (dial is not None and found is not dial):
+            continue
+        dial, value = found, over[found.key]
+        if r.get("balancer") == dial.baseline:
+            recs.append({"dial": dial.null if value == "null" else float(value), "seed": r.get("seed"),
+                         "measure": float(dial.minority.read(r))})  # fmt: skip
+    if dial is None or not recs:
+        return pd.DataFrame()
+    df = pd.DataFrame(recs).groupby(["dial", "seed"])["measure"].mean().unstack("dial")
+    values = sorted(df.columns, reverse=not dial.rises)  # least heterogeneous first
+    out = []
+    for v in values:
+        mean, low, high, _ = t_test(df[v])
+        diff = t_test(df[v] - df[values[0]]) if v != values[0] else (math.nan,) * 4
+        if diff[0] != 0 and math.isnan(diff[3]) and diff[1] == diff[2]:  # the same non-zero change for every seed
+            diff = (*diff[:3], 0.0)
+        out.append({"dial_key": dial.key, "dial": v, "seeds": int(df[v].notna().sum()), "mean": mean,
+                    "low": low, "high": high, "diff": diff[0], "diff_low": diff[1], "diff_high": diff[2],
+                    "diff_p": diff[3]})  # fmt: skip
+    frame = pd.DataFrame(out)
+    frame["diff_holm"] = holm(frame["diff_p"].to_numpy(dtype=float))
+    return frame
+
+
+def dial_check_markdown(frame) -> str:
+    """summary.md's check that the dial acts upstream (:func:`dial_check_frame`); empty without one."""
+    if frame.empty:
+        return ""
+    from runner.statistics import ALPHA
+
+    dial = DIALS[frame["dial_key"].iloc[0]]
+    family = int(frame["diff_p"].notna().sum())
+    lines = ["", f"## Does `{dial.key}` act upstream?", "",
+             f"Under `{dial.baseline}`, the minority task's {dial.minority.title} ("
+             + ("higher" if dial.minority.higher_is_better else "lower") + " is better) per dial value: mean "
+             "[95% t-interval over seeds], and its difference to the least heterogeneous value, paired by seed "
+             f"[raw 95% interval]; {family} differences in this family, * = Holm-adjusted p < 0.05. The dial "
+             "acts upstream where the minority gets worse with an interval that excludes 0.", "",
+             "| dial | seeds | mean | difference to the least heterogeneous value |", "|---|---|---|---|"]  # fmt: skip
+    for r in frame.itertuples(index=False):
+        diff = "" if not math.isfinite(r.diff) else (
+            f"{r.diff:+.3g} [{r.diff_low:+.3g}, {r.diff_high:+.3g}]" + ("*" if r.diff_holm < ALPHA else ""))
+        lines.append(f"| {r.dial:g} | {r.seeds} | {r.mean:.3g} [{r.low:.3g}, {r.high:.3g}] | {diff} |")
+    return "\n".join(lines) + "\n"
 
 
 def heterogeneity_markdown(frame) -> str:

@@ -27,7 +27,12 @@ import sys
 from pathlib import Path
 
 from runner.figures import write_figures
-from runner.heterogeneity import heterogeneity_frame, heterogeneity_markdown
+from runner.heterogeneity import (
+    dial_check_frame,
+    dial_check_markdown,
+    heterogeneity_frame,
+    heterogeneity_markdown,
+)
 from runner.provenance import write_provenance
 from runner.tables import build_table, collect, render_markdown
 from utils.errors import ConfigError, DataError
@@ -51,6 +56,7 @@ def summary_markdown(table: dict, folder: Path, runs: list[dict] | None = None) 
     """summary.md: the rendered table, the heterogeneity map's numbers where ``runs`` are dialled, and a link to
     every figure present in ``folder``."""
     text = render_markdown(table) + heterogeneity_markdown(heterogeneity_frame(runs or []))
+    text += dial_check_markdown(dial_check_frame(runs or []))
     figs = [f for f in FIGURES if (Path(folder) / f).exists()]
     if figs:
         text += "\n" + "\n".join(f"![{f[:-4]}]({f})" for f in figs) + "\n"

@@ -306,3 +306,32 @@ def test_the_answer_block_reads_each_stored_map_and_names_the_ones_not_stored(tm
     assert rows["minimax_ref - vanilla"].split(" | ")[5] == "none"
     assert "Not stored yet: convex, full rank (`results/heterogeneity_convex_random/`)" in text
     assert "MM-MAE (`results/heterogeneity_mm_mae/`)" in text
+
+
+@pytest.mark.parametrize("acts", [True, False])
+def test_the_dial_check_reads_the_minority_under_the_baseline_paired_by_seed(tmp_path, acts):
+    """summary.md says whether the dial acts upstream: under vanilla the conjunctions' context gain falls from
+    3.0 (grammar's share) to 2.0 and 0.5 along the dial (seed noise 0.05, shared by a seed at every share), so
+    both differences to the least heterogeneous share are starred; a dial that leaves the gain at 3.0 gets
+    none. minimax's runs do not enter the check."""
+    from runner.heterogeneity import dial_check_frame
+    from runner.report import write_summary
+    from runner.tables import collect
+
+    key = "data.corpus.conjunction_share"
+    for seed, noise in enumerate([0.05, -0.05, 0.02, 0.0]):
+        for value, gain in [("null", 3.0), (0.005, 2.0), (0.002, 0.5)]:
+            for balancer in ("vanilla", "minimax"):
+                g = (gain if acts else 3.0) + noise + (9.0 if balancer == "minimax" else 0.0)
+                _fake_run(tmp_path, "heterogeneity_pos_bert", key, value, balancer, seed, 0.7 + noise / 10,
+                          upstream_eval={"min_context_gain": g, "groups": {"conjunction": {"context_gain": g}}})  # fmt: skip
+    frame = dial_check_frame(collect(tmp_path))
+    assert list(frame["dial"]) == [CONJUNCTION_SHARE, 0.005, 0.002]  # least heterogeneous first
+    assert list(frame["mean"]) == pytest.approx([3.005, (2.0 if acts else 3.0) + 0.005, (0.5 if acts else 3.0) + 0.005])
+    text = write_summary(tmp_path).read_text()
+    assert "## Does `data.corpus.conjunction_share` act upstream?" in text
+    if acts:
+        assert list(frame["diff"][1:]) == pytest.approx([-1.0, -2.5])
+        assert "| 0.002 | 4 | 0.505 [" in text and "| -2.5 [-2.5, -2.5]* |" in text
+    else:
+        assert list(frame["diff"][1:]) == pytest.approx([0.0, 0.0]) and "]* |" not in text.split("act upstream?")[1]
