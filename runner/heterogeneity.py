@@ -87,7 +87,7 @@ DIALS = {
     "data.corpus.conjunction_share": Dial("data.corpus.conjunction_share", "vanilla", {
         "upstream": Measure(_min_context_gain, "upstream: smallest context gain over the POS groups", True),
         "downstream": Measure(_worst_downstream, "downstream: worst task's primary metric", True),
-        "rte": Measure(_task_metric("rte"), "downstream: RTE-like accuracy (hinges on the conjunction)", True),
+        "rte": Measure(_task_metric("rte"), "downstream: RTE-like accuracy (needs the conjunction)", True),
     }, null=CONJUNCTION_SHARE, rises=False,
         minority=Measure(_group_gain("conjunction"), "conjunctions' context gain", True)),
     "data.depth_relief": Dial("data.depth_relief", "none", {
@@ -253,7 +253,7 @@ def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
     import matplotlib.pyplot as plt
 
     dial = DIALS[frame["dial_key"].iloc[0]]
-    fig, axes = plt.subplots(1, len(dial.measures), figsize=(4.2 * len(dial.measures), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(dial.measures), figsize=(4.6 * len(dial.measures), 3.8), squeeze=False)
     for ax, (m, measure) in zip(axes[0], dial.measures.items()):
         for i, (row, f) in enumerate(frame.groupby("row")):
             color, style = f"C{i % 10}", ("-o", "--s", ":^")[i % 3]  # minimax_ref may lie on minimax
