@@ -36,7 +36,9 @@ def _group_gain(group: str) -> Callable[[dict], float]:
 
     def read(r: dict) -> float:
         u = r.get("upstream_eval") or {}
-        return float(((u.get("groups") or u.get("tasks") or {}).get(group) or {}).get("context_gain", math.nan))
+        return float(
+            ((u.get("groups") or u.get("tasks") or {}).get(group) or {}).get("context_gain", math.nan)
+        )
 
     return read
 
@@ -102,6 +104,23 @@ def _dial_of(overrides: dict[str, str]) -> Dial | None:
     return next((DIALS[k] for k in DIALS if k in overrides), None)
 
 
+def _dial_value(r: dict) -> tuple[Dial, float] | None:
+    """The dial a run's overrides set (:data:`DIALS`, the first found) and its value (``null``: the dial's
+    ``null``); None for a run that sets none."""
+    over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
+    dial = _dial_of(over)
+    if dial is None:
+        return None
+    return dial, dial.null if over[dial.key] == "null" else float(over[dial.key])
+
+
+def _exact(test: tuple) -> tuple:
+    """A paired test ``(mean, low, high, p)`` whose differences are all the same non-zero value has no t
+    statistic (p NaN); that is no chance result, so its p is 0."""
+    mean, low, high, p = test
+    return (mean, low, high, 0.0) if math.isnan(p) and low == high and mean != 0 else test
+
+
 def heterogeneity_frame(runs: list[dict]):
     """The map of the runs' dial (:data:`DIALS`, the first found): per dial value and balancer other than the
     baseline, the paired difference (balancer - baseline, paired by seed, ``runner.statistics.paired``) of each of
@@ -116,17 +135,16 @@ def heterogeneity_frame(runs: list[dict]):
 
     recs, dial = [], None
     for r in runs:
-        over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
-        found = _dial_of(over)
+        found = _dial_value(r)
         if (
             found is None
-            or (dial is not None and found is not dial)
+            or (dial is not None and found[0] is not dial)
             or "worst" not in (r.get("summary") or {})
         ):
             continue
-        dial, value = found, over[found.key]
-        recs.append({"dial": dial.null if value == "null" else float(value), "row": r.get("balancer"),
-                     "seed": r.get("seed")} | {m: float(x.read(r)) for m, x in dial.measures.items()})  # fmt: skip
+        dial, value = found
+        recs.append({"dial": value, "row": r.get("balancer"), "seed": r.get("seed")}
+                    | {m: float(x.read(r)) for m, x in dial.measures.items()})  # fmt: skip
     df = pd.DataFrame(recs)
     if dial is None or dial.baseline not in set(df["row"]):
         return pd.DataFrame()
@@ -135,12 +153,10 @@ def heterogeneity_frame(runs: list[dict]):
     for (value, row), _ in df[df["row"] != base].groupby(["dial", "row"]):
         res = paired(df[df["dial"] == value], row, base, measures)
         out.append({"dial_key": dial.key, "dial": value, "row": row, "pairs": res["pairs"]}
-                   | {k: v for m in measures for k, v in zip((m, f"{m}_low", f"{m}_high", f"{m}_p"), res[m])})  # fmt: skip
+                   | {k: v for m in measures
+                      for k, v in zip((m, f"{m}_low", f"{m}_high", f"{m}_p"), _exact(res[m]))})  # fmt: skip
     frame = pd.DataFrame(out).sort_values(["row", "dial"], ignore_index=True)
     pcols = [f"{m}_p" for m in measures]  # one family: the whole map (rows x dial values x measures)
-    for m in measures:  # the same non-zero difference in every pair has no t statistic; it is no chance result
-        exact = frame[f"{m}_p"].isna() & (frame["pairs"] >= 2) & (frame[f"{m}_low"] == frame[f"{m}_high"])
-        frame.loc[exact & (frame[m] != 0), f"{m}_p"] = 0.0
     adjusted = holm(frame[pcols].to_numpy(dtype=float).ravel()).reshape(len(frame), len(pcols))
     frame[[f"{m}_holm" for m in measures]] = adjusted
     means = df[df["row"] == base].groupby("dial")[measures].mean()  # the scale of each difference
@@ -164,14 +180,12 @@ def dial_check_frame(runs: list[dict]):
 
     recs, dial = [], None
     for r in runs:
-        over = dict(o.lstrip("+~").split("=", 1) for o in r.get("overrides", []) if "=" in o)
-        found = _dial_of(over)
-        if found is None or found.minority is None or (dial is not None and found is not dial):
+        found = _dial_value(r)
+        if found is None or found[0].minority is None or (dial is not None and found[0] is not dial):
             continue
-        dial, value = found, over[found.key]
+        dial, value = found
         if r.get("balancer") == dial.baseline:
-            recs.append({"dial": dial.null if value == "null" else float(value), "seed": r.get("seed"),
-                         "measure": float(dial.minority.read(r))})  # fmt: skip
+            recs.append({"dial": value, "seed": r.get("seed"), "measure": float(dial.minority.read(r))})
     if dial is None or not recs:
         return pd.DataFrame()
     df = pd.DataFrame(recs).groupby(["dial", "seed"])["measure"].mean().unstack("dial")
@@ -179,9 +193,7 @@ def dial_check_frame(runs: list[dict]):
     out = []
     for v in values:
         mean, low, high, _ = t_test(df[v])
-        diff = t_test(df[v] - df[values[0]]) if v != values[0] else (math.nan,) * 4
-        if diff[0] != 0 and math.isnan(diff[3]) and diff[1] == diff[2]:  # the same non-zero change for every seed
-            diff = (*diff[:3], 0.0)
+        diff = _exact(t_test(df[v] - df[values[0]])) if v != values[0] else (math.nan,) * 4
         out.append({"dial_key": dial.key, "dial": v, "seeds": int(df[v].notna().sum()), "mean": mean,
                     "low": low, "high": high, "diff": diff[0], "diff_low": diff[1], "diff_high": diff[2],
                     "diff_p": diff[3]})  # fmt: skip
@@ -206,8 +218,14 @@ def dial_check_markdown(frame) -> str:
              "acts upstream where the minority gets worse with an interval that excludes 0.", "",
              "| dial | seeds | mean | difference to the least heterogeneous value |", "|---|---|---|---|"]  # fmt: skip
     for r in frame.itertuples(index=False):
-        diff = "" if not math.isfinite(r.diff) else (
-            f"{r.diff:+.3g} [{r.diff_low:+.3g}, {r.diff_high:+.3g}]" + ("*" if r.diff_holm < ALPHA else ""))
+        diff = (
+            ""
+            if not math.isfinite(r.diff)
+            else (
+                f"{r.diff:+.3g} [{r.diff_low:+.3g}, {r.diff_high:+.3g}]"
+                + ("*" if r.diff_holm < ALPHA else "")
+            )
+        )
         lines.append(f"| {r.dial:g} | {r.seeds} | {r.mean:.3g} [{r.low:.3g}, {r.high:.3g}] | {diff} |")
     return "\n".join(lines) + "\n"
 
@@ -268,7 +286,10 @@ def heterogeneity_figure(path: Path, frame, primary_n, save) -> Path:
                 mfc="none",
             )
             ax.fill_between(f["dial"], f[f"{m}_low"], f[f"{m}_high"], color=color, alpha=0.2, lw=0)
-            lo, hi = f[m] - f[f"{m}_low"], f[f"{m}_high"] - f[m]  # bars too: a band of one dial value is invisible
+            lo, hi = (
+                f[m] - f[f"{m}_low"],
+                f[f"{m}_high"] - f[m],
+            )  # bars too: a band of one dial value is invisible
             ax.errorbar(f["dial"], f[m], yerr=[lo, hi], fmt="none", ecolor=color, capsize=3, lw=1)
             cross = f[f"{m}_crossover"].iloc[0]
             if math.isfinite(cross):
